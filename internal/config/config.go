@@ -1,0 +1,389 @@
+// Package config loads Tollgate's one YAML file into one Config.
+//
+// Scalars may use ${VAR} and ${VAR:-default}; secrets come from the
+// environment that way. Unknown keys are refused. Validate reports every
+// problem at once, each with its YAML path, so a bad file is refused at start
+// and never half-used. Durations are strings such as "30s".
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Config is the whole configuration of every subcommand.
+type Config struct {
+	Proxy     Proxy               `yaml:"proxy"`
+	Billing   Billing             `yaml:"billing"`
+	Redis     Redis               `yaml:"redis"`
+	Providers map[string]Provider `yaml:"providers"`
+	Pricing   pricing.Spec        `yaml:"pricing"`
+	Plans     []Plan              `yaml:"plans"`
+	Log       Log                 `yaml:"log"`
+}
+
+// Proxy configures the metering proxy.
+type Proxy struct {
+	Addr string `yaml:"addr"` // listen address; default 127.0.0.1:8080
+	// MaxBodyBytes refuses larger request bodies with 413. Default 8 MiB.
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// ConnectTimeout bounds dialing a provider. Default 5s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// FirstByteTimeout bounds the wait for the provider's response headers
+	// (504 after it, uncharged). Default 120s.
+	FirstByteTimeout Duration `yaml:"first_byte_timeout"`
+	// RequestTimeout bounds a whole non-streaming call. Default 600s.
+	RequestTimeout Duration `yaml:"request_timeout"`
+	// StreamIdleTimeout bounds the silence between two streamed chunks. Default 120s.
+	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
+	// StreamTimeout bounds a whole stream. Default 30m.
+	StreamTimeout Duration `yaml:"stream_timeout"`
+	// HoldTTL is how long a hold outlives a crashed proxy. Default: StreamTimeout + 1m.
+	HoldTTL Duration `yaml:"hold_ttl"`
+	// ReadTimeout bounds reading a client's request (slow clients). Default 30s.
+	ReadTimeout Duration `yaml:"read_timeout"`
+	// IdleTimeout closes idle keep-alive client connections. Default 120s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// DrainTimeout is how long SIGTERM waits for calls in flight. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+	// MaxConnsPerIP limits concurrent client connections per address (0 = none).
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
+	// Concurrency caps concurrent requests served. Default 262144.
+	Concurrency int `yaml:"concurrency"`
+	// RedisTimeout bounds each Redis call on the hot path. Default 2s.
+	RedisTimeout Duration `yaml:"redis_timeout"`
+}
+
+// Billing configures the billing sidecar and the admin API.
+type Billing struct {
+	Addr       string `yaml:"addr"`        // default 127.0.0.1:8081
+	AdminToken string `yaml:"admin_token"` // ≥ 32 characters, or the admin API is off
+	// PublicURL is the app's URL; checkout success defaults to <PublicURL>?billing=success.
+	PublicURL      string       `yaml:"public_url"`
+	SuccessURL     string       `yaml:"success_url"`
+	CancelURL      string       `yaml:"cancel_url"`
+	AllowedOrigins []string     `yaml:"allowed_origins"`
+	JWT            JWT          `yaml:"jwt"`
+	Stripe         Stripe       `yaml:"stripe"`
+	AutoRecharge   AutoRecharge `yaml:"auto_recharge"`
+}
+
+// JWT configures end-user authentication on the billing API.
+type JWT struct {
+	Secret        string   `yaml:"secret"`          // HS256 secret
+	PublicKeyFile string   `yaml:"public_key_file"` // PEM public key for RS256/ES256/EdDSA
+	Algorithms    []string `yaml:"algorithms"`      // allowlist; default from the key kind
+	Issuer        string   `yaml:"issuer"`
+	Audience      string   `yaml:"audience"`
+	AccountClaim  string   `yaml:"account_claim"` // default "sub"
+}
+
+// Stripe configures the Stripe client.
+type Stripe struct {
+	SecretKey     string `yaml:"secret_key"`
+	WebhookSecret string `yaml:"webhook_secret"`
+	APIBase       string `yaml:"api_base"` // "" = Stripe's
+}
+
+// AutoRecharge configures the auto-recharge worker.
+type AutoRecharge struct {
+	DefaultSpendingLimit string `yaml:"default_spending_limit"` // per period, major units; default "50.00"
+	MaxFailures          int    `yaml:"max_failures"`           // declines before it is disabled; default 3
+}
+
+// Plan is a subscription plan.
+type Plan struct {
+	ID            string     `yaml:"id"`
+	Name          string     `yaml:"name"`
+	StripePriceID string     `yaml:"stripe_price_id"`
+	MinSeats      int64      `yaml:"min_seats"`
+	MaxSeats      int64      `yaml:"max_seats"`
+	Limits        PlanLimits `yaml:"limits"`
+}
+
+// PlanLimits are per-period limits; 0 means unlimited. Per-seat limits are multiplied by seats.
+type PlanLimits struct {
+	Requests          int64 `yaml:"requests"`
+	InputTokens       int64 `yaml:"input_tokens"`
+	OutputTokens      int64 `yaml:"output_tokens"`
+	Credits           int64 `yaml:"credits"`
+	APIKeys           int64 `yaml:"api_keys"`
+	RequestsPerMinute int64 `yaml:"requests_per_minute"`
+	PerSeat           bool  `yaml:"per_seat"`
+}
+
+// Redis selects the store. URL for standalone; Addrs for Cluster, or with
+// MasterName for Sentinel.
+type Redis struct {
+	URL        string   `yaml:"url"`
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	Username   string   `yaml:"username"`
+	Password   string   `yaml:"password"`
+	PoolSize   int      `yaml:"pool_size"`
+}
+
+// Provider is an upstream model provider.
+type Provider struct {
+	// Kind is the wire protocol: "openai" (any OpenAI-compatible server) or
+	// "anthropic" (native Messages API, for /v1/messages). Default openai.
+	Kind    string            `yaml:"kind"`
+	BaseURL string            `yaml:"base_url"` // e.g. https://api.openai.com/v1
+	APIKey  string            `yaml:"api_key"`
+	Headers map[string]string `yaml:"headers"` // extra headers sent upstream
+	// NativeBaseURL is where the provider's native API lives, when it differs
+	// from BaseURL (Anthropic: /v1/messages).
+	NativeBaseURL string `yaml:"native_base_url"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error; default info
+	Format string `yaml:"format"` // json or console; default json
+}
+
+// Duration is a time.Duration written as a string ("30s").
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML parses "30s", "1m30s".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (e.g. \"30s\")", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Load reads, expands and decodes path, fills defaults and validates.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(data, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML, expanding ${VAR} and ${VAR:-default} in scalars with
+// lookup, fills defaults and validates.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("parsing YAML: %w", err)
+	}
+	expandNode(&root, lookup)
+	expanded, err := yaml.Marshal(&root)
+	if err != nil {
+		return nil, fmt.Errorf("expanding variables: %w", err)
+	}
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("decoding: %w", err)
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func expandNode(n *yaml.Node, lookup func(string) (string, bool)) {
+	if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "${") {
+		// Let the expanded text resolve as if written in the file: "8080"
+		// decodes into an int, "a: b" stays a string.
+		n.Value, n.Tag, n.Style = Expand(n.Value, lookup), "", 0
+	}
+	for _, c := range n.Content {
+		expandNode(c, lookup)
+	}
+}
+
+// Expand replaces ${VAR} and ${VAR:-default} in s. An unset or empty VAR with
+// no default becomes "".
+func Expand(s string, lookup func(string) (string, bool)) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "${")
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		j := strings.IndexByte(s[i:], '}')
+		if j < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		expr := s[i+2 : i+j]
+		name, def, hasDef := strings.Cut(expr, ":-")
+		v, ok := lookup(name)
+		if (!ok || v == "") && hasDef {
+			v = def
+		}
+		b.WriteString(v)
+		s = s[i+j+1:]
+	}
+}
+
+// SetDefaults fills every zero value with its documented default.
+func (c *Config) SetDefaults() {
+	p := &c.Proxy
+	def := func(d *Duration, v time.Duration) {
+		if *d == 0 {
+			*d = Duration(v)
+		}
+	}
+	if p.Addr == "" {
+		p.Addr = "127.0.0.1:8080"
+	}
+	if p.MaxBodyBytes == 0 {
+		p.MaxBodyBytes = 8 << 20
+	}
+	def(&p.ConnectTimeout, 5*time.Second)
+	def(&p.FirstByteTimeout, 120*time.Second)
+	def(&p.RequestTimeout, 600*time.Second)
+	def(&p.StreamIdleTimeout, 120*time.Second)
+	def(&p.StreamTimeout, 30*time.Minute)
+	def(&p.HoldTTL, p.StreamTimeout.D()+time.Minute)
+	def(&p.ReadTimeout, 30*time.Second)
+	def(&p.IdleTimeout, 120*time.Second)
+	def(&p.DrainTimeout, 30*time.Second)
+	def(&p.RedisTimeout, 2*time.Second)
+	if p.Concurrency == 0 {
+		p.Concurrency = 256 * 1024
+	}
+	if c.Billing.Addr == "" {
+		c.Billing.Addr = "127.0.0.1:8081"
+	}
+	if c.Billing.JWT.AccountClaim == "" {
+		c.Billing.JWT.AccountClaim = "sub"
+	}
+	if c.Billing.AutoRecharge.DefaultSpendingLimit == "" {
+		c.Billing.AutoRecharge.DefaultSpendingLimit = "50.00"
+	}
+	if c.Billing.AutoRecharge.MaxFailures == 0 {
+		c.Billing.AutoRecharge.MaxFailures = 3
+	}
+	for name, pr := range c.Providers {
+		if pr.Kind == "" {
+			pr.Kind = "openai"
+		}
+		pr.BaseURL = strings.TrimRight(pr.BaseURL, "/")
+		pr.NativeBaseURL = strings.TrimRight(pr.NativeBaseURL, "/")
+		if pr.NativeBaseURL == "" {
+			pr.NativeBaseURL = pr.BaseURL
+		}
+		c.Providers[name] = pr
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+// Validate reports every problem at once, each with its YAML path.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	p := c.Proxy
+	if p.MaxBodyBytes < 1024 {
+		bad("proxy.max_body_bytes", "must be at least 1024, got %d", p.MaxBodyBytes)
+	}
+	for path, d := range map[string]Duration{
+		"proxy.connect_timeout": p.ConnectTimeout, "proxy.first_byte_timeout": p.FirstByteTimeout,
+		"proxy.request_timeout": p.RequestTimeout, "proxy.stream_idle_timeout": p.StreamIdleTimeout,
+		"proxy.stream_timeout": p.StreamTimeout, "proxy.hold_ttl": p.HoldTTL, "proxy.read_timeout": p.ReadTimeout,
+		"proxy.idle_timeout": p.IdleTimeout, "proxy.drain_timeout": p.DrainTimeout, "proxy.redis_timeout": p.RedisTimeout,
+	} {
+		if d < 0 {
+			bad(path, "must not be negative")
+		}
+	}
+	if p.HoldTTL.D() < p.StreamTimeout.D() && p.HoldTTL.D() < p.RequestTimeout.D() {
+		bad("proxy.hold_ttl", "must outlive the longest call (stream_timeout %s, request_timeout %s)", p.StreamTimeout.D(), p.RequestTimeout.D())
+	}
+	if len(c.Providers) == 0 {
+		bad("providers", "at least one provider is required")
+	}
+	for name, pr := range c.Providers {
+		path := "providers." + name
+		if pr.Kind != "openai" && pr.Kind != "anthropic" {
+			bad(path+".kind", "must be openai or anthropic, got %q", pr.Kind)
+		}
+		if u, err := url.Parse(pr.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(path+".base_url", "must be an http(s) URL, got %q", pr.BaseURL)
+		}
+	}
+	if _, err := pricing.New(c.Pricing); err != nil {
+		errs = append(errs, err)
+	}
+	for i, m := range c.Pricing.Models {
+		for j, d := range m.Deployments {
+			if _, ok := c.Providers[d.Provider]; d.Provider != "" && !ok {
+				bad(fmt.Sprintf("pricing.models[%d].deployments[%d].provider", i, j), "unknown provider %q", d.Provider)
+			}
+		}
+	}
+	if c.Redis.URL != "" {
+		if _, err := url.Parse(c.Redis.URL); err != nil || !strings.HasPrefix(c.Redis.URL, "redis") {
+			bad("redis.url", "must be a redis:// or rediss:// URL")
+		}
+	}
+	if t := c.Billing.AdminToken; t != "" && len(t) < 32 {
+		bad("billing.admin_token", "must be at least 32 characters (got %d)", len(t))
+	}
+	if _, err := pricing.ParseMinor(c.Billing.AutoRecharge.DefaultSpendingLimit, 2); err != nil {
+		bad("billing.auto_recharge.default_spending_limit", "%v", err)
+	}
+	seen := map[string]bool{}
+	for i, pl := range c.Plans {
+		path := fmt.Sprintf("plans[%d]", i)
+		if pl.ID == "" {
+			bad(path+".id", "is required")
+		}
+		if seen[pl.ID] {
+			bad(path+".id", "duplicate plan %q", pl.ID)
+		}
+		seen[pl.ID] = true
+		if pl.MaxSeats != 0 && pl.MaxSeats < pl.MinSeats {
+			bad(path+".max_seats", "must be at least min_seats")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad("log.format", "must be json or console, got %q", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}

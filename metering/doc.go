@@ -1,0 +1,36 @@
+// Package metering owns every Redis key and Lua script of Tollgate: accounts,
+// API keys, holds, settlement, credits, the per-account ledger and per-call
+// cost records.
+//
+// It imports nothing of ours. Other packages never build Redis commands; they
+// call a *Store (or declare the small interface they need and let a *Store
+// satisfy it).
+//
+// # Keys
+//
+// Every key of one account carries the hash tag {a:<account>} so that each
+// script touches a single slot and runs unchanged on Redis Cluster:
+//
+//	{a:ID}:acct          hash   balance, reserved, purchased, consumed, created_at,
+//	                            k:<key>:limit|used|res (per-key credit limits)
+//	{a:ID}:hexp          zset   hold id → expiry (ms)
+//	{a:ID}:hval          hash   hold id → "amount:keyid"
+//	{a:ID}:done:<hold>   hash   answer of a settled hold (idempotent replays), TTL
+//	{a:ID}:refs          set    credit references applied (never expires)
+//	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
+//	{a:ID}:gen:<req>     hash   cost record of one call, TTL
+//	{a:ID}:keys          hash   key id → key metadata (JSON)
+//	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
+//
+// # Units
+//
+// Amounts are int64 milli-credits throughout, and integers in every script.
+// Invariant: purchased − consumed = balance, and the ledger's amounts sum to
+// the balance, for every account at every moment outside a script.
+//
+// # Lifetimes
+//
+// A *Store is safe for concurrent use and holds no request state. Holds carry
+// an expiry; a proxy that dies mid-call frees its holds within the hold TTL,
+// the next time any reserve runs on that account.
+package metering

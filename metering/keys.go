@@ -1,0 +1,250 @@
+package metering
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// KeyPrefix starts every Tollgate API key.
+const KeyPrefix = "tg-"
+
+// Key is an API key's metadata. The secret itself is never stored: only its
+// SHA-256 hash is, as the lookup key.
+type Key struct {
+	ID          string    `json:"id"`
+	Account     string    `json:"account"`
+	Name        string    `json:"name"`
+	Hint        string    `json:"hint"`         // first characters of the secret, for recognition
+	CreditLimit int64     `json:"credit_limit"` // mc the key may spend in all; 0 = no limit
+	CreatedAt   time.Time `json:"created_at"`
+	Revoked     bool      `json:"revoked,omitempty"`
+}
+
+// CreateKey issues a new API key for account and returns its metadata and the
+// secret, which is shown once and never stored.
+func (s *Store) CreateKey(ctx context.Context, account, name string, creditLimit int64) (Key, string, error) {
+	if creditLimit < 0 {
+		return Key{}, "", fmt.Errorf("creating key: negative credit limit")
+	}
+	if _, err := s.Account(ctx, account); err != nil {
+		return Key{}, "", fmt.Errorf("creating key: %w", err)
+	}
+	var raw [32]byte
+	var idRaw [8]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return Key{}, "", fmt.Errorf("creating key: %w", err)
+	}
+	if _, err := rand.Read(idRaw[:]); err != nil {
+		return Key{}, "", fmt.Errorf("creating key: %w", err)
+	}
+	secret := KeyPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	k := Key{
+		ID: "key_" + hex.EncodeToString(idRaw[:]), Account: account, Name: name,
+		Hint: secret[:len(KeyPrefix)+4] + "…", CreditLimit: creditLimit, CreatedAt: time.Now().UTC().Truncate(time.Second),
+	}
+	meta, _ := json.Marshal(k)
+	hash := hashKey([]byte(secret))
+	// The account's own records first, the global lookup last: a key is never
+	// usable before its account knows it.
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, keysKey(account), k.ID, meta)
+	if creditLimit > 0 {
+		pipe.HSet(ctx, acctKey(account), "k:"+k.ID+":limit", creditLimit)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return Key{}, "", unavailable("creating key", err)
+	}
+	if err := s.rdb.HSet(ctx, keyLookupKey(hex.EncodeToString(hash[:])), "account", account, "id", k.ID, "hash_of", "sha256").Err(); err != nil {
+		return Key{}, "", unavailable("creating key", err)
+	}
+	if err := s.rdb.HSet(ctx, keysKey(account)+":hash", k.ID, hex.EncodeToString(hash[:])).Err(); err != nil {
+		return Key{}, "", unavailable("creating key", err)
+	}
+	return k, secret, nil
+}
+
+// RevokeKey disables a key: its lookup entry is deleted first, so that it is
+// refused everywhere within the key cache TTL.
+func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
+	hash, err := s.rdb.HGet(ctx, keysKey(account)+":hash", keyID).Result()
+	if err != nil {
+		if isNil(err) {
+			return fmt.Errorf("revoking %q: %w", keyID, ErrNoKey)
+		}
+		return unavailable("revoking key", err)
+	}
+	if err := s.rdb.Del(ctx, keyLookupKey(hash)).Err(); err != nil {
+		return unavailable("revoking key", err)
+	}
+	meta, err := s.rdb.HGet(ctx, keysKey(account), keyID).Bytes()
+	if err != nil && !isNil(err) {
+		return unavailable("revoking key", err)
+	}
+	var k Key
+	if json.Unmarshal(meta, &k) == nil {
+		k.Revoked = true
+		meta, _ = json.Marshal(k)
+		if err := s.rdb.HSet(ctx, keysKey(account), keyID, meta).Err(); err != nil {
+			return unavailable("revoking key", err)
+		}
+	}
+	s.keys.forget(hash)
+	return nil
+}
+
+// Keys lists an account's keys (revoked ones included, marked), oldest first,
+// with what each has spent.
+func (s *Store) Keys(ctx context.Context, account string) ([]KeyUsage, error) {
+	m, err := s.rdb.HGetAll(ctx, keysKey(account)).Result()
+	if err != nil {
+		return nil, unavailable("listing keys", err)
+	}
+	out := make([]KeyUsage, 0, len(m))
+	fields := make([]string, 0, len(m))
+	for _, v := range m {
+		var k Key
+		if json.Unmarshal([]byte(v), &k) == nil {
+			out = append(out, KeyUsage{Key: k})
+			fields = append(fields, "k:"+k.ID+":used")
+		}
+	}
+	if len(fields) > 0 {
+		used, err := s.rdb.HMGet(ctx, acctKey(account), fields...).Result()
+		if err != nil {
+			return nil, unavailable("listing keys", err)
+		}
+		for i := range out {
+			out[i].Used = atoi(used[i])
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// KeyUsage is a key with what it has spent, in mc.
+type KeyUsage struct {
+	Key
+	Used int64 `json:"used"`
+}
+
+// ActiveKeys counts an account's keys that are not revoked.
+func (s *Store) ActiveKeys(ctx context.Context, account string) (int, error) {
+	keys, err := s.Keys(ctx, account)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if !k.Revoked {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Identity is who an API key authenticates.
+type Identity struct {
+	Account string
+	KeyID   string
+}
+
+// Authenticate resolves an API key secret to its account. Unknown and revoked
+// keys fail with ErrBadKey. Results (hits and misses) are cached in process for
+// Options.KeyCacheTTL.
+func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, error) {
+	hash := hashKey(secret)
+	if id, err, ok := s.keys.get(hash); ok {
+		return id, err
+	}
+	var hexHash [64]byte
+	hex.Encode(hexHash[:], hash[:])
+	vals, err := s.rdb.HMGet(ctx, keyLookupKey(string(hexHash[:])), "account", "id").Result()
+	if err != nil {
+		return Identity{}, unavailable("authenticating", err)
+	}
+	acct, _ := vals[0].(string)
+	kid, _ := vals[1].(string)
+	if acct == "" {
+		s.keys.put(hash, Identity{}, ErrBadKey)
+		return Identity{}, ErrBadKey
+	}
+	id := Identity{Account: acct, KeyID: kid}
+	s.keys.put(hash, id, nil)
+	return id, nil
+}
+
+func hashKey(secret []byte) [32]byte { return sha256.Sum256(secret) }
+
+// keyCache remembers key lookups for a short TTL. Bounded: it is cleared
+// whole when it grows past maxEntries.
+type keyCache struct {
+	ttl time.Duration
+	mu  sync.RWMutex
+	m   map[[32]byte]cachedKey
+}
+
+type cachedKey struct {
+	id      Identity
+	err     error
+	expires int64 // unix nanos
+}
+
+const maxCachedKeys = 100_000
+
+func (c *keyCache) init(ttl time.Duration) {
+	c.ttl = ttl
+	c.m = make(map[[32]byte]cachedKey)
+}
+
+func (c *keyCache) get(h [32]byte) (Identity, error, bool) {
+	if c.ttl < 0 {
+		return Identity{}, nil, false
+	}
+	c.mu.RLock()
+	e, ok := c.m[h]
+	c.mu.RUnlock()
+	if !ok || time.Now().UnixNano() > e.expires {
+		return Identity{}, nil, false
+	}
+	return e.id, e.err, true
+}
+
+func (c *keyCache) put(h [32]byte, id Identity, err error) {
+	if c.ttl < 0 {
+		return
+	}
+	c.mu.Lock()
+	if len(c.m) >= maxCachedKeys {
+		c.m = make(map[[32]byte]cachedKey)
+	}
+	c.m[h] = cachedKey{id: id, err: err, expires: time.Now().Add(c.ttl).UnixNano()}
+	c.mu.Unlock()
+}
+
+func (c *keyCache) forget(hashHex string) {
+	var h [32]byte
+	if n, err := hex.Decode(h[:], []byte(hashHex)); err != nil || n != 32 {
+		return
+	}
+	c.mu.Lock()
+	delete(c.m, h)
+	c.mu.Unlock()
+}
+
+func isNil(err error) bool { return errors.Is(err, redis.Nil) }

@@ -1,0 +1,20 @@
+-- credit: add (or, for refunds, remove) credits, at most once per reference, ever.
+-- KEYS[1] account hash {a:<id>}:acct
+-- KEYS[2] references   {a:<id>}:refs   (set)
+-- KEYS[3] ledger       {a:<id>}:ledger (stream)
+-- ARGV: signed amount mc, reference, entry type, then field/value pairs for the ledger entry.
+-- Returns {1, balance after, ledger entry id} when applied, {0, balance, ""}
+-- when the reference was already applied, {-1} when the account does not exist.
+local acct, refs, ledger = KEYS[1], KEYS[2], KEYS[3]
+local amount, ref, etype = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+if redis.call('EXISTS', acct) == 0 then return {-1} end
+if redis.call('SADD', refs, ref) == 0 then
+  return {0, tonumber(redis.call('HGET', acct, 'balance')) or 0, ''}
+end
+local balance = redis.call('HINCRBY', acct, 'balance', amount)
+redis.call('HINCRBY', acct, 'purchased', amount)
+local rec = {}
+for i = 4, #ARGV do rec[#rec + 1] = ARGV[i] end
+local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
+  'ref', ref, unpack(rec))
+return {1, balance, eid}

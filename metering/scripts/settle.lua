@@ -1,0 +1,51 @@
+-- settle: turn a hold into a charge, exactly once.
+-- KEYS[1] account hash {a:<id>}:acct
+-- KEYS[2] hold expiry  {a:<id>}:hexp
+-- KEYS[3] hold values  {a:<id>}:hval
+-- KEYS[4] settle mark  {a:<id>}:done:<hold id>   (remembers the answer)
+-- KEYS[5] ledger       {a:<id>}:ledger           (stream)
+-- KEYS[6] cost record  {a:<id>}:gen:<request id>  (hash)
+-- ARGV: hold id, key id, cost mc, mark ttl s, record ttl s, entry type, then field/value pairs
+--       of the usage record (copied to the ledger entry and the cost record).
+-- Returns {balance after, charged, capped (0/1), replay (0/1)}, or {-1} when
+-- the account does not exist.
+local acct, hexp, hval, done, ledger, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, kid, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local markTTL, recTTL, etype = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+
+local prev = redis.call('HMGET', done, 'balance', 'charged', 'capped')
+if prev[1] then return {tonumber(prev[1]), tonumber(prev[2]), tonumber(prev[3]), 1} end
+if redis.call('EXISTS', acct) == 0 then return {-1} end
+
+local charge, capped = cost, 0
+local v = redis.call('HGET', hval, id)
+if v then
+  local sep = string.find(v, ':', 1, true)
+  local amt = tonumber(string.sub(v, 1, sep - 1))
+  redis.call('HDEL', hval, id)
+  redis.call('ZREM', hexp, id)
+  redis.call('HINCRBY', acct, 'reserved', -amt)
+  if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', -amt) end
+  -- A call never costs more than its hold.
+  if charge > amt then charge, capped = amt, 1 end
+else
+  -- The hold expired before the call ended: charge what is free, never more.
+  local f = redis.call('HMGET', acct, 'balance', 'reserved')
+  local avail = (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0)
+  if avail < 0 then avail = 0 end
+  if charge > avail then charge, capped = avail, 1 end
+end
+
+local balance = redis.call('HINCRBY', acct, 'balance', -charge)
+redis.call('HINCRBY', acct, 'consumed', charge)
+if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':used', charge) end
+
+local rec = {}
+for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
+redis.call('XADD', ledger, '*', 'type', etype, 'amount', -charge, 'balance_after', balance,
+  'ref', id, 'capped', capped, unpack(rec))
+redis.call('HSET', gen, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
+redis.call('EXPIRE', gen, recTTL)
+redis.call('HSET', done, 'balance', balance, 'charged', charge, 'capped', capped)
+redis.call('EXPIRE', done, markTTL)
+return {balance, charge, capped, 0}

@@ -1,0 +1,418 @@
+package metering
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/reserve.lua
+	reserveSrc string
+	//go:embed scripts/settle.lua
+	settleSrc string
+	//go:embed scripts/release.lua
+	releaseSrc string
+	//go:embed scripts/credit.lua
+	creditSrc string
+	//go:embed scripts/create_account.lua
+	createAccountSrc string
+
+	reserveScript       = redis.NewScript(reserveSrc)
+	settleScript        = redis.NewScript(settleSrc)
+	releaseScript       = redis.NewScript(releaseSrc)
+	creditScript        = redis.NewScript(creditSrc)
+	createAccountScript = redis.NewScript(createAccountSrc)
+)
+
+// Options configure a Store. Zero values mean the documented defaults.
+type Options struct {
+	// HoldTTL is how long a hold lives when its call never settles (a crashed
+	// proxy). It must exceed the longest call. Default 15m.
+	HoldTTL time.Duration
+	// KeyCacheTTL bounds how long an API key lookup (hit or miss) is reused in
+	// process; a revoked key is refused at most this long after revocation.
+	// Default 500ms; negative disables the cache.
+	KeyCacheTTL time.Duration
+	// RecordTTL is how long per-call cost records are kept. Default 30 days.
+	RecordTTL time.Duration
+	// SettleMarkTTL is how long a settled hold remembers its answer, making a
+	// retried settle a no-op. Default 24h.
+	SettleMarkTTL time.Duration
+}
+
+func (o *Options) init() {
+	if o.HoldTTL <= 0 {
+		o.HoldTTL = 15 * time.Minute
+	}
+	if o.KeyCacheTTL == 0 {
+		o.KeyCacheTTL = 500 * time.Millisecond
+	}
+	if o.RecordTTL <= 0 {
+		o.RecordTTL = 30 * 24 * time.Hour
+	}
+	if o.SettleMarkTTL <= 0 {
+		o.SettleMarkTTL = 24 * time.Hour
+	}
+}
+
+// Store is the Redis-backed ledger. It is safe for concurrent use.
+type Store struct {
+	rdb  redis.UniversalClient
+	opts Options
+	keys keyCache
+}
+
+// New returns a Store over rdb (standalone, Sentinel or Cluster client).
+func New(rdb redis.UniversalClient, opts Options) *Store {
+	opts.init()
+	s := &Store{rdb: rdb, opts: opts}
+	s.keys.init(opts.KeyCacheTTL)
+	return s
+}
+
+// Client returns the underlying Redis client (for wiring health checks).
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// HoldTTL is the configured hold lifetime.
+func (s *Store) HoldTTL() time.Duration { return s.opts.HoldTTL }
+
+// Ping reports whether Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return unavailable("pinging redis", err)
+	}
+	return nil
+}
+
+// LoadScripts loads every script into Redis so that the first calls use
+// EVALSHA. Optional: scripts fall back to EVAL when missing.
+func (s *Store) LoadScripts(ctx context.Context) error {
+	for _, sc := range []*redis.Script{reserveScript, settleScript, releaseScript, creditScript, createAccountScript} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return unavailable("loading scripts", err)
+		}
+	}
+	return nil
+}
+
+func acctKey(id string) string           { return "{a:" + id + "}:acct" }
+func holdExpKey(id string) string        { return "{a:" + id + "}:hexp" }
+func holdValKey(id string) string        { return "{a:" + id + "}:hval" }
+func doneKey(id, hold string) string     { return "{a:" + id + "}:done:" + hold }
+func refsKey(id string) string           { return "{a:" + id + "}:refs" }
+func ledgerKey(id string) string         { return "{a:" + id + "}:ledger" }
+func genKey(id, req string) string       { return "{a:" + id + "}:gen:" + req }
+func keysKey(id string) string           { return "{a:" + id + "}:keys" }
+func keyLookupKey(hashHex string) string { return "tg:key:" + hashHex }
+
+// ValidAccountID reports whether id may name an account: 1–128 bytes of
+// letters, digits and - _ . @ : (no braces, which would break the hash tag).
+func ValidAccountID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '-' || c == '_' || c == '.' || c == '@' || c == ':' || c == '|':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Account is an account's balances, in milli-credits.
+type Account struct {
+	ID        string
+	Balance   int64 // credits owned (may be negative after a refund)
+	Reserved  int64 // held by calls in flight
+	Purchased int64 // Σ credits (purchases, grants, auto-recharges, less refunds)
+	Consumed  int64 // Σ debits
+	CreatedAt time.Time
+}
+
+// Available is what new calls may reserve.
+func (a Account) Available() int64 { return a.Balance - a.Reserved }
+
+// CreateAccount creates an empty account. It fails with ErrAccountExists when
+// the id is taken.
+func (s *Store) CreateAccount(ctx context.Context, id string) (Account, error) {
+	created, err := s.ensureAccount(ctx, id)
+	if err != nil {
+		return Account{}, err
+	}
+	if !created {
+		return Account{}, fmt.Errorf("creating account %q: %w", id, ErrAccountExists)
+	}
+	return s.Account(ctx, id)
+}
+
+// EnsureAccount creates the account unless it exists; created says which.
+func (s *Store) EnsureAccount(ctx context.Context, id string) (created bool, err error) {
+	return s.ensureAccount(ctx, id)
+}
+
+func (s *Store) ensureAccount(ctx context.Context, id string) (bool, error) {
+	if !ValidAccountID(id) {
+		return false, fmt.Errorf("creating account %q: %w", id, ErrNoAccount)
+	}
+	n, err := createAccountScript.Run(ctx, s.rdb, []string{acctKey(id)}, time.Now().Unix()).Int()
+	if err != nil {
+		return false, unavailable("creating account", err)
+	}
+	return n == 1, nil
+}
+
+// Account returns an account's balances, with expired holds already ignored
+// only once a reserve has swept them.
+func (s *Store) Account(ctx context.Context, id string) (Account, error) {
+	if !ValidAccountID(id) {
+		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
+	}
+	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at").Result()
+	if err != nil {
+		return Account{}, unavailable("reading account", err)
+	}
+	if f[0] == nil {
+		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
+	}
+	a := Account{ID: id}
+	a.Balance = atoi(f[0])
+	a.Reserved = atoi(f[1])
+	a.Purchased = atoi(f[2])
+	a.Consumed = atoi(f[3])
+	a.CreatedAt = time.Unix(atoi(f[4]), 0).UTC()
+	return a, nil
+}
+
+func atoi(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// HoldRequest asks for a hold sized for the worst case of one call:
+// Fixed + PerOutput × output tokens, where the output tokens granted are the
+// most in [MinOutput, MaxOutput] that the account (and key limit) can afford.
+type HoldRequest struct {
+	Account   string
+	KeyID     string // "" when the call is not made with an API key
+	HoldID    string // unique per call; reusing it returns the same hold
+	Fixed     int64  // mc for the input side
+	PerOutput int64  // mc per output token
+	MinOutput int64  // smallest output the call may be granted
+	MaxOutput int64  // largest output wanted
+}
+
+// Hold is a granted reservation.
+type Hold struct {
+	ID           string
+	Amount       int64 // mc held
+	OutputTokens int64 // output tokens the hold covers
+	Available    int64 // mc still available to the account after this hold
+}
+
+// Reserve places a hold. It fails with an *InsufficientError when even the
+// minimal call is unaffordable, ErrNoAccount, or ErrUnavailable.
+func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
+	if r.Fixed < 0 || r.PerOutput < 0 || r.MinOutput < 0 || r.MaxOutput < r.MinOutput {
+		return Hold{}, fmt.Errorf("reserving credits: invalid request %+v", r)
+	}
+	a := r.Account
+	res, err := reserveScript.Run(ctx, s.rdb,
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a)},
+		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
+	).Slice()
+	if err != nil {
+		return Hold{}, unavailable("reserving credits", err)
+	}
+	switch toInt(res[0]) {
+	case 1:
+		return Hold{ID: r.HoldID, Amount: toInt(res[1]), OutputTokens: toInt(res[2]), Available: toInt(res[3])}, nil
+	case 0:
+		return Hold{}, &InsufficientError{Needed: toInt(res[2]), Available: toInt(res[1]), KeyLimit: res[3] == "key"}
+	default:
+		return Hold{}, fmt.Errorf("reserving credits for %q: %w", a, ErrNoAccount)
+	}
+}
+
+func toInt(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case string:
+		i, _ := strconv.ParseInt(n, 10, 64)
+		return i
+	}
+	return 0
+}
+
+// Record describes one call, for the ledger and the per-call cost record.
+type Record struct {
+	RequestID   string
+	Model       string // public model name asked for
+	Provider    string // provider that served it
+	Endpoint    string // e.g. "chat.completions"
+	Input       int64  // uncached input tokens
+	CachedInput int64
+	Output      int64 // output tokens, reasoning included
+	Reasoning   int64
+	Estimated   bool // usage estimated by a tokenizer, not reported by the provider
+	Streamed    bool
+	Cancelled   bool // the client went away mid-stream
+	Failed      bool // the call failed and is not charged
+	Status      int  // HTTP status the caller saw
+	Reason      string
+	Latency     time.Duration
+	TTFT        time.Duration
+	CreatedAt   time.Time
+}
+
+func (r *Record) args(dst []any) []any {
+	b := func(v bool) string {
+		if v {
+			return "1"
+		}
+		return "0"
+	}
+	dst = append(dst,
+		"request_id", r.RequestID, "model", r.Model, "provider", r.Provider, "endpoint", r.Endpoint,
+		"input_tokens", r.Input, "cached_input_tokens", r.CachedInput, "output_tokens", r.Output,
+		"reasoning_tokens", r.Reasoning, "estimated", b(r.Estimated), "streamed", b(r.Streamed),
+		"cancelled", b(r.Cancelled), "failed", b(r.Failed), "status", r.Status,
+		"latency_us", r.Latency.Microseconds(), "ttft_us", r.TTFT.Microseconds(),
+		"created_at", r.CreatedAt.UnixMilli(),
+	)
+	if r.Reason != "" {
+		dst = append(dst, "reason", r.Reason)
+	}
+	return dst
+}
+
+// Settlement is the outcome of a call that is to be charged.
+type Settlement struct {
+	Account string
+	KeyID   string
+	HoldID  string
+	Cost    int64 // priced usage, mc
+	Record  Record
+}
+
+// Charge is what a settle did.
+type Charge struct {
+	Charged      int64 // mc debited (Cost, unless capped at the hold)
+	BalanceAfter int64
+	Capped       bool // the cost exceeded the hold and was capped at it
+	Replay       bool // this hold was already settled; nothing changed now
+}
+
+// Settle removes the hold, debits the cost (never more than the hold), and
+// writes the ledger entry and the cost record, atomically. Settling the same
+// hold again returns the first answer and changes nothing.
+func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
+	if st.Cost < 0 {
+		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
+	}
+	a := st.Account
+	if st.Record.CreatedAt.IsZero() {
+		st.Record.CreatedAt = time.Now()
+	}
+	args := make([]any, 0, 48)
+	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage")
+	args = st.Record.args(args)
+	res, err := settleScript.Run(ctx, s.rdb,
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), doneKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID)},
+		args...,
+	).Int64Slice()
+	if err != nil {
+		return Charge{}, unavailable("settling", err)
+	}
+	if res[0] == -1 && len(res) == 1 {
+		return Charge{}, fmt.Errorf("settling for %q: %w", a, ErrNoAccount)
+	}
+	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1}, nil
+}
+
+// Release drops a hold without charge. When rec is not nil the call's cost
+// record is stored (charged 0) for /v1/generation. Releasing twice is harmless.
+func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec *Record) error {
+	args := make([]any, 0, 40)
+	args = append(args, holdID, keyID, int64(s.opts.RecordTTL/time.Second))
+	reqID := holdID
+	if rec != nil {
+		if rec.CreatedAt.IsZero() {
+			rec.CreatedAt = time.Now()
+		}
+		args = rec.args(args)
+		reqID = rec.RequestID
+	}
+	err := releaseScript.Run(ctx, s.rdb,
+		[]string{acctKey(account), holdExpKey(account), holdValKey(account), genKey(account, reqID)},
+		args...,
+	).Err()
+	if err != nil {
+		return unavailable("releasing hold", err)
+	}
+	return nil
+}
+
+// Credit adds (or, when negative, removes) credits.
+type Credit struct {
+	Account   string
+	Amount    int64  // signed mc
+	Reference string // applied at most once per account, ever
+	// Type is the ledger entry type: purchase, grant, refund, auto_recharge, adjustment.
+	Type string
+	// Fields are extra ledger fields (description, price_minor, currency, stripe ids).
+	Fields map[string]string
+}
+
+// Credited is the result of a Credit.
+type Credited struct {
+	Applied      bool // false: the reference was already applied, nothing changed
+	BalanceAfter int64
+	EntryID      string
+}
+
+// ErrNoReference is returned for a credit without an idempotency reference.
+var ErrNoReference = errors.New("metering: credit needs a reference")
+
+// Credit applies c atomically and at most once per reference.
+func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
+	if c.Reference == "" {
+		return Credited{}, ErrNoReference
+	}
+	if c.Type == "" {
+		c.Type = "grant"
+	}
+	a := c.Account
+	if !ValidAccountID(a) {
+		return Credited{}, fmt.Errorf("crediting %q: %w", a, ErrNoAccount)
+	}
+	args := make([]any, 0, 4+2*len(c.Fields))
+	args = append(args, c.Amount, c.Reference, c.Type, "created_at", time.Now().UnixMilli())
+	for _, k := range sortedKeys(c.Fields) {
+		args = append(args, k, c.Fields[k])
+	}
+	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a)}, args...).Slice()
+	if err != nil {
+		return Credited{}, unavailable("crediting", err)
+	}
+	switch toInt(res[0]) {
+	case 1:
+		id, _ := res[2].(string)
+		return Credited{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id}, nil
+	case 0:
+		return Credited{Applied: false, BalanceAfter: toInt(res[1])}, nil
+	default:
+		return Credited{}, fmt.Errorf("crediting %q: %w", a, ErrNoAccount)
+	}
+}

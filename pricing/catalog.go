@@ -1,0 +1,428 @@
+package pricing
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Spec is the catalog as written in configuration. Field names are the YAML
+// keys under `pricing:` in configs/tollgate.yaml.
+type Spec struct {
+	// CreditsPerUSD converts provider USD prices and USD packs into credits.
+	CreditsPerUSD int64 `yaml:"credits_per_usd"`
+	// FeeBps is the processing fee on purchases, in basis points (500 = 5%).
+	FeeBps int64 `yaml:"fee_bps"`
+	// Tiers maps a tier name to its rates in credits per 1K tokens.
+	Tiers map[string]TierSpec `yaml:"tiers"`
+	// Models lists the public models, in the order /v1/models shows them.
+	Models []ModelSpec `yaml:"models"`
+	// Packs lists the credit packs on sale, in display order.
+	Packs []PackSpec `yaml:"packs"`
+}
+
+// TierSpec holds a tier's rates in whole credits per 1K tokens.
+type TierSpec struct {
+	Input int64 `yaml:"input"`
+	// CachedInput defaults to Input when absent.
+	CachedInput *int64 `yaml:"cached_input"`
+	Output      int64  `yaml:"output"`
+}
+
+// ModelSpec is one public model.
+type ModelSpec struct {
+	ID              string           `yaml:"id"`
+	Aliases         []string         `yaml:"aliases"`
+	Tier            string           `yaml:"tier"`
+	ContextWindow   int64            `yaml:"context_window"`
+	MaxOutputTokens int64            `yaml:"max_output_tokens"`
+	Deployments     []DeploymentSpec `yaml:"deployments"`
+	// PriceUSD, when set, overrides the tier rates with the provider's price.
+	PriceUSD *USDPriceSpec `yaml:"price_usd"`
+}
+
+// DeploymentSpec names a provider and the provider's own model name.
+type DeploymentSpec struct {
+	Provider string `yaml:"provider"`
+	Model    string `yaml:"model"`
+}
+
+// USDPriceSpec is a provider price in USD per 1M tokens, as decimal strings
+// with at most six decimals ("0.15").
+type USDPriceSpec struct {
+	Input       string `yaml:"input"`
+	CachedInput string `yaml:"cached_input"`
+	Output      string `yaml:"output"`
+}
+
+// PackSpec is one credit pack.
+type PackSpec struct {
+	Key      string `yaml:"key"`
+	Name     string `yaml:"name"`
+	Price    string `yaml:"price"`    // decimal in the currency's major unit: "24.99"
+	Currency string `yaml:"currency"` // ISO 4217, lower case; default usd
+	// Credits states the pack's credits outright (no fee); otherwise they are
+	// derived from the price at CreditsPerUSD less FeeBps (USD only).
+	Credits *int64 `yaml:"credits"`
+	Note    string `yaml:"note"`
+}
+
+// Rates are milli-credits per token (= credits per 1K tokens).
+type Rates struct {
+	Input       int64 `json:"input"`
+	CachedInput int64 `json:"cached_input"`
+	Output      int64 `json:"output"`
+}
+
+// Tier is a named rate card.
+type Tier struct {
+	Name  string
+	Rates Rates
+}
+
+// Deployment is where a model is served: a provider and its model name.
+type Deployment struct {
+	Provider string
+	Model    string
+}
+
+// Model is a priced public model. It is immutable once built.
+type Model struct {
+	ID              string
+	Aliases         []string
+	Tier            string
+	Rates           Rates // effective per-token ceiling rates (tier, or USD converted, rounded up)
+	ContextWindow   int64
+	MaxOutputTokens int64
+	Deployments     []Deployment
+
+	usd *usdRates // nil: priced by tier
+}
+
+type usdRates struct {
+	input, cachedInput, output uint64 // micro-USD per 1M tokens
+	creditsPerUSD              uint64
+}
+
+// Usage is what a call consumed, normalised across providers.
+type Usage struct {
+	Input       int64 // uncached input tokens (including cache writes)
+	CachedInput int64 // input tokens read from the provider's prompt cache
+	Output      int64 // output tokens, reasoning tokens included
+}
+
+// Pack is a credit pack on sale.
+type Pack struct {
+	Key        string
+	Name       string
+	Note       string
+	Currency   string
+	PriceMinor int64 // what the buyer pays, in minor units
+	FeeBps     int64
+	FeeMinor   int64 // the processing fee inside PriceMinor, rounded half up
+	Credits    int64 // milli-credits the pack buys
+}
+
+// Catalog is the immutable, validated price list.
+type Catalog struct {
+	creditsPerUSD int64
+	feeBps        int64
+	tiers         map[string]Tier
+	models        []*Model
+	byName        map[string]*Model
+	packs         []Pack
+	byPack        map[string]*Pack
+}
+
+// Errors reported by lookups.
+var (
+	ErrUnknownModel = errors.New("pricing: unknown model")
+	ErrUnknownPack  = errors.New("pricing: unknown pack")
+)
+
+// maxUSDMicros caps a provider price (1000 USD per 1M tokens) so that cost
+// sums stay inside 64 bits.
+const maxUSDMicros = 1000 * 1_000_000
+
+// New validates spec and builds a Catalog. It reports every problem at once,
+// each prefixed with its YAML path below `pricing`.
+func New(spec Spec) (*Catalog, error) {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("pricing.%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	c := &Catalog{
+		creditsPerUSD: spec.CreditsPerUSD,
+		feeBps:        spec.FeeBps,
+		tiers:         make(map[string]Tier, len(spec.Tiers)),
+		byName:        make(map[string]*Model),
+		byPack:        make(map[string]*Pack),
+	}
+	if spec.CreditsPerUSD <= 0 || spec.CreditsPerUSD > 1e9 {
+		bad("credits_per_usd", "must be between 1 and 1e9, got %d", spec.CreditsPerUSD)
+	}
+	if spec.FeeBps < 0 || spec.FeeBps >= 10000 {
+		bad("fee_bps", "must be in [0, 10000), got %d", spec.FeeBps)
+	}
+	if len(spec.Tiers) == 0 {
+		bad("tiers", "at least one tier is required")
+	}
+	for _, name := range sortedKeys(spec.Tiers) {
+		t := spec.Tiers[name]
+		r := Rates{Input: t.Input, CachedInput: t.Input, Output: t.Output}
+		if t.CachedInput != nil {
+			r.CachedInput = *t.CachedInput
+		}
+		for field, v := range map[string]int64{"input": r.Input, "cached_input": r.CachedInput, "output": r.Output} {
+			if v < 0 || v > 1e6 {
+				bad("tiers."+name+"."+field, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", v)
+			}
+		}
+		c.tiers[name] = Tier{Name: name, Rates: r}
+	}
+	if len(spec.Models) == 0 {
+		bad("models", "at least one model is required")
+	}
+	for i, ms := range spec.Models {
+		path := fmt.Sprintf("models[%d]", i)
+		m := &Model{
+			ID: ms.ID, Aliases: ms.Aliases, Tier: ms.Tier,
+			ContextWindow: ms.ContextWindow, MaxOutputTokens: ms.MaxOutputTokens,
+		}
+		if ms.ID == "" {
+			bad(path+".id", "is required")
+		}
+		tier, ok := c.tiers[ms.Tier]
+		if !ok {
+			bad(path+".tier", "unknown tier %q (have %s)", ms.Tier, strings.Join(sortedKeys(spec.Tiers), ", "))
+		}
+		m.Rates = tier.Rates
+		if ms.ContextWindow <= 0 || ms.ContextWindow > maxTokens {
+			bad(path+".context_window", "must be positive, got %d", ms.ContextWindow)
+		}
+		if ms.MaxOutputTokens <= 0 || ms.MaxOutputTokens > maxTokens {
+			bad(path+".max_output_tokens", "must be positive, got %d", ms.MaxOutputTokens)
+		}
+		if len(ms.Deployments) == 0 {
+			bad(path+".deployments", "at least one deployment is required")
+		}
+		for j, d := range ms.Deployments {
+			if d.Provider == "" || d.Model == "" {
+				bad(fmt.Sprintf("%s.deployments[%d]", path, j), "provider and model are required")
+			}
+			m.Deployments = append(m.Deployments, Deployment(d))
+		}
+		if ms.PriceUSD != nil {
+			u, err := parseUSD(*ms.PriceUSD, spec.CreditsPerUSD)
+			if err != nil {
+				bad(path+".price_usd", "%v", err)
+			} else {
+				m.usd = u
+				m.Rates = u.ceilRates()
+			}
+		}
+		for _, name := range append([]string{ms.ID}, ms.Aliases...) {
+			if name == "" {
+				continue
+			}
+			if prev, dup := c.byName[name]; dup {
+				bad(path, "name %q already used by model %q", name, prev.ID)
+				continue
+			}
+			c.byName[name] = m
+		}
+		c.models = append(c.models, m)
+	}
+	for i, ps := range spec.Packs {
+		p, err := c.buildPack(ps)
+		if err != nil {
+			bad(fmt.Sprintf("packs[%d]", i), "%v", err)
+			continue
+		}
+		if _, dup := c.byPack[p.Key]; dup {
+			bad(fmt.Sprintf("packs[%d].key", i), "duplicate pack %q", p.Key)
+			continue
+		}
+		c.packs = append(c.packs, p)
+		c.byPack[p.Key] = &c.packs[len(c.packs)-1]
+	}
+	// byPack points into c.packs; rebuild now that the slice is final.
+	for i := range c.packs {
+		c.byPack[c.packs[i].Key] = &c.packs[i]
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func (c *Catalog) buildPack(ps PackSpec) (Pack, error) {
+	p := Pack{Key: ps.Key, Name: ps.Name, Note: ps.Note, Currency: strings.ToLower(ps.Currency)}
+	if p.Currency == "" {
+		p.Currency = "usd"
+	}
+	if p.Key == "" {
+		return p, errors.New("key is required")
+	}
+	if p.Name == "" {
+		p.Name = p.Key
+	}
+	price, err := ParseMinor(ps.Price, 2)
+	if err != nil {
+		return p, err
+	}
+	if price <= 0 {
+		return p, fmt.Errorf("price must be positive, got %q", ps.Price)
+	}
+	p.PriceMinor = price
+	if ps.Credits != nil {
+		if *ps.Credits <= 0 || *ps.Credits > 1e12 {
+			return p, fmt.Errorf("credits must be positive, got %d", *ps.Credits)
+		}
+		p.Credits = *ps.Credits * MilliPerCredit
+		return p, nil
+	}
+	if p.Currency != "usd" {
+		return p, fmt.Errorf("currency %q needs credits stated outright", p.Currency)
+	}
+	p.FeeBps = c.feeBps
+	p.FeeMinor = (price*c.feeBps + 5000) / 10000
+	if p.Note == "" && c.feeBps > 0 {
+		p.Note = feeNote(c.feeBps)
+	}
+	// credits_mc = price_minor × credits_per_minor × 1000 × (10000 − fee) / 10000,
+	// with credits_per_minor = credits_per_usd / 100: multiply first, divide
+	// last, and round down (in the seller's favour by under 1 mc).
+	mc, ok := mulDivFloor(uint64(price)*uint64(c.creditsPerUSD), uint64(MilliPerCredit*(10000-c.feeBps)), 100*10000)
+	if !ok {
+		return p, errors.New("credits overflow")
+	}
+	p.Credits = mc
+	return p, nil
+}
+
+func feeNote(bps int64) string {
+	whole, frac := bps/100, bps%100
+	if frac == 0 {
+		return fmt.Sprintf("%d%% fee applied", whole)
+	}
+	return strings.TrimRight(fmt.Sprintf("%d.%02d", whole, frac), "0") + "% fee applied"
+}
+
+func parseUSD(s USDPriceSpec, creditsPerUSD int64) (*usdRates, error) {
+	parse := func(field, v string) (uint64, error) {
+		n, err := parseDecimal(v, 6)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %q: %w", field, v, err)
+		}
+		if n < 0 || n > maxUSDMicros {
+			return 0, fmt.Errorf("%s: %q out of range [0, 1000]", field, v)
+		}
+		return uint64(n), nil
+	}
+	u := &usdRates{creditsPerUSD: uint64(creditsPerUSD)}
+	var err1, err2, err3 error
+	u.input, err1 = parse("input", s.Input)
+	u.output, err3 = parse("output", s.Output)
+	if s.CachedInput == "" {
+		u.cachedInput = u.input
+	} else {
+		u.cachedInput, err2 = parse("cached_input", s.CachedInput)
+	}
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// ceilRates is the per-token price rounded up to whole milli-credits: an upper
+// bound used to size holds.
+func (u *usdRates) ceilRates() Rates {
+	r := func(micros uint64) int64 {
+		v, _ := mulDivCeil(micros, u.creditsPerUSD*MilliPerCredit, 1e12)
+		return v
+	}
+	return Rates{Input: r(u.input), CachedInput: r(u.cachedInput), Output: r(u.output)}
+}
+
+// Cost returns the exact price of u in milli-credits. Negative counts are
+// treated as zero.
+func (m *Model) Cost(u Usage) int64 {
+	in, cached, out := clampTokens(u.Input), clampTokens(u.CachedInput), clampTokens(u.Output)
+	if m.usd == nil {
+		return in*m.Rates.Input + cached*m.Rates.CachedInput + out*m.Rates.Output
+	}
+	// Σ tokens × µUSD/1M fits in 64 bits (≤ 3 × 2^40 × 1e9); convert once and
+	// round the call's total up to a whole milli-credit.
+	micros := uint64(in)*m.usd.input + uint64(cached)*m.usd.cachedInput + uint64(out)*m.usd.output
+	v, _ := mulDivCeil(micros, m.usd.creditsPerUSD*MilliPerCredit, 1e12)
+	return v
+}
+
+// PricedByUSD reports whether the model uses a passthrough provider price.
+func (m *Model) PricedByUSD() bool { return m.usd != nil }
+
+func clampTokens(n int64) int64 {
+	switch {
+	case n < 0:
+		return 0
+	case n > maxTokens:
+		return maxTokens
+	}
+	return n
+}
+
+// Lookup finds a model by its public name or an alias.
+func (c *Catalog) Lookup(name string) (*Model, error) {
+	if m, ok := c.byName[name]; ok {
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownModel, name)
+}
+
+// LookupBytes is Lookup for a name held in a byte slice; it does not allocate
+// on a hit.
+func (c *Catalog) LookupBytes(name []byte) (*Model, bool) {
+	m, ok := c.byName[string(name)]
+	return m, ok
+}
+
+// Models returns the public models in catalog order. The slice must not be modified.
+func (c *Catalog) Models() []*Model { return c.models }
+
+// Tier returns a tier by name.
+func (c *Catalog) Tier(name string) (Tier, bool) {
+	t, ok := c.tiers[name]
+	return t, ok
+}
+
+// Packs returns the packs in display order. The slice must not be modified.
+func (c *Catalog) Packs() []Pack { return c.packs }
+
+// Pack finds a pack by key.
+func (c *Catalog) Pack(key string) (Pack, error) {
+	if p, ok := c.byPack[key]; ok {
+		return *p, nil
+	}
+	keys := make([]string, len(c.packs))
+	for i, p := range c.packs {
+		keys[i] = p.Key
+	}
+	return Pack{}, fmt.Errorf("%w %q (valid: %s)", ErrUnknownPack, key, strings.Join(keys, ", "))
+}
+
+// CreditsPerUSD is the catalog's conversion rate.
+func (c *Catalog) CreditsPerUSD() int64 { return c.creditsPerUSD }
+
+// FeeBps is the catalog's processing fee on purchases.
+func (c *Catalog) FeeBps() int64 { return c.feeBps }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
