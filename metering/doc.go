@@ -20,6 +20,7 @@
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL
 //	{a:ID}:keys          hash   key id → key metadata (JSON)
+//	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
 //	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
 //
 // # Units

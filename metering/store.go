@@ -382,6 +382,9 @@ type Credited struct {
 	EntryID      string
 }
 
+// ledgerCoreFields are ledger fields a Credit's Fields may not shadow.
+var ledgerCoreFields = map[string]bool{"type": true, "amount": true, "balance_after": true, "ref": true, "created_at": true}
+
 // ErrNoReference is returned for a credit without an idempotency reference.
 var ErrNoReference = errors.New("metering: credit needs a reference")
 
@@ -396,6 +399,11 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	a := c.Account
 	if !ValidAccountID(a) {
 		return Credited{}, fmt.Errorf("crediting %q: %w", a, ErrNoAccount)
+	}
+	for k := range c.Fields {
+		if ledgerCoreFields[k] {
+			return Credited{}, fmt.Errorf("crediting %q: field %q is reserved", a, k)
+		}
 	}
 	args := make([]any, 0, 4+2*len(c.Fields))
 	args = append(args, c.Amount, c.Reference, c.Type, "created_at", time.Now().UnixMilli())

@@ -3,6 +3,7 @@ package pricing
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"sort"
 	"strings"
 )
@@ -294,7 +295,9 @@ func (c *Catalog) buildPack(ps PackSpec) (Pack, error) {
 	// credits_mc = price_minor × credits_per_minor × 1000 × (10000 − fee) / 10000,
 	// with credits_per_minor = credits_per_usd / 100: multiply first, divide
 	// last, and round down (in the seller's favour by under 1 mc).
-	mc, ok := mulDivFloor(uint64(price)*uint64(c.creditsPerUSD), uint64(MilliPerCredit*(10000-c.feeBps)), 100*10000)
+	// (credits_per_usd × 1000 × (10000 − fee) ≤ 1e16 fits in 64 bits; the
+	// price times that is formed in 128 bits by mulDivFloor.)
+	mc, ok := mulDivFloor(uint64(price), uint64(c.creditsPerUSD)*uint64(MilliPerCredit*(10000-c.feeBps)), 100*10000)
 	if !ok {
 		return p, errors.New("credits overflow")
 	}
@@ -353,10 +356,19 @@ func (m *Model) Cost(u Usage) int64 {
 	if m.usd == nil {
 		return in*m.Rates.Input + cached*m.Rates.CachedInput + out*m.Rates.Output
 	}
-	// Σ tokens × µUSD/1M fits in 64 bits (≤ 3 × 2^40 × 1e9); convert once and
-	// round the call's total up to a whole milli-credit.
-	micros := uint64(in)*m.usd.input + uint64(cached)*m.usd.cachedInput + uint64(out)*m.usd.output
-	v, _ := mulDivCeil(micros, m.usd.creditsPerUSD*MilliPerCredit, 1e12)
+	// Σ tokens × µUSD/1M needs up to 72 bits (≤ 3 × 2^40 × 1e9): sum it in 128
+	// bits, convert once and round the call's total up to a whole milli-credit.
+	var hi, lo uint64
+	for _, t := range [3][2]uint64{{uint64(in), m.usd.input}, {uint64(cached), m.usd.cachedInput}, {uint64(out), m.usd.output}} {
+		h, l := bits.Mul64(t[0], t[1])
+		var carry uint64
+		lo, carry = bits.Add64(lo, l, 0)
+		hi += h + carry
+	}
+	v, ok := mulDivCeil128(hi, lo, m.usd.creditsPerUSD*MilliPerCredit, 1e12)
+	if !ok {
+		return maxCost // never a free call: saturate instead of wrapping
+	}
 	return v
 }
 

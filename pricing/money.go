@@ -57,10 +57,11 @@ func ParseMinor(s string, decimals int) (int64, error) {
 // FormatMinor renders minor units with the given number of decimals: 2499 → "24.99".
 func FormatMinor(minor int64, decimals int) string {
 	neg := minor < 0
+	u := uint64(minor)
 	if neg {
-		minor = -minor
+		u = -u // also right for math.MinInt64
 	}
-	s := strconv.FormatInt(minor, 10)
+	s := strconv.FormatUint(u, 10)
 	if decimals > 0 {
 		if len(s) <= decimals {
 			s = strings.Repeat("0", decimals-len(s)+1) + s
@@ -125,6 +126,28 @@ func mulDivFloor(a, b, d uint64) (int64, bool) {
 		return 0, false
 	}
 	q, _ := bits.Div64(hi, lo, d)
+	if q > 1<<62 {
+		return 0, false
+	}
+	return int64(q), true
+}
+
+// maxCost is what Cost returns when the exact price does not fit the ledger.
+const maxCost = 1 << 62
+
+// mulDivCeil128 returns ceil((hi×2^64 + lo)×b/d); ok is false when the result
+// does not fit an int64.
+func mulDivCeil128(hi, lo, b, d uint64) (int64, bool) {
+	h1, l1 := bits.Mul64(lo, b)
+	h2, l2 := bits.Mul64(hi, b)
+	top, carry := bits.Add64(h1, l2, 0)
+	if h2 != 0 || carry != 0 || top >= d {
+		return 0, false
+	}
+	q, r := bits.Div64(top, l1, d)
+	if r != 0 {
+		q++
+	}
 	if q > 1<<62 {
 		return 0, false
 	}

@@ -47,6 +47,7 @@ type Server struct {
 	closeErr  error
 
 	srv       *fasthttp.Server
+	ln        net.Listener
 	serveDone chan error
 	hangs     sync.WaitGroup
 
@@ -81,6 +82,7 @@ func StartAt(cfg Config, addr string) (*Server, string, error) {
 		return nil, "", fmt.Errorf("mockllm: listen on %s: %w", addr, err)
 	}
 	s := New(cfg)
+	s.ln = ln
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handler,
 		Name:               "mockllm",
@@ -102,12 +104,17 @@ func (s *Server) Close() error {
 		if s.srv == nil {
 			return
 		}
+		// Closing the listener first also covers a Serve goroutine that has
+		// not registered it yet (fasthttp's Shutdown would then be a no-op).
+		if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.closeErr = fmt.Errorf("mockllm: close listener: %w", err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.srv.ShutdownWithContext(ctx); err != nil {
+		if err := s.srv.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) && s.closeErr == nil {
 			s.closeErr = fmt.Errorf("mockllm: shutdown: %w", err)
 		}
-		if err := <-s.serveDone; err != nil && s.closeErr == nil {
+		if err := <-s.serveDone; err != nil && !errors.Is(err, net.ErrClosed) && s.closeErr == nil {
 			s.closeErr = fmt.Errorf("mockllm: serve: %w", err)
 		}
 		// Hanging connections notice s.closing within ~100ms; the bound only
@@ -297,7 +304,11 @@ func (s *Server) hang(ctx *fasthttp.RequestCtx) {
 			if !now.Before(deadline) {
 				return
 			}
-			if err := c.SetReadDeadline(min(now.Add(100*time.Millisecond), deadline)); err != nil {
+			next := now.Add(100 * time.Millisecond)
+			if next.After(deadline) {
+				next = deadline
+			}
+			if err := c.SetReadDeadline(next); err != nil {
 				return
 			}
 			if _, err := c.Read(buf[:]); err != nil {

@@ -33,7 +33,7 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 // Client returns a new client for the server, closed at the end of the test.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, PoolSize: 64})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, PoolSize: 64, MaxRetries: 2, DialerRetries: 1, DialerRetryTimeout: 10 * time.Millisecond})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

@@ -18,8 +18,10 @@ local v = redis.call('HGET', hval, id)
 if not v then return {0} end
 local sep = string.find(v, ':', 1, true)
 local amt = tonumber(string.sub(v, 1, sep - 1))
+kid = string.sub(v, sep + 1) -- the key the hold was placed under is authoritative
 redis.call('HDEL', hval, id)
 redis.call('ZREM', hexp, id)
-redis.call('HINCRBY', acct, 'reserved', -amt)
-if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', -amt) end
+-- 0 - amt, not -amt: a zero hold's -0 reaches Redis as "-0", which HINCRBY refuses.
+redis.call('HINCRBY', acct, 'reserved', 0 - amt)
+if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', 0 - amt) end
 return {1}

@@ -22,8 +22,9 @@ for _, h in ipairs(expired) do
   if v then
     local sep = string.find(v, ':', 1, true)
     local amt, k = tonumber(string.sub(v, 1, sep - 1)), string.sub(v, sep + 1)
-    redis.call('HINCRBY', acct, 'reserved', -amt)
-    if k ~= '' then redis.call('HINCRBY', acct, 'k:' .. k .. ':res', -amt) end
+    -- 0 - amt, not -amt: a zero hold's -0 reaches Redis as "-0", which HINCRBY refuses.
+    redis.call('HINCRBY', acct, 'reserved', 0 - amt)
+    if k ~= '' then redis.call('HINCRBY', acct, 'k:' .. k .. ':res', 0 - amt) end
     redis.call('HDEL', hval, h)
   end
   redis.call('ZREM', hexp, h)
@@ -60,7 +61,8 @@ if per > 0 then
 end
 local amount = fixed + per * out
 
-redis.call('HSET', hval, id, amount .. ':' .. kid)
+-- string.format, not '..': Lua's tostring keeps only 14 significant digits.
+redis.call('HSET', hval, id, string.format('%d', amount) .. ':' .. kid)
 redis.call('ZADD', hexp, now + ttl, id)
 redis.call('HINCRBY', acct, 'reserved', amount)
 if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', amount) end

@@ -22,10 +22,12 @@ local v = redis.call('HGET', hval, id)
 if v then
   local sep = string.find(v, ':', 1, true)
   local amt = tonumber(string.sub(v, 1, sep - 1))
+  kid = string.sub(v, sep + 1) -- the key the hold was placed under is authoritative
   redis.call('HDEL', hval, id)
   redis.call('ZREM', hexp, id)
-  redis.call('HINCRBY', acct, 'reserved', -amt)
-  if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', -amt) end
+  -- 0 - amt, not -amt: a zero hold's -0 reaches Redis as "-0", which HINCRBY refuses.
+  redis.call('HINCRBY', acct, 'reserved', 0 - amt)
+  if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', 0 - amt) end
   -- A call never costs more than its hold.
   if charge > amt then charge, capped = amt, 1 end
 else
@@ -36,13 +38,16 @@ else
   if charge > avail then charge, capped = avail, 1 end
 end
 
-local balance = redis.call('HINCRBY', acct, 'balance', -charge)
+-- 0 - charge, not -charge: for a zero charge Lua's -0 reaches Redis as "-0",
+-- which HINCRBY refuses.
+local debit = 0 - charge
+local balance = redis.call('HINCRBY', acct, 'balance', debit)
 redis.call('HINCRBY', acct, 'consumed', charge)
 if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':used', charge) end
 
 local rec = {}
 for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
-redis.call('XADD', ledger, '*', 'type', etype, 'amount', -charge, 'balance_after', balance,
+redis.call('XADD', ledger, '*', 'type', etype, 'amount', debit, 'balance_after', balance,
   'ref', id, 'capped', capped, unpack(rec))
 redis.call('HSET', gen, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
 redis.call('EXPIRE', gen, recTTL)

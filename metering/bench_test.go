@@ -1,0 +1,53 @@
+package metering_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+func BenchmarkReserveSettle(b *testing.B) {
+	e := newEnv(b, metering.Options{})
+	ctx := context.Background()
+	e.account(b, "bench", 1<<50)
+	req := metering.HoldRequest{Account: "bench", Fixed: 1200, PerOutput: 16, MinOutput: 1, MaxOutput: 4096}
+	rec := metering.Record{Model: "claude-sonnet", Provider: "anthropic", Endpoint: "chat.completions", Input: 150, Output: 300, Status: 200}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		id := "h" + strconv.Itoa(i)
+		req.HoldID = id
+		h, err := e.st.Reserve(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rec.RequestID = id
+		if _, err := e.st.Settle(ctx, metering.Settlement{Account: "bench", HoldID: h.ID, Cost: 5000, Record: rec}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAuthenticate(b *testing.B) {
+	e := newEnv(b, metering.Options{KeyCacheTTL: time.Hour})
+	ctx := context.Background()
+	e.account(b, "bench", 0)
+	_, secret, err := e.st.CreateKey(ctx, "bench", "k", 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	key := []byte(secret)
+	if _, err := e.st.Authenticate(ctx, key); err != nil { // warm the cache
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.st.Authenticate(ctx, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

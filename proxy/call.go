@@ -1,0 +1,330 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+	"go.uber.org/zap"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Response headers.
+const (
+	hdrRequestID    = "X-Request-Id"
+	hdrCharged      = "X-Credits-Charged"
+	hdrBalance      = "X-Credits-Balance"
+	hdrBalanceAfter = "X-Credits-Balance-After" // stream trailer: balance after settle
+	hdrTier         = "X-Credits-Tier"
+	hdrProvider     = "X-Tollgate-Provider"
+)
+
+var strEventStream = []byte("text/event-stream")
+
+// call is one metered request's state up to the point where it is answered
+// (non-streaming) or handed to a streamBody.
+type call struct {
+	s      *Server
+	ep     *endpoint
+	id     string
+	ident  metering.Identity
+	model  *pricing.Model
+	hold   metering.Hold
+	start  time.Time
+	req    request
+	body   []byte // the client's body (valid until the handler returns)
+	parser *fastjson.Parser
+	arena  *fastjson.Arena
+}
+
+// metered serves one metered endpoint: auth → inspect → price → reserve →
+// forward → settle. Every path after a successful reserve settles or releases.
+func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
+	if !post {
+		s.writeError(ctx, errMethod)
+		return
+	}
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+		s.writeError(ctx, errDraining)
+		return
+	}
+	c := call{s: s, ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
+	ctx.Response.Header.Set(hdrRequestID, c.id)
+
+	var err error
+	if c.ident, err = s.authenticate(ctx); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	c.parser = parserPool.Get()
+	c.arena = arenaPool.Get()
+	defer func() {
+		parserPool.Put(c.parser)
+		c.arena.Reset()
+		arenaPool.Put(c.arena)
+	}()
+	if c.req, err = inspect(c.parser, ep, c.body); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	m, ok := s.catalog.LookupBytes(c.req.model)
+	if !ok {
+		s.writeError(ctx, pricing.ErrUnknownModel)
+		return
+	}
+	c.model = m
+	ctx.Response.Header.Set(hdrTier, m.Tier)
+	if s.opts.Limiter != nil {
+		if err := s.opts.Limiter.Admit(context.Background(), c.ident.Account); err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+	}
+	hr, err := c.holdRequest()
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if c.hold, err = s.meter.Reserve(context.Background(), hr); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	s.inflight.Add(1)
+	if handedOff := c.forward(ctx); !handedOff {
+		s.inflight.Done()
+	}
+}
+
+// holdRequest sizes the worst case: the input estimate at the dearest input
+// rate plus the output limit (the client's, or the most the account can
+// afford up to the model's maximum).
+func (c *call) holdRequest() (metering.HoldRequest, error) {
+	m := c.model
+	in := inputEstimate(len(c.body), m.ContextWindow)
+	hr := metering.HoldRequest{
+		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id,
+		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),
+	}
+	if c.ep.maxField == "" {
+		return hr, nil
+	}
+	hr.PerOutput = m.Rates.Output
+	if c.req.maxOut > 0 {
+		if c.req.maxOut > m.MaxOutputTokens {
+			return hr, invalid(c.req.maxField, "Parameter '%s' is too large: %d. This model supports at most %d output tokens.",
+				c.req.maxField, c.req.maxOut, m.MaxOutputTokens)
+		}
+		hr.MinOutput, hr.MaxOutput = c.req.maxOut, c.req.maxOut
+		return hr, nil
+	}
+	hr.MinOutput, hr.MaxOutput = min(c.s.opts.MinOutputTokens, m.MaxOutputTokens), m.MaxOutputTokens
+	return hr, nil
+}
+
+// forward sends the call to each deployment in turn until one answers; it
+// returns true when a streamBody took over the call (and its release).
+func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
+	s := c.s
+	bp := getBuf()
+	defer putBuf(bp)
+	var (
+		lastErr error
+		resp    *fasthttp.Response
+		up      *upstream
+	)
+	deps := c.model.Deployments
+	for i, d := range deps {
+		u := s.upstreams[d.Provider]
+		if c.ep.native && u.kind != "anthropic" {
+			continue
+		}
+		out, rewritten := rewrite(*bp, c.arena, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)
+		if rewritten {
+			*bp = out // keep the grown buffer for the pool
+		}
+		req := fasthttp.AcquireRequest()
+		u.prepare(req, c.ep, c.req.stream)
+		req.SetBodyRaw(out)
+		r := fasthttp.AcquireResponse()
+		var err error
+		if c.req.stream {
+			err = u.stream.Do(req, r)
+		} else {
+			err = u.plain.DoDeadline(req, r, c.start.Add(s.opts.Timeouts.Request))
+		}
+		fasthttp.ReleaseRequest(req)
+		if err != nil {
+			fasthttp.ReleaseResponse(r)
+			lastErr = upstreamErr(err)
+			if errors.Is(lastErr, errTimeout) {
+				break // the provider may be working on it: never send it twice
+			}
+			continue
+		}
+		status := r.StatusCode()
+		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && i < len(deps)-1 {
+			_ = r.CloseBodyStream()
+			fasthttp.ReleaseResponse(r)
+			lastErr = errUpstream
+			continue
+		}
+		resp, up = r, u
+		break
+	}
+	if resp == nil {
+		if lastErr == nil {
+			lastErr = errProvider
+		}
+		c.fail(ctx, lastErr, 0)
+		return false
+	}
+	ctx.Response.Header.Set(hdrProvider, up.name)
+	status := resp.StatusCode()
+	if status < 200 || status > 299 {
+		c.upstreamError(ctx, resp)
+		fasthttp.ReleaseResponse(resp)
+		return false
+	}
+	if c.req.stream && bytes.HasPrefix(resp.Header.ContentType(), strEventStream) {
+		c.startStream(ctx, resp, up)
+		return true
+	}
+	// A plain body (also when a stream was asked for but the provider
+	// answered whole): complete reads it and meters it.
+	c.complete(ctx, resp, up)
+	fasthttp.ReleaseResponse(resp)
+	return false
+}
+
+// upstreamError relays a provider's refusal uncharged: 4xx pass through with
+// the provider's body (it says what was wrong), 5xx become 502.
+func (c *call) upstreamError(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
+	status := resp.StatusCode()
+	body := resp.Body() // for streamed responses this reads the (small) error body
+	if status >= 500 || status < 400 {
+		c.fail(ctx, errUpstream, status)
+		return
+	}
+	c.release("upstream_status", status)
+	if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
+		ctx.Response.Header.SetBytesV("Retry-After", ra)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	if len(body) > 0 && len(body) < 64<<10 && fastjson.ValidateBytes(body) == nil {
+		ctx.SetBody(body)
+		return
+	}
+	c.s.writeError(ctx, errUpstream)
+	ctx.SetStatusCode(status)
+}
+
+// fail releases the hold and answers with err's status.
+func (c *call) fail(ctx *fasthttp.RequestCtx, err error, upstreamStatus int) {
+	reason := "upstream_error"
+	if errors.Is(err, errTimeout) {
+		reason = "upstream_timeout"
+	}
+	c.release(reason, upstreamStatus)
+	c.s.writeError(ctx, err)
+}
+
+// release drops the hold, recording the failed call. A failed release only
+// delays the hold's expiry; it never charges.
+func (c *call) release(reason string, status int) {
+	rec := c.record(usage{}, c.req.stream)
+	rec.Failed, rec.Reason, rec.Status = true, reason, status
+	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
+		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
+	}
+}
+
+func (c *call) record(u usage, streamed bool) metering.Record {
+	return metering.Record{
+		RequestID: c.id, Model: c.model.ID, Endpoint: c.ep.name,
+		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
+		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
+	}
+}
+
+// complete meters a whole (non-streamed) 2xx response and answers with it.
+func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
+	body := resp.Body()
+	u, v := usageFromBody(c.parser, c.ep.dialect, body)
+	estimated := false
+	if !u.seen {
+		u = c.estimate(deliveredText(v))
+		estimated = true
+	}
+	rec := c.record(u, false)
+	rec.Provider, rec.Estimated, rec.TTFT = up.name, estimated, rec.Latency
+	ch, err := c.s.settle(metering.Settlement{
+		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id, Cost: c.model.Cost(u.Usage), Record: rec,
+	})
+	if err != nil {
+		// Served but not charged: refuse the answer rather than give it away.
+		// The hold expires by itself.
+		c.s.writeError(ctx, err)
+		return
+	}
+	h := &ctx.Response.Header
+	var nb [24]byte
+	h.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
+	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
+	ctx.SetStatusCode(resp.StatusCode())
+	if ct := resp.Header.ContentType(); len(ct) > 0 {
+		ctx.Response.Header.SetContentTypeBytes(ct)
+	}
+	ctx.SetBody(body)
+	if ce := c.s.log.Check(zap.DebugLevel, "call"); ce != nil {
+		ce.Write(zap.String("request_id", c.id), zap.String("account", c.ident.Account), zap.String("key", c.ident.KeyID),
+			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput), zap.Int64("output", u.Output),
+			zap.Int64("charged_mc", ch.Charged), zap.Duration("latency", rec.Latency))
+	}
+	if c.s.opts.OnSettle != nil {
+		c.s.opts.OnSettle(c.ident.Account, ch)
+	}
+}
+
+// estimate prices a call whose provider reported no usage: the request's
+// size for input and the delivered text for output.
+func (c *call) estimate(outBytes int64) usage {
+	var u usage
+	u.Input = estimateTokens(int64(len(c.body)))
+	u.Output = estimateTokens(outBytes)
+	if c.ep.maxField == "" {
+		u.Output = 0
+	}
+	return u
+}
+
+// settle retries briefly: a Redis failover or restart takes moments, and a
+// served call should be charged rather than refused.
+func (s *Server) settle(st metering.Settlement) (metering.Charge, error) {
+	var (
+		ch  metering.Charge
+		err error
+	)
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+		}
+		ch, err = s.meter.Settle(context.Background(), st)
+		if err == nil || !errors.Is(err, metering.ErrUnavailable) {
+			break
+		}
+	}
+	if err != nil {
+		s.log.Error("settling call", zap.String("request_id", st.HoldID), zap.String("account", st.Account), zap.Error(err))
+	}
+	return ch, err
+}
+
+var _ io.Reader = (*streamBody)(nil)

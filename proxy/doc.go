@@ -1,0 +1,23 @@
+// Package proxy is Tollgate's metering reverse proxy: a fasthttp server that
+// authenticates API keys, inspects each request without a full decode, prices
+// it, reserves the worst case, forwards it to the model provider (relaying
+// streams event by event), reads the provider's usage, and settles the exact
+// charge — answering with X-Credits-* headers and OpenAI-shaped errors.
+//
+// It imports pricing and, for value types and sentinel errors only, metering;
+// it reaches the store solely through the Meter interface it declares, so that
+// tests can substitute a fake. It never talks to Stripe.
+//
+// # Ownership and lifetimes
+//
+// A *fasthttp.RequestCtx and every slice of its buffers are valid only until
+// the handler returns. Whatever a body stream writer (streaming responses)
+// needs is captured before SetBodyStreamWriter: the upstream response, copied
+// strings and the request state, which the writer owns and releases. Pooled
+// buffers larger than maxPooledBuf are dropped instead of pooled.
+//
+// Redis calls use context.Background(): they are bounded by the client's own
+// read/write timeouts (proxy.redis_timeout), which costs no allocation per
+// call. Upstream calls are bounded with DoDeadline and, for streams, by a
+// per-read idle deadline on the connection.
+package proxy

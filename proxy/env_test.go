@@ -1,0 +1,249 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/internal/mockllm"
+	"github.com/tollgate/tollgate/internal/testredis"
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+	"github.com/tollgate/tollgate/proxy"
+)
+
+// testSpec is a small catalog: one model per tier on the "openai" provider
+// (the mock), an embeddings model, an Anthropic model, and a model whose
+// first deployment is down (fallback).
+func testSpec() pricing.Spec {
+	dep := func(p, m string) []pricing.DeploymentSpec { return []pricing.DeploymentSpec{{Provider: p, Model: m}} }
+	return pricing.Spec{
+		CreditsPerUSD: 100000, FeeBps: 500,
+		Tiers: map[string]pricing.TierSpec{
+			"core": {Input: 1, Output: 2}, "pro": {Input: 3, Output: 6}, "ultra": {Input: 8, Output: 16},
+		},
+		Models: []pricing.ModelSpec{
+			{ID: "gpt-4o-mini", Aliases: []string{"mini"}, Tier: "core", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-mini")},
+			{ID: "gpt-4.1-mini", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 32768, Deployments: dep("openai", "gpt-4.1-mini-2025")},
+			{ID: "gpt-4.1", Tier: "ultra", ContextWindow: 128000, MaxOutputTokens: 32768, Deployments: dep("openai", "gpt-4.1")},
+			{ID: "text-embedding-3-small", Tier: "core", ContextWindow: 8191, MaxOutputTokens: 1, Deployments: dep("openai", "text-embedding-3-small")},
+			{ID: "claude-sonnet", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep("anthropic", "claude-sonnet-4-5")},
+			{ID: "dead-model", Tier: "core", ContextWindow: 128000, MaxOutputTokens: 8192, Deployments: dep("down", "x")},
+			{ID: "fallback-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
+				Deployments: []pricing.DeploymentSpec{{Provider: "down", Model: "x"}, {Provider: "openai", Model: "served-by-second"}}},
+		},
+	}
+}
+
+type env struct {
+	t       *testing.T
+	redis   *testredis.Server
+	store   *metering.Store
+	mock    *mockllm.Server
+	mockURL string
+	catalog *pricing.Catalog
+	srv     *proxy.Server
+	url     string
+	client  *http.Client
+}
+
+type envOpts struct {
+	mock    mockllm.Config
+	proxy   func(*proxy.Options)
+	holdTTL time.Duration
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	e := &env{t: t, redis: testredis.Start(t)}
+	e.store = metering.New(e.redis.Client(t), metering.Options{HoldTTL: o.holdTTL, KeyCacheTTL: 200 * time.Millisecond})
+	var err error
+	if e.catalog, err = pricing.New(testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if e.mock, e.mockURL, err = mockllm.Start(o.mock); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.mock.Close() })
+	opts := proxy.Options{
+		Catalog: e.catalog, Meter: e.store,
+		Providers: []proxy.Provider{
+			{Name: "openai", Kind: "openai", BaseURL: e.mockURL, APIKey: "sk-upstream-secret"},
+			{Name: "anthropic", Kind: "anthropic", BaseURL: e.mockURL, APIKey: "sk-ant-secret"},
+			{Name: "down", Kind: "openai", BaseURL: "http://" + deadAddr(t) + "/v1"},
+		},
+		Timeouts: proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: 5 * time.Second},
+	}
+	if o.proxy != nil {
+		o.proxy(&opts)
+	}
+	if e.srv, err = proxy.New(opts); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = e.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.srv.Shutdown(ctx)
+	})
+	e.url = "http://" + ln.Addr().String()
+	e.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	return e
+}
+
+// deadAddr is a loopback address where nothing listens.
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// account creates an account funded with credits (whole credits) and returns a key.
+func (e *env) account(id string, credits int64) string {
+	e.t.Helper()
+	ctx := context.Background()
+	if _, err := e.store.CreateAccount(ctx, id); err != nil {
+		e.t.Fatal(err)
+	}
+	if credits != 0 {
+		if _, err := e.store.Credit(ctx, metering.Credit{Account: id, Amount: credits * 1000, Reference: "seed-" + id, Type: "grant"}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	_, key, err := e.store.CreateKey(ctx, id, "test", 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return key
+}
+
+func (e *env) balance(id string) metering.Account {
+	e.t.Helper()
+	a, err := e.store.Account(context.Background(), id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+type result struct {
+	status  int
+	header  http.Header
+	trailer http.Header
+	body    []byte
+}
+
+func (r result) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("body is not JSON: %v\n%s", err, r.body)
+	}
+	return m
+}
+
+func (r result) errorCode(t *testing.T) string {
+	t.Helper()
+	m := r.json(t)
+	e, ok := m["error"].(map[string]any)
+	if !ok {
+		t.Fatalf("no error object in %s", r.body)
+	}
+	for _, k := range []string{"message", "type", "code"} {
+		if _, ok := e[k]; !ok {
+			t.Fatalf("error object lacks %q: %s", k, r.body)
+		}
+	}
+	code, _ := e["code"].(string)
+	return code
+}
+
+func (e *env) do(method, path, key, body string, hdr ...string) result {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url+path, strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("reading %s: %v", path, err)
+	}
+	return result{status: resp.StatusCode, header: resp.Header, trailer: resp.Trailer, body: b}
+}
+
+func (e *env) post(path, key, body string, hdr ...string) result {
+	e.t.Helper()
+	return e.do(http.MethodPost, path, key, body, hdr...)
+}
+
+// assertLedger checks the money invariant of an account: Σ ledger amounts =
+// balance = purchased − consumed, nothing reserved, never negative.
+func (e *env) assertLedger(id string) {
+	e.t.Helper()
+	a := e.balance(id)
+	entries, err := e.store.AllEntries(context.Background(), id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var sum, debits int64
+	for _, en := range entries {
+		sum += en.Amount
+		if en.Type == "usage" {
+			debits -= en.Amount
+		}
+	}
+	if sum != a.Balance || a.Purchased-a.Consumed != a.Balance || debits != a.Consumed {
+		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, purchased %d − consumed %d, Σ debits %d",
+			id, sum, a.Balance, a.Purchased, a.Consumed, debits)
+	}
+	if a.Reserved != 0 {
+		e.t.Fatalf("account %s still has %d mc reserved", id, a.Reserved)
+	}
+}
+
+// credits parses a decimal credit header into mc.
+func credits(t *testing.T, s string) int64 {
+	t.Helper()
+	v, err := pricing.ParseCredits(s)
+	if err != nil {
+		t.Fatalf("credit amount %q: %v", s, err)
+	}
+	return v
+}
+
+func msg(content string) string {
+	return fmt.Sprintf(`[{"role":"user","content":%q}]`, content)
+}
+
+func creditOf(account string, mc int64) metering.Credit {
+	return metering.Credit{Account: account, Amount: mc, Reference: fmt.Sprintf("fund-%s-%d", account, mc), Type: "grant"}
+}
+
+func asError[T error](err error, target *T) bool { return errors.As(err, target) }

@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Errors the proxy raises itself; each maps to one status in writeError.
+var (
+	errNoKey        = errors.New("proxy: missing API key")
+	errBodyTooLarge = errors.New("proxy: request body too large")
+	errNotFound     = errors.New("proxy: no such route")
+	errMethod       = errors.New("proxy: method not allowed")
+	errTimeout      = errors.New("proxy: upstream timed out")
+	errUpstream     = errors.New("proxy: upstream failed")
+	errProvider     = errors.New("proxy: provider not configured")
+	errDraining     = errors.New("proxy: shutting down")
+)
+
+// badRequest is a client error with a message safe to show.
+type badRequest struct {
+	msg   string
+	param string
+	code  string
+}
+
+func (e *badRequest) Error() string { return "proxy: bad request: " + e.msg }
+
+func invalid(param, format string, args ...any) error {
+	return &badRequest{msg: fmt.Sprintf(format, args...), param: param, code: "invalid_request"}
+}
+
+// LimitError is a plan or rate limit refusal (429).
+type LimitError struct {
+	Limit      string // e.g. "requests_per_minute"
+	Message    string
+	RetryAfter int // seconds
+}
+
+func (e *LimitError) Error() string { return "proxy: limit exceeded: " + e.Limit }
+
+// apiError is the OpenAI error shape.
+type apiError struct {
+	status int
+	typ    string
+	code   string
+	param  string
+	msg    string
+}
+
+// classify maps an error to what the caller sees. Internal text never leaks:
+// unknown errors become a generic 500 and are logged by the caller.
+func classify(err error) apiError {
+	var (
+		br  *badRequest
+		ins *metering.InsufficientError
+		lim *LimitError
+	)
+	switch {
+	case errors.As(err, &br):
+		return apiError{400, "invalid_request_error", br.code, br.param, br.msg}
+	case errors.Is(err, errNoKey):
+		return apiError{401, "authentication_error", "missing_api_key", "", "Missing API key: send Authorization: Bearer <key>."}
+	case errors.Is(err, metering.ErrBadKey):
+		return apiError{401, "authentication_error", "invalid_api_key", "", "Invalid or revoked API key."}
+	case errors.As(err, &ins):
+		what := "available"
+		if ins.KeyLimit {
+			what = "left under this API key's credit limit"
+		}
+		return apiError{402, "insufficient_quota", "insufficient_credits", "",
+			"Insufficient credits: this call needs at least " + pricing.FormatCredits(ins.Needed) +
+				" credits, " + pricing.FormatCredits(max(ins.Available, 0)) + " " + what + "."}
+	case errors.Is(err, metering.ErrNoAccount):
+		return apiError{401, "authentication_error", "invalid_api_key", "", "Invalid or revoked API key."}
+	case errors.Is(err, pricing.ErrUnknownModel):
+		return apiError{404, "invalid_request_error", "model_not_found", "model", "The model does not exist or is not served by this gateway; GET /v1/models lists them."}
+	case errors.Is(err, errBodyTooLarge):
+		return apiError{413, "invalid_request_error", "request_too_large", "", "Request body too large."}
+	case errors.As(err, &lim):
+		return apiError{429, "rate_limit_error", "rate_limit_exceeded", "", lim.Message}
+	case errors.Is(err, metering.ErrUnavailable):
+		return apiError{503, "api_error", "store_unavailable", "", "The credit store is unavailable; the call was not forwarded and not charged. Retry shortly."}
+	case errors.Is(err, errDraining):
+		return apiError{503, "api_error", "shutting_down", "", "The gateway is shutting down; retry."}
+	case errors.Is(err, errTimeout):
+		return apiError{504, "api_error", "upstream_timeout", "", "The model provider did not answer in time; the call was not charged."}
+	case errors.Is(err, errUpstream):
+		return apiError{502, "api_error", "upstream_error", "", "The model provider failed; the call was not charged."}
+	case errors.Is(err, errProvider):
+		return apiError{502, "api_error", "provider_unavailable", "", "No provider is configured for this model."}
+	case errors.Is(err, errNotFound):
+		return apiError{404, "invalid_request_error", "not_found", "", "No such endpoint."}
+	case errors.Is(err, errMethod):
+		return apiError{405, "invalid_request_error", "method_not_allowed", "", "Method not allowed."}
+	case errors.Is(err, metering.ErrNotFound):
+		return apiError{404, "invalid_request_error", "not_found", "id", "No such generation for this account."}
+	}
+	return apiError{500, "api_error", "internal_error", "", "Internal error."}
+}
+
+// writeError answers ctx with the OpenAI-shaped error for err. It is the one
+// place where errors become statuses.
+func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
+	e := classify(err)
+	if e.status >= 500 && s.log.Core().Enabled(zap.WarnLevel) {
+		s.log.Warn("request failed", zap.ByteString("request_id", ctx.Response.Header.Peek(hdrRequestID)),
+			zap.Int("status", e.status), zap.Error(err))
+	}
+	var lim *LimitError
+	if errors.As(err, &lim) && lim.RetryAfter > 0 {
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(lim.RetryAfter))
+	}
+	ctx.SetStatusCode(e.status)
+	ctx.SetContentType("application/json")
+	bp := getBuf()
+	*bp = appendErrorJSON((*bp)[:0], e)
+	ctx.Response.SetBody(*bp)
+	putBuf(bp)
+}
+
+func appendErrorJSON(b []byte, e apiError) []byte {
+	b = append(b, `{"error":{"message":`...)
+	b = appendJSONString(b, e.msg)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, e.typ)
+	b = append(b, `,"code":`...)
+	b = appendJSONString(b, e.code)
+	b = append(b, `,"param":`...)
+	if e.param == "" {
+		b = append(b, "null"...)
+	} else {
+		b = appendJSONString(b, e.param)
+	}
+	return append(b, "}}"...)
+}

@@ -1,0 +1,178 @@
+package proxy
+
+import (
+	"sync"
+	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
+)
+
+// dialect is the wire shape of an endpoint's request, response and stream.
+type dialect uint8
+
+const (
+	dialectChat dialect = iota
+	dialectCompletions
+	dialectEmbeddings
+	dialectResponses
+	dialectMessages // Anthropic native
+)
+
+// endpoint describes one metered route.
+type endpoint struct {
+	name     string // for records: "chat.completions"
+	path     string // upstream path below the provider's base URL
+	dialect  dialect
+	maxField string // the request's output-limit field ("" = no output)
+	altMax   string // an alternative spelling the client may use
+	native   bool   // served only by providers of the matching kind
+}
+
+var (
+	epChat        = &endpoint{name: "chat.completions", path: "/chat/completions", dialect: dialectChat, maxField: "max_tokens", altMax: "max_completion_tokens"}
+	epCompletions = &endpoint{name: "completions", path: "/completions", dialect: dialectCompletions, maxField: "max_tokens"}
+	epEmbeddings  = &endpoint{name: "embeddings", path: "/embeddings", dialect: dialectEmbeddings}
+	epResponses   = &endpoint{name: "responses", path: "/responses", dialect: dialectResponses, maxField: "max_output_tokens"}
+	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true}
+)
+
+// request is what inspection learned of a call's body. Slices point into the
+// parser, valid while it is held.
+type request struct {
+	root      *fastjson.Value
+	model     []byte
+	stream    bool
+	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
+	maxOut    int64  // the client's output limit; 0 when absent
+	maxField  string // which field carried it
+}
+
+var parserPool fastjson.ParserPool
+
+// inspect validates body and extracts what pricing and forwarding need.
+func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
+	var r request
+	if len(body) == 0 {
+		return r, invalid("", "Request body is empty; expected a JSON object.")
+	}
+	if !utf8.Valid(body) {
+		return r, invalid("", "Request body is not valid UTF-8.")
+	}
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return r, invalid("", "Request body is not valid JSON.")
+	}
+	if v.Type() != fastjson.TypeObject {
+		return r, invalid("", "Request body must be a JSON object.")
+	}
+	r.root = v
+	mv := v.Get("model")
+	if mv == nil {
+		return r, invalid("model", "Missing required parameter: 'model'.")
+	}
+	if r.model, err = mv.StringBytes(); err != nil || len(r.model) == 0 {
+		return r, invalid("model", "Parameter 'model' must be a non-empty string.")
+	}
+	if sv := v.Get("stream"); sv != nil {
+		switch sv.Type() {
+		case fastjson.TypeTrue:
+			r.stream = true
+		case fastjson.TypeFalse, fastjson.TypeNull:
+		default:
+			return r, invalid("stream", "Parameter 'stream' must be a boolean.")
+		}
+	}
+	if r.stream && ep.dialect == dialectEmbeddings {
+		return r, invalid("stream", "Embeddings cannot be streamed.")
+	}
+	if r.stream {
+		if u := v.Get("stream_options", "include_usage"); u != nil && u.Type() == fastjson.TypeTrue {
+			r.wantUsage = true
+		}
+	}
+	for _, f := range [2]string{ep.maxField, ep.altMax} {
+		if f == "" {
+			continue
+		}
+		mt := v.Get(f)
+		if mt == nil || mt.Type() == fastjson.TypeNull {
+			continue
+		}
+		n, err := mt.Int64()
+		if err != nil || mt.Type() != fastjson.TypeNumber {
+			return r, invalid(f, "Parameter '%s' must be an integer.", f)
+		}
+		if n < 1 {
+			return r, invalid(f, "Parameter '%s' must be at least 1.", f)
+		}
+		if r.maxOut == 0 || n < r.maxOut {
+			r.maxOut, r.maxField = n, f
+		}
+	}
+	if ep.dialect == dialectMessages && r.maxOut == 0 {
+		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
+	}
+	return r, nil
+}
+
+// inputEstimate bounds the input tokens of a body of n bytes from above
+// (text tokens average ~4 bytes; JSON framing adds more), capped at the
+// model's context window, which no call can exceed.
+func inputEstimate(n int, contextWindow int64) int64 {
+	est := int64(n)/2 + 16
+	if contextWindow > 0 && est > contextWindow {
+		est = contextWindow
+	}
+	return est
+}
+
+var arenaPool fastjson.ArenaPool
+
+// rewrite returns the body to send upstream: the provider's model name, the
+// usage chunk requested for streams, and the granted output limit. It
+// returns body itself (and false) when nothing needs to change.
+//
+// The arena must outlive every later use of r.root (values set here point into it).
+func rewrite(dst []byte, a *fastjson.Arena, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
+	setModel := string(r.model) != upstreamModel
+	setUsage := r.stream && !r.wantUsage && (ep.dialect == dialectChat || ep.dialect == dialectCompletions)
+	setMax := ep.maxField != "" && (r.maxOut == 0 || grantOut < r.maxOut)
+	if !setModel && !setUsage && !setMax {
+		return body, false
+	}
+	v := r.root
+	if setModel {
+		v.Set("model", a.NewString(upstreamModel))
+	}
+	if setUsage {
+		so := v.Get("stream_options")
+		if so == nil || so.Type() != fastjson.TypeObject {
+			so = a.NewObject()
+			v.Set("stream_options", so)
+		}
+		so.Set("include_usage", a.NewTrue())
+	}
+	if setMax {
+		field := r.maxField
+		if field == "" {
+			field = ep.maxField
+		}
+		v.Set(field, a.NewNumberInt(int(grantOut)))
+	}
+	return v.MarshalTo(dst[:0]), true
+}
+
+// bufPool pools byte buffers; buffers that grew past maxPooledBuf are dropped.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooledBuf = 256 << 10
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
+}

@@ -1,0 +1,235 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Options configure a Server. Zero values mean the documented defaults.
+type Options struct {
+	Catalog   *pricing.Catalog // required
+	Providers []Provider       // required: every provider the catalog names
+	Meter     Meter            // required
+	Limiter   Limiter          // optional plan/rate limits
+	OnSettle  SettleHook       // optional
+	Logger    *zap.Logger      // default: no logging
+
+	MaxBodyBytes     int           // request body limit (413 past it); default 8 MiB
+	MaxResponseBytes int           // non-streamed upstream body limit; default 64 MiB
+	MaxEventBytes    int           // longest SSE line accepted from upstream; default 8 MiB
+	Timeouts         Timeouts      // upstream bounds; defaults 5s/120s/600s/120s/30m
+	ReadTimeout      time.Duration // reading a client request; default 30s
+	IdleTimeout      time.Duration // idle keep-alive clients; default 120s
+	MaxConnsPerIP    int           // 0 = unlimited
+	Concurrency      int           // default 256K
+	// MinOutputTokens is the smallest output grant a call without max tokens
+	// may start with; below it the call is refused with 402. Default 16.
+	MinOutputTokens int64
+}
+
+func (o *Options) init() {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 8 << 20
+	}
+	if o.MaxResponseBytes <= 0 {
+		o.MaxResponseBytes = 64 << 20
+	}
+	if o.MaxEventBytes <= 0 {
+		o.MaxEventBytes = 8 << 20
+	}
+	t := &o.Timeouts
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Connect, 5*time.Second)
+	def(&t.FirstByte, 120*time.Second)
+	def(&t.Request, 600*time.Second)
+	def(&t.StreamIdle, 120*time.Second)
+	def(&t.Stream, 30*time.Minute)
+	def(&o.ReadTimeout, 30*time.Second)
+	def(&o.IdleTimeout, 120*time.Second)
+	if o.Concurrency <= 0 {
+		o.Concurrency = 256 * 1024
+	}
+	if o.MinOutputTokens <= 0 {
+		o.MinOutputTokens = 16
+	}
+}
+
+// Server is the metering proxy. Create it with New; it is safe for concurrent use.
+type Server struct {
+	opts      Options
+	log       *zap.Logger
+	catalog   *pricing.Catalog
+	meter     Meter
+	upstreams map[string]*upstream
+	ids       *idGen
+	srv       *fasthttp.Server
+	models    []byte // pre-rendered GET /v1/models body
+
+	draining atomic.Bool
+	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
+	inflight sync.WaitGroup
+}
+
+// New validates opts and builds a Server.
+func New(opts Options) (*Server, error) {
+	opts.init()
+	if opts.Catalog == nil || opts.Meter == nil {
+		return nil, errors.New("proxy: Catalog and Meter are required")
+	}
+	s := &Server{
+		opts: opts, log: opts.Logger.Named("proxy"), catalog: opts.Catalog, meter: opts.Meter,
+		upstreams: make(map[string]*upstream, len(opts.Providers)), ids: newIDGen(),
+	}
+	for _, p := range opts.Providers {
+		u, err := newUpstream(p, opts.Timeouts, opts.MaxResponseBytes)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		s.upstreams[p.Name] = u
+	}
+	for _, m := range opts.Catalog.Models() {
+		for _, d := range m.Deployments {
+			if _, ok := s.upstreams[d.Provider]; !ok {
+				return nil, fmt.Errorf("proxy: model %q names unknown provider %q", m.ID, d.Provider)
+			}
+		}
+	}
+	s.models = renderModels(opts.Catalog)
+	s.srv = &fasthttp.Server{
+		Handler:                       s.Handler,
+		Name:                          "tollgate",
+		Concurrency:                   opts.Concurrency,
+		MaxRequestBodySize:            opts.MaxBodyBytes,
+		ReadTimeout:                   opts.ReadTimeout,
+		IdleTimeout:                   opts.IdleTimeout,
+		MaxConnsPerIP:                 opts.MaxConnsPerIP,
+		ErrorHandler:                  s.errorHandler,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		DisableHeaderNamesNormalizing: false,
+		ReduceMemoryUsage:             false,
+		CloseOnShutdown:               true,
+		Logger:                        fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// errorHandler answers requests fasthttp could not read (too large, malformed,
+// too slow) with an OpenAI-shaped error.
+func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.writeError(ctx, errBodyTooLarge)
+	default:
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+			ctx.SetContentType("application/json")
+			ctx.SetBodyString(`{"error":{"message":"Request not received in time.","type":"invalid_request_error","code":"request_timeout","param":null}}`)
+			return
+		}
+		s.writeError(ctx, invalid("", "Malformed HTTP request."))
+	}
+	ctx.SetConnectionClose()
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// ListenAndServe listens on addr and serves.
+func (s *Server) ListenAndServe(addr string) error { return s.srv.ListenAndServe(addr) }
+
+// Shutdown stops accepting, lets calls in flight finish until ctx is done,
+// then cuts the remaining streams, settling each for what was generated.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	done := make(chan error, 1)
+	go func() { done <- s.srv.ShutdownWithContext(ctx) }()
+	select {
+	case err := <-done:
+		s.inflight.Wait()
+		return err
+	case <-ctx.Done():
+	}
+	s.streams.Range(func(k, _ any) bool {
+		k.(*streamBody).abort()
+		return true
+	})
+	s.inflight.Wait()
+	err := <-done
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// Handler is the fasthttp request handler (exported for tests and benchmarks).
+func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	post := ctx.IsPost()
+	switch string(path) {
+	case "/v1/chat/completions":
+		s.metered(ctx, epChat, post)
+	case "/v1/completions":
+		s.metered(ctx, epCompletions, post)
+	case "/v1/embeddings":
+		s.metered(ctx, epEmbeddings, post)
+	case "/v1/responses":
+		s.metered(ctx, epResponses, post)
+	case "/v1/messages":
+		s.metered(ctx, epMessages, post)
+	case "/v1/models":
+		s.handleModels(ctx)
+	case "/v1/generation":
+		s.handleGeneration(ctx)
+	case "/healthz":
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"status":"ok"}`)
+	case "/readyz":
+		s.handleReady(ctx)
+	default:
+		s.writeError(ctx, errNotFound)
+	}
+}
+
+func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	if s.draining.Load() {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"draining"}`)
+		return
+	}
+	if err := s.meter.Ping(context.Background()); err != nil {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"unavailable","redis":"unreachable"}`)
+		return
+	}
+	ctx.SetBodyString(`{"status":"ready","redis":"ok"}`)
+}
+
+// fasthttpLogger routes fasthttp's own messages (connection errors) to zap at
+// debug level: they are client mistakes, already answered.
+type fasthttpLogger struct{ log *zap.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if ce := l.log.Check(zap.DebugLevel, "fasthttp"); ce != nil {
+		ce.Write(zap.String("detail", fmt.Sprintf(format, args...)))
+	}
+}

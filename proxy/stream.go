@@ -1,0 +1,500 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+	"go.uber.org/zap"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// SSE byte prefixes, declared once.
+var (
+	strData      = []byte("data:")
+	strEvent     = []byte("event:")
+	strDone      = []byte("[DONE]")
+	strErrorObj  = []byte(`{"error"`)
+	strChoicesE  = []byte(`"choices":[]`)
+	strDoneEvent = []byte("data: [DONE]\n\n")
+)
+
+// Anthropic and Responses event names that matter for metering.
+var (
+	evMessageStart  = []byte("message_start")
+	evMessageDelta  = []byte("message_delta")
+	evMessageStop   = []byte("message_stop")
+	evError         = []byte("error")
+	evRespCompleted = []byte("response.completed")
+	evRespIncomplet = []byte("response.incomplete")
+	evRespFailed    = []byte("response.failed")
+)
+
+var errStreamTimeout = errors.New("proxy: stream exceeded its time limit")
+var errAborted = errors.New("proxy: stream cut at shutdown")
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// streamBody relays an upstream SSE stream to the client, event by event. It
+// is the response's body stream: fasthttp calls Read from the connection's
+// goroutine, writes and flushes each chunk, and calls CloseWithError at the
+// end — so no extra goroutine or pipe exists per stream, and trailer values
+// set here are written after the body by the same goroutine.
+type streamBody struct {
+	c        call // copied: owns its fields from here on
+	up       *upstream
+	resp     *fasthttp.Response
+	src      fasthttp.ReadCloserWithError
+	br       *bufio.Reader
+	hdr      *fasthttp.ResponseHeader
+	maxLine  int
+	deadline time.Time
+
+	out  []byte // bytes ready for the client
+	off  int
+	line []byte // a line longer than the reader's buffer, assembled
+	ev   []byte // the current event's raw lines
+	data []byte // the current event's data payload
+	name []byte // the current event's name
+	held []byte // a final event held back until the call is settled
+
+	u          usage
+	delivered  int64 // bytes of generated text relayed
+	firstByte  time.Duration
+	terminal   bool // the provider's end marker was seen
+	settled    bool
+	finished   bool // nothing more to send
+	inputBytes int
+	pending    error // the upstream's end, reported after a last unterminated line
+	aborted    atomic.Bool
+	closeOnce  sync.Once
+	charge     metering.Charge
+}
+
+// startStream hands the call to a streamBody and sets the response up.
+func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
+	sb := &streamBody{
+		c: *c, up: up, resp: resp, hdr: &ctx.Response.Header, maxLine: c.s.opts.MaxEventBytes,
+		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
+	}
+	// The parser and arena stay with the handler (released on return); the
+	// client's body is gone then too: keep only its size.
+	sb.c.parser, sb.c.arena, sb.c.req.root, sb.c.req.model = nil, nil, nil, nil
+	sb.c.body = nil
+	sb.inputBytes = len(c.body)
+	sb.src, _ = resp.BodyStream().(fasthttp.ReadCloserWithError)
+	sb.br = readerPool.Get().(*bufio.Reader)
+	sb.br.Reset(resp.BodyStream())
+	h := &ctx.Response.Header
+	var nb [24]byte
+	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], c.hold.Available))
+	h.SetContentType("text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	_ = h.AddTrailer(hdrCharged)
+	_ = h.AddTrailer(hdrBalanceAfter)
+	c.s.streams.Store(sb, struct{}{})
+	ctx.SetBodyStream(sb, -1)
+}
+
+// Read gives fasthttp the next bytes for the client, pulling upstream events
+// as needed. Each event is returned (and flushed) as soon as it is complete.
+func (sb *streamBody) Read(p []byte) (int, error) {
+	for sb.off == len(sb.out) {
+		if sb.finished {
+			return 0, io.EOF
+		}
+		sb.out, sb.off = sb.out[:0], 0
+		sb.pump()
+	}
+	n := copy(p, sb.out[sb.off:])
+	sb.off += n
+	return n, nil
+}
+
+// pump reads one line from upstream and acts on it.
+func (sb *streamBody) pump() {
+	if sb.aborted.Load() {
+		sb.end(errAborted)
+		return
+	}
+	if time.Now().After(sb.deadline) {
+		sb.end(errStreamTimeout)
+		return
+	}
+	line, err := sb.readLine()
+	if err != nil {
+		if len(sb.ev) > 0 && errors.Is(err, io.EOF) {
+			sb.dispatch() // a last event without its blank line
+		}
+		sb.end(err)
+		return
+	}
+	if sb.firstByte < 0 {
+		sb.firstByte = time.Since(sb.c.start)
+	}
+	if len(line) == 0 {
+		if len(sb.ev) > 0 {
+			sb.dispatch()
+		}
+		return
+	}
+	sb.ev = append(sb.ev, line...)
+	sb.ev = append(sb.ev, '\n')
+	switch {
+	case bytes.HasPrefix(line, strData):
+		v := bytes.TrimPrefix(line[len(strData):], []byte(" "))
+		if len(sb.data) > 0 {
+			sb.data = append(sb.data, '\n')
+		}
+		sb.data = append(sb.data, v...)
+	case bytes.HasPrefix(line, strEvent):
+		sb.name = append(sb.name[:0], bytes.TrimSpace(line[len(strEvent):])...)
+	}
+}
+
+// readLine returns the next line without its end of line, bounded by
+// maxLine. A last line without a newline is returned before the end is reported.
+func (sb *streamBody) readLine() ([]byte, error) {
+	if sb.pending != nil {
+		return nil, sb.pending
+	}
+	sb.line = sb.line[:0]
+	for {
+		frag, err := sb.br.ReadSlice('\n')
+		switch {
+		case err == nil && len(sb.line) == 0:
+			return trimEOL(frag), nil
+		case err == nil:
+			sb.line = append(sb.line, frag...)
+			return trimEOL(sb.line), nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			sb.line = append(sb.line, frag...)
+			if len(sb.line) > sb.maxLine {
+				return nil, errLineTooLong
+			}
+			continue
+		}
+		sb.line = append(sb.line, frag...)
+		if len(sb.line) > 0 {
+			sb.pending = err
+			return trimEOL(sb.line), nil
+		}
+		return nil, err
+	}
+}
+
+var errLineTooLong = errors.New("proxy: upstream SSE line too long")
+
+func trimEOL(b []byte) []byte {
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	return bytes.TrimSuffix(b, []byte("\r"))
+}
+
+// dispatch acts on one complete event: meter it, then pass it on, hold it,
+// or drop it.
+func (sb *streamBody) dispatch() {
+	data, name := sb.data, sb.name
+	pass := true
+	switch sb.c.ep.dialect {
+	case dialectChat, dialectCompletions:
+		switch {
+		case bytes.Equal(data, strDone):
+			sb.terminal = true
+			sb.settle(false)
+			sb.emitHeld()
+		case bytes.HasPrefix(data, strErrorObj):
+			sb.failed("upstream_error_event")
+		default:
+			sb.delivered += contentBytes(data)
+			if hasUsageObject(data) {
+				u, ok, usageOnly := chunkUsage(data, parseOpenAIUsage, "choices", "usage")
+				if ok {
+					sb.u = u
+				}
+				if ok && usageOnly {
+					// The usage-only chunk: held until [DONE] so it can carry
+					// the charge; dropped if the client did not ask for it.
+					pass = false
+					if sb.c.req.wantUsage {
+						sb.held = append(sb.held[:0], data...)
+					}
+				}
+			}
+		}
+	case dialectResponses:
+		switch {
+		case bytes.Equal(name, evRespCompleted) || bytes.Equal(name, evRespIncomplet):
+			if u, ok, _ := chunkUsage(data, parseResponsesUsage, "", "response", "usage"); ok {
+				sb.u = u
+			}
+			sb.terminal = true
+			sb.settle(false)
+		case bytes.Equal(name, evRespFailed) || bytes.Equal(name, evError):
+			sb.failed("upstream_error_event")
+		default:
+			sb.delivered += contentBytes(data)
+		}
+	case dialectMessages:
+		switch {
+		case bytes.Equal(name, evMessageStart):
+			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
+				sb.u = u
+			}
+		case bytes.Equal(name, evMessageDelta):
+			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
+				// message_delta carries the cumulative output; newer API
+				// versions restate the input figures too.
+				sb.u.Output = u.Output
+				if u.Input > 0 || u.CachedInput > 0 {
+					sb.u.Input, sb.u.CachedInput = u.Input, u.CachedInput
+				}
+				sb.u.seen = true
+			}
+		case bytes.Equal(name, evMessageStop):
+			sb.terminal = true
+			sb.settle(false)
+		case bytes.Equal(name, evError):
+			sb.failed("upstream_error_event")
+		default:
+			sb.delivered += contentBytes(data)
+		}
+	}
+	if pass && len(sb.ev) > 0 {
+		sb.out = append(sb.out, sb.ev...)
+		sb.out = append(sb.out, '\n')
+	}
+	sb.ev, sb.data, sb.name = sb.ev[:0], sb.data[:0], sb.name[:0]
+}
+
+// chunkUsage parses one event's JSON with a pooled parser and returns the
+// usage found at path, read by parseFn, and whether the value at emptyArr is
+// a missing or empty array.
+func chunkUsage(data []byte, parseFn func(*fastjson.Value) (usage, bool), emptyArr string, path ...string) (u usage, ok, empty bool) {
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return usage{}, false, false
+	}
+	u, ok = parseFn(v.Get(path...))
+	if emptyArr != "" {
+		a := v.Get(emptyArr)
+		empty = a == nil || len(a.GetArray()) == 0
+	}
+	return u, ok, empty
+}
+
+// emitHeld writes the held usage chunk (with the charge added) and [DONE].
+func (sb *streamBody) emitHeld() {
+	if len(sb.held) > 0 {
+		sb.out = append(sb.out, strData...)
+		sb.out = append(sb.out, ' ')
+		sb.out = sb.withCredits(sb.out, sb.held)
+		sb.out = append(sb.out, '\n', '\n')
+		sb.held = sb.held[:0]
+	}
+	sb.out = append(sb.out, strDoneEvent...)
+	sb.ev = sb.ev[:0] // [DONE] is written here, after the held chunk
+}
+
+// withCredits appends chunk with usage.credits (charged) and
+// usage.credits_balance added, as decimal credit strings.
+func (sb *streamBody) withCredits(dst, chunk []byte) []byte {
+	i := bytes.LastIndexByte(chunk, '}')
+	u := bytes.Index(chunk, strUsageKey)
+	if !sb.settled || i < 0 || u < 0 {
+		return append(dst, chunk...)
+	}
+	// Find the end of the usage object: the matching brace after "usage":{.
+	start := bytes.IndexByte(chunk[u:], '{')
+	if start < 0 {
+		return append(dst, chunk...)
+	}
+	start += u
+	depth, end := 0, -1
+	inStr := false
+	for j := start; j < len(chunk); j++ {
+		ch := chunk[j]
+		switch {
+		case inStr:
+			if ch == '\\' {
+				j++
+			} else if ch == '"' {
+				inStr = false
+			}
+		case ch == '"':
+			inStr = true
+		case ch == '{':
+			depth++
+		case ch == '}':
+			depth--
+			if depth == 0 {
+				end = j
+			}
+		}
+		if end >= 0 {
+			break
+		}
+	}
+	if end < 0 {
+		return append(dst, chunk...)
+	}
+	dst = append(dst, chunk[:end]...)
+	if end > start+1 {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"credits":"`...)
+	dst = pricing.AppendCredits(dst, sb.charge.Charged)
+	dst = append(dst, `","credits_balance":"`...)
+	dst = pricing.AppendCredits(dst, sb.charge.BalanceAfter)
+	dst = append(dst, '"')
+	return append(dst, chunk[end:]...)
+}
+
+// settle charges the call once: usage if reported, else an estimate.
+func (sb *streamBody) settle(cancelled bool) {
+	if sb.settled {
+		return
+	}
+	sb.settled = true
+	c := &sb.c
+	u := sb.u
+	estimated := !u.seen
+	if estimated {
+		u = usage{}
+		u.Input = estimateTokens(int64(sb.inputBytes))
+		u.Output = estimateTokens(sb.delivered)
+	}
+	rec := c.record(u, true)
+	rec.Provider, rec.Estimated, rec.Cancelled = sb.up.name, estimated, cancelled
+	rec.TTFT = max(sb.firstByte, 0)
+	if cancelled {
+		rec.Reason = "client_disconnected"
+		if sb.aborted.Load() {
+			rec.Reason = "gateway_shutdown"
+		}
+	}
+	ch, err := c.s.settle(metering.Settlement{
+		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id, Cost: c.model.Cost(u.Usage), Record: rec,
+	})
+	if err != nil {
+		return // logged by settle; the trailers stay empty
+	}
+	sb.charge = ch
+	var nb [24]byte
+	sb.hdr.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
+	sb.hdr.SetBytesV(hdrBalanceAfter, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
+	if c.s.opts.OnSettle != nil {
+		c.s.opts.OnSettle(c.ident.Account, ch)
+	}
+}
+
+// failed ends a stream the provider broke off: the call is free, and the
+// client is told with an error event.
+func (sb *streamBody) failed(reason string) {
+	if sb.finished {
+		return
+	}
+	sb.finished = true
+	sb.settled = true
+	c := &sb.c
+	rec := c.record(sb.u.orEstimate(sb), true)
+	rec.Provider, rec.Failed, rec.Reason, rec.Status = sb.up.name, true, reason, 502
+	rec.TTFT = max(sb.firstByte, 0)
+	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
+		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
+	}
+	sb.hdr.Set(hdrCharged, "0.000")
+	// Pass the provider's own error event through, then ours.
+	if len(sb.ev) > 0 {
+		sb.out = append(sb.out, sb.ev...)
+		sb.out = append(sb.out, '\n')
+		sb.ev = sb.ev[:0]
+	}
+	if sb.c.ep.dialect != dialectChat && sb.c.ep.dialect != dialectCompletions {
+		sb.out = append(sb.out, "event: error\n"...)
+	}
+	sb.out = append(sb.out, `data: {"error":{"message":"The provider ended the stream early; the call was not charged.","type":"api_error","code":"upstream_stream_cut","param":null}}`...)
+	sb.out = append(sb.out, '\n', '\n')
+}
+
+func (u usage) orEstimate(sb *streamBody) usage {
+	if u.seen {
+		return u
+	}
+	var e usage
+	e.Output = estimateTokens(sb.delivered)
+	return e
+}
+
+// end handles the end of the upstream body (EOF or error).
+func (sb *streamBody) end(err error) {
+	switch {
+	case sb.finished:
+	case sb.aborted.Load():
+		sb.settle(true)
+		sb.finished = true
+	case sb.terminal:
+		sb.settle(false)
+		sb.finished = true
+	default:
+		reason := "upstream_stream_cut"
+		if errors.Is(err, errStreamTimeout) {
+			reason = "stream_timeout"
+		} else if isTimeout(err) {
+			reason = "upstream_idle_timeout"
+		}
+		sb.failed(reason)
+	}
+}
+
+// abort cuts the stream at shutdown: the blocked upstream read returns, and
+// the call is settled for what was generated.
+func (sb *streamBody) abort() {
+	sb.aborted.Store(true)
+	if sb.src != nil {
+		_ = sb.src.CloseWithError(errAborted)
+	}
+}
+
+// CloseWithError is called by fasthttp once the body is written or the
+// client has gone. A stream the client left is settled for what the provider
+// generated until now; closing the upstream connection stops the generation.
+func (sb *streamBody) CloseWithError(err error) error {
+	sb.closeOnce.Do(func() {
+		if !sb.finished {
+			if sb.src != nil {
+				_ = sb.src.CloseWithError(errors.New("client gone"))
+			}
+			sb.settle(true)
+			sb.finished = true
+		}
+		s := sb.c.s
+		s.streams.Delete(sb)
+		_ = sb.resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(sb.resp)
+		sb.br.Reset(nil)
+		readerPool.Put(sb.br)
+		if ce := s.log.Check(zap.DebugLevel, "stream"); ce != nil {
+			ce.Write(zap.String("request_id", sb.c.id), zap.String("account", sb.c.ident.Account),
+				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))
+		}
+		s.inflight.Done()
+	})
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}

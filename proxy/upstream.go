@@ -1,0 +1,188 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Provider is an upstream model provider as the proxy needs it.
+type Provider struct {
+	Name    string
+	Kind    string // "openai" (OpenAI-compatible) or "anthropic"
+	BaseURL string // OpenAI-compatible base, e.g. https://api.openai.com/v1
+	// NativeBaseURL is the base for the provider's native API (Anthropic
+	// /v1/messages); defaults to BaseURL.
+	NativeBaseURL string
+	APIKey        string
+	Headers       map[string]string
+}
+
+// upstream is a provider with its long-lived clients.
+type upstream struct {
+	name    string
+	kind    string
+	base    string // without trailing slash
+	native  string
+	headers [][2]string
+	auth    string // full Authorization value, "" when no key
+	apiKey  string
+	plain   *fasthttp.HostClient // non-streaming calls
+	stream  *fasthttp.HostClient // streaming calls: per-read idle deadlines
+}
+
+// Timeouts bound upstream calls.
+type Timeouts struct {
+	Connect    time.Duration
+	FirstByte  time.Duration
+	Request    time.Duration
+	StreamIdle time.Duration
+	Stream     time.Duration
+}
+
+func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
+	u, err := url.Parse(strings.TrimRight(p.BaseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("provider %q: bad base URL %q", p.Name, p.BaseURL)
+	}
+	addr := u.Host
+	tls := u.Scheme == "https"
+	if u.Port() == "" {
+		if tls {
+			addr += ":443"
+		} else {
+			addr += ":80"
+		}
+	}
+	up := &upstream{
+		name: p.Name, kind: p.Kind, base: strings.TrimRight(p.BaseURL, "/"),
+		native: strings.TrimRight(p.NativeBaseURL, "/"), apiKey: p.APIKey,
+	}
+	if up.native == "" {
+		up.native = up.base
+	}
+	if p.APIKey != "" {
+		up.auth = "Bearer " + p.APIKey
+	}
+	for k, v := range p.Headers {
+		up.headers = append(up.headers, [2]string{k, v})
+	}
+	dialer := &net.Dialer{Timeout: t.Connect, KeepAlive: 30 * time.Second}
+	up.plain = &fasthttp.HostClient{
+		Addr: addr, IsTLS: tls, Name: "tollgate",
+		MaxConns:                      4096,
+		MaxIdleConnDuration:           60 * time.Second,
+		MaxResponseBodySize:           maxRespBody,
+		WriteTimeout:                  t.Request,
+		ReadBufferSize:                8192,
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultUserAgentHeader:      true,
+		RetryIfErr:                    noRetry,
+		Dial: func(a string) (net.Conn, error) {
+			return dialer.Dial("tcp", a)
+		},
+	}
+	up.stream = &fasthttp.HostClient{
+		Addr: addr, IsTLS: tls, Name: "tollgate",
+		MaxConns:                 1 << 20,
+		MaxIdleConnDuration:      60 * time.Second,
+		StreamResponseBody:       true,
+		WriteTimeout:             t.FirstByte,
+		ReadBufferSize:           4096,
+		NoDefaultUserAgentHeader: true,
+		RetryIfErr:               noRetry,
+		Dial: func(a string) (net.Conn, error) {
+			c, err := dialer.Dial("tcp", a)
+			if err != nil {
+				return nil, err
+			}
+			return &idleConn{Conn: c, firstByte: t.FirstByte, idle: t.StreamIdle}, nil
+		},
+	}
+	return up, nil
+}
+
+// noRetry: a model call is not idempotent (it costs money upstream), so it is
+// resent only when a pooled keep-alive connection turned out to be closed
+// before the provider answered anything — the one case where the provider
+// cannot have started work.
+func noRetry(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+	return false, attempts == 1 && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
+}
+
+// url returns the upstream URL for an endpoint.
+func (u *upstream) url(ep *endpoint) string {
+	if ep.native {
+		return u.native + ep.path
+	}
+	return u.base + ep.path
+}
+
+// prepare fills req's headers for this provider.
+func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(u.url(ep))
+	req.Header.SetContentType("application/json")
+	if stream {
+		req.Header.Set("Accept", "text/event-stream")
+	} else {
+		req.Header.Set("Accept", "application/json")
+	}
+	req.Header.Set("User-Agent", "tollgate")
+	if ep.dialect == dialectMessages {
+		if u.apiKey != "" {
+			req.Header.Set("x-api-key", u.apiKey)
+		}
+	} else if u.auth != "" {
+		req.Header.Set("Authorization", u.auth)
+	}
+	for _, h := range u.headers {
+		req.Header.Set(h[0], h[1])
+	}
+}
+
+// idleConn bounds each read: the first read after a write waits at most
+// firstByte, later reads at most idle. This bounds a stream's silences
+// without a timer goroutine per stream.
+type idleConn struct {
+	net.Conn
+	firstByte, idle time.Duration
+	awaiting        bool
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	c.awaiting = true
+	return c.Conn.Write(b)
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	d := c.idle
+	if c.awaiting {
+		d = c.firstByte
+	}
+	if d > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.awaiting = false
+	}
+	return n, err
+}
+
+// upstreamErr classifies a client error: timeouts → errTimeout (504), others → errUpstream (502).
+func upstreamErr(err error) error {
+	var ne net.Error
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
+		return fmt.Errorf("%w: %w", errTimeout, err)
+	}
+	return fmt.Errorf("%w: %w", errUpstream, err)
+}
