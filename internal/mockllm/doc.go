@@ -131,12 +131,21 @@
 // # Timing and failures
 //
 // Order of effects for a request: it is counted and recorded (Requests,
-// LastRequest), routed, Config.FailEvery is applied (every Nth request counted
-// by the server, whatever its path, answers 500), directives are parsed,
-// delay= is slept, then status=/hang are honoured, then the body is parsed
-// and answered. Config.Latency is slept before successful non-streaming
-// answers; Config.TTFT (or ttft=) before the first streamed event (stream
-// headers are flushed immediately); tokens are then paced at
-// Config.TokensPerSecond (or rate=). All waits end early when the server is
-// closed.
+// LastRequest); unknown paths (404) and wrong methods (405) are answered;
+// Config.FailEvery applies (a request whose counter value is a multiple of
+// FailEvery answers 500, so with FailEvery=3 the 3rd, 6th, ... requests
+// fail); directives are parsed; delay= is slept; hang, then status=, are
+// honoured; finally the body is parsed and answered. Config.Latency is slept
+// before successful non-streaming answers; Config.TTFT (or ttft=) before the
+// first streamed event (stream headers are flushed immediately); tokens are
+// then paced at Config.TokensPerSecond (or rate=). All waits end early when
+// the server is closed: a pending delay or latency then answers 503, a
+// pending stream or hang is dropped.
+//
+// # Running
+//
+// Start listens on 127.0.0.1:0 and StartAt on a chosen address; both return
+// the base URL ("http://127.0.0.1:PORT/v1") to configure as the provider
+// base URL. Handler can also be mounted on any fasthttp server.
+// cmd/mockllm runs the mock as a standalone process.
 package mockllm

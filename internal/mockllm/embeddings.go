@@ -17,7 +17,7 @@ const embeddingDims = 8
 // (a string, a token array, or each element of an array of those).
 func (s *Server) embeddings(ctx *fasthttp.RequestCtx, n int64, req *request, d *directives) {
 	if s.cfg.Latency > 0 && !s.sleep(s.cfg.Latency) {
-		ctx.SetConnectionClose()
+		writeClosing(ctx, kindEmbeddings)
 		return
 	}
 	bp := getBuf()

@@ -143,14 +143,3 @@ func parseSSE(t *testing.T, body []byte) []sseEvent {
 	}
 	return out
 }
-
-func words(n int) string {
-	var sb strings.Builder
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			sb.WriteByte(' ')
-		}
-		sb.WriteString("w")
-	}
-	return sb.String()
-}

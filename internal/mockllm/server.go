@@ -192,7 +192,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if d.delay > 0 && !s.sleep(d.delay) {
-		ctx.SetConnectionClose()
+		writeClosing(ctx, k)
 		return
 	}
 	if d.hang {
@@ -237,7 +237,7 @@ func (s *Server) generate(ctx *fasthttp.RequestCtx, n int64, k kind, req *reques
 		return
 	}
 	if s.cfg.Latency > 0 && !s.sleep(s.cfg.Latency) {
-		ctx.SetConnectionClose()
+		writeClosing(ctx, k)
 		return
 	}
 	bp := getBuf()
@@ -267,6 +267,13 @@ func writeJSON(ctx *fasthttp.RequestCtx, b []byte, d *directives) {
 		return
 	}
 	ctx.SetBody(b)
+}
+
+// writeClosing answers 503 and closes the connection: a wait was cut short
+// because the server is closing.
+func writeClosing(ctx *fasthttp.RequestCtx, k kind) {
+	writeError(ctx, k, fasthttp.StatusServiceUnavailable, "mock: server closing")
+	ctx.SetConnectionClose()
 }
 
 // sleep waits for d or until the server is closed; it reports whether the
