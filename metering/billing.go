@@ -83,6 +83,8 @@ func notAccount(op, account string) error { return fmt.Errorf("%s %q: %w", op, a
 
 func nowMillis() int64 { return time.Now().UnixMilli() }
 
+// reservedFields are the ledger fields the scripts write themselves; callers'
+// Fields may not shadow them (they are dropped).
 var reservedFields = map[string]bool{
 	"type": true, "amount": true, "balance_after": true, "ref": true, "created_at": true,
 	"pack": true, "price_minor": true, "currency": true, "session_id": true, "stripe_payment_id": true,

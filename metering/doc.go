@@ -21,7 +21,13 @@
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL
 //	{a:ID}:keys          hash   key id → key metadata (JSON)
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
+//	{a:ID}:stripe        string the account's Stripe customer id
+//	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL
+//	{a:ID}:pay:<intent>  hash   a paid purchase and how much refunds/disputes took back
+//	{a:ID}:billing       stream purchase history (same ids as the ledger entries)
 //	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
+//	tg:cus:<customer>    string Stripe customer → account
+//	tg:pay:<intent>      string Stripe payment intent → account
 //
 // # Units
 //

@@ -21,8 +21,10 @@ if redis.call('SISMEMBER', refs, ref) == 1 then
 end
 local c = redis.call('HMGET', co, 'credits_mc', 'price_minor', 'currency', 'pack')
 if not c[1] then return {-2} end
-local credits, price, currency, pack = tonumber(c[1]), tonumber(c[2]), c[3], c[4]
-if price ~= paid or currency ~= cur then return {-3, price, currency} end
+-- Amounts stay the decimal strings they were stored as: never a Lua number's
+-- formatting (tostring and '..' keep only 14 significant digits).
+local credits, price, currency, pack = c[1], c[2], c[3], c[4]
+if tonumber(price) ~= paid or currency ~= cur then return {-3, tonumber(price), currency} end
 
 redis.call('SADD', refs, ref)
 local balance = redis.call('HINCRBY', acct, 'balance', credits)
@@ -38,4 +40,4 @@ if pid ~= '' then
   redis.call('HSET', pay, 'credits_mc', credits, 'amount_minor', price, 'currency', currency,
     'session_id', sid, 'pack', pack, 'refunded_mc', 0, 'disputed_mc', 0, 'removed_mc', 0)
 end
-return {1, balance, eid, credits}
+return {1, balance, eid, tonumber(credits)}

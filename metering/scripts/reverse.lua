@@ -23,6 +23,8 @@ if not f[1] then return {-2} end
 local balance = tonumber(redis.call('HGET', acct, 'balance')) or 0
 if redis.call('SADD', refs, ref) == 0 then return {0, balance, '', 0} end
 
+-- Amounts are below 2^53, exact as Lua numbers; they are written back with
+-- string.format('%d'), never through tostring or '..' (14 significant digits).
 local credits, refunded, disputed, removed = tonumber(f[1]), tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(f[4]) or 0
 if mc < 0 then mc = 0 end
 if kind == 'refund' then
@@ -33,13 +35,15 @@ end
 local total = refunded + disputed
 if total > credits then total = credits end
 local delta = total - removed
-redis.call('HSET', pay, 'refunded_mc', refunded, 'disputed_mc', disputed)
+local function int(n) return string.format('%d', n) end
+redis.call('HSET', pay, 'refunded_mc', int(refunded), 'disputed_mc', int(disputed))
 if delta <= 0 then return {0, balance, '', 0} end
 
-redis.call('HSET', pay, 'removed_mc', total)
-balance = redis.call('HINCRBY', acct, 'balance', -delta)
-redis.call('HINCRBY', acct, 'purchased', -delta)
-local rec = {'type', kind, 'amount', -delta, 'balance_after', balance, 'ref', ref,
+local debit = int(0 - delta)
+redis.call('HSET', pay, 'removed_mc', int(total))
+balance = redis.call('HINCRBY', acct, 'balance', debit)
+redis.call('HINCRBY', acct, 'purchased', debit)
+local rec = {'type', kind, 'amount', debit, 'balance_after', balance, 'ref', ref,
   'session_id', f[5] or '', 'stripe_payment_id', pid, 'created_at', now}
 for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', unpack(rec))

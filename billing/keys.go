@@ -1,0 +1,148 @@
+package billing
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"unicode/utf8"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+const maxKeyName = 100
+
+// keyJSON is an API key as listed. The secret is never stored, so never listed.
+type keyJSON struct {
+	ID          string   `json:"id"`
+	Object      string   `json:"object"`
+	Name        string   `json:"name"`
+	Hint        string   `json:"hint"`
+	CreditLimit *Credits `json:"credit_limit"` // null: no limit
+	Used        Credits  `json:"used"`
+	CreatedAt   string   `json:"created_at"`
+	Revoked     bool     `json:"revoked"`
+}
+
+// newKeyJSON is a key just created: the only time its secret is shown.
+type newKeyJSON struct {
+	keyJSON
+	Key string `json:"key"`
+}
+
+func keyView(k metering.Key, used int64) keyJSON {
+	v := keyJSON{ID: k.ID, Object: "api_key", Name: k.Name, Hint: k.Hint, Used: Credits(used),
+		CreatedAt: timestamp(k.CreatedAt), Revoked: k.Revoked}
+	if k.CreditLimit > 0 {
+		l := Credits(k.CreditLimit)
+		v.CreditLimit = &l
+	}
+	return v
+}
+
+type createKeyRequest struct {
+	Name        string       `json:"name"`
+	CreditLimit *json.Number `json:"credit_limit"` // credits; absent or null: no limit
+}
+
+// createKey validates the request and issues a key for account.
+func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.Request, account string, capped bool) error {
+	var req createKeyRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Name == "" {
+		req.Name = "default"
+	}
+	if !utf8.ValidString(req.Name) || utf8.RuneCountInString(req.Name) > maxKeyName {
+		return badRequest("invalid_name", "name", "name must be valid text of at most %d characters", maxKeyName)
+	}
+	var limit int64
+	if req.CreditLimit != nil {
+		mc, err := parseCredits("credit_limit", *req.CreditLimit)
+		if err != nil {
+			return err
+		}
+		if mc <= 0 {
+			return badRequest("invalid_amount", "credit_limit", "credit_limit must be a positive number of credits (omit it for no limit)")
+		}
+		limit = mc
+	}
+	if capped {
+		n, err := s.activeKeys(ctx, account)
+		if err != nil {
+			return err
+		}
+		if n >= s.opts.MaxKeysPerAccount {
+			return &apiError{status: http.StatusConflict, typ: typeConflict, code: "too_many_keys",
+				message: fmt.Sprintf("an account may have at most %d active API keys; revoke one first", s.opts.MaxKeysPerAccount)}
+		}
+	}
+	k, secret, err := s.store.CreateKey(ctx, account, req.Name, limit)
+	if err != nil {
+		return fmt.Errorf("creating key: %w", err)
+	}
+	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(k, 0), Key: secret})
+	return nil
+}
+
+func (s *Server) activeKeys(ctx context.Context, account string) (int, error) {
+	keys, err := s.store.Keys(ctx, account)
+	if err != nil {
+		return 0, fmt.Errorf("counting keys: %w", err)
+	}
+	n := 0
+	for _, k := range keys {
+		if !k.Revoked {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (s *Server) listKeys(ctx context.Context, w http.ResponseWriter, account string) error {
+	keys, err := s.store.Keys(ctx, account)
+	if err != nil {
+		return fmt.Errorf("listing keys: %w", err)
+	}
+	out := make([]keyJSON, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, keyView(k.Key, k.Used))
+	}
+	writeJSON(w, http.StatusOK, listJSON[keyJSON]{Object: "list", Data: out})
+	return nil
+}
+
+func (s *Server) revokeKey(ctx context.Context, w http.ResponseWriter, account, keyID string) error {
+	if !metering.ValidAccountID(keyID) {
+		return notFound("key_not_found", "no such API key")
+	}
+	if err := s.store.RevokeKey(ctx, account, keyID); err != nil {
+		return fmt.Errorf("revoking key: %w", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// listJSON is a page of a list.
+type listJSON[T any] struct {
+	Object  string `json:"object"`
+	Data    []T    `json:"data"`
+	HasMore bool   `json:"has_more"`
+}
+
+// POST /v1/keys
+func (s *Server) createOwnKey(w http.ResponseWriter, r *http.Request, account string) error {
+	return s.createKey(r.Context(), w, r, account, true)
+}
+
+// GET /v1/keys
+func (s *Server) listOwnKeys(w http.ResponseWriter, r *http.Request, account string) error {
+	return s.listKeys(r.Context(), w, account)
+}
+
+// DELETE /v1/keys/{id}: only the caller's own keys; another account's key is
+// "no such key".
+func (s *Server) revokeOwnKey(w http.ResponseWriter, r *http.Request, account string) error {
+	return s.revokeKey(r.Context(), w, account, r.PathValue("id"))
+}
