@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+)
+
+const adminUsage = `usage: tollgate admin [-config FILE] <command>
+
+  account create <id>                       create an account
+  account show <id>                         balances (credits)
+  key create <account> [name] [limit]       issue an API key (shown once); limit in credits
+  key list <account>                        list keys
+  key revoke <account> <key id>             revoke a key
+  credit <account> <credits> <reference>    add credits once per reference (negative: adjust)
+  ledger <account> [limit]                  newest ledger entries
+
+Works against Redis directly (REDIS_URL or the config's redis section).
+`
+
+// runAdmin performs control-plane operations directly in Redis.
+func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("admin", stderr)
+	cfgPath := fs.String("config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
+	fs.Usage = func() { fmt.Fprint(stderr, adminUsage) }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) < 2 {
+		fmt.Fprint(stderr, adminUsage)
+		return errors.New("admin: missing command")
+	}
+	l, err := load(*cfgPath, stderr)
+	if err != nil {
+		return err
+	}
+	rdb, err := redisClient(l.cfg.Redis, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	st := metering.New(rdb, metering.Options{HoldTTL: l.cfg.Proxy.HoldTTL.D(), KeyCacheTTL: -1})
+	return adminCommand(ctx, st, rest, stdout)
+}
+
+func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Writer) error {
+	need := func(n int) error {
+		if len(a) < n {
+			return fmt.Errorf("admin %s: missing arguments\n\n%s", strings.Join(a, " "), adminUsage)
+		}
+		return nil
+	}
+	printJSON := func(v any) error {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	switch a[0] + " " + a[1] {
+	case "account create":
+		if err := need(3); err != nil {
+			return err
+		}
+		acct, err := st.CreateAccount(ctx, a[2])
+		if err != nil {
+			return err
+		}
+		return printJSON(accountView(acct))
+	case "account show":
+		if err := need(3); err != nil {
+			return err
+		}
+		acct, err := st.Account(ctx, a[2])
+		if err != nil {
+			return err
+		}
+		return printJSON(accountView(acct))
+	case "key create":
+		if err := need(3); err != nil {
+			return err
+		}
+		name, limit := "cli", int64(0)
+		if len(a) > 3 {
+			name = a[3]
+		}
+		if len(a) > 4 {
+			var err error
+			if limit, err = pricing.ParseCredits(a[4]); err != nil {
+				return err
+			}
+		}
+		k, secret, err := st.CreateKey(ctx, a[2], name, limit)
+		if err != nil {
+			return err
+		}
+		return printJSON(map[string]any{"id": k.ID, "key": secret, "name": k.Name, "account": k.Account})
+	case "key list":
+		if err := need(3); err != nil {
+			return err
+		}
+		keys, err := st.Keys(ctx, a[2])
+		if err != nil {
+			return err
+		}
+		return printJSON(keys)
+	case "key revoke":
+		if err := need(4); err != nil {
+			return err
+		}
+		if err := st.RevokeKey(ctx, a[2], a[3]); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "revoked", a[3])
+		return nil
+	}
+	switch a[0] {
+	case "credit":
+		if err := need(4); err != nil {
+			return err
+		}
+		mc, err := pricing.ParseCredits(a[2])
+		if err != nil {
+			return err
+		}
+		typ := "grant"
+		if mc < 0 {
+			typ = "adjustment"
+		}
+		res, err := st.Credit(ctx, metering.Credit{Account: a[1], Amount: mc, Reference: a[3], Type: typ,
+			Fields: map[string]string{"description": "admin CLI"}})
+		if err != nil {
+			return err
+		}
+		return printJSON(map[string]any{"applied": res.Applied, "balance": pricing.FormatCredits(res.BalanceAfter)})
+	case "ledger":
+		limit := int64(20)
+		if len(a) > 2 {
+			if _, err := fmt.Sscan(a[2], &limit); err != nil {
+				return fmt.Errorf("limit: %w", err)
+			}
+		}
+		entries, err := st.Ledger(ctx, a[1], metering.LedgerQuery{Limit: limit})
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			fmt.Fprintf(out, "%s  %-13s %14s  balance %14s  %s\n", e.CreatedAt.Format(time.RFC3339), e.Type,
+				pricing.FormatCredits(e.Amount), pricing.FormatCredits(e.BalanceAfter), e.Reference)
+		}
+		return nil
+	}
+	return fmt.Errorf("admin: unknown command %q\n\n%s", strings.Join(a, " "), adminUsage)
+}
+
+func accountView(a metering.Account) map[string]string {
+	return map[string]string{
+		"id": a.ID, "balance": pricing.FormatCredits(a.Balance), "reserved": pricing.FormatCredits(a.Reserved),
+		"total_purchased": pricing.FormatCredits(a.Purchased), "total_consumed": pricing.FormatCredits(a.Consumed),
+	}
+}

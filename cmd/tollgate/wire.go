@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tollgate/tollgate/internal/config"
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+	"github.com/tollgate/tollgate/proxy"
+)
+
+// common flags of the serving subcommands.
+type commonFlags struct {
+	config string
+	addr   string
+}
+
+func (f *commonFlags) register(fs *flag.FlagSet, addrHelp string) {
+	fs.StringVar(&f.config, "config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
+	fs.StringVar(&f.addr, "addr", "", addrHelp+" (overrides the config)")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tollgate "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// loaded is a configuration with what every subcommand builds from it.
+type loaded struct {
+	cfg     *config.Config
+	catalog *pricing.Catalog
+	log     *zap.Logger
+}
+
+func load(path string, stderr io.Writer) (*loaded, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	catalog, err := pricing.New(cfg.Pricing)
+	if err != nil {
+		return nil, err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return nil, err
+	}
+	return &loaded{cfg: cfg, catalog: catalog, log: log}, nil
+}
+
+func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
+}
+
+// redisClient builds the store's client: Cluster or Sentinel from an address
+// list, standalone from a URL. Every command is bounded by the client's
+// timeouts (proxy.redis_timeout), so hot-path calls need no per-call context.
+func redisClient(c config.Redis, timeout time.Duration) (redis.UniversalClient, error) {
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	if len(c.Addrs) > 0 {
+		return redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs: c.Addrs, MasterName: c.MasterName, Username: c.Username, Password: c.Password,
+			PoolSize: c.PoolSize, DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+			IsClusterMode: c.MasterName == "" && len(c.Addrs) > 1,
+			MaxRetries:    2, MinRetryBackoff: 8 * time.Millisecond, MaxRetryBackoff: 64 * time.Millisecond,
+		}), nil
+	}
+	if c.URL == "" {
+		return nil, errors.New("redis.url (REDIS_URL) or redis.addrs is required")
+	}
+	opt, err := redis.ParseURL(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	if c.PoolSize > 0 {
+		opt.PoolSize = c.PoolSize
+	} else if opt.PoolSize == 0 {
+		opt.PoolSize = 256
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = timeout, timeout, timeout
+	// Fail fast when Redis is down: callers get 503 at once instead of
+	// queueing behind retries. Scripts are idempotent, so a retry is safe.
+	opt.MaxRetries, opt.MinRetryBackoff, opt.MaxRetryBackoff = 2, 8*time.Millisecond, 64*time.Millisecond
+	opt.DialerRetries, opt.DialerRetryTimeout = 1, 10*time.Millisecond
+	return redis.NewClient(opt), nil
+}
+
+func newStore(cfg *config.Config) (*metering.Store, error) {
+	rdb, err := redisClient(cfg.Redis, cfg.Proxy.RedisTimeout.D())
+	if err != nil {
+		return nil, err
+	}
+	st := metering.New(rdb, metering.Options{HoldTTL: cfg.Proxy.HoldTTL.D()})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := st.LoadScripts(ctx); err != nil {
+		// Not fatal: the proxy answers 503 until Redis is back, and scripts
+		// fall back to EVAL.
+		return st, fmt.Errorf("redis not reachable yet: %w", err)
+	}
+	return st, nil
+}
+
+// proxyOptions maps configuration onto proxy.Options.
+func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
+	c := l.cfg
+	var providers []proxy.Provider
+	for name, p := range c.Providers {
+		providers = append(providers, proxy.Provider{
+			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
+		})
+	}
+	return proxy.Options{
+		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
+		MaxBodyBytes: c.Proxy.MaxBodyBytes,
+		Timeouts: proxy.Timeouts{
+			Connect: c.Proxy.ConnectTimeout.D(), FirstByte: c.Proxy.FirstByteTimeout.D(), Request: c.Proxy.RequestTimeout.D(),
+			StreamIdle: c.Proxy.StreamIdleTimeout.D(), Stream: c.Proxy.StreamTimeout.D(),
+		},
+		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
+		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
+	}
+}
