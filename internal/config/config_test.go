@@ -1,0 +1,138 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/pricing"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestExpand(t *testing.T) {
+	lookup := env(map[string]string{"A": "alpha", "EMPTY": ""})
+	cases := []struct{ in, want string }{
+		{"plain", "plain"},
+		{"${A}", "alpha"},
+		{"x-${A}-y", "x-alpha-y"},
+		{"${MISSING}", ""},
+		{"${MISSING:-fallback}", "fallback"},
+		{"${EMPTY:-fallback}", "fallback"},
+		{"${A:-fallback}", "alpha"},
+		{"${A}${A}", "alphaalpha"},
+		{"${UNCLOSED", "${UNCLOSED"},
+		{"${MISSING:-http://x:1/v1}", "http://x:1/v1"},
+	}
+	for _, tc := range cases {
+		if got := Expand(tc.in, lookup); got != tc.want {
+			t.Errorf("Expand(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestShippedConfigs: every shipped file loads, and the environment reaches
+// providers the way the README says.
+func TestShippedConfigs(t *testing.T) {
+	data, err := os.ReadFile("../../configs/tollgate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse(data, env(map[string]string{
+		"OPENAI_BASE_URL": "http://127.0.0.1:9999/v1", "OPENAI_API_KEY": "sk-test", "REDIS_URL": "redis://127.0.0.1:1/0",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Providers["openai"]; p.BaseURL != "http://127.0.0.1:9999/v1" || p.APIKey != "sk-test" {
+		t.Fatalf("openai provider %+v", p)
+	}
+	if p := cfg.Providers["gemini"]; p.BaseURL != "https://generativelanguage.googleapis.com/v1beta/openai" {
+		t.Fatalf("gemini default base %q", p.BaseURL)
+	}
+	if cfg.Redis.URL != "redis://127.0.0.1:1/0" || cfg.Proxy.MaxBodyBytes != 8<<20 || cfg.Proxy.StreamTimeout.D() != 30*time.Minute {
+		t.Fatalf("values: %+v %+v", cfg.Redis, cfg.Proxy)
+	}
+	cat, err := pricing.New(cfg.Pricing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"gpt-4o-mini": "core", "deepseek-chat": "core", "gemini-flash": "core",
+		"gemini-2.5-flash": "pro", "gpt-4.1-mini": "pro", "deepseek-r1": "pro",
+		"claude-sonnet": "ultra", "gpt-4.1": "ultra", "claude-opus": "ultra",
+	}
+	for id, tier := range want {
+		m, err := cat.Lookup(id)
+		if err != nil || m.Tier != tier {
+			t.Errorf("%s: %v tier %v, want %s", id, err, m, tier)
+		}
+	}
+	for _, id := range []string{"gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1"} {
+		if m, _ := cat.Lookup(id); m.Deployments[0].Provider != "openai" {
+			t.Errorf("%s goes to %q, want openai", id, m.Deployments[0].Provider)
+		}
+	}
+	p, err := cat.Pack("growth")
+	if err != nil || p.Credits != 2_374_050_000 {
+		t.Fatalf("growth pack %+v %v", p, err)
+	}
+
+	matches, _ := filepath.Glob("../../configs/examples/*.yaml")
+	for _, f := range matches {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// TestBadFileReportsEveryProblem: a bad file is refused with each problem and
+// its YAML path, all at once.
+func TestBadFileReportsEveryProblem(t *testing.T) {
+	bad := `
+proxy:
+  max_body_bytes: 10
+  read_timeout: -5s
+billing:
+  admin_token: short
+providers:
+  openai: {kind: grpc, base_url: "ftp://x"}
+pricing:
+  credits_per_usd: 0
+  fee_bps: 500
+  tiers: {core: {input: 1, output: 2}}
+  models:
+    - {id: m, tier: nope, context_window: 10, max_output_tokens: 5, deployments: [{provider: ghost, model: x}]}
+log:
+  level: loud
+`
+	_, err := Parse([]byte(bad), env(nil))
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{
+		"proxy.max_body_bytes", "proxy.read_timeout", "billing.admin_token", "providers.openai.kind",
+		"providers.openai.base_url", "pricing.credits_per_usd", "pricing.models[0].tier",
+		"pricing.models[0].deployments[0].provider", "log.level",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+}
+
+func TestUnknownKeyAndBadDuration(t *testing.T) {
+	for name, doc := range map[string]string{
+		"unknown key":  "proxy:\n  adress: x\n",
+		"bad duration": "proxy:\n  read_timeout: soon\n",
+		"not YAML":     "proxy: [\n",
+	} {
+		if _, err := Parse([]byte(doc), env(nil)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
