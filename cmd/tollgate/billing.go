@@ -9,34 +9,18 @@ import (
 	"net/http"
 	"time"
 
-	"go.uber.org/zap"
 
 	"github.com/tollgate/tollgate/billing"
+	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
 )
 
 func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("billing", stderr)
-	var f commonFlags
-	f.register(fs, "listen address")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	l, err := load(f.config, stderr)
+	l, store, err := startup("billing", args, stderr, func(c *config.Config, addr string) { c.Billing.Addr = addr })
 	if err != nil {
 		return err
 	}
 	defer l.log.Sync() //nolint:errcheck
-	if f.addr != "" {
-		l.cfg.Billing.Addr = f.addr
-	}
-	store, err := newStore(l.cfg)
-	if store == nil {
-		return err
-	}
-	if err != nil {
-		l.log.Warn("starting without Redis; requests get 503 until it answers", zap.Error(err))
-	}
 	ln, err := net.Listen("tcp", l.cfg.Billing.Addr)
 	if err != nil {
 		return fmt.Errorf("listening: %w", err)

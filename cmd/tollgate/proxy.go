@@ -9,32 +9,17 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy"
 )
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("proxy", stderr)
-	var f commonFlags
-	f.register(fs, "listen address")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	l, err := load(f.config, stderr)
+	l, store, err := startup("proxy", args, stderr, func(c *config.Config, addr string) { c.Proxy.Addr = addr })
 	if err != nil {
 		return err
 	}
 	defer l.log.Sync() //nolint:errcheck
-	if f.addr != "" {
-		l.cfg.Proxy.Addr = f.addr
-	}
-	store, err := newStore(l.cfg)
-	if store == nil {
-		return err
-	}
-	if err != nil {
-		l.log.Warn("starting without Redis; calls get 503 until it answers", zap.Error(err))
-	}
 	srv, err := proxy.New(proxyOptions(l, store))
 	if err != nil {
 		return err

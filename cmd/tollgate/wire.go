@@ -43,6 +43,33 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// startup parses a serving subcommand's flags, loads the configuration
+// (with --addr applied through setAddr) and connects the store. Redis that
+// does not answer yet is not fatal: requests get 503 until it does.
+func startup(name string, args []string, stderr io.Writer, setAddr func(*config.Config, string)) (*loaded, *metering.Store, error) {
+	fs := newFlagSet(name, stderr)
+	var f commonFlags
+	f.register(fs, "listen address")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	l, err := load(f.config, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.addr != "" {
+		setAddr(l.cfg, f.addr)
+	}
+	store, err := newStore(l.cfg)
+	if store == nil {
+		return nil, nil, err
+	}
+	if err != nil {
+		l.log.Warn("starting without Redis; requests get 503 until it answers", zap.Error(err))
+	}
+	return l, store, nil
+}
+
 // loaded is a configuration with what every subcommand builds from it.
 type loaded struct {
 	cfg     *config.Config
