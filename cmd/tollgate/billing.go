@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-
 	"github.com/tollgate/tollgate/billing"
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
