@@ -25,6 +25,16 @@ const (
 	hdrProvider     = "X-Tollgate-Provider"
 )
 
+// The same keys as bytes, already in canonical form: SetCanonical skips the
+// per-call normalisation.
+var (
+	keyRequestID = []byte(hdrRequestID)
+	keyCharged   = []byte(hdrCharged)
+	keyBalance   = []byte(hdrBalance)
+	keyTier      = []byte(hdrTier)
+	keyProvider  = []byte(hdrProvider)
+)
+
 var strEventStream = []byte("text/event-stream")
 
 // call is one metered request's state up to the point where it is answered
@@ -56,7 +66,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	c := call{s: s, ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
-	ctx.Response.Header.Set(hdrRequestID, c.id)
+	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
 
 	var err error
 	if c.ident, err = s.authenticate(ctx); err != nil {
@@ -80,7 +90,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	c.model = m
-	ctx.Response.Header.Set(hdrTier, m.Tier)
+	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
 	if s.opts.Limiter != nil {
 		if err := s.opts.Limiter.Admit(context.Background(), c.ident.Account); err != nil {
 			s.writeError(ctx, err)
@@ -151,6 +161,9 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		}
 		req := fasthttp.AcquireRequest()
 		u.prepare(req, c.ep, c.req.stream)
+		if c.ep.native {
+			forwardNativeHeaders(req, &ctx.Request.Header) // anthropic.go
+		}
 		req.SetBodyRaw(out)
 		r := fasthttp.AcquireResponse()
 		var err error
@@ -185,7 +198,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		c.fail(ctx, lastErr, 0)
 		return false
 	}
-	ctx.Response.Header.Set(hdrProvider, up.name)
+	ctx.Response.Header.SetCanonical(keyProvider, []byte(up.name))
 	status := resp.StatusCode()
 	if status < 200 || status > 299 {
 		c.upstreamError(ctx, resp)
@@ -260,7 +273,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	u, v := usageFromBody(c.parser, c.ep.dialect, body)
 	estimated := false
 	if !u.seen {
-		u = c.estimate(deliveredText(v))
+		u = c.estimateBody(v, body) // tokenize.go: off the path when usage is present
 		estimated = true
 	}
 	rec := c.record(u, false)
@@ -276,8 +289,8 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	}
 	h := &ctx.Response.Header
 	var nb [24]byte
-	h.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
-	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
+	h.SetCanonical(keyCharged, pricing.AppendCredits(nb[:0], ch.Charged))
+	h.SetCanonical(keyBalance, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
 	ctx.SetStatusCode(resp.StatusCode())
 	if ct := resp.Header.ContentType(); len(ct) > 0 {
 		ctx.Response.Header.SetContentTypeBytes(ct)
@@ -291,18 +304,6 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	if c.s.opts.OnSettle != nil {
 		c.s.opts.OnSettle(c.ident.Account, ch)
 	}
-}
-
-// estimate prices a call whose provider reported no usage: the request's
-// size for input and the delivered text for output.
-func (c *call) estimate(outBytes int64) usage {
-	var u usage
-	u.Input = estimateTokens(int64(len(c.body)))
-	u.Output = estimateTokens(outBytes)
-	if c.ep.maxField == "" {
-		u.Output = 0
-	}
-	return u
 }
 
 // settle retries briefly: a Redis failover or restart takes moments, and a

@@ -34,6 +34,9 @@ var (
 	epEmbeddings  = &endpoint{name: "embeddings", path: "/embeddings", dialect: dialectEmbeddings}
 	epResponses   = &endpoint{name: "responses", path: "/responses", dialect: dialectResponses, maxField: "max_output_tokens"}
 	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true}
+
+	// endpoints lists every metered route (upstream URIs are parsed once for each).
+	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages}
 )
 
 // request is what inspection learned of a call's body. Slices point into the

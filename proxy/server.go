@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -150,11 +151,52 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetConnectionClose()
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown. Running out of file
+// descriptors (or kernel buffers) while accepting pauses accepting instead of
+// ending Serve: fasthttp treats every accept error but a timeout as fatal, and
+// a proxy holding thousands of streams must not exit when one more client
+// arrives than it has descriptors for.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(&retryListener{Listener: ln, log: s.log})
+}
 
 // ListenAndServe listens on addr and serves.
-func (s *Server) ListenAndServe(addr string) error { return s.srv.ListenAndServe(addr) }
+func (s *Server) ListenAndServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// retryListener retries Accept on resource exhaustion (EMFILE, ENFILE,
+// ENOBUFS, ENOMEM) and aborted handshakes, backing off from 5 ms to 1 s as
+// net/http does; other errors (a closed listener) end Serve as before.
+type retryListener struct {
+	net.Listener
+	log    *zap.Logger
+	warned atomic.Int64 // unix seconds of the last warning
+}
+
+func (l *retryListener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil || !retryableAccept(err) {
+			return c, err
+		}
+		if now := time.Now().Unix(); l.warned.Swap(now) != now {
+			l.log.Warn("accepting connections paused", zap.Error(err))
+		}
+		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		time.Sleep(delay)
+	}
+}
+
+func retryableAccept(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED)
+}
 
 // Shutdown stops accepting, lets calls in flight finish until ctx is done,
 // then cuts the remaining streams, settling each for what was generated.

@@ -23,8 +23,6 @@ var (
 	strData      = []byte("data:")
 	strEvent     = []byte("event:")
 	strDone      = []byte("[DONE]")
-	strErrorObj  = []byte(`{"error"`)
-	strChoicesE  = []byte(`"choices":[]`)
 	strDoneEvent = []byte("data: [DONE]\n\n")
 )
 
@@ -67,33 +65,26 @@ type streamBody struct {
 	name []byte // the current event's name
 	held []byte // a final event held back until the call is settled
 
-	u          usage
-	delivered  int64 // bytes of generated text relayed
-	firstByte  time.Duration
-	terminal   bool // the provider's end marker was seen
-	settled    bool
-	finished   bool // nothing more to send
-	inputBytes int
-	pending    error // the upstream's end, reported after a last unterminated line
-	aborted    atomic.Bool
-	closeOnce  sync.Once
-	charge     metering.Charge
+	u         usage
+	outFinal  bool    // u.Output is the provider's final count (not message_start's)
+	text      []byte  // a sample of the generated text relayed, JSON-escaped (in textBuf)
+	textBuf   *[]byte // pooled
+	delivered int64   // bytes of generated text relayed, JSON-escaped
+	reqBody   *[]byte // the client's body, pooled: read only for an estimate
+	firstByte time.Duration
+	terminal  bool // the provider's end marker was seen
+	settled   bool
+	charged   bool  // settled with a charge (charge is valid)
+	finished  bool  // nothing more to send
+	pending   error // the upstream's end, reported after a last unterminated line
+	aborted   atomic.Bool
+	closeOnce sync.Once
+	charge    metering.Charge
 }
 
 // startStream hands the call to a streamBody and sets the response up.
 func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
-	sb := &streamBody{
-		c: *c, up: up, resp: resp, hdr: &ctx.Response.Header, maxLine: c.s.opts.MaxEventBytes,
-		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
-	}
-	// The parser and arena stay with the handler (released on return); the
-	// client's body is gone then too: keep only its size.
-	sb.c.parser, sb.c.arena, sb.c.req.root, sb.c.req.model = nil, nil, nil, nil
-	sb.c.body = nil
-	sb.inputBytes = len(c.body)
-	sb.src, _ = resp.BodyStream().(fasthttp.ReadCloserWithError)
-	sb.br = readerPool.Get().(*bufio.Reader)
-	sb.br.Reset(resp.BodyStream())
+	sb := newStreamBody(c, up, resp, resp.BodyStream(), &ctx.Response.Header)
 	h := &ctx.Response.Header
 	var nb [24]byte
 	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], c.hold.Available))
@@ -104,6 +95,27 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 	_ = h.AddTrailer(hdrBalanceAfter)
 	c.s.streams.Store(sb, struct{}{})
 	ctx.SetBodyStream(sb, -1)
+}
+
+// newStreamBody builds the relay of body, the upstream response's stream.
+// It copies what it keeps of c: the parser, the arena and the client's body
+// go back with the handler, so the body is copied (into a pooled buffer,
+// one memcpy) in case an estimate needs it at the end.
+func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reader, hdr *fasthttp.ResponseHeader) *streamBody {
+	sb := &streamBody{
+		c: *c, up: up, resp: resp, hdr: hdr, maxLine: c.s.opts.MaxEventBytes,
+		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
+	}
+	sb.reqBody = getBuf()
+	*sb.reqBody = append((*sb.reqBody)[:0], c.body...)
+	sb.textBuf = getBuf()
+	sb.text = (*sb.textBuf)[:0]
+	sb.c.parser, sb.c.arena, sb.c.req.root, sb.c.req.model = nil, nil, nil, nil
+	sb.c.body = nil
+	sb.src, _ = body.(fasthttp.ReadCloserWithError)
+	sb.br = readerPool.Get().(*bufio.Reader)
+	sb.br.Reset(body)
+	return sb
 }
 
 // Read gives fasthttp the next bytes for the client, pulling upstream events
@@ -142,10 +154,19 @@ func (sb *streamBody) pump() {
 	if sb.firstByte < 0 {
 		sb.firstByte = time.Since(sb.c.start)
 	}
+	if sb.terminal {
+		// Past the provider's end marker nothing is relayed; the body is
+		// still read to its end so that the connection can be reused.
+		return
+	}
 	if len(line) == 0 {
 		if len(sb.ev) > 0 {
 			sb.dispatch()
 		}
+		return
+	}
+	if len(sb.ev)+len(line) > sb.maxLine {
+		sb.end(errLineTooLong) // an event without end: bounded like a line
 		return
 	}
 	sb.ev = append(sb.ev, line...)
@@ -193,7 +214,7 @@ func (sb *streamBody) readLine() ([]byte, error) {
 	}
 }
 
-var errLineTooLong = errors.New("proxy: upstream SSE line too long")
+var errLineTooLong = errors.New("proxy: upstream SSE line or event too long")
 
 func trimEOL(b []byte) []byte {
 	b = bytes.TrimSuffix(b, []byte("\n"))
@@ -204,6 +225,9 @@ func trimEOL(b []byte) []byte {
 // or drop it.
 func (sb *streamBody) dispatch() {
 	data, name := sb.data, sb.name
+	if len(name) == 0 && sb.c.ep.dialect >= dialectResponses {
+		name = eventType(data) // a server that sends no event: lines
+	}
 	pass := true
 	switch sb.c.ep.dialect {
 	case dialectChat, dialectCompletions:
@@ -212,14 +236,14 @@ func (sb *streamBody) dispatch() {
 			sb.terminal = true
 			sb.settle(false)
 			sb.emitHeld()
-		case bytes.HasPrefix(data, strErrorObj):
+		case bytes.Equal(name, evError) || hasObjectKey(data, strErrorKey):
 			sb.failed("upstream_error_event")
 		default:
-			sb.delivered += contentBytes(data)
-			if hasUsageObject(data) {
+			sb.collect(data)
+			if hasObjectKey(data, strUsageKey) {
 				u, ok, usageOnly := chunkUsage(data, parseOpenAIUsage, "choices", "usage")
 				if ok {
-					sb.u = u
+					sb.u, sb.outFinal = u, true
 				}
 				if ok && usageOnly {
 					// The usage-only chunk: held until [DONE] so it can carry
@@ -235,38 +259,59 @@ func (sb *streamBody) dispatch() {
 		switch {
 		case bytes.Equal(name, evRespCompleted) || bytes.Equal(name, evRespIncomplet):
 			if u, ok, _ := chunkUsage(data, parseResponsesUsage, "", "response", "usage"); ok {
-				sb.u = u
+				sb.u, sb.outFinal = u, true
 			}
 			sb.terminal = true
 			sb.settle(false)
+			// Relayed with the charge in response.usage, like chat's usage chunk.
+			sb.out = append(sb.out, strEvent...)
+			sb.out = append(sb.out, ' ')
+			sb.out = append(sb.out, name...)
+			sb.out = append(sb.out, '\n')
+			sb.out = append(sb.out, strData...)
+			sb.out = append(sb.out, ' ')
+			sb.out = sb.withResponseCredits(sb.out, data)
+			sb.out = append(sb.out, '\n', '\n')
+			pass = false
 		case bytes.Equal(name, evRespFailed) || bytes.Equal(name, evError):
 			sb.failed("upstream_error_event")
-		default:
-			sb.delivered += contentBytes(data)
+		case bytes.HasSuffix(name, strDeltaSuffix):
+			sb.collect(data)
 		}
 	case dialectMessages:
 		switch {
 		case bytes.Equal(name, evMessageStart):
 			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
-				sb.u = u
+				sb.u = u // input is final here; output_tokens is a first count
 			}
 		case bytes.Equal(name, evMessageDelta):
 			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
 				// message_delta carries the cumulative output; newer API
 				// versions restate the input figures too.
-				sb.u.Output = u.Output
+				sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
 				if u.Input > 0 || u.CachedInput > 0 {
 					sb.u.Input, sb.u.CachedInput = u.Input, u.CachedInput
 				}
-				sb.u.seen = true
+				sb.u.seen, sb.outFinal = true, true
 			}
+			// Held until message_stop so that it can carry the charge.
+			sb.held = append(sb.held[:0], data...)
+			pass = false
 		case bytes.Equal(name, evMessageStop):
 			sb.terminal = true
 			sb.settle(false)
+			if len(sb.held) > 0 {
+				sb.out = append(sb.out, "event: message_delta\n"...)
+				sb.out = append(sb.out, strData...)
+				sb.out = append(sb.out, ' ')
+				sb.out = sb.withCredits(sb.out, sb.held)
+				sb.out = append(sb.out, '\n', '\n')
+				sb.held = sb.held[:0]
+			}
 		case bytes.Equal(name, evError):
 			sb.failed("upstream_error_event")
-		default:
-			sb.delivered += contentBytes(data)
+		case bytes.Equal(name, evBlockDelta):
+			sb.collect(data)
 		}
 	}
 	if pass && len(sb.ev) > 0 {
@@ -275,6 +320,43 @@ func (sb *streamBody) dispatch() {
 	}
 	sb.ev, sb.data, sb.name = sb.ev[:0], sb.data[:0], sb.name[:0]
 }
+
+// collect counts the generated text of a delta event and keeps a sample of
+// it for an estimate: a copy of the string values, no decoding.
+func (sb *streamBody) collect(data []byte) {
+	var n int64
+	sb.text, n = scanText(sb.text, data, maxTextSample)
+	sb.delivered += n
+}
+
+// eventType reads the "type" member of an event's JSON without decoding it,
+// for servers that send Responses or Messages events without event: lines.
+func eventType(data []byte) []byte {
+	i := bytes.Index(data, strTypeKey)
+	if i < 0 {
+		return nil
+	}
+	j := skipSpace(data, i+len(strTypeKey))
+	if j >= len(data) || data[j] != ':' {
+		return nil
+	}
+	j = skipSpace(data, j+1)
+	if j >= len(data) || data[j] != '"' {
+		return nil
+	}
+	end := stringEnd(data, j+1)
+	if end < 0 {
+		return nil
+	}
+	return data[j+1 : end]
+}
+
+var (
+	strTypeKey     = []byte(`"type"`)
+	strErrorKey    = []byte(`"error"`)
+	strDeltaSuffix = []byte(".delta")
+	evBlockDelta   = []byte("content_block_delta")
+)
 
 // chunkUsage parses one event's JSON with a pooled parser and returns the
 // usage found at path, read by parseFn, and whether the value at emptyArr is
@@ -308,44 +390,20 @@ func (sb *streamBody) emitHeld() {
 }
 
 // withCredits appends chunk with usage.credits (charged) and
-// usage.credits_balance added, as decimal credit strings.
+// usage.credits_balance added, as decimal credit strings. chunk is a chat
+// usage chunk or an Anthropic message_delta: its first "usage" member is the
+// one (quotes inside strings are escaped, so text cannot fool the search).
 func (sb *streamBody) withCredits(dst, chunk []byte) []byte {
-	i := bytes.LastIndexByte(chunk, '}')
 	u := bytes.Index(chunk, strUsageKey)
-	if !sb.settled || i < 0 || u < 0 {
+	if !sb.charged || u < 0 {
 		return append(dst, chunk...)
 	}
-	// Find the end of the usage object: the matching brace after "usage":{.
 	start := bytes.IndexByte(chunk[u:], '{')
 	if start < 0 {
 		return append(dst, chunk...)
 	}
 	start += u
-	depth, end := 0, -1
-	inStr := false
-	for j := start; j < len(chunk); j++ {
-		ch := chunk[j]
-		switch {
-		case inStr:
-			if ch == '\\' {
-				j++
-			} else if ch == '"' {
-				inStr = false
-			}
-		case ch == '"':
-			inStr = true
-		case ch == '{':
-			depth++
-		case ch == '}':
-			depth--
-			if depth == 0 {
-				end = j
-			}
-		}
-		if end >= 0 {
-			break
-		}
-	}
+	end := objectEnd(chunk, start)
 	if end < 0 {
 		return append(dst, chunk...)
 	}
@@ -361,6 +419,73 @@ func (sb *streamBody) withCredits(dst, chunk []byte) []byte {
 	return append(dst, chunk[end:]...)
 }
 
+// objectEnd returns the index of the brace closing the object that opens at
+// b[start], or -1.
+func objectEnd(b []byte, start int) int {
+	depth := 0
+	for j := start; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			e := stringEnd(b, j+1)
+			if e < 0 {
+				return -1
+			}
+			j = e
+		case '{':
+			depth++
+		case '}':
+			depth--
+			if depth == 0 {
+				return j
+			}
+		}
+	}
+	return -1
+}
+
+// withResponseCredits appends a Responses response.completed (or
+// .incomplete) event's data with credits and credits_balance added to
+// response.usage. The event echoes the whole response (tools, metadata), so
+// it is parsed rather than searched; it is one event per stream.
+func (sb *streamBody) withResponseCredits(dst, data []byte) []byte {
+	if !sb.charged {
+		return append(dst, data...)
+	}
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	v, err := p.ParseBytes(data)
+	u := v.Get("response", "usage")
+	if err != nil || u == nil || u.Type() != fastjson.TypeObject {
+		return append(dst, data...)
+	}
+	a := arenaPool.Get()
+	defer func() { a.Reset(); arenaPool.Put(a) }()
+	var nb [24]byte
+	u.Set("credits", a.NewStringBytes(pricing.AppendCredits(nb[:0], sb.charge.Charged)))
+	u.Set("credits_balance", a.NewStringBytes(pricing.AppendCredits(nb[:0], sb.charge.BalanceAfter)))
+	return v.MarshalTo(dst)
+}
+
+// usageNow is what the call consumed so far: the provider's usage when it
+// reported it, the output estimated from the relayed text when its final
+// count is missing (never below a partial count), and the input estimated
+// from the request when no usage came at all. estimated says whether any of
+// it is an estimate.
+func (sb *streamBody) usageNow() (u usage, estimated bool) {
+	u = sb.u
+	if u.seen && sb.outFinal {
+		return u, false
+	}
+	enc := encodingFor(sb.c.model)
+	if !u.seen {
+		u = usage{}
+		u.Input = requestTokens(enc, sb.c.ep.dialect, *sb.reqBody)
+	}
+	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
+	u.Reasoning = min(u.Reasoning, u.Output)
+	return u, true
+}
+
 // settle charges the call once: usage if reported, else an estimate.
 func (sb *streamBody) settle(cancelled bool) {
 	if sb.settled {
@@ -368,13 +493,7 @@ func (sb *streamBody) settle(cancelled bool) {
 	}
 	sb.settled = true
 	c := &sb.c
-	u := sb.u
-	estimated := !u.seen
-	if estimated {
-		u = usage{}
-		u.Input = estimateTokens(int64(sb.inputBytes))
-		u.Output = estimateTokens(sb.delivered)
-	}
+	u, estimated := sb.usageNow()
 	rec := c.record(u, true)
 	rec.Provider, rec.Estimated, rec.Cancelled = sb.up.name, estimated, cancelled
 	rec.TTFT = max(sb.firstByte, 0)
@@ -390,7 +509,7 @@ func (sb *streamBody) settle(cancelled bool) {
 	if err != nil {
 		return // logged by settle; the trailers stay empty
 	}
-	sb.charge = ch
+	sb.charge, sb.charged = ch, true
 	var nb [24]byte
 	sb.hdr.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
 	sb.hdr.SetBytesV(hdrBalanceAfter, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
@@ -400,7 +519,7 @@ func (sb *streamBody) settle(cancelled bool) {
 }
 
 // failed ends a stream the provider broke off: the call is free, and the
-// client is told with an error event.
+// client is told with an error event. The record keeps what was delivered.
 func (sb *streamBody) failed(reason string) {
 	if sb.finished {
 		return
@@ -408,33 +527,53 @@ func (sb *streamBody) failed(reason string) {
 	sb.finished = true
 	sb.settled = true
 	c := &sb.c
-	rec := c.record(sb.u.orEstimate(sb), true)
+	u, estimated := sb.deliveredUsage()
+	rec := c.record(u, true)
 	rec.Provider, rec.Failed, rec.Reason, rec.Status = sb.up.name, true, reason, 502
-	rec.TTFT = max(sb.firstByte, 0)
+	rec.Estimated, rec.TTFT = estimated, max(sb.firstByte, 0)
 	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
 		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
 	}
 	sb.hdr.Set(hdrCharged, "0.000")
-	// Pass the provider's own error event through, then ours.
+	// Pass on what the provider sent, its own error event last, then ours.
+	if len(sb.held) > 0 && c.ep.dialect == dialectMessages {
+		sb.out = append(sb.out, "event: message_delta\n"...)
+		sb.out = append(sb.out, strData...)
+		sb.out = append(sb.out, ' ')
+		sb.out = append(sb.out, sb.held...)
+		sb.out = append(sb.out, '\n', '\n')
+	}
+	sb.held = sb.held[:0]
 	if len(sb.ev) > 0 {
 		sb.out = append(sb.out, sb.ev...)
 		sb.out = append(sb.out, '\n')
 		sb.ev = sb.ev[:0]
 	}
-	if sb.c.ep.dialect != dialectChat && sb.c.ep.dialect != dialectCompletions {
-		sb.out = append(sb.out, "event: error\n"...)
+	switch c.ep.dialect {
+	case dialectResponses: // the Responses API's error event
+		sb.out = append(sb.out, "event: error\ndata: {\"type\":\"error\",\"code\":\"upstream_stream_cut\",\"message\":\""+msgStreamCut+"\",\"param\":null}\n\n"...)
+	case dialectMessages: // Anthropic's, with our code beside its type
+		sb.out = append(sb.out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"message\":\""+msgStreamCut+"\"}}\n\n"...)
+	default: // OpenAI's mid-stream error object
+		sb.out = append(sb.out, "data: {\"error\":{\"message\":\""+msgStreamCut+"\",\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"param\":null}}\n\n"...)
 	}
-	sb.out = append(sb.out, `data: {"error":{"message":"The provider ended the stream early; the call was not charged.","type":"api_error","code":"upstream_stream_cut","param":null}}`...)
-	sb.out = append(sb.out, '\n', '\n')
 }
 
-func (u usage) orEstimate(sb *streamBody) usage {
-	if u.seen {
-		return u
+const msgStreamCut = "The provider ended the stream early; the call was not charged."
+
+// deliveredUsage is what a failed stream's record keeps: the usage the
+// provider reported, with the output estimated from the relayed text when
+// no final count came. The request is not tokenized for a free call.
+func (sb *streamBody) deliveredUsage() (usage, bool) {
+	u := sb.u
+	if u.seen && sb.outFinal {
+		return u, false
 	}
-	var e usage
-	e.Output = estimateTokens(sb.delivered)
-	return e
+	if sb.delivered == 0 {
+		return u, false
+	}
+	u.Output = max(u.Output, streamedTokens(encodingFor(sb.c.model), sb.text, sb.delivered))
+	return u, true
 }
 
 // end handles the end of the upstream body (EOF or error).
@@ -485,6 +624,9 @@ func (sb *streamBody) CloseWithError(err error) error {
 		fasthttp.ReleaseResponse(sb.resp)
 		sb.br.Reset(nil)
 		readerPool.Put(sb.br)
+		putBuf(sb.reqBody)
+		*sb.textBuf = sb.text[:0] // keep what it grew to
+		putBuf(sb.textBuf)
 		if ce := s.log.Check(zap.DebugLevel, "stream"); ce != nil {
 			ce.Write(zap.String("request_id", sb.c.id), zap.String("account", sb.c.ident.Account),
 				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))

@@ -31,11 +31,12 @@ type upstream struct {
 	kind    string
 	base    string // without trailing slash
 	native  string
-	headers [][2]string
-	auth    string // full Authorization value, "" when no key
-	apiKey  string
-	plain   *fasthttp.HostClient // non-streaming calls
-	stream  *fasthttp.HostClient // streaming calls: per-read idle deadlines
+	headers [][2][]byte // canonical key, value
+	auth    []byte      // full Authorization value, nil when no key
+	apiKey  []byte
+	uris    map[*endpoint]*fasthttp.URI // parsed once; copied into each request
+	plain   *fasthttp.HostClient        // non-streaming calls
+	stream  *fasthttp.HostClient        // streaming calls: per-read idle deadlines
 }
 
 // Timeouts bound upstream calls.
@@ -63,16 +64,25 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 	}
 	up := &upstream{
 		name: p.Name, kind: p.Kind, base: strings.TrimRight(p.BaseURL, "/"),
-		native: strings.TrimRight(p.NativeBaseURL, "/"), apiKey: p.APIKey,
+		native: strings.TrimRight(p.NativeBaseURL, "/"),
 	}
 	if up.native == "" {
 		up.native = up.base
 	}
 	if p.APIKey != "" {
-		up.auth = "Bearer " + p.APIKey
+		up.apiKey = []byte(p.APIKey)
+		up.auth = []byte("Bearer " + p.APIKey)
 	}
 	for k, v := range p.Headers {
-		up.headers = append(up.headers, [2]string{k, v})
+		up.headers = append(up.headers, [2][]byte{fasthttp.AppendNormalizedHeaderKey(nil, k), []byte(v)})
+	}
+	up.uris = make(map[*endpoint]*fasthttp.URI, len(endpoints))
+	for _, ep := range endpoints {
+		uri := &fasthttp.URI{}
+		if err := uri.Parse(nil, []byte(up.url(ep))); err != nil {
+			return nil, fmt.Errorf("provider %q: bad URL %q: %w", p.Name, up.url(ep), err)
+		}
+		up.uris[ep] = uri
 	}
 	dialer := &net.Dialer{Timeout: t.Connect, KeepAlive: 30 * time.Second}
 	up.plain = &fasthttp.HostClient{
@@ -125,26 +135,40 @@ func (u *upstream) url(ep *endpoint) string {
 	return u.base + ep.path
 }
 
+// Upstream request header keys, in canonical form: SetCanonical skips the
+// per-call normalisation.
+var (
+	hdrAccept        = []byte("Accept")
+	hdrAuthorization = []byte("Authorization")
+	hdrXAPIKey       = []byte("X-Api-Key")
+	strJSON          = []byte("application/json")
+	strUserAgent     = []byte("tollgate")
+)
+
 // prepare fills req's headers for this provider.
 func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
 	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURI(u.url(ep))
-	req.Header.SetContentType("application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
+	if uri := u.uris[ep]; uri != nil {
+		req.SetURI(uri) // a copy of the parsed URI: no parse per call
 	} else {
-		req.Header.Set("Accept", "application/json")
+		req.SetRequestURI(u.url(ep))
 	}
-	req.Header.Set("User-Agent", "tollgate")
+	req.Header.SetContentTypeBytes(strJSON)
+	if stream {
+		req.Header.SetCanonical(hdrAccept, strEventStream)
+	} else {
+		req.Header.SetCanonical(hdrAccept, strJSON)
+	}
+	req.Header.SetUserAgentBytes(strUserAgent)
 	if ep.dialect == dialectMessages {
-		if u.apiKey != "" {
-			req.Header.Set("x-api-key", u.apiKey)
+		if len(u.apiKey) > 0 {
+			req.Header.SetCanonical(hdrXAPIKey, u.apiKey)
 		}
-	} else if u.auth != "" {
-		req.Header.Set("Authorization", u.auth)
+	} else if len(u.auth) > 0 {
+		req.Header.SetCanonical(hdrAuthorization, u.auth)
 	}
 	for _, h := range u.headers {
-		req.Header.Set(h[0], h[1])
+		req.Header.SetCanonical(h[0], h[1])
 	}
 }
 

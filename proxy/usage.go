@@ -2,13 +2,17 @@ package proxy
 
 import (
 	"bytes"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
 	"github.com/tollgate/tollgate/pricing"
 )
 
-// maxReportedTokens rejects absurd usage figures from a provider.
+// maxReportedTokens bounds each usage figure a provider reports: a larger
+// one is clamped to it (the settle caps the charge at the hold), never read
+// as zero, so that a garbled count cannot make a call free.
 const maxReportedTokens = 1 << 32
 
 // usage is what a provider reported (or what was estimated).
@@ -18,40 +22,68 @@ type usage struct {
 	seen      bool
 }
 
-// tokenField reads a non-negative integer field; absent or bad values are 0.
+// tokenField reads a non-negative integer field; absent, negative or
+// non-integer values are 0, values past maxReportedTokens are clamped.
 func tokenField(v *fastjson.Value, keys ...string) int64 {
 	f := v.Get(keys...)
 	if f == nil || f.Type() != fastjson.TypeNumber {
 		return 0
 	}
 	n, err := f.Int64()
-	if err != nil || n < 0 || n > maxReportedTokens {
+	if err != nil || n < 0 {
 		return 0
 	}
-	return n
+	return min(n, maxReportedTokens)
 }
 
 // parseOpenAIUsage reads an OpenAI-style usage object (chat, completions,
 // embeddings), with the cached-input variants of OpenAI, DeepSeek and Gemini's
-// compatibility layer. Reasoning tokens are already inside completion_tokens.
+// compatibility layer. Reasoning tokens are output: OpenAI and DeepSeek count
+// them inside completion_tokens already; see reconcileOutput for providers
+// that report them beside it.
 func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
 	}
+	if u.Get("prompt_tokens") == nil && u.Get("completion_tokens") == nil {
+		return usage{}, false
+	}
 	prompt := tokenField(u, "prompt_tokens")
-	out := tokenField(u, "completion_tokens")
 	cached := tokenField(u, "prompt_tokens_details", "cached_tokens")
 	if hit := tokenField(u, "prompt_cache_hit_tokens"); hit > cached { // DeepSeek
 		cached = hit
 	}
 	cached = min(cached, prompt)
 	r := usage{seen: true}
-	r.Input, r.CachedInput, r.Output = prompt-cached, cached, out
-	r.Reasoning = tokenField(u, "completion_tokens_details", "reasoning_tokens")
-	if u.Get("prompt_tokens") == nil && u.Get("completion_tokens") == nil {
-		return usage{}, false
-	}
+	r.Input, r.CachedInput = prompt-cached, cached
+	r.Output, r.Reasoning = reconcileOutput(prompt, tokenField(u, "completion_tokens"),
+		tokenField(u, "completion_tokens_details", "reasoning_tokens"), tokenField(u, "total_tokens"))
 	return r, true
+}
+
+// reconcileOutput returns the output tokens to bill and the reasoning tokens
+// among them, from a provider's input, output, reasoning and total counts.
+//
+// Reasoning is output. OpenAI and DeepSeek include reasoning_tokens in the
+// output count; some compatibility layers report thinking beside it instead:
+// Gemini's OpenAI-compatible endpoint counts thought tokens only in
+// total_tokens (so total > prompt + completion), and others report a
+// reasoning count larger than the output count. The rule, which bills
+// exactly what the provider bills: the output is the largest of the reported
+// output, output + reasoning when reasoning exceeds output (it cannot be
+// inside it), and total − input (whatever the total counts beyond the input
+// is generated); reasoning is then at least what the total adds beyond the
+// reported output, and never more than the output.
+func reconcileOutput(in, out, reasoning, total int64) (output, reasoningOut int64) {
+	reported := out
+	if reasoning > out {
+		out += reasoning
+	}
+	if total > in && total-in > out {
+		out = total - in
+		reasoning = max(reasoning, out-reported)
+	}
+	return out, min(reasoning, out)
 }
 
 // parseResponsesUsage reads an OpenAI Responses API usage object.
@@ -62,13 +94,16 @@ func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
 	in := tokenField(u, "input_tokens")
 	cached := min(tokenField(u, "input_tokens_details", "cached_tokens"), in)
 	r := usage{seen: true}
-	r.Input, r.CachedInput, r.Output = in-cached, cached, tokenField(u, "output_tokens")
-	r.Reasoning = tokenField(u, "output_tokens_details", "reasoning_tokens")
+	r.Input, r.CachedInput = in-cached, cached
+	r.Output, r.Reasoning = reconcileOutput(in, tokenField(u, "output_tokens"),
+		tokenField(u, "output_tokens_details", "reasoning_tokens"), tokenField(u, "total_tokens"))
 	return r, true
 }
 
 // parseAnthropicUsage reads an Anthropic Messages usage object: input_tokens
-// excludes cache reads and writes; writes are priced as input.
+// excludes cache reads and writes; writes are priced as input, reads at the
+// cached rate. output_tokens includes thinking; output_tokens_details
+// .thinking_tokens, when present, says how much of it was reasoning.
 func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
@@ -77,6 +112,7 @@ func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
 	r.Input = tokenField(u, "input_tokens") + tokenField(u, "cache_creation_input_tokens")
 	r.CachedInput = tokenField(u, "cache_read_input_tokens")
 	r.Output = tokenField(u, "output_tokens")
+	r.Reasoning = min(tokenField(u, "output_tokens_details", "thinking_tokens"), r.Output)
 	return r, true
 }
 
@@ -98,32 +134,64 @@ func usageFromBody(p *fastjson.Parser, d dialect, body []byte) (usage, *fastjson
 	return u, v
 }
 
-// deliveredText sums the bytes of generated text in a complete response, for
-// estimates when the provider reported no usage.
-func deliveredText(v *fastjson.Value) int64 {
+// appendDelivered appends the generated text of a complete response in any
+// dialect's shape (chat and completions choices, Responses output items,
+// Messages content blocks), unescaped: what a tokenizer estimate counts when
+// the provider reported no usage.
+func appendDelivered(dst []byte, v *fastjson.Value) []byte {
 	if v == nil {
-		return 0
+		return dst
 	}
-	var n int64
 	for _, c := range v.GetArray("choices") {
-		n += int64(len(c.GetStringBytes("message", "content"))) + int64(len(c.GetStringBytes("text")))
-		if tc := c.Get("message", "tool_calls"); tc != nil {
-			n += int64(len(tc.MarshalTo(nil)))
+		m := c.Get("message")
+		dst = appendContent(dst, m.Get("content"))
+		for _, k := range [...]string{"reasoning_content", "reasoning", "refusal"} {
+			dst = append(dst, m.GetStringBytes(k)...)
 		}
+		for _, tc := range m.GetArray("tool_calls") {
+			dst = append(dst, tc.GetStringBytes("function", "name")...)
+			dst = append(dst, tc.GetStringBytes("function", "arguments")...)
+		}
+		dst = append(dst, m.GetStringBytes("function_call", "arguments")...)
+		dst = append(dst, c.GetStringBytes("text")...)
 	}
 	for _, o := range v.GetArray("output") {
-		for _, c := range o.GetArray("content") {
-			n += int64(len(c.GetStringBytes("text")))
+		dst = appendContent(dst, o.Get("content"))
+		dst = appendContent(dst, o.Get("summary"))
+		dst = append(dst, o.GetStringBytes("arguments")...)
+	}
+	dst = appendContent(dst, v.Get("content"))
+	return dst
+}
+
+// appendContent appends a content value: a string, or an array of parts or
+// blocks whose text, thinking, refusal or tool input is the generated text.
+func appendContent(dst []byte, c *fastjson.Value) []byte {
+	if c == nil {
+		return dst
+	}
+	switch c.Type() {
+	case fastjson.TypeString:
+		return append(dst, c.GetStringBytes()...)
+	case fastjson.TypeArray:
+		for _, p := range c.GetArray() {
+			if p.Type() == fastjson.TypeString {
+				dst = append(dst, p.GetStringBytes()...)
+				continue
+			}
+			for _, k := range [...]string{"text", "thinking", "refusal"} {
+				dst = append(dst, p.GetStringBytes(k)...)
+			}
+			if in := p.Get("input"); in != nil && in.Type() == fastjson.TypeObject {
+				dst = in.MarshalTo(dst) // Anthropic tool_use
+			}
 		}
 	}
-	for _, c := range v.GetArray("content") {
-		n += int64(len(c.GetStringBytes("text")))
-	}
-	return n
+	return dst
 }
 
 // estimateTokens estimates the tokens of n bytes of text (≈4 bytes a token),
-// rounding up.
+// rounding up: the fallback when the tokenizer cannot be used.
 func estimateTokens(n int64) int64 {
 	if n <= 0 {
 		return 0
@@ -131,15 +199,17 @@ func estimateTokens(n int64) int64 {
 	return (n + 3) / 4
 }
 
-// hasUsageObject is a cheap pre-check before parsing a streamed chunk: true
-// when the chunk holds a non-null "usage" object.
-func hasUsageObject(data []byte) bool {
+// hasObjectKey is a cheap pre-check before parsing a streamed chunk: true
+// when the chunk holds key (quoted) with an object value, as "usage":{…} or
+// "error":{…}. A string value cannot fool it: quotes inside strings are
+// escaped.
+func hasObjectKey(data, key []byte) bool {
 	for {
-		i := bytes.Index(data, strUsageKey)
+		i := bytes.Index(data, key)
 		if i < 0 {
 			return false
 		}
-		data = data[i+len(strUsageKey):]
+		data = data[i+len(key):]
 		j := 0
 		for j < len(data) && (data[j] == ' ' || data[j] == ':' || data[j] == '\t') {
 			j++
@@ -152,38 +222,159 @@ func hasUsageObject(data []byte) bool {
 
 var strUsageKey = []byte(`"usage"`)
 
-// contentBytes sums the lengths of text deltas in a streamed chunk without
-// decoding it: "content":"…", "text":"…" and "delta":"…" string values.
-func contentBytes(data []byte) int64 {
-	var n int64
-	for _, key := range textKeys {
-		rest := data
-		for {
-			i := bytes.Index(rest, key)
-			if i < 0 {
-				break
-			}
-			rest = rest[i+len(key):]
-			j := 0
-			for j < len(rest) && (rest[j] == ' ' || rest[j] == ':') {
-				j++
-			}
-			if j >= len(rest) || rest[j] != '"' {
-				continue
-			}
-			j++
-			start := j
-			for j < len(rest) && rest[j] != '"' {
-				if rest[j] == '\\' {
-					j++
-				}
-				j++
-			}
-			n += int64(j - start)
-			rest = rest[min(j, len(rest)):]
-		}
+// isTextKey tells the keys whose string values are generated text in a
+// streamed chunk: chat and completions deltas (content, reasoning_content,
+// reasoning, refusal, tool call arguments, text), Responses deltas (delta)
+// and Anthropic block deltas (text, thinking, partial_json).
+func isTextKey(k []byte) bool {
+	switch string(k) {
+	case "content", "text", "delta", "arguments", "reasoning_content", "reasoning",
+		"refusal", "thinking", "partial_json":
+		return true
 	}
-	return n
+	return false
 }
 
-var textKeys = [][]byte{[]byte(`"content"`), []byte(`"text"`), []byte(`"delta"`), []byte(`"arguments"`)}
+// scanText finds the string values of text keys (isTextKey) in a streamed
+// chunk without decoding it, with one pass of a minimal JSON tokenizer that
+// tells keys from values. It returns the total length of those values as
+// they appear on the wire (JSON-escaped) and appends them, escaped, to dst
+// while dst stays under limit bytes. Malformed input ends the scan; it never
+// panics.
+func scanText(dst, data []byte, limit int) ([]byte, int64) {
+	var n int64
+	for i := 0; i < len(data); {
+		q := bytes.IndexByte(data[i:], '"')
+		if q < 0 {
+			break
+		}
+		start := i + q + 1
+		end := stringEnd(data, start)
+		if end < 0 {
+			break
+		}
+		k := skipSpace(data, end+1)
+		if k >= len(data) || data[k] != ':' {
+			i = end + 1 // a value: skipped whole, escapes included
+			continue
+		}
+		v := skipSpace(data, k+1)
+		if v >= len(data) || data[v] != '"' || !isTextKey(data[start:end]) {
+			i = v
+			continue
+		}
+		vend := stringEnd(data, v+1)
+		if vend < 0 {
+			break
+		}
+		val := data[v+1 : vend]
+		n += int64(len(val))
+		if room := limit - len(dst); room > 0 {
+			dst = append(dst, val[:min(len(val), room)]...)
+		}
+		i = vend + 1
+	}
+	return dst, n
+}
+
+// stringEnd returns the index of the quote closing the JSON string whose
+// contents start at i, or -1 when it is not closed.
+func stringEnd(b []byte, i int) int {
+	for i < len(b) {
+		q := bytes.IndexByte(b[i:], '"')
+		if q < 0 {
+			return -1
+		}
+		q += i
+		bs := 0 // backslashes right before the quote: an odd count escapes it
+		for j := q - 1; j >= i && b[j] == '\\'; j-- {
+			bs++
+		}
+		if bs%2 == 0 {
+			return q
+		}
+		i = q + 1
+	}
+	return -1
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// unescapeJSON appends the JSON string contents src, unescaped, to dst.
+// It is lenient: a truncated or invalid escape is dropped, never an error.
+func unescapeJSON(dst, src []byte) []byte {
+	for len(src) > 0 {
+		i := bytes.IndexByte(src, '\\')
+		if i < 0 {
+			return append(dst, src...)
+		}
+		dst = append(dst, src[:i]...)
+		src = src[i:]
+		if len(src) < 2 {
+			return dst
+		}
+		switch c := src[1]; c {
+		case '"', '\\', '/':
+			dst = append(dst, c)
+		case 'n':
+			dst = append(dst, '\n')
+		case 't':
+			dst = append(dst, '\t')
+		case 'r':
+			dst = append(dst, '\r')
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'u':
+			r, ok := hex4(src[2:])
+			if !ok {
+				return dst // truncated: the sample ends here
+			}
+			src = src[6:]
+			if utf16.IsSurrogate(r) {
+				if len(src) >= 6 && src[0] == '\\' && src[1] == 'u' {
+					if r2, ok := hex4(src[2:]); ok {
+						if d := utf16.DecodeRune(r, r2); d != utf8.RuneError {
+							src = src[6:]
+							r = d
+						}
+					}
+				}
+				if utf16.IsSurrogate(r) {
+					r = utf8.RuneError
+				}
+			}
+			dst = utf8.AppendRune(dst, r)
+			continue
+		}
+		src = src[2:]
+	}
+	return dst
+}
+
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}

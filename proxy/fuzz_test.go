@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Fuzz targets: the SSE relay, every usage parser and the request inspector.
+// Seeds live in testdata/fuzz/<FuzzName>/ (and the SSE fixtures are added as
+// seeds too). `make fuzz` runs each for FUZZTIME.
+//
+// Properties: no input panics; usage figures are never negative, input and
+// cached input stay within what a provider may report, reasoning never
+// exceeds output; every stream ends settled exactly once or released exactly
+// once, at a non-negative cost.
+
+// fuzzMeter is a Meter that records what the relay asked of it.
+type fuzzMeter struct {
+	settles  []metering.Settlement
+	releases []metering.Record
+}
+
+func (m *fuzzMeter) Authenticate(context.Context, []byte) (metering.Identity, error) {
+	return metering.Identity{Account: "a", KeyID: "k"}, nil
+}
+func (m *fuzzMeter) Reserve(context.Context, metering.HoldRequest) (metering.Hold, error) {
+	return metering.Hold{}, nil
+}
+func (m *fuzzMeter) Settle(_ context.Context, s metering.Settlement) (metering.Charge, error) {
+	m.settles = append(m.settles, s)
+	return metering.Charge{Charged: s.Cost, BalanceAfter: 1_000_000 - s.Cost}, nil
+}
+func (m *fuzzMeter) Release(_ context.Context, _, _, _ string, rec *metering.Record) error {
+	m.releases = append(m.releases, *rec)
+	return nil
+}
+func (m *fuzzMeter) Generation(context.Context, string, string) (metering.Generation, error) {
+	return metering.Generation{}, metering.ErrNotFound
+}
+func (m *fuzzMeter) Ping(context.Context) error { return nil }
+
+var _ Meter = (*fuzzMeter)(nil)
+
+func fuzzServer(t testing.TB) (*Server, *pricing.Model, *fuzzMeter) {
+	t.Helper()
+	cat, err := pricing.New(pricing.Spec{
+		CreditsPerUSD: 100000,
+		Tiers:         map[string]pricing.TierSpec{"pro": {Input: 3, Output: 6}},
+		Models: []pricing.ModelSpec{{ID: "gpt-4o", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 16384,
+			Deployments: []pricing.DeploymentSpec{{Provider: "p", Model: "gpt-4o"}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &fuzzMeter{}
+	s, err := New(Options{Catalog: cat, Meter: m, Providers: []Provider{{Name: "p", Kind: "openai", BaseURL: "http://127.0.0.1:9"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model, _ := cat.Lookup("gpt-4o")
+	return s, model, m
+}
+
+// chunkedReader hands out its data in pieces of a size set by the fuzzer,
+// then ends with EOF or with a connection error.
+type chunkedReader struct {
+	data []byte
+	step int
+	err  error
+}
+
+func (r *chunkedReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, r.err
+	}
+	n := min(len(p), r.step, len(r.data))
+	copy(p, r.data[:n])
+	r.data = r.data[n:]
+	return n, nil
+}
+
+var (
+	fuzzDialects  = [...]*endpoint{epChat, epCompletions, epResponses, epMessages}
+	fuzzEndpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages}
+)
+
+// FuzzSSEReader drives the relay's line and event machinery (streamBody)
+// with arbitrary upstream bytes, delivered in arbitrary pieces, through the
+// same Read loop fasthttp uses.
+func FuzzSSEReader(f *testing.F) {
+	for i, name := range []string{"openai_chat_stream_usage.sse", "openai_chat_stream_error.sse", "openai_chat_stream_nousage.sse",
+		"openai_responses_stream.sse", "openai_responses_stream_failed.sse", "anthropic_messages_stream.sse",
+		"anthropic_messages_stream_thinking_tools.sse", "anthropic_messages_stream_error.sse", "gemini_chat_stream.sse",
+		"deepseek_reasoner_stream.sse"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "fixtures", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		d := byte(0)
+		switch {
+		case strings.HasPrefix(name, "openai_responses"):
+			d = 2
+		case strings.HasPrefix(name, "anthropic"):
+			d = 3
+		}
+		f.Add(d, byte(i*7+1), b)
+	}
+	s, model, m := fuzzServer(f)
+	f.Fuzz(func(t *testing.T, d, step byte, data []byte) {
+		relayFuzz(t, s, model, m, d, step, data)
+	})
+}
+
+// relay runs data through a streamBody as the upstream body of a call on
+// ep — delivered readStep bytes at a time, then endErr — and returns what
+// the client received. m records the settle or release.
+func relay(t testing.TB, s *Server, model *pricing.Model, m *fuzzMeter, ep *endpoint, wantUsage bool,
+	data []byte, readStep, writeStep int, endErr error) []byte {
+	t.Helper()
+	m.settles, m.releases = m.settles[:0], m.releases[:0]
+	c := &call{s: s, ep: ep, id: "req", ident: metering.Identity{Account: "a", KeyID: "k"}, model: model, start: time.Now(),
+		body: []byte(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello"}]}`)}
+	c.req.wantUsage = wantUsage
+	src := &chunkedReader{data: data, step: readStep, err: endErr}
+	resp := fasthttp.AcquireResponse()
+	var hdr fasthttp.ResponseHeader
+	sb := newStreamBody(c, s.upstreams["p"], resp, src, &hdr)
+	sb.maxLine = 1 << 10 // exercise the bounded line assembly
+	s.inflight.Add(1)
+	var out []byte
+	buf := make([]byte, writeStep)
+	for i := 0; ; i++ {
+		n, err := sb.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil || n == 0 || i > 2*len(data)+1<<12 { // each Read makes progress, and the relay adds little
+			t.Fatalf("Read: %v after %d reads", err, i)
+		}
+	}
+	_ = sb.CloseWithError(nil)
+	return out
+}
+
+// relayFuzz relays data as an upstream stream and checks the properties.
+func relayFuzz(t testing.TB, s *Server, model *pricing.Model, m *fuzzMeter, d, step byte, data []byte) {
+	ep := fuzzDialects[int(d)%len(fuzzDialects)]
+	var endErr error = io.EOF
+	if d&0x20 != 0 {
+		endErr = errors.New("connection reset")
+	}
+	out := relay(t, s, model, m, ep, d&0x10 != 0, data, 1+int(step)%97, 1+int(step)%300, endErr)
+
+	if len(m.settles)+len(m.releases) != 1 {
+		t.Fatalf("%d settles and %d releases: every stream ends exactly once", len(m.settles), len(m.releases))
+	}
+	var rec metering.Record
+	if len(m.settles) == 1 {
+		st := m.settles[0]
+		if st.Cost < 0 {
+			t.Fatalf("negative cost %d", st.Cost)
+		}
+		rec = st.Record
+		if ep.dialect == dialectChat && !bytes.HasSuffix(out, strDoneEvent) {
+			t.Fatalf("a settled chat stream does not end with [DONE]: %q", tail(out))
+		}
+	} else {
+		rec = m.releases[0]
+		if !rec.Failed || !bytes.Contains(out, []byte("upstream_stream_cut")) {
+			t.Fatalf("a released stream is not failed or the client was not told: %+v %q", rec, tail(out))
+		}
+	}
+	checkUsageBounds(t, usage{Usage: pricing.Usage{Input: rec.Input, CachedInput: rec.CachedInput, Output: rec.Output}, Reasoning: rec.Reasoning}, 3)
+	if rec.Estimated && rec.Output > 2*int64(len(data))+maxReportedTokens {
+		t.Fatalf("estimated %d output tokens from %d bytes", rec.Output, len(data))
+	}
+}
+
+func tail(b []byte) []byte {
+	if len(b) > 200 {
+		return b[len(b)-200:]
+	}
+	return b
+}
+
+// checkUsageBounds: nothing negative; input plus cached within inputs
+// reports (a provider reports at most maxReportedTokens per field);
+// reasoning within output.
+func checkUsageBounds(t testing.TB, u usage, inputFields int64) {
+	t.Helper()
+	if u.Input < 0 || u.CachedInput < 0 || u.Output < 0 || u.Reasoning < 0 {
+		t.Fatalf("negative usage %+v", u)
+	}
+	if u.Input+u.CachedInput > inputFields*maxReportedTokens {
+		t.Fatalf("input %d + cached %d past any report", u.Input, u.CachedInput)
+	}
+	if u.Reasoning > u.Output {
+		t.Fatalf("reasoning %d > output %d", u.Reasoning, u.Output)
+	}
+}
+
+// fuzzUsage parses data and hands both the value and its "usage" member to fn.
+func fuzzUsage(t *testing.T, data []byte, fn func(*fastjson.Value) (usage, bool), inputFields int64) {
+	var p fastjson.Parser
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return
+	}
+	for _, x := range []*fastjson.Value{v, v.Get("usage"), v.Get("response", "usage"), v.Get("message", "usage")} {
+		u, ok := fn(x)
+		if !ok {
+			if u != (usage{}) {
+				t.Fatalf("no usage but %+v", u)
+			}
+			continue
+		}
+		checkUsageBounds(t, u, inputFields)
+		if u.Output > 2*maxReportedTokens {
+			t.Fatalf("output %d", u.Output)
+		}
+	}
+}
+
+func usageSeeds(f *testing.F) {
+	for _, s := range []string{
+		`{"prompt_tokens":1117,"completion_tokens":46,"total_tokens":1163,"prompt_tokens_details":{"cached_tokens":1024}}`,
+		`{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623}`,
+		`{"prompt_tokens":1984,"completion_tokens":120,"prompt_cache_hit_tokens":1920,"prompt_cache_miss_tokens":64}`,
+		`{"usage":{"prompt_tokens":5,"completion_tokens":-3,"completion_tokens_details":{"reasoning_tokens":99999999999999}}}`,
+		`{"input_tokens":328,"input_tokens_details":{"cached_tokens":256},"output_tokens":52,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":380}`,
+		`{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":2048,"output_tokens":393,"output_tokens_details":{"thinking_tokens":400}}`,
+		`{"prompt_tokens":1e3,"completion_tokens":"5","total_tokens":null}`,
+	} {
+		f.Add([]byte(s))
+	}
+}
+
+func FuzzParseOpenAIUsage(f *testing.F) {
+	usageSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzUsage(t, data, parseOpenAIUsage, 1) })
+}
+
+func FuzzParseResponsesUsage(f *testing.F) {
+	usageSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzUsage(t, data, parseResponsesUsage, 1) })
+}
+
+func FuzzParseAnthropicUsage(f *testing.F) {
+	usageSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzUsage(t, data, parseAnthropicUsage, 3) })
+}
+
+// FuzzInspect runs the request inspector on every endpoint, then what
+// follows it for an accepted body: the upstream rewrite (which must stay
+// valid JSON naming the upstream model) and the estimate's text extraction
+// and tokenizer.
+func FuzzInspect(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`,
+		`{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[],"max_completion_tokens":3,"max_tokens":9}`,
+		`{"model":"m","prompt":["ab",[1,2,3]],"max_tokens":1}`,
+		`{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"Q"}]}],"instructions":"x","max_output_tokens":7}`,
+		`{"model":"m","max_tokens":9,"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":[{"type":"tool_result","content":[{"type":"text","text":"R"}]}]}]}`,
+		`{"model":"m","input":["a","b"]}`,
+		`{"model":"","stream":"yes"}`,
+		`[1,2,3]`,
+	} {
+		for ep := range fuzzEndpoints {
+			f.Add(byte(ep), []byte(s))
+		}
+	}
+	f.Fuzz(func(t *testing.T, e byte, body []byte) {
+		ep := fuzzEndpoints[int(e)%len(fuzzEndpoints)]
+		var p fastjson.Parser
+		r, err := inspect(&p, ep, body)
+		if err != nil {
+			var br *badRequest
+			if !errors.As(err, &br) {
+				t.Fatalf("inspect error %v is not a client error", err)
+			}
+			return
+		}
+		if len(r.model) == 0 || r.maxOut < 0 || (r.stream && ep.dialect == dialectEmbeddings) {
+			t.Fatalf("accepted %q: %+v", body, r)
+		}
+		if ep.dialect == dialectMessages && r.maxOut < 1 {
+			t.Fatalf("messages without max_tokens accepted: %q", body)
+		}
+		text, msgs, direct := requestText(nil, ep.dialect, r.root)
+		if msgs < 0 || direct < 0 {
+			t.Fatalf("requestText: %d messages %d direct", msgs, direct)
+		}
+		if len(text) <= 4<<10 {
+			if n := countTokens(encO200K, text); n < 0 || n > 3*int64(len(text))+1 {
+				t.Fatalf("%d tokens for %d bytes", n, len(text))
+			}
+		}
+		var a fastjson.Arena
+		out, _ := rewrite(nil, &a, &r, ep, body, "upstream-model", 7)
+		v, err := fastjson.ParseBytes(out)
+		if err != nil {
+			t.Fatalf("rewrite produced invalid JSON: %v\n%s", err, out)
+		}
+		if string(v.GetStringBytes("model")) != "upstream-model" && string(r.model) != "upstream-model" {
+			t.Fatalf("rewrite lost the model: %s", out)
+		}
+	})
+}
+
+// BenchmarkRelayFuzz is one FuzzSSEReader execution on a fixture stream.
+func BenchmarkRelayFuzz(b *testing.B) {
+	data, err := os.ReadFile(filepath.Join("testdata", "fixtures", "openai_responses_stream.sse"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, model, m := fuzzServer(b)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		relayFuzz(b, s, model, m, 2, 200, data)
+	}
+}

@@ -1,0 +1,308 @@
+package proxy
+
+import (
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/tiktoken-go/tokenizer/codec"
+	"github.com/valyala/fastjson"
+
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Tokenizer estimates, for calls whose provider reported no usage.
+//
+// They run only on that path (never when usage is present) and use the
+// offline BPE vocabularies of github.com/tiktoken-go/tokenizer, built once on
+// first use (a vocabulary takes tens of milliseconds and some megabytes to
+// build). OpenAI's current families (gpt-4o, gpt-4.1, gpt-5, o-series) use
+// o200k_base; every other model, older OpenAI and other providers' alike, is
+// counted with cl100k_base: no other provider's tokenizer ships offline, and
+// cl100k's smaller vocabulary counts a little more tokens than o200k's, which
+// is closer to what Claude, Gemini and DeepSeek report for the same text.
+//
+// Exact counting is bounded: past maxExactBytes of text, the count of the
+// first maxExactBytes is extrapolated by bytes, so that no response, however
+// long, costs more than a few milliseconds of CPU to estimate.
+
+// encoding names a BPE vocabulary.
+type encoding uint8
+
+const (
+	encCL100K encoding = iota
+	encO200K
+)
+
+const (
+	maxExactBytes = 32 << 10 // text tokenized exactly (≈2.5 ms); the rest is extrapolated
+	maxTextSample = 32 << 10 // streamed text kept for an estimate
+
+	// Chat framing, as OpenAI documents for counting a conversation: each
+	// message costs 3 tokens beside its content (its role among them; one
+	// more is the newline that separates messages in the counted text), and
+	// the reply is primed with 3 more.
+	tokensPerMessage = 3
+	tokensReplyPrime = 3
+)
+
+type lazyCodec struct {
+	once sync.Once
+	c    *codec.Codec
+	new  func() *codec.Codec
+}
+
+func (l *lazyCodec) get() *codec.Codec {
+	l.once.Do(func() {
+		c := l.new()
+		c.SetErrorMode(codec.ErrorModeReplace) // before sharing: not safe to change later
+		l.c = c
+	})
+	return l.c
+}
+
+var codecs = [...]lazyCodec{
+	encCL100K: {new: codec.NewCl100kBase},
+	encO200K:  {new: codec.NewO200kBase},
+}
+
+// o200kPrefixes are the model families tokenized with o200k_base.
+var o200kPrefixes = []string{"gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss"}
+
+// encodingFor picks the vocabulary for a model from its public name and its
+// deployments' provider names ("openai/gpt-4o" style prefixes ignored).
+func encodingFor(m *pricing.Model) encoding {
+	if m == nil {
+		return encCL100K
+	}
+	if isO200K(m.ID) {
+		return encO200K
+	}
+	for _, d := range m.Deployments {
+		if isO200K(d.Model) {
+			return encO200K
+		}
+	}
+	return encCL100K
+}
+
+func isO200K(name string) bool {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.ToLower(name)
+	for _, p := range o200kPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// countTokens counts the tokens of text. Past maxExactBytes the count of
+// the first maxExactBytes is scaled by bytes (rounded up). It never fails:
+// should the tokenizer panic, the estimate falls back to 4 bytes a token.
+func countTokens(enc encoding, text []byte) (n int64) {
+	if len(text) == 0 {
+		return 0
+	}
+	head := text
+	if len(head) > maxExactBytes {
+		cut := maxExactBytes
+		for cut > 0 && !utf8.RuneStart(text[cut]) { // never split a rune
+			cut--
+		}
+		if cut == 0 {
+			cut = maxExactBytes
+		}
+		head = text[:cut]
+	}
+	defer func() {
+		if recover() != nil {
+			n = estimateTokens(int64(len(text)))
+		}
+	}()
+	c, err := codecs[enc].get().Count(string(head))
+	if err != nil {
+		return estimateTokens(int64(len(text)))
+	}
+	n = int64(c)
+	if len(head) < len(text) {
+		n = (n*int64(len(text)) + int64(len(head)) - 1) / int64(len(head))
+	}
+	return n
+}
+
+// requestText appends the text of a request that the provider tokenizes —
+// messages, system prompt, instructions, prompt or input, tool definitions
+// and tool calls — and returns it with the number of chat messages (each
+// costs framing tokens) and the tokens given directly as token arrays.
+// It never counts the JSON framing of the body itself.
+func requestText(dst []byte, d dialect, v *fastjson.Value) (text []byte, messages, direct int64) {
+	if v == nil {
+		return dst, 0, 0
+	}
+	switch d {
+	case dialectChat:
+		for _, m := range v.GetArray("messages") {
+			messages++
+			dst = appendRequestContent(dst, m.Get("content"))
+			for _, tc := range m.GetArray("tool_calls") {
+				dst = append(dst, tc.GetStringBytes("function", "name")...)
+				dst = append(dst, tc.GetStringBytes("function", "arguments")...)
+			}
+			dst = append(dst, '\n')
+		}
+		dst = appendJSON(dst, v.Get("tools"))
+		dst = appendJSON(dst, v.Get("functions"))
+	case dialectCompletions:
+		dst, direct = appendPrompt(dst, v.Get("prompt"))
+	case dialectEmbeddings:
+		dst, direct = appendPrompt(dst, v.Get("input"))
+	case dialectResponses:
+		dst = append(dst, v.GetStringBytes("instructions")...)
+		in := v.Get("input")
+		if in != nil && in.Type() == fastjson.TypeString {
+			dst = append(dst, in.GetStringBytes()...)
+		}
+		for _, it := range in.GetArray() {
+			messages++
+			dst = appendRequestContent(dst, it.Get("content"))
+			dst = append(dst, it.GetStringBytes("name")...)
+			dst = append(dst, it.GetStringBytes("arguments")...)
+			dst = appendRequestContent(dst, it.Get("output"))
+			dst = append(dst, '\n')
+		}
+		dst = appendJSON(dst, v.Get("tools"))
+	case dialectMessages:
+		dst = appendRequestContent(dst, v.Get("system"))
+		for _, m := range v.GetArray("messages") {
+			messages++
+			dst = appendRequestContent(dst, m.Get("content"))
+			dst = append(dst, '\n')
+		}
+		dst = appendJSON(dst, v.Get("tools"))
+	}
+	return dst, messages, direct
+}
+
+// appendRequestContent appends a message's content: a string, or parts and
+// blocks (text, input_text, output_text, thinking, tool_use input,
+// tool_result content). Images and files are not text and are not counted.
+func appendRequestContent(dst []byte, c *fastjson.Value) []byte {
+	if c == nil {
+		return dst
+	}
+	switch c.Type() {
+	case fastjson.TypeString:
+		return append(dst, c.GetStringBytes()...)
+	case fastjson.TypeArray:
+		for _, p := range c.GetArray() {
+			switch p.Type() {
+			case fastjson.TypeString:
+				dst = append(dst, p.GetStringBytes()...)
+			case fastjson.TypeObject:
+				dst = append(dst, p.GetStringBytes("text")...)
+				dst = append(dst, p.GetStringBytes("thinking")...)
+				if in := p.Get("input"); in != nil && in.Type() == fastjson.TypeObject {
+					dst = in.MarshalTo(dst)
+				}
+				dst = appendRequestContent(dst, p.Get("content")) // tool_result
+			}
+		}
+	}
+	return dst
+}
+
+// appendPrompt appends a completions prompt or an embeddings input: a
+// string, strings, or token arrays (counted directly).
+func appendPrompt(dst []byte, p *fastjson.Value) ([]byte, int64) {
+	if p == nil {
+		return dst, 0
+	}
+	var direct int64
+	switch p.Type() {
+	case fastjson.TypeString:
+		return append(dst, p.GetStringBytes()...), 0
+	case fastjson.TypeArray:
+		for _, e := range p.GetArray() {
+			switch e.Type() {
+			case fastjson.TypeString:
+				dst = append(dst, e.GetStringBytes()...)
+			case fastjson.TypeNumber:
+				direct++
+			case fastjson.TypeArray:
+				direct += int64(len(e.GetArray()))
+			}
+		}
+	}
+	return dst, direct
+}
+
+func appendJSON(dst []byte, v *fastjson.Value) []byte {
+	if v == nil || v.Type() == fastjson.TypeNull {
+		return dst
+	}
+	return v.MarshalTo(dst)
+}
+
+// requestTokens estimates the input tokens of a request body: its text,
+// tokenized, plus chat framing and any token arrays. A body that is not JSON
+// (it passed inspection, so it is) counts 4 bytes a token.
+func requestTokens(enc encoding, d dialect, body []byte) int64 {
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return estimateTokens(int64(len(body)))
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	text, messages, direct := requestText((*bp)[:0], d, v)
+	*bp = text
+	n := countTokens(enc, text) + direct
+	if messages > 0 {
+		n += messages*tokensPerMessage + tokensReplyPrime
+	}
+	return n
+}
+
+// estimateBody prices a complete (non-streamed) response whose provider
+// reported no usage: the request's text for input, the delivered text for
+// output. v is the parsed response, or nil when it was not JSON; then the
+// raw body counts as delivered text.
+func (c *call) estimateBody(v *fastjson.Value, raw []byte) usage {
+	enc := encodingFor(c.model)
+	var u usage
+	u.Input = requestTokens(enc, c.ep.dialect, c.body)
+	if c.ep.maxField == "" {
+		return u // embeddings: no output
+	}
+	if v == nil {
+		u.Output = countTokens(enc, raw)
+		return u
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	*bp = appendDelivered((*bp)[:0], v)
+	u.Output = countTokens(enc, *bp)
+	return u
+}
+
+// streamedTokens estimates the tokens of streamed text from its sample (the
+// first maxTextSample bytes, JSON-escaped) and its full escaped length.
+func streamedTokens(enc encoding, sample []byte, total int64) int64 {
+	if total <= 0 {
+		return 0
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	*bp = unescapeJSON((*bp)[:0], sample)
+	n := countTokens(enc, *bp)
+	if int64(len(sample)) < total && len(sample) > 0 {
+		n = (n*total + int64(len(sample)) - 1) / int64(len(sample))
+	} else if len(sample) == 0 {
+		n = estimateTokens(total)
+	}
+	return n
+}
