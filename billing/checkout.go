@@ -46,9 +46,29 @@ func (s *Server) checkout(w http.ResponseWriter, r *http.Request, account string
 		return errPaymentsOff
 	}
 	ctx := r.Context()
-	customer, err := s.customer(ctx, account)
+	sess, err := s.packSession(ctx, account, pack, s.checkoutIdempotencyKey(r, account, pack.Key), false)
 	if err != nil {
 		return err
+	}
+	s.log.Info("checkout created", zap.String("request_id", infoFrom(ctx).id), zap.String("account", account),
+		zap.String("pack", pack.Key), zap.String("session_id", sess.ID), zap.Int64("price_minor", pack.PriceMinor))
+	writeJSON(w, http.StatusOK, struct {
+		ID      string  `json:"id"`
+		URL     string  `json:"url"`
+		Pack    string  `json:"pack"`
+		Credits Credits `json:"credits"`
+	}{sess.ID, sess.URL, pack.Key, Credits(pack.Credits)})
+	return nil
+}
+
+// packSession creates a Checkout Session (payment mode) selling pack to
+// account, and records it for the webhook's fulfilment. saveCard asks Stripe
+// to keep the card for later off-session charges (direct purchases,
+// auto-recharge).
+func (s *Server) packSession(ctx context.Context, account string, pack pricing.Pack, idempotencyKey string, saveCard bool) (*stripe.CheckoutSession, error) {
+	customer, err := s.customer(ctx, account)
+	if err != nil {
+		return nil, err
 	}
 	credits := pricing.FormatCredits(pack.Credits)
 	meta := map[string]string{
@@ -82,14 +102,17 @@ func (s *Server) checkout(w http.ResponseWriter, r *http.Request, account string
 			Metadata:    map[string]string{metaAccount: account, metaPack: pack.Key},
 		},
 	}
+	if saveCard {
+		params.PaymentIntentData.SetupFutureUsage = stripe.String(string(stripe.PaymentIntentSetupFutureUsageOffSession))
+	}
 	params.Context = ctx
-	params.SetIdempotencyKey(s.checkoutIdempotencyKey(r, account, pack.Key))
+	params.SetIdempotencyKey(idempotencyKey)
 	sess, err := s.stripe.CheckoutSessions.New(params)
 	if err != nil {
-		return fmt.Errorf("creating checkout session: %w: %w", errStripe, err)
+		return nil, fmt.Errorf("creating checkout session: %w: %w", errStripe, err)
 	}
 	if sess.ID == "" || sess.URL == "" {
-		return fmt.Errorf("creating checkout session: %w: response without id or url", errStripe)
+		return nil, fmt.Errorf("creating checkout session: %w: response without id or url", errStripe)
 	}
 	err = s.store.SaveCheckout(ctx, metering.Checkout{
 		SessionID: sess.ID, Account: account, Pack: pack.Key, Credits: pack.Credits,
@@ -98,17 +121,9 @@ func (s *Server) checkout(w http.ResponseWriter, r *http.Request, account string
 	if err != nil {
 		// The session exists at Stripe, but without our record it would not
 		// be credited: the buyer never sees its URL.
-		return fmt.Errorf("recording checkout: %w", err)
+		return nil, fmt.Errorf("recording checkout: %w", err)
 	}
-	s.log.Info("checkout created", zap.String("request_id", infoFrom(ctx).id), zap.String("account", account),
-		zap.String("pack", pack.Key), zap.String("session_id", sess.ID), zap.Int64("price_minor", pack.PriceMinor))
-	writeJSON(w, http.StatusOK, struct {
-		ID      string  `json:"id"`
-		URL     string  `json:"url"`
-		Pack    string  `json:"pack"`
-		Credits Credits `json:"credits"`
-	}{sess.ID, sess.URL, pack.Key, Credits(pack.Credits)})
-	return nil
+	return sess, nil
 }
 
 // customer returns the account's Stripe customer, creating it once. Two

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,8 @@ type envOptions struct {
 	noWebhook  bool // no webhook secret
 	jwt        *config.JWT
 	catalog    *pricing.Catalog // default: the shipped catalog
+	plans      []config.Plan
+	payments   Payments // default: Stripe's (stripe-mock)
 	adjustOpts func(*Options)
 }
 
@@ -103,7 +106,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.jwt != nil {
 		cfg.JWT = *o.jwt
 	}
-	opts := Options{Config: cfg, Catalog: e.catalog, Store: e.store, Logger: zap.New(core)}
+	opts := Options{Config: cfg, Catalog: e.catalog, Store: e.store, Logger: zap.New(core), Plans: o.plans, Payments: o.payments}
 	if o.stripe {
 		mock := teststripe.Start(t)
 		e.stripe = newStripeRecorder(t, mock.URL)
@@ -194,6 +197,12 @@ func (r response) list() []any {
 // string is sent as is).
 func (e *env) do(method, path, bearer string, body any) response {
 	e.t.Helper()
+	return e.doHeaders(method, path, bearer, body)
+}
+
+// doHeaders is do with extra request headers, as name, value pairs.
+func (e *env) doHeaders(method, path, bearer string, body any, hdr ...string) response {
+	e.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -215,6 +224,9 @@ func (e *env) do(method, path, bearer string, body any) response {
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -340,8 +352,18 @@ func (e *env) spend(account, hold string, mc int64) {
 // the billing server asked Stripe.
 type stripeRecorder struct {
 	*httptest.Server
-	mu   sync.Mutex
-	reqs []stripeRequest
+	mu    sync.Mutex
+	reqs  []stripeRequest
+	patch func(method, path string, body map[string]any) // edits stripe-mock's JSON answers
+}
+
+// onResponse edits stripe-mock's answers from now on: stripe-mock is
+// stateless and answers fixtures (a PaymentIntent it confirmed still says
+// requires_payment_method); patch plays the bank.
+func (s *stripeRecorder) onResponse(patch func(method, path string, body map[string]any)) {
+	s.mu.Lock()
+	s.patch = patch
+	s.mu.Unlock()
 }
 
 type stripeRequest struct {
@@ -357,6 +379,28 @@ func newStripeRecorder(t *testing.T, target string) *stripeRecorder {
 	}
 	rec := &stripeRecorder{}
 	proxy := httputil.NewSingleHostReverseProxy(u)
+	proxy.ModifyResponse = func(res *http.Response) error {
+		rec.mu.Lock()
+		patch := rec.patch
+		rec.mu.Unlock()
+		if patch == nil || res.StatusCode != http.StatusOK {
+			return nil
+		}
+		raw, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			return err
+		}
+		var body map[string]any
+		if json.Unmarshal(raw, &body) == nil {
+			patch(res.Request.Method, res.Request.URL.Path, body)
+			raw, _ = json.Marshal(body)
+		}
+		res.Body = io.NopCloser(bytes.NewReader(raw))
+		res.ContentLength = int64(len(raw))
+		res.Header.Set("Content-Length", strconv.Itoa(len(raw)))
+		return nil
+	}
 	rec.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		form, _ := url.ParseQuery(string(body))

@@ -17,6 +17,7 @@ const (
 	typeAuthentication = "authentication_error"
 	typeNotFound       = "not_found_error"
 	typeConflict       = "conflict_error"
+	typePayment        = "payment_required"
 	typeServer         = "server_error"
 	typeUnavailable    = "service_unavailable"
 )
@@ -29,6 +30,9 @@ type apiError struct {
 	code    string
 	param   string
 	message string
+	// url, when set, is written beside the error as "url": where the caller
+	// finishes what the request could not (a Checkout page after a 402).
+	url string
 }
 
 func (e *apiError) Error() string {
@@ -41,6 +45,17 @@ func badRequest(code, param, format string, args ...any) *apiError {
 
 func notFound(code, format string, args ...any) *apiError {
 	return &apiError{status: http.StatusNotFound, typ: typeNotFound, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+func conflict(code, format string, args ...any) *apiError {
+	return &apiError{status: http.StatusConflict, typ: typeConflict, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// paymentRequired is a 402 whose body carries the URL of a Checkout page
+// where the buyer can finish paying.
+func paymentRequired(code, checkoutURL, format string, args ...any) *apiError {
+	return &apiError{status: http.StatusPaymentRequired, typ: typePayment, code: code, url: checkoutURL,
+		message: fmt.Sprintf(format, args...)}
 }
 
 // Errors with fixed answers.
@@ -95,8 +110,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tollgate"`)
 	}
 	writeJSON(w, e.status, struct {
-		Error body `json:"error"`
-	}{b})
+		Error body   `json:"error"`
+		URL   string `json:"url,omitempty"`
+	}{b, e.url})
 }
 
 func (s *Server) classify(err error) *apiError {

@@ -71,6 +71,22 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	return nil
 }
 
+// decodeOptionalJSON is decodeJSON for a body that may be absent (or empty).
+func decodeOptionalJSON(w http.ResponseWriter, r *http.Request, dst any) error {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
+		return decodeJSON(w, r, dst) // reports the read error as decodeJSON does
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decodeJSON(w, r, dst)
+}
+
 // writeJSON writes v with status. Encoding errors cannot happen with our types;
 // a failed write means the client went away.
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -114,11 +130,16 @@ func cursor(r *http.Request) (string, error) {
 	if s == "" {
 		return "", nil
 	}
-	ms, seq, ok := strings.Cut(s, "-")
-	if !ok || len(ms) > 19 || len(seq) > 19 || !digits(ms) || !digits(seq) {
+	if !validCursor(s) {
 		return "", errBadCursor
 	}
 	return s, nil
+}
+
+// validCursor reports whether s looks like a ledger entry id ("1700000000000-0").
+func validCursor(s string) bool {
+	ms, seq, ok := strings.Cut(s, "-")
+	return ok && len(ms) <= 19 && len(seq) <= 19 && digits(ms) && digits(seq)
 }
 
 func digits(s string) bool {

@@ -77,6 +77,14 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 			return &apiError{status: http.StatusConflict, typ: typeConflict, code: "too_many_keys",
 				message: fmt.Sprintf("an account may have at most %d active API keys; revoke one first", s.opts.MaxKeysPerAccount)}
 		}
+		planMax, plan, err := s.planKeyLimit(ctx, account)
+		if err != nil {
+			return err
+		}
+		if planMax > 0 && int64(n) >= planMax {
+			return conflict("plan_limit_reached",
+				"the %s plan allows %d active API keys (limit api_keys); revoke one or change plan", plan, planMax)
+		}
 	}
 	k, secret, err := s.store.CreateKey(ctx, account, req.Name, limit)
 	if err != nil {

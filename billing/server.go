@@ -42,8 +42,17 @@ type Options struct {
 	// Default 30s.
 	RequestTimeout time.Duration
 	// MaxKeysPerAccount caps the active API keys an account may create for
-	// itself (the admin API is not capped). Default 100.
+	// itself (the admin API is not capped). Default 100. A plan's api_keys
+	// limit caps them further.
 	MaxKeysPerAccount int
+	// Plans are the subscription plans on sale (config.Config.Plans).
+	Plans []config.Plan
+	// Payments charges saved cards off session (direct purchases and
+	// auto-recharge). Default: NewStripePayments over the Stripe client.
+	Payments Payments
+	// MaxFailures is how many failed auto-recharge charges in a row turn
+	// auto-recharge off. Default Config.AutoRecharge.MaxFailures, else 3.
+	MaxFailures int
 }
 
 func (o *Options) init() {
@@ -56,17 +65,25 @@ func (o *Options) init() {
 	if o.MaxKeysPerAccount <= 0 {
 		o.MaxKeysPerAccount = 100
 	}
+	if o.MaxFailures <= 0 {
+		o.MaxFailures = o.Config.AutoRecharge.MaxFailures
+	}
+	if o.MaxFailures <= 0 {
+		o.MaxFailures = 3
+	}
 }
 
 // Server is the billing sidecar's HTTP API. It is safe for concurrent use.
 type Server struct {
-	opts    Options
-	cfg     config.Billing
-	catalog *pricing.Catalog
-	store   Store
-	log     *zap.Logger
-	stripe  *client.API
-	jwt     *jwtVerifier // nil: JWT routes answer 503
+	opts     Options
+	cfg      config.Billing
+	catalog  *pricing.Catalog
+	store    Store
+	log      *zap.Logger
+	stripe   *client.API
+	payments Payments     // nil when payments are off
+	jwt      *jwtVerifier // nil: JWT routes answer 503
+	plans    []config.Plan
 
 	adminHash  [32]byte // sha256 of the admin token
 	adminOn    bool
@@ -75,7 +92,12 @@ type Server struct {
 	packsBody  []byte // GET /v1/billing/packs, rendered once
 	origins    map[string]bool
 	anyOrigin  bool
-	handler    http.Handler
+	redirects  map[string]bool // origins checkout may redirect to (never "*")
+	returnURL  string          // the billing portal's return URL
+	// defaultSpendingLimit is billing.auto_recharge.default_spending_limit in
+	// minor units.
+	defaultSpendingLimit int64
+	handler              http.Handler
 }
 
 // New validates opts and builds a Server. It fails when an admin token shorter
@@ -114,14 +136,38 @@ func New(opts Options) (*Server, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
+		s.payments = opts.Payments
+		if s.payments == nil {
+			s.payments = NewStripePayments(s.stripe)
+		}
 	}
-	s.origins = make(map[string]bool)
+	s.plans = opts.Plans
+	s.origins, s.redirects = make(map[string]bool), make(map[string]bool)
 	for _, o := range s.cfg.AllowedOrigins {
 		o = strings.TrimRight(o, "/")
 		s.anyOrigin = s.anyOrigin || o == "*"
 		if o != "" {
 			s.origins[o] = true
 		}
+		if origin, ok := originOf(o); ok {
+			s.redirects[origin] = true
+		}
+	}
+	for _, u := range []string{s.cfg.PublicURL, s.successURL, s.cancelURL} {
+		if origin, ok := originOf(u); ok {
+			s.redirects[origin] = true
+		}
+	}
+	s.returnURL = s.cfg.PublicURL
+	if _, ok := originOf(s.returnURL); !ok {
+		s.returnURL = s.successURL
+	}
+	s.defaultSpendingLimit, err = pricing.ParseMinor(s.cfg.AutoRecharge.DefaultSpendingLimit, 2)
+	if s.cfg.AutoRecharge.DefaultSpendingLimit == "" {
+		s.defaultSpendingLimit, err = 5000, nil
+	}
+	if err != nil || s.defaultSpendingLimit < 0 {
+		errs = append(errs, fmt.Errorf("billing.auto_recharge.default_spending_limit: %q is not an amount", s.cfg.AutoRecharge.DefaultSpendingLimit))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -154,6 +200,15 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/keys", s.user(s.createOwnKey))
 	mux.Handle("GET /v1/keys", s.user(s.listOwnKeys))
 	mux.Handle("DELETE /v1/keys/{id}", s.user(s.revokeOwnKey))
+
+	// The plans and credits API (camelCase, as the app's front end reads it).
+	mux.Handle("POST /api/billing/checkout", s.user(s.subscribe))
+	mux.Handle("POST /api/billing/portal", s.user(s.portal))
+	mux.Handle("POST /api/billing/cancel", s.user(s.cancel))
+	mux.Handle("GET /api/billing/usage", s.user(s.usage))
+	mux.Handle("GET /api/billing/credits", s.user(s.credits))
+	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
+	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))
 
 	if s.adminOn {
 		mux.Handle("POST /admin/v1/accounts", s.admin(s.adminCreateAccount))
@@ -269,7 +324,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 // the request's Origin is allowed. It reports whether the request was answered.
 func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 	origin := r.Header.Get("Origin")
-	if origin == "" || !strings.HasPrefix(r.URL.Path, "/v1/") || r.URL.Path == "/v1/billing/webhook" {
+	public := strings.HasPrefix(r.URL.Path, "/v1/") || strings.HasPrefix(r.URL.Path, "/api/billing/")
+	if origin == "" || !public || r.URL.Path == "/v1/billing/webhook" {
 		return false
 	}
 	h := w.Header()
@@ -280,7 +336,7 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 	h.Set("Access-Control-Allow-Origin", origin)
 	h.Set("Access-Control-Expose-Headers", "X-Request-Id")
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
 		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
 		h.Set("Access-Control-Max-Age", "600")
 		w.WriteHeader(http.StatusNoContent)
@@ -341,4 +397,26 @@ func redirectURLs(cfg config.Billing) (success, cancel string, err error) {
 		}
 	}
 	return success, cancel, errors.Join(errs...)
+}
+
+// originOf returns the scheme://host[:port] of an absolute http(s) URL, lower
+// case; ok is false for anything else (relative URLs, "*", user info).
+func originOf(raw string) (string, bool) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Opaque != "" {
+		return "", false
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host), true
+}
+
+// redirectAllowed checks a redirect URL a caller asks for: an absolute http(s)
+// URL on an allowed origin (billing.allowed_origins, or the configured public,
+// success and cancel URLs). A wildcard origin allows no redirect: Checkout
+// and the portal must never send a buyer to a site we do not know.
+func (s *Server) redirectAllowed(raw string) bool {
+	if len(raw) > 2048 {
+		return false
+	}
+	origin, ok := originOf(raw)
+	return ok && s.redirects[origin]
 }

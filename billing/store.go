@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"time"
 
 	"github.com/tollgate/tollgate/metering"
 )
@@ -28,6 +29,27 @@ type Store interface {
 	AccountForPayment(ctx context.Context, payment string) (string, error)
 	ReversePurchase(ctx context.Context, r metering.Reversal) (metering.Reversed, error)
 	BillingHistory(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
+	AccountForCustomer(ctx context.Context, customer string) (string, error)
+
+	// Subscriptions and plan usage.
+	Subscription(ctx context.Context, account string) (metering.Subscription, error)
+	SaveSubscription(ctx context.Context, account string, sub metering.Subscription, at time.Time) (bool, error)
+	EndSubscription(ctx context.Context, account, sub string, endedAt, at time.Time) (bool, error)
+	SubscriptionPaid(ctx context.Context, account, sub string, periodStart, periodEnd, at time.Time) (bool, error)
+	SubscriptionPaymentFailed(ctx context.Context, account, sub, reason string, at time.Time) (bool, error)
+	ScheduleCancel(ctx context.Context, account, sub string, cancelAt time.Time) (bool, error)
+	PlanUsage(ctx context.Context, account string) (metering.Subscription, metering.Usage, error)
+
+	// Auto-recharge.
+	AutoRecharge(ctx context.Context, account string) (metering.AutoRecharge, error)
+	SetAutoRecharge(ctx context.Context, account string, st metering.AutoRechargeSettings) error
+	EnsureRechargeGroup(ctx context.Context, group string) error
+	ReadRecharges(ctx context.Context, group, consumer string, count int64, block time.Duration) ([]metering.RechargeRequest, error)
+	ClaimRecharges(ctx context.Context, group, consumer string, minIdle time.Duration, count int64) ([]metering.RechargeRequest, error)
+	AckRecharge(ctx context.Context, group, streamID string) error
+	BeginRecharge(ctx context.Context, account, id string, sale metering.RechargeSale) (metering.RechargeBegun, error)
+	CompleteRecharge(ctx context.Context, p metering.RechargePayment) (metering.Fulfilled, error)
+	FailRecharge(ctx context.Context, f metering.RechargeFailure) (ended bool, failures int, disabled bool, err error)
 }
 
 var _ Store = (*metering.Store)(nil)

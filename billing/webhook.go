@@ -61,6 +61,13 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
 		err = s.onRefund(r.Context(), log, ev)
 	case stripe.EventTypeChargeDisputeCreated:
 		err = s.onDispute(r.Context(), log, ev)
+	case stripe.EventTypeCustomerSubscriptionCreated, stripe.EventTypeCustomerSubscriptionUpdated,
+		stripe.EventTypeCustomerSubscriptionDeleted:
+		err = s.onSubscription(r.Context(), log, ev)
+	case stripe.EventTypeInvoicePaid, stripe.EventTypeInvoicePaymentFailed:
+		err = s.onInvoice(r.Context(), log, ev)
+	case stripe.EventTypePaymentIntentSucceeded, stripe.EventTypePaymentIntentPaymentFailed:
+		err = s.onPaymentIntent(r.Context(), log, ev)
 	default:
 		err = errIgnored
 	}

@@ -25,9 +25,14 @@
 //	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL
 //	{a:ID}:pay:<intent>  hash   a paid purchase and how much refunds/disputes took back
 //	{a:ID}:billing       stream purchase history (same ids as the ledger entries)
+//	{a:ID}:plan          hash   subscription: plan, seats, status, period, cancel_at …
+//	{a:ID}:usage         hash   this billing period's requests, tokens and credits (bumped by settle)
+//	{a:ID}:rpm           hash   fixed-window requests-per-minute counter, TTL 120 s
+//	{a:ID}:ar            hash   auto-recharge settings and state (queued/inflight, period spend, failures)
 //	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
 //	tg:cus:<customer>    string Stripe customer → account
 //	tg:pay:<intent>      string Stripe payment intent → account
+//	tg:recharge          stream auto-recharge requests (consumer group "billing")
 //
 // # Units
 //

@@ -24,7 +24,7 @@ var (
 	createAccountSrc string
 
 	reserveScript       = redis.NewScript(reserveSrc)
-	settleScript        = redis.NewScript(settleSrc)
+	settleScript        = redis.NewScript(periodSrc + settleSrc)
 	releaseScript       = redis.NewScript(releaseSrc)
 	creditScript        = redis.NewScript(creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
@@ -93,7 +93,11 @@ func (s *Store) Ping(ctx context.Context) error {
 // LoadScripts loads every script into Redis so that the first calls use
 // EVALSHA. Optional: scripts fall back to EVAL when missing.
 func (s *Store) LoadScripts(ctx context.Context) error {
-	for _, sc := range []*redis.Script{reserveScript, settleScript, releaseScript, creditScript, createAccountScript} {
+	for _, sc := range []*redis.Script{
+		reserveScript, settleScript, releaseScript, creditScript, createAccountScript,
+		fulfilScript, reverseScript, subscriptionScript, admitScript,
+		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
+	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
 		}
@@ -315,7 +319,9 @@ type Charge struct {
 }
 
 // Settle removes the hold, debits the cost (never more than the hold), and
-// writes the ledger entry and the cost record, atomically. Settling the same
+// writes the ledger entry and the cost record, atomically. It also counts the
+// call in the account's billing-period usage (requests, input and output
+// tokens, credits) that plan limits and the usage API read. Settling the same
 // hold again returns the first answer and changes nothing.
 func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Cost < 0 {
@@ -326,10 +332,12 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 		st.Record.CreatedAt = time.Now()
 	}
 	args := make([]any, 0, 48)
-	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage")
+	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage",
+		MonthStart(st.Record.CreatedAt).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := settleScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), doneKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), doneKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID),
+			planKey(a), usageKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {

@@ -37,18 +37,29 @@ func newBillingServer(l *loaded, store *metering.Store) (*http.Server, error) {
 	if l.cfg.Billing.AdminToken == "" {
 		l.log.Warn("TOLLGATE_ADMIN_TOKEN is not set: the admin API is off")
 	}
-	b, err := billing.New(billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: store, Logger: l.log})
+	b, err := billing.New(billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: store, Logger: l.log, Plans: l.cfg.Plans})
 	if err != nil {
 		return nil, err
 	}
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           b.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
-	}, nil
+	}
+	// The auto-recharge worker lives as long as the server: it starts now and
+	// stops when the server shuts down (a request it was working on stays
+	// pending in Redis and is taken over by the next worker).
+	if w := b.RechargeWorker(billing.WorkerOptions{}); w != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		go w.Run(ctx) //nolint:errcheck // Run returns nil when stopped
+		srv.RegisterOnShutdown(stop)
+	} else {
+		l.log.Warn("STRIPE_SECRET_KEY is not set: auto-recharge requests wait until payments are configured")
+	}
+	return srv, nil
 }
 
 // serveHTTP serves an http.Server until ctx is done, then shuts it down.

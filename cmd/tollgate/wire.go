@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tollgate/tollgate/internal/config"
+	"github.com/tollgate/tollgate/limits"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 	"github.com/tollgate/tollgate/proxy"
@@ -170,7 +171,7 @@ func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
 			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
 		})
 	}
-	return proxy.Options{
+	opts := proxy.Options{
 		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
 		MaxBodyBytes: c.Proxy.MaxBodyBytes,
 		Timeouts: proxy.Timeouts{
@@ -180,4 +181,17 @@ func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
 		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
+	// Plan limits and auto-recharge requests need the Redis store itself.
+	if st, ok := meter.(*metering.Store); ok {
+		if len(c.Plans) > 0 {
+			opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
+		}
+		log := l.log.Named("recharge")
+		opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
+			OnError: func(account string, err error) {
+				log.Warn("auto-recharge request not queued; the next call retries", zap.String("account", account), zap.Error(err))
+			},
+		}).OnSettle
+	}
+	return opts
 }

@@ -101,17 +101,22 @@ type AutoRecharge struct {
 	MaxFailures          int    `yaml:"max_failures"`           // declines before it is disabled; default 3
 }
 
-// Plan is a subscription plan.
+// Plan is a subscription plan, sold with Stripe Checkout in subscription mode
+// at StripePriceID (a recurring price) with quantity = seats.
 type Plan struct {
-	ID            string     `yaml:"id"`
-	Name          string     `yaml:"name"`
+	ID            string     `yaml:"id"`   // what the API and Redis name it; letters, digits, - _ .
+	Name          string     `yaml:"name"` // display name; default ID
 	StripePriceID string     `yaml:"stripe_price_id"`
-	MinSeats      int64      `yaml:"min_seats"`
-	MaxSeats      int64      `yaml:"max_seats"`
+	MinSeats      int64      `yaml:"min_seats"` // default 1
+	MaxSeats      int64      `yaml:"max_seats"` // 0 = no maximum
 	Limits        PlanLimits `yaml:"limits"`
 }
 
-// PlanLimits are per-period limits; 0 means unlimited. Per-seat limits are multiplied by seats.
+// PlanLimits are a plan's limits; 0 means unlimited. Requests, tokens and
+// credits count per billing period (the subscription's current period);
+// RequestsPerMinute per fixed clock minute; APIKeys is the number of active
+// keys at any time. Credits are whole credits. With PerSeat every limit is
+// per seat and multiplied by the subscription's seats.
 type PlanLimits struct {
 	Requests          int64 `yaml:"requests"`
 	InputTokens       int64 `yaml:"input_tokens"`
@@ -120,6 +125,66 @@ type PlanLimits struct {
 	APIKeys           int64 `yaml:"api_keys"`
 	RequestsPerMinute int64 `yaml:"requests_per_minute"`
 	PerSeat           bool  `yaml:"per_seat"`
+}
+
+// maxLimit bounds every limit so that a per-seat product stays far inside 64
+// bits (and credits in milli-credits too).
+const maxLimit = 1 << 40
+
+// Effective returns the limits for a subscription of seats (at least 1):
+// per-seat limits multiplied, PerSeat cleared.
+func (p Plan) Effective(seats int64) PlanLimits {
+	l := p.Limits
+	if !l.PerSeat {
+		return l
+	}
+	seats = max(seats, 1)
+	mul := func(v int64) int64 {
+		if v > maxLimit/seats {
+			return maxLimit
+		}
+		return v * seats
+	}
+	return PlanLimits{
+		Requests: mul(l.Requests), InputTokens: mul(l.InputTokens), OutputTokens: mul(l.OutputTokens),
+		Credits: mul(l.Credits), APIKeys: mul(l.APIKeys), RequestsPerMinute: mul(l.RequestsPerMinute),
+	}
+}
+
+// Seats reports whether n seats may be bought on the plan.
+func (p Plan) Seats(n int64) bool { return n >= p.MinSeats && (p.MaxSeats == 0 || n <= p.MaxSeats) }
+
+// FindPlan returns the plan of plans with that id.
+func FindPlan(plans []Plan, id string) (Plan, bool) {
+	for _, p := range plans {
+		if p.ID == id && id != "" {
+			return p, true
+		}
+	}
+	return Plan{}, false
+}
+
+// FindPlanByPrice returns the plan of plans sold at a Stripe price.
+func FindPlanByPrice(plans []Plan, price string) (Plan, bool) {
+	for _, p := range plans {
+		if p.StripePriceID == price && price != "" {
+			return p, true
+		}
+	}
+	return Plan{}, false
+}
+
+func validPlanID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // Redis selects the store. URL for standalone; Addrs for Cluster, or with
@@ -286,6 +351,15 @@ func (c *Config) SetDefaults() {
 	if c.Billing.AutoRecharge.MaxFailures == 0 {
 		c.Billing.AutoRecharge.MaxFailures = 3
 	}
+	for i := range c.Plans {
+		pl := &c.Plans[i]
+		if pl.Name == "" {
+			pl.Name = pl.ID
+		}
+		if pl.MinSeats == 0 {
+			pl.MinSeats = 1
+		}
+	}
 	for name, pr := range c.Providers {
 		if pr.Kind == "" {
 			pr.Kind = "openai"
@@ -361,18 +435,42 @@ func (c *Config) Validate() error {
 	if _, err := pricing.ParseMinor(c.Billing.AutoRecharge.DefaultSpendingLimit, 2); err != nil {
 		bad("billing.auto_recharge.default_spending_limit", "%v", err)
 	}
-	seen := map[string]bool{}
+	if c.Billing.AutoRecharge.MaxFailures < 1 {
+		bad("billing.auto_recharge.max_failures", "must be at least 1, got %d", c.Billing.AutoRecharge.MaxFailures)
+	}
+	seen, prices := map[string]bool{}, map[string]string{}
 	for i, pl := range c.Plans {
 		path := fmt.Sprintf("plans[%d]", i)
-		if pl.ID == "" {
+		switch {
+		case pl.ID == "":
 			bad(path+".id", "is required")
-		}
-		if seen[pl.ID] {
+		case !validPlanID(pl.ID):
+			bad(path+".id", "must be 1–64 letters, digits, - _ or ., got %q", pl.ID)
+		case seen[pl.ID]:
 			bad(path+".id", "duplicate plan %q", pl.ID)
 		}
 		seen[pl.ID] = true
-		if pl.MaxSeats != 0 && pl.MaxSeats < pl.MinSeats {
-			bad(path+".max_seats", "must be at least min_seats")
+		if pl.StripePriceID == "" {
+			bad(path+".stripe_price_id", "is required (the recurring Stripe price the plan is sold at)")
+		} else if other, dup := prices[pl.StripePriceID]; dup {
+			bad(path+".stripe_price_id", "price %q is already plan %q's", pl.StripePriceID, other)
+		} else {
+			prices[pl.StripePriceID] = pl.ID
+		}
+		if pl.MinSeats < 1 {
+			bad(path+".min_seats", "must be at least 1, got %d", pl.MinSeats)
+		}
+		if pl.MaxSeats < 0 || (pl.MaxSeats != 0 && pl.MaxSeats < pl.MinSeats) {
+			bad(path+".max_seats", "must be 0 (no maximum) or at least min_seats")
+		}
+		l := pl.Limits
+		for name, v := range map[string]int64{
+			"requests": l.Requests, "input_tokens": l.InputTokens, "output_tokens": l.OutputTokens,
+			"credits": l.Credits, "api_keys": l.APIKeys, "requests_per_minute": l.RequestsPerMinute,
+		} {
+			if v < 0 || v > maxLimit {
+				bad(path+".limits."+name, "must be between 0 (unlimited) and %d, got %d", int64(maxLimit), v)
+			}
 		}
 	}
 	switch c.Log.Level {

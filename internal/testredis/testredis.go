@@ -145,3 +145,93 @@ func (s *Server) Flush(t testing.TB) {
 
 // Dir is the server's working directory.
 func (s *Server) Dir() string { return filepath.Clean(s.dir) }
+
+// Cluster is a Redis Cluster of three masters (no replicas) on loopback.
+type Cluster struct {
+	Nodes []*Server
+}
+
+// Addrs are the masters' addresses: the seed list for a cluster client.
+func (c *Cluster) Addrs() []string {
+	addrs := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		addrs[i] = n.Addr
+	}
+	return addrs
+}
+
+// Client returns a new cluster client, closed at the end of the test.
+func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
+	t.Helper()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), PoolSize: 64, MaxRetries: 2})
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// Flush empties every master (between subtests).
+func (c *Cluster) Flush(t testing.TB) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		n.Flush(t)
+	}
+}
+
+// StartCluster starts three cluster-enabled redis-servers, joins them with
+// `redis-cli --cluster create … --cluster-replicas 0`, waits until every node
+// reports cluster_state:ok, and stops them at cleanup. It skips (fails under
+// CI=true) when redis-server or redis-cli is missing.
+func StartCluster(t testing.TB) *Cluster {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-cli not installed (required under CI): %v", err)
+		}
+		t.Skip("redis-cli not installed; skipping (set CI=true to make this fatal)")
+	}
+	c := &Cluster{}
+	for i := 0; i < 3; i++ {
+		// The cluster bus port is chosen too: the default (port + 10000) may
+		// be taken or past 65535.
+		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "5000", "--cluster-port", strconv.Itoa(FreePort(t))))
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range c.Nodes {
+		for {
+			err := clusterReady(n.Addr, len(c.Nodes))
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("redis cluster not ready: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return c
+}
+
+// clusterReady reports whether the node at addr sees a healthy cluster of n
+// masters covering every slot.
+func clusterReady(addr string, n int) error {
+	rc := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	info, err := rc.ClusterInfo(ctx).Result()
+	if err != nil {
+		return err
+	}
+	for _, want := range []string{"cluster_state:ok", "cluster_slots_ok:16384", "cluster_known_nodes:" + strconv.Itoa(n)} {
+		if !strings.Contains(info, want) {
+			return fmt.Errorf("%s: CLUSTER INFO lacks %q", addr, want)
+		}
+	}
+	return nil
+}

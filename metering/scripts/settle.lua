@@ -1,17 +1,21 @@
--- settle: turn a hold into a charge, exactly once.
+-- settle: turn a hold into a charge, exactly once. (period.lua is prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
 -- KEYS[4] settle mark  {a:<id>}:done:<hold id>   (remembers the answer)
 -- KEYS[5] ledger       {a:<id>}:ledger           (stream)
 -- KEYS[6] cost record  {a:<id>}:gen:<request id>  (hash)
--- ARGV: hold id, key id, cost mc, mark ttl s, record ttl s, entry type, then field/value pairs
---       of the usage record (copied to the ledger entry and the cost record).
+-- KEYS[7] plan         {a:<id>}:plan             (hash, read: the billing period)
+-- KEYS[8] usage        {a:<id>}:usage            (hash: the period's counters)
+-- ARGV: hold id, key id, cost mc, mark ttl s, record ttl s, entry type, calendar month start
+--       (unix s), input tokens, output tokens, then field/value pairs of the usage record
+--       (copied to the ledger entry and the cost record).
 -- Returns {balance after, charged, capped (0/1), replay (0/1)}, or {-1} when
 -- the account does not exist.
 local acct, hexp, hval, done, ledger, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, kid, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local markTTL, recTTL, etype = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local plan, usage, month, inTok, outTok = KEYS[7], KEYS[8], ARGV[7], ARGV[8], ARGV[9]
 
 local prev = redis.call('HMGET', done, 'balance', 'charged', 'capped')
 if prev[1] then return {tonumber(prev[1]), tonumber(prev[2]), tonumber(prev[3]), 1} end
@@ -45,8 +49,18 @@ local balance = redis.call('HINCRBY', acct, 'balance', debit)
 redis.call('HINCRBY', acct, 'consumed', charge)
 if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':used', charge) end
 
+-- The period's counters, which the plan limits and the usage API read.
+local period = tg_period(plan, month)
+if redis.call('HGET', usage, 'period') ~= period then
+  redis.call('HSET', usage, 'period', period, 'requests', 0, 'input_tokens', 0, 'output_tokens', 0, 'credits_mc', 0)
+end
+redis.call('HINCRBY', usage, 'requests', 1)
+redis.call('HINCRBY', usage, 'input_tokens', inTok)
+redis.call('HINCRBY', usage, 'output_tokens', outTok)
+redis.call('HINCRBY', usage, 'credits_mc', charge)
+
 local rec = {}
-for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 10, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('XADD', ledger, '*', 'type', etype, 'amount', debit, 'balance_after', balance,
   'ref', id, 'capped', capped, unpack(rec))
 redis.call('HSET', gen, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
