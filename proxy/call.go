@@ -125,7 +125,8 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 	if c.ep.maxField == "" {
 		return hr, nil
 	}
-	hr.PerOutput = m.Rates.Output
+	// Every choice ("n") may use the output limit, and the provider bills them all.
+	hr.PerOutput = m.Rates.Output * max(c.req.choices, 1)
 	if c.req.maxOut > 0 {
 		if c.req.maxOut > m.MaxOutputTokens {
 			return hr, invalid(c.req.maxField, "Parameter '%s' is too large: %d. This model supports at most %d output tokens.",
@@ -283,8 +284,8 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	})
 	if err != nil {
 		// Served but not charged: refuse the answer rather than give it away.
-		// The hold expires by itself.
-		c.s.writeError(ctx, err)
+		// The hold expires by itself. (settle logged err.)
+		c.s.writeError(ctx, errUnsettled)
 		return
 	}
 	h := &ctx.Response.Header
@@ -306,21 +307,27 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	}
 }
 
-// settle retries briefly: a Redis failover or restart takes moments, and a
-// served call should be charged rather than refused.
+// settleRetryFor bounds how long a served call's settle is retried while
+// Redis is unreachable (a restart or failover): the caller waits rather than
+// get the answer free. Settle is idempotent by hold id, so a retry after a
+// lost reply is a replay that returns the first answer.
+const settleRetryFor = 10 * time.Second
+
+// settle retries with backoff until Redis answers or settleRetryFor passed.
 func (s *Server) settle(st metering.Settlement) (metering.Charge, error) {
 	var (
-		ch  metering.Charge
-		err error
+		ch      metering.Charge
+		err     error
+		backoff = 50 * time.Millisecond
+		until   = time.Now().Add(settleRetryFor)
 	)
-	for attempt := 0; attempt < 3; attempt++ {
-		if attempt > 0 {
-			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
-		}
+	for {
 		ch, err = s.meter.Settle(context.Background(), st)
-		if err == nil || !errors.Is(err, metering.ErrUnavailable) {
+		if err == nil || !errors.Is(err, metering.ErrUnavailable) || time.Now().Add(backoff).After(until) {
 			break
 		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 500*time.Millisecond)
 	}
 	if err != nil {
 		s.log.Error("settling call", zap.String("request_id", st.HoldID), zap.String("account", st.Account), zap.Error(err))

@@ -22,6 +22,7 @@ var (
 	errUpstream     = errors.New("proxy: upstream failed")
 	errProvider     = errors.New("proxy: provider not configured")
 	errDraining     = errors.New("proxy: shutting down")
+	errUnsettled    = errors.New("proxy: served, but the charge could not be recorded")
 )
 
 // badRequest is a client error with a message safe to show.
@@ -86,6 +87,8 @@ func classify(err error) apiError {
 		return apiError{413, "invalid_request_error", "request_too_large", "", "Request body too large."}
 	case errors.As(err, &lim):
 		return apiError{429, "rate_limit_error", "rate_limit_exceeded", "", lim.Message}
+	case errors.Is(err, errUnsettled):
+		return apiError{503, "api_error", "store_unavailable", "", "The credit store became unavailable before this call could be charged: the answer was withheld and you were not charged. Retry shortly."}
 	case errors.Is(err, metering.ErrUnavailable):
 		return apiError{503, "api_error", "store_unavailable", "", "The credit store is unavailable; the call was not forwarded and not charged. Retry shortly."}
 	case errors.Is(err, errDraining):

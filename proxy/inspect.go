@@ -48,7 +48,11 @@ type request struct {
 	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
 	maxOut    int64  // the client's output limit; 0 when absent
 	maxField  string // which field carried it
+	choices   int64  // completions generated per call ("n", "best_of"); the output limit applies to each
 }
+
+// maxChoices is the most completions one call may ask for (OpenAI's limit).
+const maxChoices = 128
 
 var parserPool fastjson.ParserPool
 
@@ -61,12 +65,22 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 	if !utf8.Valid(body) {
 		return r, invalid("", "Request body is not valid UTF-8.")
 	}
+	// fastjson's parser accepts NaN and Inf; its validator, like every
+	// provider, does not.
+	if fastjson.ValidateBytes(body) != nil {
+		return r, invalid("", "Request body is not valid JSON.")
+	}
 	v, err := p.ParseBytes(body)
 	if err != nil {
 		return r, invalid("", "Request body is not valid JSON.")
 	}
 	if v.Type() != fastjson.TypeObject {
 		return r, invalid("", "Request body must be a JSON object.")
+	}
+	if k := duplicateKey(v); k != "" {
+		// Tollgate reads the first value, providers the last: refuse rather
+		// than price one model (or limit, or mode) and serve another.
+		return r, invalid(k, "Parameter '%s' is given more than once.", k)
 	}
 	r.root = v
 	mv := v.Get("model")
@@ -112,10 +126,50 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 			r.maxOut, r.maxField = n, f
 		}
 	}
+	r.choices = 1
+	if ep.dialect == dialectChat || ep.dialect == dialectCompletions {
+		for _, f := range [2]string{"n", "best_of"} {
+			nv := v.Get(f)
+			if nv == nil || nv.Type() == fastjson.TypeNull {
+				continue
+			}
+			n, err := nv.Int64()
+			if err != nil || nv.Type() != fastjson.TypeNumber || n < 1 || n > maxChoices {
+				return r, invalid(f, "Parameter '%s' must be an integer from 1 to %d.", f, maxChoices)
+			}
+			r.choices = max(r.choices, n)
+		}
+	}
 	if ep.dialect == dialectMessages && r.maxOut == 0 {
 		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
 	return r, nil
+}
+
+// duplicateKey returns a top-level key given more than once ("" when none).
+func duplicateKey(v *fastjson.Value) string {
+	o, err := v.Object()
+	if err != nil {
+		return ""
+	}
+	var (
+		buf  [32][]byte
+		keys = buf[:0]
+		dup  string
+	)
+	o.Visit(func(k []byte, _ *fastjson.Value) {
+		if dup != "" {
+			return
+		}
+		for _, seen := range keys {
+			if string(seen) == string(k) {
+				dup = string(k)
+				return
+			}
+		}
+		keys = append(keys, k)
+	})
+	return dup
 }
 
 // inputEstimate bounds the input tokens of a body of n bytes from above

@@ -135,9 +135,14 @@ func New(opts Options) (*Server, error) {
 // errorHandler answers requests fasthttp could not read (too large, malformed,
 // too slow) with an OpenAI-shaped error.
 func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		s.writeError(ctx, errBodyTooLarge)
+	case errors.As(err, &small):
+		ctx.SetStatusCode(fasthttp.StatusRequestHeaderFieldsTooLarge)
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"error":{"message":"Request headers too large.","type":"invalid_request_error","code":"request_headers_too_large","param":null}}`)
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

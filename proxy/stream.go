@@ -39,6 +39,8 @@ var (
 
 var errStreamTimeout = errors.New("proxy: stream exceeded its time limit")
 var errAborted = errors.New("proxy: stream cut at shutdown")
+var errStreamBroken = errors.New("proxy: upstream stream ended early")
+var errStreamIdle = errors.New("proxy: no upstream event within the stream idle timeout")
 
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
@@ -78,6 +80,8 @@ type streamBody struct {
 	finished  bool  // nothing more to send
 	pending   error // the upstream's end, reported after a last unterminated line
 	aborted   atomic.Bool
+	idleFired atomic.Bool
+	idle      *time.Timer // cuts the upstream when no event arrives within StreamIdle
 	closeOnce sync.Once
 	charge    metering.Charge
 }
@@ -94,6 +98,14 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 	_ = h.AddTrailer(hdrCharged)
 	_ = h.AddTrailer(hdrBalanceAfter)
 	c.s.streams.Store(sb, struct{}{})
+	if d := c.s.opts.Timeouts.StreamIdle; d > 0 && sb.src != nil {
+		// Silence is measured between events, not reads: an upstream that
+		// trickles a byte a second never completes one.
+		sb.idle = time.AfterFunc(d, func() {
+			sb.idleFired.Store(true)
+			_ = sb.src.CloseWithError(errStreamIdle)
+		})
+	}
 	ctx.SetBodyStream(sb, -1)
 }
 
@@ -224,6 +236,9 @@ func trimEOL(b []byte) []byte {
 // dispatch acts on one complete event: meter it, then pass it on, hold it,
 // or drop it.
 func (sb *streamBody) dispatch() {
+	if sb.idle != nil {
+		sb.idle.Reset(sb.c.s.opts.Timeouts.StreamIdle)
+	}
 	data, name := sb.data, sb.name
 	if len(name) == 0 && sb.c.ep.dialect >= dialectResponses {
 		name = eventType(data) // a server that sends no event: lines
@@ -526,6 +541,11 @@ func (sb *streamBody) failed(reason string) {
 	}
 	sb.finished = true
 	sb.settled = true
+	if sb.src != nil {
+		// Never pool the connection of a broken stream: fasthttp reads a
+		// connection closed at a chunk boundary as the body's clean end.
+		_ = sb.src.CloseWithError(errStreamBroken)
+	}
 	c := &sb.c
 	u, estimated := sb.deliveredUsage()
 	rec := c.record(u, true)
@@ -590,7 +610,7 @@ func (sb *streamBody) end(err error) {
 		reason := "upstream_stream_cut"
 		if errors.Is(err, errStreamTimeout) {
 			reason = "stream_timeout"
-		} else if isTimeout(err) {
+		} else if isTimeout(err) || sb.idleFired.Load() {
 			reason = "upstream_idle_timeout"
 		}
 		sb.failed(reason)
@@ -611,6 +631,9 @@ func (sb *streamBody) abort() {
 // generated until now; closing the upstream connection stops the generation.
 func (sb *streamBody) CloseWithError(err error) error {
 	sb.closeOnce.Do(func() {
+		if sb.idle != nil {
+			sb.idle.Stop()
+		}
 		if !sb.finished {
 			if sb.src != nil {
 				_ = sb.src.CloseWithError(errors.New("client gone"))

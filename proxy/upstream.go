@@ -172,31 +172,45 @@ func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
 	}
 }
 
-// idleConn bounds each read: the first read after a write waits at most
-// firstByte, later reads at most idle. This bounds a stream's silences
-// without a timer goroutine per stream.
+// idleConn bounds each read: from the moment a request is written until its
+// response headers are complete (the blank line that ends them), reads share
+// one deadline, firstByte after the write — so headers trickled a byte at a
+// time cannot outlast it; later reads wait at most idle each (a body that
+// trickles is bounded per event by streamBody's idle timer). No timer
+// goroutine per stream.
 type idleConn struct {
 	net.Conn
 	firstByte, idle time.Duration
-	awaiting        bool
+	awaiting        bool      // a request was written; its response headers are not complete
+	until           time.Time // the headers' deadline
+	newlines        int       // consecutive line ends seen while awaiting
 }
 
 func (c *idleConn) Write(b []byte) (int, error) {
-	c.awaiting = true
+	if !c.awaiting {
+		c.awaiting, c.until, c.newlines = true, time.Now().Add(c.firstByte), 0
+	}
 	return c.Conn.Write(b)
 }
 
 func (c *idleConn) Read(b []byte) (int, error) {
-	d := c.idle
-	if c.awaiting {
-		d = c.firstByte
-	}
-	if d > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+	switch {
+	case c.awaiting && c.firstByte > 0:
+		_ = c.Conn.SetReadDeadline(c.until)
+	case !c.awaiting && c.idle > 0:
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
 	}
 	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.awaiting = false
+	for i := 0; c.awaiting && i < n; i++ {
+		switch b[i] {
+		case '\n':
+			if c.newlines++; c.newlines == 2 {
+				c.awaiting = false // the blank line: headers complete
+			}
+		case '\r':
+		default:
+			c.newlines = 0
+		}
 	}
 	return n, err
 }

@@ -399,7 +399,7 @@ func (c *Config) Validate() error {
 			bad(path, "must not be negative")
 		}
 	}
-	if p.HoldTTL.D() < p.StreamTimeout.D() && p.HoldTTL.D() < p.RequestTimeout.D() {
+	if p.HoldTTL.D() < max(p.StreamTimeout.D(), p.RequestTimeout.D()) {
 		bad("proxy.hold_ttl", "must outlive the longest call (stream_timeout %s, request_timeout %s)", p.StreamTimeout.D(), p.RequestTimeout.D())
 	}
 	if len(c.Providers) == 0 {

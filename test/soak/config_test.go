@@ -1,0 +1,122 @@
+package soak
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// shippedConfig reads configs/tollgate.yaml as a generic tree (the ${VAR}
+// references stay unexpanded: the processes expand them).
+func shippedConfig(t testing.TB) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "configs", "tollgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		t.Fatalf("parsing the shipped config: %v", err)
+	}
+	return m
+}
+
+// writeConfig writes the shipped configuration with edits applied (keys are
+// dotted YAML paths such as "proxy.hold_ttl") to a temporary file. With no
+// edits it returns the shipped file itself.
+func writeConfig(t testing.TB, edits map[string]any) string {
+	t.Helper()
+	if len(edits) == 0 {
+		return filepath.Join(repoRoot(t), "configs", "tollgate.yaml")
+	}
+	m := shippedConfig(t)
+	for path, v := range edits {
+		parts := strings.Split(path, ".")
+		cur := m
+		for _, p := range parts[:len(parts)-1] {
+			next, ok := cur[p].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				cur[p] = next
+			}
+			cur = next
+		}
+		cur[parts[len(parts)-1]] = v
+	}
+	data, err := yaml.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "tollgate.yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// rates are a tier's prices in milli-credits per token.
+type rates struct{ in, cached, out int64 }
+
+// price list of the shipped catalog, read from the file (not from the pricing
+// package): the tests price usage independently of the code under test.
+type priceList struct {
+	tiers  map[string]rates
+	models map[string]string // model id or alias → tier
+}
+
+func loadPrices(t testing.TB) priceList {
+	t.Helper()
+	m := shippedConfig(t)
+	p := priceList{tiers: map[string]rates{}, models: map[string]string{}}
+	pr := m["pricing"].(map[string]any)
+	num := func(v any) int64 {
+		switch n := v.(type) {
+		case int:
+			return int64(n)
+		case int64:
+			return n
+		}
+		t.Fatalf("pricing: %v is not an integer", v)
+		return 0
+	}
+	for name, v := range pr["tiers"].(map[string]any) {
+		tv := v.(map[string]any)
+		r := rates{in: num(tv["input"]), out: num(tv["output"])}
+		r.cached = r.in
+		if c, ok := tv["cached_input"]; ok {
+			r.cached = num(c)
+		}
+		p.tiers[name] = r
+	}
+	for _, v := range pr["models"].([]any) {
+		mv := v.(map[string]any)
+		tier := mv["tier"].(string)
+		p.models[mv["id"].(string)] = tier
+		if al, ok := mv["aliases"].([]any); ok {
+			for _, a := range al {
+				p.models[a.(string)] = tier
+			}
+		}
+	}
+	return p
+}
+
+// usage is what a provider reported, normalised: uncached input, cached
+// input and output (reasoning included) tokens.
+type usage struct {
+	in, cached, out int64
+	seen            bool
+}
+
+// cost is usage × rate of model, in mc: exact integers (DESIGN.md §3).
+func (p priceList) cost(t testing.TB, model string, u usage) int64 {
+	tier, ok := p.models[model]
+	if !ok {
+		t.Fatalf("model %q is not in the shipped catalog", model)
+	}
+	r := p.tiers[tier]
+	return u.in*r.in + u.cached*r.cached + u.out*r.out
+}
