@@ -314,6 +314,17 @@ func Expand(s string, lookup func(string) (string, bool)) string {
 
 // SetDefaults fills every zero value with its documented default.
 func (c *Config) SetDefaults() {
+	// redis.addrs entries may be comma-separated lists (one env variable
+	// fills the whole list); empty entries are dropped.
+	var addrs []string
+	for _, a := range c.Redis.Addrs {
+		for _, one := range strings.Split(a, ",") {
+			if one = strings.TrimSpace(one); one != "" {
+				addrs = append(addrs, one)
+			}
+		}
+	}
+	c.Redis.Addrs = addrs
 	p := &c.Proxy
 	def := func(d *Duration, v time.Duration) {
 		if *d == 0 {

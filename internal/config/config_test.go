@@ -54,6 +54,13 @@ func TestShippedConfigs(t *testing.T) {
 	if p := cfg.Providers["gemini"]; p.BaseURL != "https://generativelanguage.googleapis.com/v1beta/openai" {
 		t.Fatalf("gemini default base %q", p.BaseURL)
 	}
+	if len(cfg.Redis.Addrs) != 0 {
+		t.Fatalf("redis.addrs without REDIS_ADDRS: %q", cfg.Redis.Addrs)
+	}
+	clustered, err := Parse(data, env(map[string]string{"REDIS_ADDRS": "127.0.0.1:7001, 127.0.0.1:7002,127.0.0.1:7003"}))
+	if err != nil || len(clustered.Redis.Addrs) != 3 || clustered.Redis.Addrs[1] != "127.0.0.1:7002" {
+		t.Fatalf("REDIS_ADDRS: %q %v", clustered.Redis.Addrs, err)
+	}
 	if cfg.Redis.URL != "redis://127.0.0.1:1/0" || cfg.Proxy.MaxBodyBytes != 8<<20 || cfg.Proxy.StreamTimeout.D() != 30*time.Minute {
 		t.Fatalf("values: %+v %+v", cfg.Redis, cfg.Proxy)
 	}
