@@ -106,6 +106,7 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 			_ = sb.src.CloseWithError(errStreamIdle)
 		})
 	}
+	ctx.Response.ImmediateHeaderFlush = true // the client sees X-Request-Id and the hold at once
 	ctx.SetBodyStream(sb, -1)
 }
 
