@@ -28,8 +28,8 @@ test: tools ## run every test with the race detector (starts its own redis-serve
 test-short: tools ## the tests without the race detector (faster)
 	$(GO) test -count=1 -timeout 10m ./...
 
-bench: build ## Go benchmarks of the hot path, then the load harness (mock, Redis, proxy on loopback)
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./proxy/ ./pricing/
+bench: build ## hot-path Go benchmarks, then the load harness on loopback: table + bench/results.json + bench/latency.svg
+	$(GO) test -run '^$$' -bench 'Handler|Inspect|Rewrite|UsageParse' -benchmem ./proxy/
 	$(GO) run ./test/bench
 
 fuzz: ## run every fuzz target for FUZZTIME (default 60s) each

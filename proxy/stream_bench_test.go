@@ -16,7 +16,8 @@ import (
 // proxy (client, proxy and mock in process, on in-memory connections) and
 // reports the heap and goroutine stacks that the proxy and the mock hold per
 // stream. The mock's share is measured alone first and subtracted. Run with
-// -benchtime 2000x.
+// -benchtime 2000x; STREAM_HEAP_PROFILE=file writes a heap profile while the
+// proxied streams are open (go tool pprof -sample_index=inuse_space).
 func BenchmarkStreamMemory(b *testing.B) {
 	e := newBenchEnv(b)
 	const body = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"[mock:rate=1,tokens=30] hold"}],"stream":true,"max_tokens":32}`
