@@ -15,10 +15,10 @@
 //	                            k:<key>:limit|used|res (per-key credit limits)
 //	{a:ID}:hexp          zset   hold id → expiry (ms)
 //	{a:ID}:hval          hash   hold id → "amount:keyid"
-//	{a:ID}:done:<hold>   hash   answer of a settled hold (idempotent replays), TTL
 //	{a:ID}:refs          set    credit references applied (never expires)
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
-//	{a:ID}:gen:<req>     hash   cost record of one call, TTL
+//	{a:ID}:gen:<req>     hash   cost record of one call, TTL; its settled field makes a
+//	                            retried settle of that hold (hold id = request id) a no-op
 //	{a:ID}:keys          hash   key id → key metadata (JSON)
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
 //	{a:ID}:stripe        string the account's Stripe customer id

@@ -44,6 +44,11 @@ type Options struct {
 	// SettleMarkTTL is how long a settled hold remembers its answer, making a
 	// retried settle a no-op. Default 24h.
 	SettleMarkTTL time.Duration
+	// Pipelines bounds the Redis pipelines that reserve, settle and release
+	// keep in flight; calls arriving while that many are in flight go out
+	// together in the next one (one round trip for the batch). Default 2;
+	// negative sends every call on its own, as go-redis does.
+	Pipelines int
 }
 
 func (o *Options) init() {
@@ -59,6 +64,9 @@ func (o *Options) init() {
 	if o.SettleMarkTTL <= 0 {
 		o.SettleMarkTTL = 24 * time.Hour
 	}
+	if o.Pipelines == 0 {
+		o.Pipelines = 2
+	}
 }
 
 // Store is the Redis-backed ledger. It is safe for concurrent use.
@@ -66,12 +74,13 @@ type Store struct {
 	rdb  redis.UniversalClient
 	opts Options
 	keys keyCache
+	pipe pipeliner
 }
 
 // New returns a Store over rdb (standalone, Sentinel or Cluster client).
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts.init()
-	s := &Store{rdb: rdb, opts: opts}
+	s := &Store{rdb: rdb, opts: opts, pipe: pipeliner{rdb: rdb, max: max(opts.Pipelines, 0)}}
 	s.keys.init(opts.KeyCacheTTL)
 	return s
 }
@@ -108,7 +117,6 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 func acctKey(id string) string           { return "{a:" + id + "}:acct" }
 func holdExpKey(id string) string        { return "{a:" + id + "}:hexp" }
 func holdValKey(id string) string        { return "{a:" + id + "}:hval" }
-func doneKey(id, hold string) string     { return "{a:" + id + "}:done:" + hold }
 func refsKey(id string) string           { return "{a:" + id + "}:refs" }
 func ledgerKey(id string) string         { return "{a:" + id + "}:ledger" }
 func genKey(id, req string) string       { return "{a:" + id + "}:gen:" + req }
@@ -231,7 +239,7 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		return Hold{}, fmt.Errorf("reserving credits: invalid request %+v", r)
 	}
 	a := r.Account
-	res, err := reserveScript.Run(ctx, s.rdb,
+	res, err := s.pipe.run(ctx, reserveScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a)},
 		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
 	).Slice()
@@ -335,8 +343,8 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage",
 		MonthStart(st.Record.CreatedAt).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
 	args = st.Record.args(args)
-	res, err := settleScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), doneKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID),
+	res, err := s.pipe.run(ctx, settleScript,
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID),
 			planKey(a), usageKey(a)},
 		args...,
 	).Int64Slice()
@@ -362,7 +370,7 @@ func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec 
 		args = rec.args(args)
 		reqID = rec.RequestID
 	}
-	err := releaseScript.Run(ctx, s.rdb,
+	err := s.pipe.run(ctx, releaseScript,
 		[]string{acctKey(account), holdExpKey(account), holdValKey(account), genKey(account, reqID)},
 		args...,
 	).Err()

@@ -68,11 +68,10 @@ type streamBody struct {
 	held []byte // a final event held back until the call is settled
 
 	u         usage
-	outFinal  bool    // u.Output is the provider's final count (not message_start's)
-	text      []byte  // a sample of the generated text relayed, JSON-escaped (in textBuf)
-	textBuf   *[]byte // pooled
-	delivered int64   // bytes of generated text relayed, JSON-escaped
-	reqBody   *[]byte // the client's body, pooled: read only for an estimate
+	outFinal  bool   // u.Output is the provider's final count (not message_start's)
+	text      []byte // a sample of the generated text relayed, JSON-escaped; grows as needed
+	delivered int64  // bytes of generated text relayed, JSON-escaped
+	reqBody   []byte // a copy of the client's body (its size, not a pooled 4 KiB): read only for an estimate
 	firstByte time.Duration
 	terminal  bool // the provider's end marker was seen
 	settled   bool
@@ -119,10 +118,7 @@ func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reade
 		c: *c, up: up, resp: resp, hdr: hdr, maxLine: c.s.opts.MaxEventBytes,
 		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
 	}
-	sb.reqBody = getBuf()
-	*sb.reqBody = append((*sb.reqBody)[:0], c.body...)
-	sb.textBuf = getBuf()
-	sb.text = (*sb.textBuf)[:0]
+	sb.reqBody = bytes.Clone(c.body)
 	sb.c.parser, sb.c.arena, sb.c.req.root, sb.c.req.model = nil, nil, nil, nil
 	sb.c.body = nil
 	sb.src, _ = body.(fasthttp.ReadCloserWithError)
@@ -495,7 +491,7 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	enc := encodingFor(sb.c.model)
 	if !u.seen {
 		u = usage{}
-		u.Input = requestTokens(enc, sb.c.ep.dialect, *sb.reqBody)
+		u.Input = requestTokens(enc, sb.c.ep.dialect, sb.reqBody)
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
 	u.Reasoning = min(u.Reasoning, u.Output)
@@ -648,9 +644,6 @@ func (sb *streamBody) CloseWithError(err error) error {
 		fasthttp.ReleaseResponse(sb.resp)
 		sb.br.Reset(nil)
 		readerPool.Put(sb.br)
-		putBuf(sb.reqBody)
-		*sb.textBuf = sb.text[:0] // keep what it grew to
-		putBuf(sb.textBuf)
 		if ce := s.log.Check(zap.DebugLevel, "stream"); ce != nil {
 			ce.Write(zap.String("request_id", sb.c.id), zap.String("account", sb.c.ident.Account),
 				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))

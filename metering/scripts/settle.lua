@@ -2,7 +2,8 @@
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
--- KEYS[4] settle mark  {a:<id>}:done:<hold id>   (remembers the answer)
+-- KEYS[4] settle mark  {a:<id>}:gen:<hold id>    (remembers the answer; the proxy's hold
+--                      id is its request id, so this is the cost record itself)
 -- KEYS[5] ledger       {a:<id>}:ledger           (stream)
 -- KEYS[6] cost record  {a:<id>}:gen:<request id>  (hash)
 -- KEYS[7] plan         {a:<id>}:plan             (hash, read: the billing period)
@@ -17,8 +18,8 @@ local id, kid, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local markTTL, recTTL, etype = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local plan, usage, month, inTok, outTok = KEYS[7], KEYS[8], ARGV[7], ARGV[8], ARGV[9]
 
-local prev = redis.call('HMGET', done, 'balance', 'charged', 'capped')
-if prev[1] then return {tonumber(prev[1]), tonumber(prev[2]), tonumber(prev[3]), 1} end
+local prev = redis.call('HMGET', done, 'settled', 'balance_after', 'charged', 'capped')
+if prev[1] then return {tonumber(prev[2]), tonumber(prev[3]), tonumber(prev[4]), 1} end
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 
 local charge, capped = cost, 0
@@ -63,8 +64,10 @@ local rec = {}
 for i = 10, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('XADD', ledger, '*', 'type', etype, 'amount', debit, 'balance_after', balance,
   'ref', id, 'capped', capped, unpack(rec))
-redis.call('HSET', gen, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
+redis.call('HSET', gen, 'settled', 1, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
 redis.call('EXPIRE', gen, recTTL)
-redis.call('HSET', done, 'balance', balance, 'charged', charge, 'capped', capped)
-redis.call('EXPIRE', done, markTTL)
+if done ~= gen then -- a caller whose hold id is not the request id: a separate mark
+  redis.call('HSET', done, 'settled', 1, 'balance_after', balance, 'charged', charge, 'capped', capped)
+  redis.call('EXPIRE', done, markTTL)
+end
 return {balance, charge, capped, 0}
