@@ -17,8 +17,9 @@
 //	{a:ID}:hval          hash   hold id → "amount:keyid"
 //	{a:ID}:refs          set    credit references applied (never expires)
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
-//	{a:ID}:gen:<req>     hash   cost record of one call, TTL; its settled field makes a
-//	                            retried settle of that hold (hold id = request id) a no-op
+//	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
+//	                            its ledger entry id (a failed call: the whole record); its
+//	                            settled field makes a retried settle (hold id = request id) a no-op
 //	{a:ID}:keys          hash   key id → key metadata (JSON)
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
 //	{a:ID}:stripe        string the account's Stripe customer id

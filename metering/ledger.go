@@ -135,6 +135,21 @@ func (s *Store) Generation(ctx context.Context, account, requestID string) (Gene
 	if len(m) == 0 {
 		return Generation{}, fmt.Errorf("cost record %q: %w", requestID, ErrNotFound)
 	}
+	if eid := m["entry"]; eid != "" {
+		// A settled call's record is its ledger entry; the hash holds the
+		// settle's answer and the entry's id.
+		msgs, err := s.rdb.XRange(ctx, ledgerKey(account), eid, eid).Result()
+		if err != nil {
+			return Generation{}, unavailable("reading cost record", err)
+		}
+		for _, msg := range msgs {
+			for k, v := range msg.Values {
+				if _, own := m[k]; !own {
+					m[k], _ = v.(string)
+				}
+			}
+		}
+	}
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	g := Generation{
 		Record: Record{

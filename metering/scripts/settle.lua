@@ -62,9 +62,11 @@ redis.call('HINCRBY', usage, 'credits_mc', charge)
 
 local rec = {}
 for i = 10, #ARGV do rec[#rec + 1] = ARGV[i] end
-redis.call('XADD', ledger, '*', 'type', etype, 'amount', debit, 'balance_after', balance,
+local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', debit, 'balance_after', balance,
   'ref', id, 'capped', capped, unpack(rec))
-redis.call('HSET', gen, 'settled', 1, 'charged', charge, 'balance_after', balance, 'capped', capped, unpack(rec))
+-- The cost record points at its ledger entry instead of copying it: one
+-- small hash per call.
+redis.call('HSET', gen, 'settled', 1, 'charged', charge, 'balance_after', balance, 'capped', capped, 'entry', eid)
 redis.call('EXPIRE', gen, recTTL)
 if done ~= gen then -- a caller whose hold id is not the request id: a separate mark
   redis.call('HSET', done, 'settled', 1, 'balance_after', balance, 'charged', charge, 'capped', capped)
