@@ -395,7 +395,7 @@ func TestAutoRechargeEndToEnd(t *testing.T) {
 	for round := 1; round <= 2; round++ {
 		drain()
 		before := e.account("auto").Balance
-		eventually(t, 5*time.Second, "the recharge", func() bool {
+		eventually(t, 30*time.Second, "the recharge", func() bool {
 			if _, err := w.Poll(ctx, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -488,7 +488,7 @@ func TestAutoRechargeOnceWhenManySettlesCrossTogether(t *testing.T) {
 		g.queue.Wait()
 	}
 	ctx := context.Background()
-	eventually(t, 5*time.Second, "the recharge", func() bool {
+	eventually(t, 30*time.Second, "the recharge", func() bool {
 		if _, err := w.Poll(ctx, 0); err != nil {
 			t.Fatal(err)
 		}

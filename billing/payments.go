@@ -75,7 +75,8 @@ func isTransient(err error) bool {
 func stripeFailure(op string, err error) error {
 	wrapped := fmt.Errorf("%s: %w: %w", op, errStripe, err)
 	var se *stripe.Error
-	if errors.As(err, &se) && se.HTTPStatusCode >= 400 && se.HTTPStatusCode < 500 && se.HTTPStatusCode != http.StatusTooManyRequests {
+	if errors.As(err, &se) && se.HTTPStatusCode >= 400 && se.HTTPStatusCode < 500 &&
+		se.HTTPStatusCode != http.StatusTooManyRequests && se.HTTPStatusCode != http.StatusConflict { // 409: the same idempotency key is still in flight
 		return wrapped
 	}
 	return &transientError{wrapped}

@@ -44,6 +44,13 @@ type WorkerOptions struct {
 }
 
 func (o *WorkerOptions) init() {
+	defer func() {
+		// A batch is worked through one request at a time: never take over
+		// a request its reader may still reach.
+		if o.ClaimIdle <= 0 {
+			o.ClaimIdle = max(time.Minute, 2*time.Duration(o.Batch)*o.Timeout)
+		}
+	}()
 	if o.Group == "" {
 		o.Group = "billing"
 	}
@@ -53,9 +60,6 @@ func (o *WorkerOptions) init() {
 	}
 	if o.Block <= 0 {
 		o.Block = 2 * time.Second
-	}
-	if o.ClaimIdle <= 0 {
-		o.ClaimIdle = time.Minute
 	}
 	if o.Batch <= 0 {
 		o.Batch = 16

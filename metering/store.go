@@ -341,7 +341,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	}
 	args := make([]any, 0, 48)
 	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage",
-		MonthStart(st.Record.CreatedAt).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
+		MonthStart(time.Now()).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -118,6 +119,9 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
 	in := inputEstimate(len(c.body), m.ContextWindow)
+	if c.req.remoteInput && m.ContextWindow > 0 {
+		in = m.ContextWindow // input of unknown size: hold the whole window
+	}
 	hr := metering.HoldRequest{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id,
 		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),
@@ -222,14 +226,23 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 func (c *call) upstreamError(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 	status := resp.StatusCode()
 	body := resp.Body() // for streamed responses this reads the (small) error body
-	if status >= 500 || status < 400 {
+	switch {
+	case status >= 500 || status < 400 || status == 401 || status == 403 || status == 404:
+		// The provider refused our credentials or deployment, or failed:
+		// the caller's request is not at fault, and the provider's text (it
+		// may quote our key) stays in the log.
+		c.s.log.Warn("provider refused", zap.String("request_id", c.id), zap.Int("status", status), zap.ByteString("body", truncate(body, 512)))
 		c.fail(ctx, errUpstream, status)
+		return
+	case status == fasthttp.StatusTooManyRequests:
+		// Our provider account is rate limited: say so without its details.
+		retry, _ := strconv.Atoi(string(resp.Header.Peek("Retry-After")))
+		c.release("upstream_rate_limited", status)
+		c.s.writeError(ctx, &LimitError{Limit: "provider", RetryAfter: max(retry, 1),
+			Message: "The model provider is rate limiting this gateway; retry shortly. The call was not charged."})
 		return
 	}
 	c.release("upstream_status", status)
-	if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
-		ctx.Response.Header.SetBytesV("Retry-After", ra)
-	}
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	if len(body) > 0 && len(body) < 64<<10 && fastjson.ValidateBytes(body) == nil {
@@ -238,6 +251,13 @@ func (c *call) upstreamError(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) 
 	}
 	c.s.writeError(ctx, errUpstream)
 	ctx.SetStatusCode(status)
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
 }
 
 // fail releases the hold and answers with err's status.
@@ -334,5 +354,34 @@ func (s *Server) settle(st metering.Settlement) (metering.Charge, error) {
 	}
 	return ch, err
 }
+
+// settleLater keeps retrying a delivered call's settle in the background
+// until it lands or the hold's lifetime has passed, bounded in number so an
+// outage cannot pile up goroutines without limit.
+func (s *Server) settleLater(st metering.Settlement) {
+	if s.pendingSettles.Add(1) > maxPendingSettles {
+		s.pendingSettles.Add(-1)
+		s.log.Error("settle queue full; call left to its hold's expiry", zap.String("request_id", st.HoldID))
+		return
+	}
+	go func() {
+		defer s.pendingSettles.Add(-1)
+		until := time.Now().Add(s.opts.HoldTTL)
+		backoff := time.Second
+		for time.Now().Before(until) {
+			time.Sleep(backoff)
+			if _, err := s.meter.Settle(context.Background(), st); err == nil {
+				s.log.Info("late settle succeeded", zap.String("request_id", st.HoldID))
+				return
+			} else if !errors.Is(err, metering.ErrUnavailable) {
+				s.log.Error("late settle failed", zap.String("request_id", st.HoldID), zap.Error(err))
+				return
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	}()
+}
+
+const maxPendingSettles = 10000
 
 var _ io.Reader = (*streamBody)(nil)

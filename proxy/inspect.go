@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"sync"
 	"unicode/utf8"
 
@@ -49,6 +50,25 @@ type request struct {
 	maxOut    int64  // the client's output limit; 0 when absent
 	maxField  string // which field carried it
 	choices   int64  // completions generated per call ("n", "best_of"); the output limit applies to each
+	// remoteInput: the provider adds input the body does not carry (a stored
+	// conversation, images or files by reference), so its size is unknown.
+	remoteInput bool
+}
+
+var remoteInputMarkers = [][]byte{[]byte(`"image_url"`), []byte(`"input_image"`), []byte(`"file_id"`), []byte(`"input_file"`)}
+
+// hasRemoteInput reports whether the provider will read input the body does
+// not contain.
+func hasRemoteInput(ep *endpoint, v *fastjson.Value, body []byte) bool {
+	if ep.dialect == dialectResponses && (v.Get("previous_response_id") != nil || v.Get("conversation") != nil || v.Get("prompt") != nil) {
+		return true
+	}
+	for _, m := range remoteInputMarkers {
+		if bytes.Contains(body, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // maxChoices is the most completions one call may ask for (OpenAI's limit).
@@ -122,10 +142,13 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 		if n < 1 {
 			return r, invalid(f, "Parameter '%s' must be at least 1.", f)
 		}
-		if r.maxOut == 0 || n < r.maxOut {
-			r.maxOut, r.maxField = n, f
+		if r.maxOut != 0 {
+			// Servers disagree on which wins; the hold must cover either.
+			return r, invalid(f, "Give either '%s' or '%s', not both.", ep.maxField, ep.altMax)
 		}
+		r.maxOut, r.maxField = n, f
 	}
+	r.remoteInput = hasRemoteInput(ep, v, body)
 	r.choices = 1
 	if ep.dialect == dialectChat || ep.dialect == dialectCompletions {
 		for _, f := range [2]string{"n", "best_of"} {

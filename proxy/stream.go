@@ -135,6 +135,11 @@ func (sb *streamBody) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		sb.out, sb.off = sb.out[:0], 0
+		if sb.idle != nil && len(sb.ev) == 0 {
+			// The upstream's turn: its silence is measured from here to the
+			// end of the next event, never while the client is slow to read.
+			sb.idle.Reset(sb.c.s.opts.Timeouts.StreamIdle)
+		}
 		sb.pump()
 	}
 	n := copy(p, sb.out[sb.off:])
@@ -234,7 +239,7 @@ func trimEOL(b []byte) []byte {
 // or drop it.
 func (sb *streamBody) dispatch() {
 	if sb.idle != nil {
-		sb.idle.Reset(sb.c.s.opts.Timeouts.StreamIdle)
+		sb.idle.Stop() // the client's turn
 	}
 	data, name := sb.data, sb.name
 	if len(name) == 0 && sb.c.ep.dialect >= dialectResponses {
@@ -513,13 +518,22 @@ func (sb *streamBody) settle(cancelled bool) {
 		rec.Reason = "client_disconnected"
 		if sb.aborted.Load() {
 			rec.Reason = "gateway_shutdown"
+		} else if time.Now().After(sb.deadline) {
+			rec.Reason = "stream_timeout"
 		}
 	}
-	ch, err := c.s.settle(metering.Settlement{
+	st := metering.Settlement{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id, Cost: c.model.Cost(u.Usage), Record: rec,
-	})
+	}
+	ch, err := c.s.settle(st)
 	if err != nil {
-		return // logged by settle; the trailers stay empty
+		// The stream was delivered: keep trying in the background (settle is
+		// idempotent by hold id, and charges what is free once the hold has
+		// expired) rather than let the call go free. The trailers stay empty.
+		if errors.Is(err, metering.ErrUnavailable) {
+			c.s.settleLater(st)
+		}
+		return
 	}
 	sb.charge, sb.charged = ch, true
 	var nb [24]byte
@@ -603,11 +617,13 @@ func (sb *streamBody) end(err error) {
 	case sb.terminal:
 		sb.settle(false)
 		sb.finished = true
+	case errors.Is(err, errStreamTimeout):
+		// Our own limit, not an upstream failure: charge what was generated.
+		sb.settle(true)
+		sb.finished = true
 	default:
 		reason := "upstream_stream_cut"
-		if errors.Is(err, errStreamTimeout) {
-			reason = "stream_timeout"
-		} else if isTimeout(err) || sb.idleFired.Load() {
+		if isTimeout(err) || sb.idleFired.Load() {
 			reason = "upstream_idle_timeout"
 		}
 		sb.failed(reason)

@@ -178,7 +178,7 @@ func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
 			Connect: c.Proxy.ConnectTimeout.D(), FirstByte: c.Proxy.FirstByteTimeout.D(), Request: c.Proxy.RequestTimeout.D(),
 			StreamIdle: c.Proxy.StreamIdleTimeout.D(), Stream: c.Proxy.StreamTimeout.D(),
 		},
-		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
+		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(), HoldTTL: c.Proxy.HoldTTL.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
 	// Plan limits and auto-recharge requests need the Redis store itself.

@@ -8,6 +8,8 @@
 -- released, settled or expired).
 local acct, hexp, hval, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, kid, recTTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- A settled call's record is its settle mark: never overwrite it.
+if redis.call('HEXISTS', gen, 'settled') == 1 then return {0} end
 if #ARGV > 3 then
   local rec = {}
   for i = 4, #ARGV do rec[#rec + 1] = ARGV[i] end
