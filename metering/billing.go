@@ -265,21 +265,9 @@ func (s *Store) FulfilCheckout(ctx context.Context, f Fulfilment) (Fulfilled, er
 	if err != nil {
 		return Fulfilled{}, unavailable("fulfilling checkout", err)
 	}
-	var out Fulfilled
-	switch toInt(res[0]) {
-	case 1:
-		id, _ := res[2].(string)
-		out = Fulfilled{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id, Credits: toInt(res[3])}
-	case 0:
-		out = Fulfilled{BalanceAfter: toInt(res[1])}
-	case -1:
-		return Fulfilled{}, notAccount("fulfilling checkout for", a)
-	case -2:
-		return Fulfilled{}, fmt.Errorf("fulfilling checkout %q: %w", f.SessionID, ErrNotFound)
-	default:
-		cur, _ := res[2].(string)
-		return Fulfilled{}, fmt.Errorf("fulfilling checkout %q (paid %d %s): %w", f.SessionID, f.AmountMinor, f.Currency,
-			&MismatchError{ExpectedMinor: toInt(res[1]), ExpectedCurrency: cur})
+	out, err := fulfilled(res, "fulfilling checkout", f.SessionID, f.AmountMinor, f.Currency, a)
+	if err != nil {
+		return Fulfilled{}, err
 	}
 	// The payment → account lookup last, and again on every replay: refunds and
 	// disputes find the purchase through it. Until it is written they wait
@@ -454,4 +442,24 @@ func (s *Store) BillingHistory(ctx context.Context, account string, q LedgerQuer
 		out = append(out, entryFrom(m))
 	}
 	return out, nil
+}
+
+// fulfilled decodes the answer of fulfil.lua and recharge_credit.lua:
+// {1, balance, entry id, credits} applied, {0, balance} already applied,
+// {-1} no account, {-2} no sale record, else {-3, expected minor, expected currency}.
+func fulfilled(res []any, what, id string, paidMinor int64, currency, account string) (Fulfilled, error) {
+	switch toInt(res[0]) {
+	case 1:
+		eid, _ := res[2].(string)
+		return Fulfilled{Applied: true, BalanceAfter: toInt(res[1]), EntryID: eid, Credits: toInt(res[3])}, nil
+	case 0:
+		return Fulfilled{BalanceAfter: toInt(res[1])}, nil
+	case -1:
+		return Fulfilled{}, notAccount(what+" for", account)
+	case -2:
+		return Fulfilled{}, fmt.Errorf("%s %q: %w", what, id, ErrNotFound)
+	}
+	cur, _ := res[2].(string)
+	return Fulfilled{}, fmt.Errorf("%s %q (paid %d %s): %w", what, id, paidMinor, currency,
+		&MismatchError{ExpectedMinor: toInt(res[1]), ExpectedCurrency: cur})
 }

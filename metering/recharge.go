@@ -371,21 +371,9 @@ func (s *Store) CompleteRecharge(ctx context.Context, p RechargePayment) (Fulfil
 	if err != nil {
 		return Fulfilled{}, unavailable("crediting a recharge", err)
 	}
-	var out Fulfilled
-	switch toInt(res[0]) {
-	case 1:
-		id, _ := res[2].(string)
-		out = Fulfilled{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id, Credits: toInt(res[3])}
-	case 0:
-		out = Fulfilled{BalanceAfter: toInt(res[1])}
-	case -1:
-		return Fulfilled{}, notAccount("crediting a recharge of", a)
-	case -2:
-		return Fulfilled{}, fmt.Errorf("crediting recharge %q: %w", p.ID, ErrNotFound)
-	default:
-		cur, _ := res[2].(string)
-		return Fulfilled{}, fmt.Errorf("crediting recharge %q (paid %d %s): %w", p.ID, p.AmountMinor, p.Currency,
-			&MismatchError{ExpectedMinor: toInt(res[1]), ExpectedCurrency: cur})
+	out, err := fulfilled(res, "crediting recharge", p.ID, p.AmountMinor, p.Currency, a)
+	if err != nil {
+		return Fulfilled{}, err
 	}
 	// As for checkouts: refunds and disputes find the purchase through it.
 	if err := s.rdb.Set(ctx, paymentLookupKey(p.PaymentID), a, 0).Err(); err != nil {
