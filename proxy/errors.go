@@ -124,11 +124,44 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetStatusCode(e.status)
 	ctx.SetContentType("application/json")
 	bp := getBuf()
-	*bp = appendErrorJSON((*bp)[:0], e)
+	if string(ctx.Path()) == "/v1/messages" {
+		// Anthropic clients read {"type":"error","error":{"type",…}} with
+		// Anthropic's type names; the OpenAI fields stay inside it.
+		e.typ = anthropicErrorType(e.status)
+		b := appendErrorJSON(append((*bp)[:0], `{"type":"error",`...), e)
+		n := len(`{"type":"error",`)
+		*bp = append(b[:n], b[n+1:]...) // drop the inner object's opening brace
+	} else {
+		*bp = appendErrorJSON((*bp)[:0], e)
+	}
 	ctx.Response.SetBody(*bp)
 	putBuf(bp)
 }
 
+// anthropicErrorType names a status the way the Anthropic API does.
+func anthropicErrorType(status int) string {
+	switch status {
+	case 400, 405:
+		return "invalid_request_error"
+	case 401:
+		return "authentication_error"
+	case 402:
+		return "billing_error"
+	case 403:
+		return "permission_error"
+	case 404:
+		return "not_found_error"
+	case 413:
+		return "request_too_large"
+	case 429:
+		return "rate_limit_error"
+	case 504:
+		return "timeout_error"
+	}
+	return "api_error"
+}
+
+// appendErrorJSON appends {"error":{…}} (the OpenAI shape).
 func appendErrorJSON(b []byte, e apiError) []byte {
 	b = append(b, `{"error":{"message":`...)
 	b = appendJSONString(b, e.msg)

@@ -300,3 +300,27 @@ func TestSlowHeaderClientIsCut(t *testing.T) {
 		t.Fatal("a client that never finished its headers kept the connection open")
 	}
 }
+
+// TestMessagesErrorsAreAnthropicShaped: /v1/messages errors carry Anthropic's
+// envelope and type names, with the OpenAI fields inside.
+func TestMessagesErrorsAreAnthropicShaped(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	poor := e.account("poor", 0)
+	for _, tc := range []struct {
+		key, body string
+		status    int
+		typ, code string
+	}{
+		{poor, `{"model":"claude-sonnet","max_tokens":10,"messages":[]}`, 402, "billing_error", "insufficient_credits"},
+		{poor, `{"model":"nope","max_tokens":10,"messages":[]}`, 404, "not_found_error", "model_not_found"},
+		{"", `{}`, 401, "authentication_error", "missing_api_key"},
+		{poor, `{"model":`, 400, "invalid_request_error", "invalid_request"},
+	} {
+		r := e.post("/v1/messages", tc.key, tc.body)
+		m := r.json(t)
+		inner, _ := m["error"].(map[string]any)
+		if r.status != tc.status || m["type"] != "error" || inner["type"] != tc.typ || inner["code"] != tc.code || inner["message"] == "" {
+			t.Errorf("%s: %d %s", tc.body, r.status, r.body)
+		}
+	}
+}
