@@ -31,10 +31,12 @@ import (
 var (
 	//go:embed scripts/fulfil.lua
 	fulfilSrc string
+	//go:embed scripts/sell.lua
+	sellSrc string
 	//go:embed scripts/reverse.lua
 	reverseSrc string
 
-	fulfilScript  = redis.NewScript(fulfilSrc)
+	fulfilScript  = redis.NewScript(sellSrc + fulfilSrc)
 	reverseScript = redis.NewScript(reverseSrc)
 )
 

@@ -45,7 +45,7 @@ var (
 
 	rechargeEnqueueScript = redis.NewScript(periodSrc + rechargeEnqueueSrc)
 	rechargeBeginScript   = redis.NewScript(periodSrc + rechargeBeginSrc)
-	rechargeCreditScript  = redis.NewScript(rechargeCreditSrc)
+	rechargeCreditScript  = redis.NewScript(sellSrc + rechargeCreditSrc)
 	rechargeFailScript    = redis.NewScript(rechargeFailSrc)
 )
 

@@ -1,6 +1,6 @@
 -- recharge_credit: credit a paid auto-recharge from OUR record of it, exactly
 -- once per request (the worker and the payment_intent.succeeded webhook both
--- call it with the same reference), and end the request.
+-- call it with the same reference), and end the request. (sell.lua is prepended.)
 -- KEYS[1] account hash     {a:<id>}:acct
 -- KEYS[2] references       {a:<id>}:refs
 -- KEYS[3] ledger           {a:<id>}:ledger
@@ -24,29 +24,6 @@ local function done()
   end
 end
 
-if redis.call('EXISTS', acct) == 0 then return {-1} end
-if redis.call('SISMEMBER', refs, ref) == 1 then
-  done()
-  return {0, tonumber(redis.call('HGET', acct, 'balance')) or 0, '', 0}
-end
-local c = redis.call('HMGET', co, 'credits_mc', 'price_minor', 'currency', 'pack')
-if not c[1] then return {-2} end
-local credits, price, currency, pack = c[1], c[2], c[3], c[4]
-if tonumber(price) ~= paid or currency ~= cur then return {-3, tonumber(price), currency} end
-
-redis.call('SADD', refs, ref)
-local balance = redis.call('HINCRBY', acct, 'balance', credits)
-redis.call('HINCRBY', acct, 'purchased', credits)
-local rec = {'type', 'auto_recharge', 'amount', credits, 'balance_after', balance, 'ref', ref,
-  'pack', pack, 'price_minor', price, 'currency', currency, 'session_id', rid,
-  'stripe_payment_id', pid, 'created_at', now}
-for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
-local eid = redis.call('XADD', ledger, '*', unpack(rec))
-redis.call('XADD', hist, eid, unpack(rec))
-redis.call('HSET', co, 'fulfilled', 1, 'payment_id', pid)
-if pid ~= '' then
-  redis.call('HSET', pay, 'credits_mc', credits, 'amount_minor', price, 'currency', currency,
-    'session_id', rid, 'pack', pack, 'refunded_mc', 0, 'disputed_mc', 0, 'removed_mc', 0)
-end
-done()
-return {1, balance, eid, tonumber(credits)}
+local r = tg_sell(acct, refs, ledger, co, pay, hist, ref, paid, cur, pid, rid, now, 'auto_recharge', 7)
+if r[1] == 0 or r[1] == 1 then done() end
+return r
