@@ -33,12 +33,16 @@ type TierSpec struct {
 
 // ModelSpec is one public model.
 type ModelSpec struct {
-	ID              string           `yaml:"id"`
-	Aliases         []string         `yaml:"aliases"`
-	Tier            string           `yaml:"tier"`
-	ContextWindow   int64            `yaml:"context_window"`
-	MaxOutputTokens int64            `yaml:"max_output_tokens"`
-	Deployments     []DeploymentSpec `yaml:"deployments"`
+	ID              string   `yaml:"id"`
+	Aliases         []string `yaml:"aliases"`
+	Tier            string   `yaml:"tier"`
+	ContextWindow   int64    `yaml:"context_window"`
+	MaxOutputTokens int64    `yaml:"max_output_tokens"`
+	// OutputLimitField is the chat field the gateway uses when it must set an
+	// output limit the client did not: "max_tokens" (default) or
+	// "max_completion_tokens" (OpenAI reasoning models refuse max_tokens).
+	OutputLimitField string           `yaml:"output_limit_field"`
+	Deployments      []DeploymentSpec `yaml:"deployments"`
 	// PriceUSD, when set, overrides the tier rates with the provider's price.
 	PriceUSD *USDPriceSpec `yaml:"price_usd"`
 }
@@ -96,7 +100,9 @@ type Model struct {
 	Rates           Rates // effective per-token ceiling rates (tier, or USD converted, rounded up)
 	ContextWindow   int64
 	MaxOutputTokens int64
-	Deployments     []Deployment
+	// OutputLimitField is the chat field for a gateway-set output limit ("" = max_tokens).
+	OutputLimitField string
+	Deployments      []Deployment
 
 	usd *usdRates // nil: priced by tier
 }
@@ -190,6 +196,12 @@ func New(spec Spec) (*Catalog, error) {
 		m := &Model{
 			ID: ms.ID, Aliases: ms.Aliases, Tier: ms.Tier,
 			ContextWindow: ms.ContextWindow, MaxOutputTokens: ms.MaxOutputTokens,
+			OutputLimitField: ms.OutputLimitField,
+		}
+		switch ms.OutputLimitField {
+		case "", "max_tokens", "max_completion_tokens":
+		default:
+			bad(path+".output_limit_field", "must be max_tokens or max_completion_tokens, got %q", ms.OutputLimitField)
 		}
 		if ms.ID == "" {
 			bad(path+".id", "is required")

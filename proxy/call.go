@@ -91,6 +91,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	c.model = m
+	c.req.limitField = m.OutputLimitField
 	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
 	if s.opts.Limiter != nil {
 		if err := s.opts.Limiter.Admit(context.Background(), c.ident.Account); err != nil {

@@ -35,6 +35,7 @@ func testSpec() pricing.Spec {
 			{ID: "gpt-4.1", Tier: "ultra", ContextWindow: 128000, MaxOutputTokens: 32768, Deployments: dep("openai", "gpt-4.1")},
 			{ID: "text-embedding-3-small", Tier: "core", ContextWindow: 8191, MaxOutputTokens: 1, Deployments: dep("openai", "text-embedding-3-small")},
 			{ID: "claude-sonnet", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep("anthropic", "claude-sonnet-4-5")},
+			{ID: "o3-mini", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 100000, OutputLimitField: "max_completion_tokens", Deployments: dep("openai", "o3-mini")},
 			{ID: "dead-model", Tier: "core", ContextWindow: 128000, MaxOutputTokens: 8192, Deployments: dep("down", "x")},
 			{ID: "fallback-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
 				Deployments: []pricing.DeploymentSpec{{Provider: "down", Model: "x"}, {Provider: "openai", Model: "served-by-second"}}},

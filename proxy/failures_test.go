@@ -324,3 +324,24 @@ func TestMessagesErrorsAreAnthropicShaped(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewaySetOutputLimitField: when the gateway must set an output limit
+// the client did not, it uses the model's configured field (OpenAI reasoning
+// models refuse max_tokens).
+func TestGatewaySetOutputLimitField(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	key := e.account("acme", 10)
+	for _, tc := range []struct{ model, want, not string }{
+		{"o3-mini", `"max_completion_tokens":`, `"max_tokens":`},
+		{"gpt-4.1-mini", `"max_tokens":`, `"max_completion_tokens":`},
+	} {
+		if r := e.post("/v1/chat/completions", key, `{"model":"`+tc.model+`","messages":`+msg("hi")+`}`); r.status != 200 {
+			t.Fatalf("%s: %d %s", tc.model, r.status, r.body)
+		}
+		_, body, _ := e.mock.LastRequest()
+		if !strings.Contains(string(body), tc.want) || strings.Contains(string(body), tc.not) {
+			t.Errorf("%s: upstream body %s, want %s and no %s", tc.model, body, tc.want, tc.not)
+		}
+	}
+	e.assertLedger("acme")
+}

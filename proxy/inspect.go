@@ -53,6 +53,9 @@ type request struct {
 	// remoteInput: the provider adds input the body does not carry (a stored
 	// conversation, images or files by reference), so its size is unknown.
 	remoteInput bool
+	// limitField is the chat field to use when the gateway sets an output
+	// limit the client did not (the model's catalog setting; "" = max_tokens).
+	limitField string
 }
 
 var remoteInputMarkers = [][]byte{[]byte(`"image_url"`), []byte(`"input_image"`), []byte(`"file_id"`), []byte(`"input_file"`)}
@@ -236,6 +239,9 @@ func rewrite(dst []byte, a *fastjson.Arena, r *request, ep *endpoint, body []byt
 		field := r.maxField
 		if field == "" {
 			field = ep.maxField
+			if ep.dialect == dialectChat && r.limitField != "" {
+				field = r.limitField
+			}
 		}
 		v.Set(field, a.NewNumberInt(int(grantOut)))
 	}
