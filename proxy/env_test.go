@@ -85,22 +85,29 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.proxy != nil {
 		o.proxy(&opts)
 	}
+	e.serve(opts)
+	return e
+}
+
+// serve starts a proxy with opts on a loopback port for the rest of the test.
+func (e *env) serve(opts proxy.Options) {
+	e.t.Helper()
+	var err error
 	if e.srv, err = proxy.New(opts); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	go func() { _ = e.srv.Serve(ln) }()
-	t.Cleanup(func() {
+	e.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = e.srv.Shutdown(ctx)
 	})
 	e.url = "http://" + ln.Addr().String()
 	e.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-	return e
 }
 
 // deadAddr is a loopback address where nothing listens.

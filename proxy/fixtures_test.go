@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -308,21 +307,7 @@ func newEnvWith(t *testing.T, spec pricing.Spec, providers []proxy.Provider) *en
 		Catalog: e.catalog, Meter: e.store, Providers: providers,
 		Timeouts: proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: 5 * time.Second},
 	}
-	if e.srv, err = proxy.New(opts); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = e.srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.srv.Shutdown(ctx)
-	})
-	e.url = "http://" + ln.Addr().String()
-	e.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	e.serve(opts)
 	return e
 }
 
