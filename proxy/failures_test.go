@@ -1,8 +1,10 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -126,8 +128,9 @@ func TestRefusedBeforeForwarding(t *testing.T) {
 	e.assertLedger("poor")
 }
 
+// Per-call holds: with Redis down no call is forwarded; each is refused 503.
 func TestRedisDownRefusesWith503(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	e := newEnv(t, envOpts{perCall: true})
 	key := e.account("acme", 100)
 	if r := e.post("/v1/chat/completions", key, `{"model":"gpt-4o-mini","messages":`+msg("warm the key cache")+`}`); r.status != 200 {
 		t.Fatalf("warm-up: %d %s", r.status, r.body)
@@ -146,6 +149,80 @@ func TestRedisDownRefusesWith503(t *testing.T) {
 	if e.mock.Requests() != reqs {
 		t.Fatal("forwarded while Redis was down")
 	}
+	assertHealth(t, e)
+}
+
+// Credit leases: with Redis down, calls the replica's live lease covers are
+// still served (held by the lease, which Redis keeps) until the offline
+// window passes; then every call is refused 503 and none is forwarded. When
+// Redis is back, each call served meanwhile is charged exactly once.
+func TestRedisDownLeaseServesThenRefuses(t *testing.T) {
+	e := newEnv(t, envOpts{leaseOffline: 300 * time.Millisecond, redisArgs: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	key := e.account("acme", 100)
+	body := `{"model":"gpt-4o-mini","messages":` + msg("hi") + `}`
+	warm := e.post("/v1/chat/completions", key, body)
+	if warm.status != 200 {
+		t.Fatalf("warm-up: %d %s", warm.status, warm.body)
+	}
+	e.redis.Stop()
+	var served int64
+	charged := credits(t, warm.header.Get("X-Credits-Charged"))
+	refusedAt := time.Time{}
+	stopped := time.Now()
+	for time.Since(stopped) < 5*time.Second {
+		r := e.post("/v1/chat/completions", key, body)
+		if r.status == 503 {
+			if r.errorCode(t) != "store_unavailable" {
+				t.Fatalf("503 with code %q", r.errorCode(t))
+			}
+			refusedAt = time.Now()
+			break
+		}
+		if r.status != 200 {
+			t.Fatalf("status %d during the outage: %s", r.status, r.body)
+		}
+		served++
+		charged += credits(t, r.header.Get("X-Credits-Charged"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if refusedAt.IsZero() {
+		t.Fatal("still served 5 s into the outage: the offline window is not enforced")
+	}
+	reqs := e.mock.Requests()
+	for i := 0; i < 3; i++ {
+		if r := e.post("/v1/chat/completions", key, body); r.status != 503 {
+			t.Fatalf("status %d after the offline window", r.status)
+		}
+	}
+	if e.mock.Requests() != reqs {
+		t.Fatal("forwarded after the offline window")
+	}
+	assertHealth(t, e)
+
+	e.redis.Restart(t)
+	e.assertLedger("acme") // applies what waited
+	entries, err := e.store.AllEntries(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var usage, debits int64
+	for _, en := range entries {
+		if en.Type == "usage" {
+			usage++
+			debits -= en.Amount
+		}
+	}
+	if usage != served+1 {
+		t.Fatalf("%d usage entries, want the warm-up and the %d calls served during the outage", usage, served)
+	}
+	if debits != charged {
+		t.Fatalf("debits %d mc; the callers were told %d mc", debits, charged)
+	}
+	t.Logf("served %d calls from the lease during the outage, refused from %s after", served, refusedAt.Sub(stopped).Round(time.Millisecond))
+}
+
+func assertHealth(t *testing.T, e *env) {
+	t.Helper()
 	if r := e.do(http.MethodGet, "/readyz", "", ""); r.status != 503 {
 		t.Fatalf("readyz with Redis down: %d", r.status)
 	}
@@ -299,6 +376,41 @@ func TestSlowHeaderClientIsCut(t *testing.T) {
 	if time.Since(start) > 4*time.Second {
 		t.Fatal("a client that never finished its headers kept the connection open")
 	}
+}
+
+// TestOversizedBodyIsAnsweredNotReset: a client that sends a body far past
+// the limit before reading gets the 413 it was sent, not a TCP reset. The
+// proxy answers after reading the headers; without a lingering close the
+// socket is closed with the client's bytes unread and the kernel resets the
+// connection under the client's write.
+func TestOversizedBodyIsAnsweredNotReset(t *testing.T) {
+	e := newEnv(t, envOpts{proxy: func(o *proxy.Options) { o.MaxBodyBytes = 64 << 10 }})
+	key := e.account("acme", 100)
+	for _, size := range []int{70 << 10, 32 << 20} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"model":"gpt-4o-mini","messages":` + msg(strings.Repeat("x", size)) + `}`
+		req := fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte(req)); err != nil { // the whole body, before reading anything
+			t.Fatalf("%d-byte body: write: %v", size, err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%d-byte body: reading the answer: %v", size, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = c.Close()
+		if resp.StatusCode != 413 || !strings.Contains(string(b), "request_too_large") {
+			t.Fatalf("%d-byte body: %d %s", size, resp.StatusCode, b)
+		}
+	}
+	if e.mock.Requests() != 0 {
+		t.Fatal("the upstream was called")
+	}
+	e.assertLedger("acme")
 }
 
 // TestMessagesErrorsAreAnthropicShaped: /v1/messages errors carry Anthropic's

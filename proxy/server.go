@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -192,7 +193,10 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	for {
 		c, err := l.Listener.Accept()
-		if err == nil || !retryableAccept(err) {
+		if err == nil {
+			return lingerConn{c}, nil
+		}
+		if !retryableAccept(err) {
 			return c, err
 		}
 		if now := time.Now().Unix(); l.warned.Swap(now) != now {
@@ -201,6 +205,33 @@ func (l *retryListener) Accept() (net.Conn, error) {
 		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 		time.Sleep(delay)
 	}
+}
+
+// lingerConn closes the way net/http and nginx do (lingering close): it sends
+// FIN after the answer, then reads and discards what the client is still
+// sending for up to lingerTimeout before closing. Without it a server that
+// answers before reading a whole request — 413 for a body past the limit, an
+// error on a malformed request — closes a socket with unread bytes, the kernel
+// answers them with a TCP reset, and the client sees "connection reset" while
+// still writing instead of the error it was sent. The wait happens on a
+// goroutine of its own, so fasthttp's worker is free at once; a client that
+// has already closed (the usual case) costs one read that returns EOF.
+type lingerConn struct{ net.Conn }
+
+const lingerTimeout = 500 * time.Millisecond
+
+type closeWriter interface{ CloseWrite() error }
+
+func (c lingerConn) Close() error {
+	cw, ok := c.Conn.(closeWriter)
+	if !ok || cw.CloseWrite() != nil || c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout)) != nil {
+		return c.Conn.Close()
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, c.Conn)
+		_ = c.Conn.Close()
+	}()
+	return nil
 }
 
 func retryableAccept(err error) bool {
