@@ -65,7 +65,12 @@ func (s *Store) CreateKey(ctx context.Context, account, name string, creditLimit
 	if _, err := pipe.Exec(ctx); err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
-	if err := s.rdb.HSet(ctx, keyLookupKey(hex.EncodeToString(hash[:])), "account", account, "id", k.ID, "hash_of", "sha256").Err(); err != nil {
+	limited := "0"
+	if creditLimit > 0 {
+		limited = "1"
+	}
+	if err := s.rdb.HSet(ctx, keyLookupKey(hex.EncodeToString(hash[:])), "account", account, "id", k.ID, "hash_of", "sha256",
+		"limited", limited).Err(); err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
 	if err := s.rdb.HSet(ctx, keysKey(account)+":hash", k.ID, hex.EncodeToString(hash[:])).Err(); err != nil {
@@ -162,6 +167,10 @@ func (s *Store) ActiveKeys(ctx context.Context, account string) (int, error) {
 type Identity struct {
 	Account string
 	KeyID   string
+	// Limited: the key has a credit limit of its own, so its calls are held
+	// in Redis one by one (the limit is shared by every replica), never
+	// served from a replica's credit lease.
+	Limited bool
 }
 
 // Authenticate resolves an API key secret to its account. Unknown and revoked
@@ -174,7 +183,7 @@ func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, erro
 	}
 	var hexHash [64]byte
 	hex.Encode(hexHash[:], hash[:])
-	vals, err := s.rdb.HMGet(ctx, keyLookupKey(string(hexHash[:])), "account", "id").Result()
+	vals, err := s.rdb.HMGet(ctx, keyLookupKey(string(hexHash[:])), "account", "id", "limited").Result()
 	if err != nil {
 		return Identity{}, unavailable("authenticating", err)
 	}
@@ -184,7 +193,10 @@ func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, erro
 		s.keys.put(hash, Identity{}, ErrBadKey)
 		return Identity{}, ErrBadKey
 	}
-	id := Identity{Account: acct, KeyID: kid}
+	// A key stored before "limited" existed counts as limited: the exact
+	// path, never a limit skipped.
+	lim, _ := vals[2].(string)
+	id := Identity{Account: acct, KeyID: kid, Limited: lim != "0"}
 	s.keys.put(hash, id, nil)
 	return id, nil
 }

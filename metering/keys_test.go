@@ -82,7 +82,7 @@ func TestCreateKeyStoresNoSecret(t *testing.T) {
 		secrets = append(secrets, secret)
 		// Use the key, so that every code path that touches Redis has run.
 		id, err := e.st.Authenticate(ctx, []byte(secret))
-		if err != nil || id != (metering.Identity{Account: "acme", KeyID: k.ID}) {
+		if err != nil || id != (metering.Identity{Account: "acme", KeyID: k.ID, Limited: limit > 0}) {
 			t.Errorf("Authenticate = %+v, %v", id, err)
 		}
 	}

@@ -23,7 +23,7 @@ var (
 	//go:embed scripts/create_account.lua
 	createAccountSrc string
 
-	reserveScript       = redis.NewScript(reserveSrc)
+	reserveScript       = redis.NewScript(holdsSrc + reserveSrc)
 	settleScript        = redis.NewScript(periodSrc + settleSrc)
 	releaseScript       = redis.NewScript(releaseSrc)
 	creditScript        = redis.NewScript(creditSrc)
@@ -106,6 +106,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		reserveScript, settleScript, releaseScript, creditScript, createAccountScript,
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
+		leaseGrantScript, leaseFlushScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -215,13 +216,16 @@ func atoi(v any) int64 {
 // Fixed + PerOutput × output tokens, where the output tokens granted are the
 // most in [MinOutput, MaxOutput] that the account (and key limit) can afford.
 type HoldRequest struct {
-	Account   string
-	KeyID     string // "" when the call is not made with an API key
-	HoldID    string // unique per call; reusing it returns the same hold
-	Fixed     int64  // mc for the input side
-	PerOutput int64  // mc per output token
-	MinOutput int64  // smallest output the call may be granted
-	MaxOutput int64  // largest output wanted
+	Account string
+	KeyID   string // "" when the call is not made with an API key
+	// KeyLimited: the key has a credit limit (Identity.Limited). A Leaser
+	// holds such calls in Redis one by one, where the limit is checked.
+	KeyLimited bool
+	HoldID     string // unique per call; reusing it returns the same hold
+	Fixed      int64  // mc for the input side
+	PerOutput  int64  // mc per output token
+	MinOutput  int64  // smallest output the call may be granted
+	MaxOutput  int64  // largest output wanted
 }
 
 // Hold is a granted reservation.

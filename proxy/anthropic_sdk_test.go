@@ -131,6 +131,7 @@ func TestAnthropicSDK(t *testing.T) {
 
 func checkSDKEntry(t *testing.T, e *env, id string, u anthropic.Usage, mc int64, streamed bool) {
 	t.Helper()
+	e.sync()
 	entries, err := e.store.Ledger(context.Background(), "acme", metering.LedgerQuery{Limit: 1})
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("ledger: %v %v", entries, err)

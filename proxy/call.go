@@ -124,7 +124,7 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 		in = m.ContextWindow // input of unknown size: hold the whole window
 	}
 	hr := metering.HoldRequest{
-		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id,
+		Account: c.ident.Account, KeyID: c.ident.KeyID, KeyLimited: c.ident.Limited, HoldID: c.id,
 		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),
 	}
 	if c.ep.maxField == "" {
@@ -305,7 +305,8 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	})
 	if err != nil {
 		// Served but not charged: refuse the answer rather than give it away.
-		// The hold expires by itself. (settle logged err.)
+		// The hold expires by itself. (settle logged err.) Only a per-call
+		// hold gets here: a credit lease queues the settle and never fails.
 		c.s.writeError(ctx, errUnsettled)
 		return
 	}
@@ -330,7 +331,8 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 
 // settleRetryFor bounds how long a served call's settle is retried while
 // Redis is unreachable (a restart or failover): the caller waits rather than
-// get the answer free. Settle is idempotent by hold id, so a retry after a
+// get the answer free. (Per-call holds; a credit lease retries its batches
+// itself.) Settle is idempotent by hold id, so a retry after a
 // lost reply is a replay that returns the first answer.
 const settleRetryFor = 10 * time.Second
 

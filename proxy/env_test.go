@@ -47,6 +47,7 @@ type env struct {
 	t       *testing.T
 	redis   *testredis.Server
 	store   *metering.Store
+	lease   *metering.Leaser // nil with envOpts.perCall
 	mock    *mockllm.Server
 	mockURL string
 	catalog *pricing.Catalog
@@ -59,11 +60,18 @@ type envOpts struct {
 	mock    mockllm.Config
 	proxy   func(*proxy.Options)
 	holdTTL time.Duration
+	// perCall meters through the Store itself (a hold per call in Redis)
+	// instead of the credit Leaser the gateway runs by default.
+	perCall bool
+	// leaseOffline is metering.LeaseOptions.Offline (0: its default).
+	leaseOffline time.Duration
+	// redisArgs are extra redis-server arguments (e.g. persistence).
+	redisArgs []string
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, redis: testredis.Start(t)}
+	e := &env{t: t, redis: testredis.Start(t, o.redisArgs...)}
 	e.store = metering.New(e.redis.Client(t), metering.Options{HoldTTL: o.holdTTL, KeyCacheTTL: 200 * time.Millisecond})
 	var err error
 	if e.catalog, err = pricing.New(testSpec()); err != nil {
@@ -73,8 +81,18 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.mock.Close() })
+	var meter proxy.Meter = e.store
+	if !o.perCall {
+		e.lease = metering.NewLeaser(e.store, metering.LeaseOptions{IdleReturn: time.Hour, Offline: o.leaseOffline})
+		meter = e.lease
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = e.lease.Close(ctx)
+		})
+	}
 	opts := proxy.Options{
-		Catalog: e.catalog, Meter: e.store,
+		Catalog: e.catalog, Meter: meter,
 		Providers: []proxy.Provider{
 			{Name: "openai", Kind: "openai", BaseURL: e.mockURL, APIKey: "sk-upstream-secret"},
 			{Name: "anthropic", Kind: "anthropic", BaseURL: e.mockURL, APIKey: "sk-ant-secret"},
@@ -140,8 +158,23 @@ func (e *env) account(id string, credits int64) string {
 	return key
 }
 
+// sync applies every settled call and gives the leases back (calls in
+// flight keep their holds), so that Redis shows what per-call holds would.
+func (e *env) sync() {
+	e.t.Helper()
+	if e.lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.lease.Return(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) balance(id string) metering.Account {
 	e.t.Helper()
+	e.sync()
 	a, err := e.store.Account(context.Background(), id)
 	if err != nil {
 		e.t.Fatal(err)
@@ -215,7 +248,7 @@ func (e *env) post(path, key, body string, hdr ...string) result {
 // balance = purchased − consumed, nothing reserved, never negative.
 func (e *env) assertLedger(id string) {
 	e.t.Helper()
-	a := e.balance(id)
+	a := e.balance(id) // syncs first
 	entries, err := e.store.AllEntries(context.Background(), id)
 	if err != nil {
 		e.t.Fatal(err)

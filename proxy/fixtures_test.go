@@ -335,6 +335,7 @@ func checkFixtureCall(t *testing.T, e *env, rp *replay, f fixture, key, model, p
 	ctx := context.Background()
 	x := f.Expect
 	before := e.balance("acme")
+	e.sync()
 	entriesBefore, err := e.store.AllEntries(ctx, "acme")
 	if err != nil {
 		t.Fatal(err)
@@ -375,6 +376,7 @@ func checkFixtureCall(t *testing.T, e *env, rp *replay, f fixture, key, model, p
 	}
 
 	// The ledger: one usage entry for a charged call, none for a failed one.
+	e.sync()
 	entries, err := e.store.AllEntries(ctx, "acme")
 	if err != nil {
 		t.Fatal(err)
@@ -666,6 +668,7 @@ func TestClientDisconnectExactCharge(t *testing.T) {
 			if got := before - e.balance("acme").Balance; got != wantMC {
 				t.Fatalf("balance moved by %d mc, want %d", got, wantMC)
 			}
+			e.sync()
 			entries, err := e.store.Ledger(ctx, "acme", metering.LedgerQuery{Limit: 1})
 			if err != nil || len(entries) != 1 {
 				t.Fatalf("ledger: %v %v", entries, err)

@@ -67,6 +67,7 @@ func TestMissingUsageIsEstimated(t *testing.T) {
 		if tokens["output"].(float64) < 8 || tokens["input"].(float64) < 1 {
 			t.Fatalf("estimate ignores what was delivered: %v", tokens)
 		}
+		e.sync()
 		entries, err := e.store.Ledger(context.Background(), "acme", metering.LedgerQuery{Limit: 1})
 		if err != nil || len(entries) != 1 || entries[0].Fields["estimated"] != "1" {
 			t.Fatalf("ledger entry not marked estimated: %+v %v", entries, err)

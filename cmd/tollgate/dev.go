@@ -106,7 +106,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	psrv, err := proxy.New(proxyOptions(l, store))
+	popts, stopMeter := proxyOptions(l, store)
+	psrv, err := proxy.New(popts)
 	if err != nil {
 		return err
 	}
@@ -128,7 +129,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	errc := make(chan error, 2)
 	go func() { errc <- serveHTTP(ctx, l, bsrv, bln) }()
-	go func() { errc <- serveUntil(ctx, l, psrv, pln) }()
+	go func() { errc <- serveUntil(ctx, l, psrv, pln, stopMeter) }()
 	err = <-errc
 	if err != nil {
 		l.log.Error("server stopped", zap.Error(err))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -20,7 +21,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer l.log.Sync() //nolint:errcheck
-	srv, err := proxy.New(proxyOptions(l, store))
+	opts, stopMeter := proxyOptions(l, store)
+	srv, err := proxy.New(opts)
 	if err != nil {
 		return err
 	}
@@ -30,11 +32,22 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	l.log.Info("proxy listening", zap.String("addr", ln.Addr().String()))
 	fmt.Fprintf(stdout, "tollgate proxy listening on http://%s\n", ln.Addr())
-	return serveUntil(ctx, l, srv, ln)
+	return serveUntil(ctx, l, srv, ln, stopMeter)
 }
 
-// serveUntil serves until ctx is done, then drains within the configured timeout.
-func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listener) error {
+// serveUntil serves until ctx is done, then drains within the configured
+// timeout, then stops the meter (applying what it still holds) — also when
+// serving failed.
+func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listener, stopMeter func(context.Context) error) error {
+	defer func() {
+		// Settled calls still queued are applied even when draining used
+		// the whole timeout: a few more seconds, not charges lost.
+		mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := stopMeter(mctx); err != nil {
+			l.log.Error("settled calls left unapplied at exit", zap.Error(err))
+		}
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -52,4 +65,7 @@ func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listen
 	return nil
 }
 
-var _ proxy.Meter = (*metering.Store)(nil)
+var (
+	_ proxy.Meter = (*metering.Store)(nil)
+	_ proxy.Meter = (*metering.Leaser)(nil)
+)

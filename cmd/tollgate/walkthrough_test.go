@@ -90,15 +90,33 @@ func TestWalkthrough(t *testing.T) {
 	if hdr.Get("X-Credits-Charged") != pricing.FormatCredits(cost) {
 		t.Fatalf("charged %s, want %s", hdr.Get("X-Credits-Charged"), pricing.FormatCredits(cost))
 	}
-	_, _, after := call(t, "GET", B+"/v1/api-credits", tok, "")
-	if after["total_consumed"] != float64(cost)/1000 || after["balance"] != 2374050.0-float64(cost)/1000 {
-		t.Fatalf("after the call: %v (cost %d mc)", after, cost)
-	}
+	// The proxy applies the charge just after answering: within moments.
+	after := settled(t, func() (map[string]any, bool) {
+		_, _, a := call(t, "GET", B+"/v1/api-credits", tok, "")
+		return a, a["total_consumed"] == float64(cost)/1000 && a["balance"] == 2374050.0-float64(cost)/1000
+	})
 	// Replaying the webhook changes nothing.
 	if status, _, _ := teststripe.Deliver(B+"/v1/billing/webhook", whsec, ev); status != 200 {
 		t.Fatalf("replay: %d", status)
 	}
 	if _, _, again := call(t, "GET", B+"/v1/api-credits", tok, ""); again["balance"] != after["balance"] {
 		t.Fatalf("replayed webhook credited again: %v → %v", after, again)
+	}
+}
+
+// settled polls read until it reports done (the proxy applies a call's
+// charge in Redis just after answering it), failing after 2 s.
+func settled(t *testing.T, read func() (map[string]any, bool)) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		m, done := read()
+		if done {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not settled after 2 s: %v", m)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

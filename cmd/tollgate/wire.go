@@ -162,14 +162,29 @@ func newStore(cfg *config.Config) (*metering.Store, error) {
 	return st, nil
 }
 
-// proxyOptions maps configuration onto proxy.Options.
-func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
+// proxyOptions maps configuration onto proxy.Options. The proxy meters
+// through a credit Leaser over st (unless proxy.credit_lease is false);
+// the returned stop gives its leases back and must run after the proxy has
+// drained.
+func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Context) error) {
 	c := l.cfg
 	var providers []proxy.Provider
 	for name, p := range c.Providers {
 		providers = append(providers, proxy.Provider{
 			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
 		})
+	}
+	var meter proxy.Meter = st
+	stop := func(context.Context) error { return nil }
+	if c.Proxy.Leasing() {
+		log := l.log.Named("lease")
+		lr := metering.NewLeaser(st, metering.LeaseOptions{
+			IdleReturn: c.Proxy.LeaseIdleReturn.D(), Offline: c.Proxy.LeaseOffline.D(),
+			OnError: func(account string, err error) {
+				log.Warn("settled calls not applied yet; retrying", zap.String("account", account), zap.Error(err))
+			},
+		})
+		meter, stop = lr, lr.Close
 	}
 	opts := proxy.Options{
 		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
@@ -181,17 +196,15 @@ func proxyOptions(l *loaded, meter proxy.Meter) proxy.Options {
 		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(), HoldTTL: c.Proxy.HoldTTL.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
-	// Plan limits and auto-recharge requests need the Redis store itself.
-	if st, ok := meter.(*metering.Store); ok {
-		if len(c.Plans) > 0 {
-			opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
-		}
-		log := l.log.Named("recharge")
-		opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
-			OnError: func(account string, err error) {
-				log.Warn("auto-recharge request not queued; the next call retries", zap.String("account", account), zap.Error(err))
-			},
-		}).OnSettle
+	// Plan limits and auto-recharge requests use the Redis store itself.
+	if len(c.Plans) > 0 {
+		opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
 	}
-	return opts
+	log := l.log.Named("recharge")
+	opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
+		OnError: func(account string, err error) {
+			log.Warn("auto-recharge request not queued; the next call retries", zap.String("account", account), zap.Error(err))
+		},
+	}).OnSettle
+	return opts, stop
 }

@@ -62,7 +62,20 @@ type Proxy struct {
 	Concurrency int `yaml:"concurrency"`
 	// RedisTimeout bounds each Redis call on the hot path. Default 2s.
 	RedisTimeout Duration `yaml:"redis_timeout"`
+	// CreditLease serves calls from per-replica credit leases (no Redis
+	// round trip per call; settles applied in batches). false holds and
+	// settles every call in Redis before it is forwarded and answered.
+	// Default true.
+	CreditLease *bool `yaml:"credit_lease"`
+	// LeaseIdleReturn gives back a lease unused this long. Default 1s.
+	LeaseIdleReturn Duration `yaml:"lease_idle_return"`
+	// LeaseOffline is how long a lease still serves calls once Redis stops
+	// answering (their charges wait for Redis). Default 2s.
+	LeaseOffline Duration `yaml:"lease_offline"`
 }
+
+// Leasing reports whether calls are served from credit leases.
+func (p *Proxy) Leasing() bool { return p.CreditLease == nil || *p.CreditLease }
 
 // Billing configures the billing sidecar and the admin API.
 type Billing struct {
@@ -347,6 +360,8 @@ func (c *Config) SetDefaults() {
 	def(&p.IdleTimeout, 120*time.Second)
 	def(&p.DrainTimeout, 30*time.Second)
 	def(&p.RedisTimeout, 2*time.Second)
+	def(&p.LeaseIdleReturn, time.Second)
+	def(&p.LeaseOffline, 2*time.Second)
 	if p.Concurrency == 0 {
 		p.Concurrency = 256 * 1024
 	}
@@ -405,6 +420,7 @@ func (c *Config) Validate() error {
 		"proxy.request_timeout": p.RequestTimeout, "proxy.stream_idle_timeout": p.StreamIdleTimeout,
 		"proxy.stream_timeout": p.StreamTimeout, "proxy.hold_ttl": p.HoldTTL, "proxy.read_timeout": p.ReadTimeout,
 		"proxy.idle_timeout": p.IdleTimeout, "proxy.drain_timeout": p.DrainTimeout, "proxy.redis_timeout": p.RedisTimeout,
+		"proxy.lease_idle_return": p.LeaseIdleReturn, "proxy.lease_offline": p.LeaseOffline,
 	} {
 		if d < 0 {
 			bad(path, "must not be negative")

@@ -1,4 +1,4 @@
--- reserve: place a hold for the worst case of one call.
+-- reserve: place a hold for the worst case of one call. (holds.lua is prepended.)
 -- KEYS[1] account hash  {a:<id>}:acct
 -- KEYS[2] hold expiry   {a:<id>}:hexp   (zset hold id -> expiry ms)
 -- KEYS[3] hold values   {a:<id>}:hval   (hash hold id -> "amount:keyid")
@@ -12,23 +12,10 @@ local fixed, per = tonumber(ARGV[3]), tonumber(ARGV[4])
 local minOut, maxOut, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
 if redis.call('EXISTS', acct) == 0 then return {-1} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tg_now()
 
 -- Drop expired holds first: a proxy that died mid-call frees its credits here.
-local expired = redis.call('ZRANGEBYSCORE', hexp, '-inf', now)
-for _, h in ipairs(expired) do
-  local v = redis.call('HGET', hval, h)
-  if v then
-    local sep = string.find(v, ':', 1, true)
-    local amt, k = tonumber(string.sub(v, 1, sep - 1)), string.sub(v, sep + 1)
-    -- 0 - amt, not -amt: a zero hold's -0 reaches Redis as "-0", which HINCRBY refuses.
-    redis.call('HINCRBY', acct, 'reserved', 0 - amt)
-    if k ~= '' then redis.call('HINCRBY', acct, 'k:' .. k .. ':res', 0 - amt) end
-    redis.call('HDEL', hval, h)
-  end
-  redis.call('ZREM', hexp, h)
-end
+tg_sweep(acct, hexp, hval, now)
 
 local f = redis.call('HMGET', acct, 'balance', 'reserved', 'k:' .. kid .. ':limit', 'k:' .. kid .. ':used', 'k:' .. kid .. ':res')
 local balance, reserved = tonumber(f[1]) or 0, tonumber(f[2]) or 0

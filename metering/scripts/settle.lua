@@ -51,14 +51,7 @@ redis.call('HINCRBY', acct, 'consumed', charge)
 if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':used', charge) end
 
 -- The period's counters, which the plan limits and the usage API read.
-local period = tg_period(plan, month)
-if redis.call('HGET', usage, 'period') ~= period then
-  redis.call('HSET', usage, 'period', period, 'requests', 0, 'input_tokens', 0, 'output_tokens', 0, 'credits_mc', 0)
-end
-redis.call('HINCRBY', usage, 'requests', 1)
-redis.call('HINCRBY', usage, 'input_tokens', inTok)
-redis.call('HINCRBY', usage, 'output_tokens', outTok)
-redis.call('HINCRBY', usage, 'credits_mc', charge)
+tg_count(plan, usage, month, 1, inTok, outTok, charge)
 
 local rec = {}
 for i = 10, #ARGV do rec[#rec + 1] = ARGV[i] end

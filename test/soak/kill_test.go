@@ -54,6 +54,15 @@ func openStreams(t *testing.T, client *http.Client, specs []*callSpec, within ti
 // (a call through the surviving replica) drops them, and every balance is
 // exact: nothing was charged for the killed calls.
 func TestFaultProxySIGKILL(t *testing.T) {
+	// Per-call holds, and the credit leases the gateway runs by default (one
+	// lease per account, renewed while its calls run).
+	for _, lease := range []bool{false, true} {
+		name := map[bool]string{false: "per-call", true: "lease"}[lease]
+		t.Run(name, func(t *testing.T) { proxySIGKILL(t, lease) })
+	}
+}
+
+func proxySIGKILL(t *testing.T, lease bool) {
 	const (
 		holdTTL  = 6 * time.Second
 		accounts = 20
@@ -65,6 +74,7 @@ func TestFaultProxySIGKILL(t *testing.T) {
 	mock := startMock(t, mockllm.Config{})
 	cfg := writeConfig(t, map[string]any{
 		"proxy.hold_ttl": holdTTL.String(), "proxy.stream_timeout": "5s", "proxy.request_timeout": "5s",
+		"proxy.credit_lease": lease,
 	})
 	env := procEnv(mock.URL, "REDIS_URL="+rs.URL())
 	victim := startProxy(t, "victim", cfg, env)
@@ -82,7 +92,8 @@ func TestFaultProxySIGKILL(t *testing.T) {
 	wait := openStreams(t, client, specs, 30*time.Second)
 	openedTo := time.Now()
 
-	// Every stream holds credits, with an expiry of about its start + TTL.
+	// Every stream holds credits, with an expiry of about its start + TTL
+	// (a lease: of its last renewal + TTL).
 	var holds int
 	for _, a := range accts {
 		hs, err := holdExpiries(st.Client(), a.id)
@@ -92,14 +103,18 @@ func TestFaultProxySIGKILL(t *testing.T) {
 		holds += len(hs)
 		for id, exp := range hs {
 			at := time.UnixMilli(exp)
-			if at.Before(openedFrom.Add(holdTTL-time.Second)) || at.After(openedTo.Add(holdTTL+time.Second)) {
+			latest := openedTo
+			if lease {
+				latest = time.Now()
+			}
+			if at.Before(openedFrom.Add(holdTTL-time.Second)) || at.After(latest.Add(holdTTL+time.Second)) {
 				t.Errorf("%s: hold %s expires at %s, want about %s after it was placed (%s…%s)", a.id, id,
 					at.Format(time.StampMilli), holdTTL, openedFrom.Format(time.StampMilli), openedTo.Format(time.StampMilli))
 			}
 		}
 	}
-	if holds != len(specs) {
-		t.Fatalf("%d holds for %d open streams", holds, len(specs))
+	if want := map[bool]int{false: len(specs), true: accounts}[lease]; holds != want {
+		t.Fatalf("%d holds for %d open streams on %d accounts, want %d", holds, len(specs), accounts, want)
 	}
 
 	victim.signal(syscall.SIGKILL)
@@ -127,7 +142,11 @@ func TestFaultProxySIGKILL(t *testing.T) {
 
 	// After the TTL, the next reserve on each account — a call through the
 	// surviving replica — drops the dead holds.
-	time.Sleep(time.Until(openedTo.Add(holdTTL + 300*time.Millisecond)))
+	expiry := openedTo
+	if lease {
+		expiry = killed // a lease is renewed while its calls run
+	}
+	time.Sleep(time.Until(expiry.Add(holdTTL + 300*time.Millisecond)))
 	var after []*callResult
 	for i, a := range accts {
 		c := &callSpec{tag: 10_000 + int64(i), account: a, base: survivor.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8, directives: "tokens=8"}

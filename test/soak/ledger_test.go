@@ -79,6 +79,10 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 	ctx := context.Background()
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, id+": "+fmt.Sprintf(format, args...)) }
+	// A proxy applies its settled calls just after answering them, and
+	// gives its credit lease back once idle (proxy.lease_idle_return): read
+	// once nothing is reserved any more.
+	waitUnreserved(st, []*account{{id: id}}, 10*time.Second)
 	a, err := st.Account(ctx, id)
 	if err != nil {
 		bad("reading account: %v", err)
@@ -117,7 +121,8 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 		bad("Σ usage debits %d ≠ consumed %d", debits, a.Consumed)
 	}
 	if a.Reserved != 0 {
-		bad("%d mc still reserved", a.Reserved)
+		holds, _ := st.Client().HGetAll(ctx, "{a:"+id+"}:hval").Result()
+		bad("%d mc still reserved (holds and leases: %v)", a.Reserved, holds)
 	}
 	if a.Balance < 0 {
 		bad("balance %d below zero", a.Balance)

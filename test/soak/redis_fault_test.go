@@ -61,7 +61,8 @@ func (d *driver) halt() []*callResult {
 // for 1.5 s, and restarts it on the same port, while two proxy replicas keep
 // serving. Every call must either complete and be charged exactly, or be
 // refused with 503 and not be charged; nothing may be forwarded without a
-// hold; and both replicas must serve again without being restarted.
+// hold (a call's own, or its replica's credit lease); and both replicas must
+// serve again without being restarted.
 //
 // Redis runs with --appendonly yes --appendfsync always: every write it
 // acknowledged survives the kill, as it must for a production ledger (a Redis
@@ -103,7 +104,10 @@ func TestFaultRedisRestart(t *testing.T) {
 	killed := time.Now()
 	rs.Stop()
 	// Calls that start while Redis is down (the ones above may all be
-	// waiting to settle): each must be refused with 503, not forwarded.
+	// waiting to settle): each is either held from its replica's live
+	// credit lease (within proxy.lease_offline, the lease being a hold that
+	// Redis keeps) and charged once Redis is back, or refused with 503 and
+	// not forwarded.
 	time.Sleep(200 * time.Millisecond)
 	during := drive(client, 4, gen, sd+1, 500_000)
 	time.Sleep(1300 * time.Millisecond)

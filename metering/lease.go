@@ -1,0 +1,775 @@
+package metering
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/holds.lua
+	holdsSrc string
+	//go:embed scripts/lease_grant.lua
+	leaseGrantSrc string
+	//go:embed scripts/lease_flush.lua
+	leaseFlushSrc string
+
+	leaseGrantScript = redis.NewScript(holdsSrc + leaseGrantSrc)
+	leaseFlushScript = redis.NewScript(periodSrc + leaseFlushSrc)
+)
+
+// LeaseOptions configure a Leaser. Zero values mean the documented defaults.
+type LeaseOptions struct {
+	// ID names this replica's leases (hold id "lease:<ID>"). It must differ
+	// between replicas running at once. Default: random.
+	ID string
+	// IdleReturn is how long an account's lease may go unused before it is
+	// given back, so that other replicas may use the credits. Default 1s.
+	IdleReturn time.Duration
+	// MaxQueued bounds an account's calls waiting to be applied in Redis:
+	// past it the account's new calls wait for room (Redis applying calls
+	// slower than they come), and after a second are refused as
+	// unavailable. Default 4096.
+	MaxQueued int
+	// Offline bounds how long calls are still held from a lease after Redis
+	// stopped answering this replica (their charges wait in the queue, and
+	// are lost should the replica die before Redis is back). Default 2s.
+	Offline time.Duration
+	// Linger is how long a flush waits for more settled calls before it
+	// goes to Redis, so that one script applies several. Default 2ms;
+	// negative sends at once.
+	Linger time.Duration
+	// OnError is told when a batch could not be applied (it is retried).
+	OnError func(account string, err error)
+}
+
+// Leaser meters calls against per-replica credit leases: the first call of
+// an account on this replica leases a slice of its available credits in one
+// script (a hold like any other, with the same expiry), and later calls hold
+// from the lease in process, without a Redis round trip. Settled and failed
+// calls are queued and applied in Redis in batches — one atomic script per
+// account and batch, which writes each call's ledger entry and cost record as
+// settle does — while the caller already has its answer. A lease unused for
+// LeaseOptions.IdleReturn is given back.
+//
+// What this changes against Store (per-call holds):
+//   - a call starts without a round trip, and its settle is applied after it
+//     is answered: a replica killed between the two loses those charges (the
+//     calls it answered in the last flush: LeaseOptions.Linger, 2 ms, and a
+//     round trip);
+//   - the 402 boundary is per replica: credits leased by one replica are not
+//     available to another until used or given back;
+//   - X-Credits-Balance is this replica's view: exact for one replica, late
+//     by other replicas' unflushed calls otherwise;
+//   - calls keep being served from a live lease while Redis is unreachable,
+//     for LeaseOptions.Offline (2 s) at most and never past half the hold
+//     TTL since the lease was renewed, and are applied when it is back;
+//   - calls wait for room when Redis applies them slower than they come
+//     (LeaseOptions.MaxQueued).
+//
+// Keys with their own credit limit (HoldRequest.KeyLimited) are held per
+// call in Redis, as by Store. A Leaser is safe for concurrent use.
+type Leaser struct {
+	st   *Store
+	id   string
+	ttl  time.Duration
+	opts LeaseOptions
+
+	mu    sync.RWMutex
+	accts map[string]*leaseAcct
+
+	closed  atomic.Bool
+	stop    chan struct{}
+	abandon chan struct{} // closed when Close gives up on Redis
+	flushes sync.WaitGroup
+	janitor sync.WaitGroup
+	once    sync.Once
+	// abandonOnce guards abandon: Close may run twice.
+	abandonOnce sync.Once
+	gbSeq       atomic.Uint64 // give-back sequence numbers
+}
+
+// leaseAcct is one account's lease on this replica. Invariant, once no
+// Redis call of the account is in flight: Redis's lease = free + held + pending.
+type leaseAcct struct {
+	id   string
+	mu   sync.Mutex
+	cond sync.Cond
+
+	free    int64 // leased mc no call holds (negative when Redis's lease shrank)
+	held    int64 // Σ holds of calls in flight
+	holds   map[string]localHold
+	pending int64 // Σ charges queued, not yet applied in Redis
+	balance int64 // Redis balance as of the last answer
+	outside int64 // available outside the lease as of the last answer
+
+	queue     []leaseOp
+	queued    uint64 // calls ever queued
+	applied   uint64 // calls ever applied (or dropped: the account is gone)
+	flushing  bool
+	returning bool   // the next flush gives back what is free
+	gbPending int64  // taken from free for a give-back Redis has not confirmed
+	gbSeq     uint64 // that give-back's sequence number (resent with it)
+	renew     bool   // the next flush renews the lease even with nothing to apply
+	inflight  int    // Redis calls in flight for this account
+	// sem lets one Redis call of the account run at a time, and is given
+	// up only once a.mu is held again: answers are then applied in the
+	// order Redis ran the calls, so each is the latest word on the lease.
+	sem     chan struct{}
+	renewed time.Time
+	failing time.Time // first failure since Redis last answered; zero while it does
+	used    time.Time
+	dead    bool // dropped from the Leaser's map
+	// leased: Redis's last answer showed a lease of this replica (true
+	// until an answer says the lease is gone: only then may the account's
+	// state be dropped, or credits this replica lost count of would stay
+	// leased until they expire).
+	leased bool
+}
+
+// localHold is a call's hold on the lease. Like a hold in Redis it expires:
+// a call never settled nor released (a bug, or a lost goroutine) must not
+// keep the lease, and its credits, alive for ever.
+type localHold struct {
+	amt     int64
+	expires int64 // unix nanos
+}
+
+type leaseOp struct {
+	release bool // a failed call: its record only
+	keyID   string
+	charge  int64
+	in, out int64
+	rec     Record
+	marker  bool // not a call: Leaser.Return's place in the queue
+}
+
+// errBacklog refuses calls while an account's queue is full.
+var errBacklog = errors.New("too many calls waiting to be applied")
+
+const maxLeaseBatch = 128
+
+// NewLeaser returns a Leaser over st and starts its background work (idle
+// returns, lease renewals); Close stops it.
+func NewLeaser(st *Store, opts LeaseOptions) *Leaser {
+	if opts.ID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		opts.ID = hex.EncodeToString(b[:])
+	}
+	if opts.IdleReturn <= 0 {
+		opts.IdleReturn = time.Second
+	}
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = 4096
+	}
+	if opts.Offline <= 0 {
+		opts.Offline = 2 * time.Second
+	}
+	if opts.Linger == 0 {
+		opts.Linger = 2 * time.Millisecond
+	}
+	l := &Leaser{
+		st: st, id: "lease:" + opts.ID, ttl: st.opts.HoldTTL, opts: opts,
+		accts: make(map[string]*leaseAcct), stop: make(chan struct{}), abandon: make(chan struct{}),
+	}
+	// Give-back numbers never repeat, even for a fixed ID across restarts.
+	l.gbSeq.Store(uint64(time.Now().UnixNano()))
+	l.janitor.Add(1)
+	go l.tend()
+	return l
+}
+
+// Store returns the store the Leaser meters through.
+func (l *Leaser) Store() *Store { return l.st }
+
+// Authenticate is Store.Authenticate.
+func (l *Leaser) Authenticate(ctx context.Context, secret []byte) (Identity, error) {
+	return l.st.Authenticate(ctx, secret)
+}
+
+// Ping is Store.Ping.
+func (l *Leaser) Ping(ctx context.Context) error { return l.st.Ping(ctx) }
+
+func (l *Leaser) acct(id string) *leaseAcct {
+	l.mu.RLock()
+	a := l.accts[id]
+	l.mu.RUnlock()
+	if a != nil {
+		return a
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if a = l.accts[id]; a == nil {
+		a = &leaseAcct{id: id, holds: make(map[string]localHold), sem: make(chan struct{}, 1)}
+		a.cond.L = &a.mu
+		l.accts[id] = a
+	}
+	return a
+}
+
+func (l *Leaser) lookup(id string) *leaseAcct {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.accts[id]
+}
+
+// Reserve holds r from the account's lease, growing the lease when it is
+// short. It fails as Store.Reserve does.
+func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
+	if r.KeyLimited || l.closed.Load() {
+		return l.st.Reserve(ctx, r)
+	}
+	if r.Fixed < 0 || r.PerOutput < 0 || r.MinOutput < 0 || r.MaxOutput < r.MinOutput {
+		return Hold{}, fmt.Errorf("reserving credits: invalid request %+v", r)
+	}
+	if !ValidAccountID(r.Account) {
+		return Hold{}, fmt.Errorf("reserving credits for %q: %w", r.Account, ErrNoAccount)
+	}
+	least, most := r.Fixed+r.PerOutput*r.MinOutput, r.Fixed+r.PerOutput*r.MaxOutput
+	for attempt := 0; ; attempt++ {
+		a := l.acct(r.Account)
+		a.mu.Lock()
+		if a.dead {
+			a.mu.Unlock()
+			continue
+		}
+		now := time.Now()
+		if a.queued-a.applied >= uint64(l.opts.MaxQueued) {
+			// Redis applies calls slower than they come: the caller waits
+			// for room (a second at most) rather than run ahead of the ledger.
+			a.waitUntil(now.Add(time.Second), func() bool {
+				return a.queued-a.applied >= uint64(l.opts.MaxQueued) && a.flushing
+			})
+			if a.queued-a.applied >= uint64(l.opts.MaxQueued) {
+				a.mu.Unlock()
+				return Hold{}, unavailable("reserving credits", errBacklog)
+			}
+			if a.dead { // dropped while this call waited
+				a.mu.Unlock()
+				continue
+			}
+			now = time.Now()
+		}
+		if h, ok := a.take(r, now, l, false); ok {
+			a.mu.Unlock()
+			return h, nil
+		}
+		a.inflight++
+		a.mu.Unlock()
+
+		// One Redis call of the account at a time. Another caller's grant
+		// may have made room meanwhile: then no grant is needed.
+		a.sem <- struct{}{}
+		a.mu.Lock()
+		if h, ok := a.take(r, time.Now(), l, false); ok {
+			<-a.sem
+			a.inflight--
+			a.mu.Unlock()
+			return h, nil
+		}
+		// Ask for this call and room for one more like it; accept as little
+		// as the smallest call needs.
+		want, need := 2*most-a.free, max(least-a.free, 0)
+		a.mu.Unlock()
+		res, err := l.st.pipe.run(ctx, leaseGrantScript, []string{acctKey(r.Account), holdExpKey(r.Account), holdValKey(r.Account)},
+			l.id, need, max(want, need), l.ttl.Milliseconds()).Int64Slice()
+
+		a.mu.Lock()
+		<-a.sem
+		a.inflight--
+		if err == nil {
+			a.failing = time.Time{}
+		}
+		switch {
+		case err != nil:
+			if a.failing.IsZero() {
+				a.failing = now
+			}
+			// Redis unreachable: a live lease still serves what it can.
+			h, ok := a.take(r, now, l, true)
+			a.mu.Unlock()
+			if ok {
+				return h, nil
+			}
+			return Hold{}, unavailable("reserving credits", err)
+		case res[0] == -1:
+			a.mu.Unlock()
+			return Hold{}, fmt.Errorf("reserving credits for %q: %w", r.Account, ErrNoAccount)
+		case res[0] == 0:
+			a.balance, a.outside = res[2], res[1]
+			h, ok := a.take(r, now, l, true)
+			avail := max(a.free, 0) + res[1]
+			a.mu.Unlock()
+			if ok {
+				return h, nil
+			}
+			return Hold{}, &InsufficientError{Needed: least, Available: avail}
+		}
+		a.balance, a.outside = res[3], res[4]
+		a.renewed = now
+		a.leased = res[2] > 0
+		a.reconcile(res[2], res[1])
+		h, ok := a.take(r, now, l, true)
+		avail := max(a.free, 0) + res[4]
+		a.mu.Unlock()
+		if ok {
+			return h, nil
+		}
+		if attempt == 3 {
+			// Other calls of this replica took what was granted each time.
+			return Hold{}, &InsufficientError{Needed: least, Available: avail}
+		}
+	}
+}
+
+// reconcile updates free from Redis's answer: lease is the lease after the
+// answered call (answers are applied in the order Redis ran them, see sem).
+// With no give-back in doubt that is the whole truth: free = lease − held −
+// pending. A give-back whose answer was lost may or may not be in it, so
+// then the answer only bounds free from above, grant being what this call
+// added: free never claims more than Redis holds for it. Called with a.mu
+// held.
+func (a *leaseAcct) reconcile(lease, grant int64) {
+	exact := lease - a.held - a.pending - a.gbPending
+	if a.gbPending == 0 {
+		a.free = exact
+		return
+	}
+	a.free = min(a.free+grant, exact)
+}
+
+// take holds r from the free part of the lease: with MaxOutput, or with
+// partial the most output in [MinOutput, MaxOutput] that is free. Called
+// with a.mu held.
+func (a *leaseAcct) take(r HoldRequest, now time.Time, l *Leaser, partial bool) (Hold, bool) {
+	if lh, ok := a.holds[r.HoldID]; ok { // the same hold id twice is one hold
+		amt := lh.amt
+		out := r.MaxOutput
+		if r.PerOutput > 0 {
+			out = (amt - r.Fixed) / r.PerOutput
+		}
+		return Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
+	}
+	// A lease not renewed for half its lifetime may expire under a new call.
+	// Nor one whose replica has not reached Redis for a while.
+	if a.renewed.IsZero() || now.Sub(a.renewed) > l.ttl/2 || a.free < r.Fixed ||
+		(!a.failing.IsZero() && now.Sub(a.failing) > l.opts.Offline) {
+		return Hold{}, false
+	}
+	out := r.MaxOutput
+	if r.PerOutput > 0 {
+		if afford := (a.free - r.Fixed) / r.PerOutput; afford < out {
+			if !partial {
+				return Hold{}, false
+			}
+			out = afford
+		}
+	}
+	if out < r.MinOutput {
+		return Hold{}, false
+	}
+	amt := r.Fixed + r.PerOutput*out
+	a.free -= amt
+	a.held += amt
+	a.holds[r.HoldID] = localHold{amt: amt, expires: now.Add(l.ttl).UnixNano()}
+	a.used = now
+	return Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
+}
+
+// Settle charges a call held from the lease — never more than its hold —
+// and queues it to be applied in Redis; it answers at once with the charge
+// and this replica's view of the balance after it. A hold placed per call
+// (a limited key) is settled by the Store.
+func (l *Leaser) Settle(ctx context.Context, st Settlement) (Charge, error) {
+	if st.Cost < 0 {
+		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
+	}
+	a := l.lookup(st.Account)
+	if a == nil {
+		return l.st.Settle(ctx, st)
+	}
+	a.mu.Lock()
+	lh, ok := a.holds[st.HoldID]
+	amt := lh.amt
+	if !ok {
+		a.mu.Unlock()
+		return l.st.Settle(ctx, st)
+	}
+	delete(a.holds, st.HoldID)
+	if st.Record.RequestID == "" {
+		st.Record.RequestID = st.HoldID // the cost record, and what a resent batch is checked by
+	}
+	charge := min(st.Cost, amt)
+	a.held -= amt
+	a.free += amt - charge
+	a.pending += charge
+	ch := Charge{Charged: charge, BalanceAfter: a.balance - a.pending, Capped: st.Cost > amt}
+	if st.Record.CreatedAt.IsZero() {
+		st.Record.CreatedAt = time.Now()
+	}
+	a.queue = append(a.queue, leaseOp{keyID: st.KeyID, charge: charge,
+		in: max(st.Record.Input, 0) + max(st.Record.CachedInput, 0), out: max(st.Record.Output, 0), rec: st.Record})
+	a.queued++
+	l.kick(a)
+	a.mu.Unlock()
+	return ch, nil
+}
+
+// Release gives a failed call's hold back to the lease and queues its
+// record (charged 0). A hold placed per call is released by the Store.
+func (l *Leaser) Release(ctx context.Context, account, keyID, holdID string, rec *Record) error {
+	a := l.lookup(account)
+	if a == nil {
+		return l.st.Release(ctx, account, keyID, holdID, rec)
+	}
+	a.mu.Lock()
+	lh, ok := a.holds[holdID]
+	amt := lh.amt
+	if !ok {
+		a.mu.Unlock()
+		return l.st.Release(ctx, account, keyID, holdID, rec)
+	}
+	delete(a.holds, holdID)
+	a.held -= amt
+	a.free += amt
+	if rec != nil {
+		if rec.CreatedAt.IsZero() {
+			rec.CreatedAt = time.Now()
+		}
+		r := *rec
+		if r.RequestID == "" {
+			r.RequestID = holdID
+		}
+		a.queue = append(a.queue, leaseOp{release: true, keyID: keyID, rec: r})
+		a.queued++
+		l.kick(a)
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// Generation returns a call's cost record, once this replica's queued calls
+// of the account (the one asked about among them) are applied.
+func (l *Leaser) Generation(ctx context.Context, account, requestID string) (Generation, error) {
+	if a := l.lookup(account); a != nil {
+		a.wait(time.Now().Add(2 * time.Second))
+	}
+	return l.st.Generation(ctx, account, requestID)
+}
+
+// waitUntil waits on a.cond while cond holds, until deadline at most (a
+// timer wakes the waiters then: a flusher in backoff broadcasts late).
+// Called with a.mu held.
+func (a *leaseAcct) waitUntil(deadline time.Time, cond func() bool) {
+	if !cond() {
+		return
+	}
+	t := time.AfterFunc(time.Until(deadline), func() {
+		a.mu.Lock()
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	})
+	defer t.Stop()
+	for cond() && time.Now().Before(deadline) {
+		a.cond.Wait()
+	}
+}
+
+// wait blocks until what was queued before it is applied, or until
+// deadline; it returns how many of those calls are still not applied.
+func (a *leaseAcct) wait(deadline time.Time) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	target := a.queued
+	a.waitUntil(deadline, func() bool { return a.applied < target && a.flushing })
+	if a.applied >= target {
+		return 0
+	}
+	return target - a.applied
+}
+
+// Flush waits until every call settled or released so far is applied in
+// Redis, or ctx is done.
+func (l *Leaser) Flush(ctx context.Context) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Minute)
+	}
+	for _, a := range l.all() {
+		if left := a.wait(deadline); left > 0 {
+			return fmt.Errorf("flushing leases: %d calls of %q not applied: %w", left, a.id, ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// Return gives back the free part of every lease now (calls in flight keep
+// their holds) and waits until that is applied.
+func (l *Leaser) Return(ctx context.Context) error {
+	for _, a := range l.all() {
+		a.mu.Lock()
+		a.returning = true
+		a.queued++ // a marker for wait: the return is applied with the next batch
+		a.queue = append(a.queue, leaseOp{marker: true})
+		l.kick(a)
+		a.mu.Unlock()
+	}
+	if err := l.Flush(ctx); err != nil {
+		return err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Minute)
+	}
+	for _, a := range l.all() {
+		// A give-back may take a second round (credits found by the exact
+		// count after the first): wait for it too.
+		a.mu.Lock()
+		a.waitUntil(deadline, func() bool { return (a.returning || a.gbPending > 0) && a.flushing })
+		left := a.returning || a.gbPending > 0
+		a.mu.Unlock()
+		if left {
+			return fmt.Errorf("returning the lease of %q: %w", a.id, ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+func (l *Leaser) all() []*leaseAcct {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([]*leaseAcct, 0, len(l.accts))
+	for _, a := range l.accts {
+		out = append(out, a)
+	}
+	return out
+}
+
+// Close stops leasing (later calls are held per call), applies every queued
+// call and gives every lease back, waiting until ctx is done at most.
+func (l *Leaser) Close(ctx context.Context) error {
+	l.closed.Store(true)
+	l.once.Do(func() { close(l.stop) })
+	l.janitor.Wait()
+	err := l.Return(ctx)
+	done := make(chan struct{})
+	go func() { l.flushes.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		l.abandonOnce.Do(func() { close(l.abandon) }) // a batch still failing is left to the leases' expiry
+		<-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	return err
+}
+
+// kick starts the account's flusher unless it runs. Called with a.mu held.
+func (l *Leaser) kick(a *leaseAcct) {
+	if !a.flushing {
+		a.flushing = true
+		l.flushes.Add(1)
+		go l.flush(a)
+	}
+}
+
+// flush applies the account's queue in batches until it is empty, retrying
+// with backoff while Redis is unreachable. A batch that may already have been
+// applied (its answer was lost) is resent with the per-call check on, so
+// that no call is applied twice.
+func (l *Leaser) flush(a *leaseAcct) {
+	defer l.flushes.Done()
+	backoff := 20 * time.Millisecond
+	if l.opts.Linger > 0 {
+		// Let the calls of the next moments join this batch: fewer, larger
+		// scripts, and no Redis wakeup per call. (Later rounds need no
+		// wait: calls queue while a batch is in flight.)
+		time.Sleep(l.opts.Linger)
+	}
+	a.mu.Lock()
+	var (
+		batch     []leaseOp // sent, not yet known applied: resent as it is
+		haveBatch bool
+		charges   int64
+		returning bool // a give-back round, until Redis has answered it
+	)
+	for {
+		if !haveBatch && len(a.queue) == 0 && !a.returning && !a.renew && a.gbPending == 0 {
+			a.flushing = false
+			a.cond.Broadcast()
+			a.mu.Unlock()
+			return
+		}
+		if !haveBatch {
+			n := min(len(a.queue), maxLeaseBatch)
+			batch, a.queue, haveBatch = a.queue[:n:n], a.queue[n:], true
+			charges = 0
+			for i := range batch {
+				charges += batch[i].charge
+			}
+		}
+		returning = returning || a.returning
+		if a.returning && a.gbPending == 0 {
+			// What is free goes back now; until Redis confirms it, it is
+			// neither free here nor known to be gone there.
+			a.gbPending = max(a.free, 0)
+			a.free -= a.gbPending
+			a.gbSeq = l.gbSeq.Add(1) // unique for the replica: account states come and go
+		}
+		a.returning = false
+		a.renew = false
+		a.inflight++
+		giveBack, gbSeq := a.gbPending, a.gbSeq
+		a.mu.Unlock()
+
+		a.sem <- struct{}{}
+		sent := time.Now()
+		res, err := l.st.applyLease(a.id, l.id, l.ttl, giveBack, gbSeq, batch)
+
+		a.mu.Lock()
+		<-a.sem
+		a.inflight--
+		if err != nil && errors.Is(err, ErrUnavailable) {
+			// The batch and the give-back stay as they are and go again,
+			// with the same call ids and give-back number: whatever of them
+			// Redis did apply is not applied twice.
+			if a.failing.IsZero() {
+				a.failing = sent
+			}
+			a.cond.Broadcast()
+			a.mu.Unlock()
+			if l.opts.OnError != nil {
+				l.opts.OnError(a.id, err)
+			}
+			select {
+			case <-time.After(backoff):
+			case <-l.abandon:
+				a.mu.Lock()
+				a.flushing = false
+				a.cond.Broadcast()
+				a.mu.Unlock()
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			a.mu.Lock()
+			continue
+		}
+		backoff = 20 * time.Millisecond
+		a.failing = time.Time{}
+		a.pending -= charges
+		a.applied += uint64(len(batch))
+		batch, haveBatch = nil, false
+		a.gbPending = 0
+		if err != nil { // the account is gone: nothing to apply to
+			a.free, a.balance, a.outside, a.leased = 0, 0, 0, false
+			if l.opts.OnError != nil {
+				l.opts.OnError(a.id, err)
+			}
+		} else {
+			a.balance, a.outside = res[0], res[2]
+			a.renewed = sent
+			a.leased = res[1] > 0
+			a.reconcile(res[1], 0)
+			if returning && a.free > 0 {
+				// Credits settled calls gave back while the give-back was on
+				// its way (or that a lost answer hid): they go back too.
+				a.returning = true
+			}
+		}
+		returning = false
+		a.cond.Broadcast()
+	}
+}
+
+// applyLease runs lease_flush for one account's batch.
+func (s *Store) applyLease(account, leaseID string, ttl time.Duration, giveBack int64, gbSeq uint64, batch []leaseOp) ([]int64, error) {
+	keys := make([]string, 0, 7+len(batch))
+	keys = append(keys, acctKey(account), holdExpKey(account), holdValKey(account), ledgerKey(account), planKey(account), usageKey(account),
+		"{a:"+account+"}:gb:"+leaseID)
+	args := make([]any, 0, 6+len(batch)*45)
+	args = append(args, leaseID, ttl.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix(), giveBack, gbSeq)
+	for i := range batch {
+		op := &batch[i]
+		if op.marker {
+			continue
+		}
+		kind := "s"
+		if op.release {
+			kind = "r"
+		}
+		keys = append(keys, genKey(account, op.rec.RequestID))
+		args = append(args, kind, op.rec.RequestID, op.keyID, op.charge, op.in, op.out, 0)
+		at := len(args) - 1
+		args = op.rec.args(args)
+		args[at] = len(args) - at - 1
+	}
+	// The ledger and cost records already belong to other callers' batches:
+	// never cancelled half way by one caller.
+	res, err := s.pipe.run(context.Background(), leaseFlushScript, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, unavailable("applying settled calls", err)
+	}
+	if len(res) == 1 && res[0] == -1 {
+		return nil, fmt.Errorf("applying settled calls of %q: %w", account, ErrNoAccount)
+	}
+	return res, nil
+}
+
+// tend gives back idle leases, renews leases in use, and forgets accounts
+// with nothing leased.
+func (l *Leaser) tend() {
+	defer l.janitor.Done()
+	tick := min(l.opts.IdleReturn/2, l.ttl/8)
+	t := time.NewTicker(max(tick, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		for _, a := range l.all() {
+			a.mu.Lock()
+			for id, h := range a.holds {
+				if h.expires < now.UnixNano() {
+					// Its call outlived the hold TTL unsettled: its credits
+					// are free again, as a hold in Redis would be; a late
+					// settle finds no hold and charges what is available.
+					delete(a.holds, id)
+					a.held -= h.amt
+					a.free += h.amt
+					if l.opts.OnError != nil {
+						l.opts.OnError(a.id, fmt.Errorf("hold %s expired unsettled", id))
+					}
+				}
+			}
+			idle := now.Sub(a.used) > l.opts.IdleReturn
+			switch {
+			case a.held == 0 && len(a.queue) == 0 && idle && (a.free > 0 || a.leased) && !a.flushing:
+				a.returning = true
+				l.kick(a)
+			case (a.held > 0 || a.free > 0) && now.Sub(a.renewed) > l.ttl/4:
+				a.renew = true
+				l.kick(a)
+			case a.held == 0 && !a.leased && len(a.queue) == 0 && idle && !a.flushing && a.inflight == 0:
+				a.dead = true
+				l.mu.Lock()
+				delete(l.accts, a.id)
+				l.mu.Unlock()
+			}
+			a.mu.Unlock()
+		}
+	}
+}
