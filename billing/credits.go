@@ -227,6 +227,8 @@ func creditTransaction(e metering.Entry) *transactionJSON {
 		t.Type = e.Type
 	case "dispute":
 		t.Type = "refund"
+	case "dispute_won": // what a dispute took, given back
+		t.Type = "grant"
 	default: // adjustment and anything else an operator wrote
 		t.Type = "grant"
 		if e.Amount < 0 {
@@ -235,7 +237,7 @@ func creditTransaction(e metering.Entry) *transactionJSON {
 	}
 	if t.Description == "" {
 		t.Description = map[string]string{"purchase": "Credit pack", "auto_recharge": "Auto-recharge",
-			"refund": "Refund", "dispute": "Dispute", "grant": "Credits granted", "adjustment": "Adjustment"}[e.Type]
+			"refund": "Refund", "dispute": "Dispute", "dispute_won": "Dispute won", "grant": "Credits granted", "adjustment": "Adjustment"}[e.Type]
 	}
 	if e.Type == "purchase" || e.Type == "auto_recharge" {
 		if p, err := strconv.ParseInt(e.Fields["price_minor"], 10, 64); err == nil {

@@ -9,11 +9,11 @@ import (
 	"github.com/tollgate/tollgate/metering"
 )
 
-// historyJSON is one purchase, refund or dispute.
+// historyJSON is one purchase, refund or dispute (or a won dispute's give-back).
 type historyJSON struct {
 	ID              string  `json:"id"` // also the starting_after cursor
 	Object          string  `json:"object"`
-	Type            string  `json:"type"` // purchase, refund, dispute
+	Type            string  `json:"type"` // purchase, auto_recharge, refund, dispute, dispute_won
 	Amount          Credits `json:"amount"`
 	BalanceAfter    Credits `json:"balance_after"`
 	StripePaymentID string  `json:"stripe_payment_id"`

@@ -59,7 +59,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
 		err = s.onCheckoutPaid(r.Context(), log, ev)
 	case stripe.EventTypeChargeRefunded:
 		err = s.onRefund(r.Context(), log, ev)
-	case stripe.EventTypeChargeDisputeCreated:
+	case stripe.EventTypeChargeDisputeCreated, stripe.EventTypeChargeDisputeClosed:
 		err = s.onDispute(r.Context(), log, ev)
 	case stripe.EventTypeCustomerSubscriptionCreated, stripe.EventTypeCustomerSubscriptionUpdated,
 		stripe.EventTypeCustomerSubscriptionDeleted:
@@ -190,11 +190,24 @@ func (s *Server) onRefund(ctx context.Context, log *zap.Logger, ev stripe.Event)
 	return nil
 }
 
-// onDispute takes back the disputed share of a payment's credits, once per dispute.
+// onDispute takes back the disputed share of a payment's credits when a
+// dispute opens, once per dispute, and gives it back when the dispute closes
+// won — or closes as an inquiry that never became a chargeback
+// (warning_closed). A lost dispute keeps what was taken. The two events may
+// arrive in either order: a win recorded first means the opening takes nothing.
 func (s *Server) onDispute(ctx context.Context, log *zap.Logger, ev stripe.Event) error {
 	var d stripe.Dispute
 	if err := decodeObject(ev, &d); err != nil {
 		return err
+	}
+	opened, won := disputeRef(d.ID), disputeWonRef(d.ID)
+	rev := metering.Reversal{Kind: metering.Dispute, Reference: opened, Linked: won, Minor: d.Amount}
+	if ev.Type == stripe.EventTypeChargeDisputeClosed {
+		if d.Status != stripe.DisputeStatusWon && d.Status != stripe.DisputeStatusWarningClosed {
+			log.Info("dispute closed; the credits stay taken back", zap.String("dispute", d.ID), zap.String("status", string(d.Status)))
+			return errIgnored
+		}
+		rev = metering.Reversal{Kind: metering.DisputeWon, Reference: won, Linked: opened}
 	}
 	var payment, charge, hint string
 	if d.PaymentIntent != nil {
@@ -225,22 +238,25 @@ func (s *Server) onDispute(ctx context.Context, log *zap.Logger, ev stripe.Event
 		return err
 	}
 	log = log.With(zap.String("account", account), zap.String("payment_intent", payment), zap.String("dispute", d.ID))
-	res, err := s.store.ReversePurchase(ctx, metering.Reversal{
-		Account: account, PaymentID: payment, Kind: metering.Dispute,
-		Reference: "dispute:" + d.ID,
-		Minor:     d.Amount,
-		Fields: map[string]string{
-			"description": "Dispute", "dispute_id": d.ID, "charge_id": charge, "stripe_event_id": ev.ID,
-			"disputed_minor": strconv.FormatInt(d.Amount, 10),
-		},
-	})
+	rev.Account, rev.PaymentID = account, payment
+	rev.Fields = map[string]string{
+		"description": "Dispute", "dispute_id": d.ID, "charge_id": charge, "stripe_event_id": ev.ID,
+		"disputed_minor": strconv.FormatInt(d.Amount, 10), "dispute_status": string(d.Status),
+	}
+	if rev.Kind == metering.DisputeWon {
+		rev.Fields["description"] = "Dispute won"
+	}
+	res, err := s.store.ReversePurchase(ctx, rev)
 	if err != nil {
 		return err
 	}
-	log.Info("dispute applied", zap.Bool("applied", res.Applied), zap.Int64("removed_mc", res.Removed),
-		zap.Int64("balance_after", res.BalanceAfter))
+	log.Info("dispute applied", zap.String("kind", string(rev.Kind)), zap.Bool("applied", res.Applied),
+		zap.Int64("removed_mc", res.Removed), zap.Int64("balance_after", res.BalanceAfter))
 	return nil
 }
+
+func disputeRef(id string) string    { return "dispute:" + id }
+func disputeWonRef(id string) string { return "dispute_won:" + id }
 
 // paymentAccount finds the account a payment credited. A payment we never
 // credited is ignored — unless Stripe's metadata says it is ours, in which

@@ -452,3 +452,83 @@ func TestLargePurchaseIsExact(t *testing.T) {
 	}
 	e.invariant("acme")
 }
+
+// A dispute that closes won — or an inquiry that closes without becoming a
+// chargeback — gives back exactly what its opening took, once, whatever order
+// and how often the two events arrive; a lost dispute keeps it taken.
+func TestDisputeClosedGivesBackWhenWon(t *testing.T) {
+	t.Parallel()
+	type step struct {
+		event, typ, status string
+		amount             int64 // minor units disputed; 0: the whole price
+	}
+	const spent = 1_000_000
+	for _, tc := range []struct {
+		name     string
+		refunded int64 // minor units refunded before the dispute
+		steps    []step
+		want     func(credits, refundMC int64) int64 // balance after
+		types    []string                             // ledger entry types after the purchase and spend
+	}{
+		{"won", 0,
+			[]step{{"e1", "charge.dispute.created", "needs_response", 0}, {"e2", "charge.dispute.closed", "won", 0}},
+			func(c, _ int64) int64 { return c - spent }, []string{"dispute", "dispute_won"}},
+		{"won, every event twice and under new ids", 0,
+			[]step{{"e1", "charge.dispute.created", "needs_response", 0}, {"e2", "charge.dispute.closed", "won", 0},
+				{"e1", "charge.dispute.created", "needs_response", 0}, {"e2", "charge.dispute.closed", "won", 0},
+				{"e3", "charge.dispute.created", "under_review", 0}, {"e4", "charge.dispute.closed", "won", 0}},
+			func(c, _ int64) int64 { return c - spent }, []string{"dispute", "dispute_won"}},
+		{"won before the opening arrives", 0,
+			[]step{{"e2", "charge.dispute.closed", "won", 0}, {"e1", "charge.dispute.created", "needs_response", 0}},
+			func(c, _ int64) int64 { return c - spent }, nil},
+		{"lost", 0,
+			[]step{{"e1", "charge.dispute.created", "needs_response", 0}, {"e2", "charge.dispute.closed", "lost", 0}},
+			func(c, _ int64) int64 { return -spent }, []string{"dispute"}},
+		{"inquiry closed without a chargeback", 0,
+			[]step{{"e1", "charge.dispute.created", "warning_needs_response", 0}, {"e2", "charge.dispute.closed", "warning_closed", 0}},
+			func(c, _ int64) int64 { return c - spent }, []string{"dispute", "dispute_won"}},
+		{"partly refunded, the rest disputed and won: the refund stays", 1000,
+			[]step{{"e1", "charge.dispute.created", "needs_response", -1000}, {"e2", "charge.dispute.closed", "won", -1000}},
+			func(c, r int64) int64 { return c - r - spent }, []string{"refund", "dispute", "dispute_won"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{})
+			p := e.sell("acme", "cs_w", "growth")
+			e.paid("evt_p", "acme", "cs_w", "pi_w", p)
+			e.spend("acme", "h1", spent)
+			var refundMC int64
+			if tc.refunded > 0 {
+				before := e.account("acme").Balance
+				e.refund("evt_r", "ch_w", "pi_w", p.PriceMinor, tc.refunded)
+				refundMC = before - e.account("acme").Balance
+			}
+			for _, s := range tc.steps {
+				amount := s.amount
+				if amount <= 0 {
+					amount += p.PriceMinor
+				}
+				d := teststripe.Dispute("dp_w", "ch_w", "pi_w", amount, "usd")
+				d["status"] = s.status
+				if status, body := e.deliver(teststripe.Event(s.event, s.typ, d)); status != http.StatusOK {
+					t.Fatalf("%s %s: %d %s", s.typ, s.status, status, body)
+				}
+			}
+			if b, want := e.account("acme").Balance, tc.want(growthCreditsMC, refundMC); b != want {
+				t.Fatalf("balance %d, want %d", b, want)
+			}
+			entries, err := e.store.AllEntries(context.Background(), "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var types []string
+			for _, en := range entries[2:] { // after the purchase and the spend
+				types = append(types, en.Type)
+			}
+			if strings.Join(types, ",") != strings.Join(tc.types, ",") {
+				t.Fatalf("ledger entries %v, want %v", types, tc.types)
+			}
+			e.invariant("acme")
+		})
+	}
+}

@@ -324,9 +324,13 @@ type ReversalKind string
 const (
 	Refund  ReversalKind = "refund"
 	Dispute ReversalKind = "dispute"
+	// DisputeWon gives back what a Dispute took: the dispute closed in the
+	// merchant's favour (or was an inquiry that never withdrew funds).
+	DisputeWon ReversalKind = "dispute_won"
 )
 
-// Reversal takes back the credits of a refunded or disputed payment.
+// Reversal takes back the credits of a refunded or disputed payment, or
+// gives back those of a dispute that was won.
 type Reversal struct {
 	Account   string
 	PaymentID string
@@ -338,14 +342,20 @@ type Reversal struct {
 	// amount_refunded); for a Dispute, the disputed amount. Both in the
 	// payment's minor units; converted to credits in proportion to the purchase,
 	// rounded up, and never more than the purchase bought in all.
-	Minor  int64
+	Minor int64
+	// Linked ties a dispute's two events together whatever order they arrive
+	// in: for a Dispute, the reference its DisputeWon would carry (when that
+	// is already recorded, the dispute takes nothing); for a DisputeWon, the
+	// Dispute's reference (what it took is given back; delivered first, the
+	// DisputeWon is only recorded). A DisputeWon ignores Minor.
+	Linked string
 	Fields map[string]string // extra ledger fields
 }
 
 // Reversed is the result of ReversePurchase.
 type Reversed struct {
-	Applied      bool  // false: nothing removed now (a replay, or all already taken back)
-	Removed      int64 // mc taken back now
+	Applied      bool  // false: the balance did not change (a replay, or nothing to take or give back)
+	Removed      int64 // mc taken back now; negative when a DisputeWon gave credits back
 	BalanceAfter int64 // may be negative
 	EntryID      string
 }
@@ -353,13 +363,14 @@ type Reversed struct {
 // ReversePurchase removes credits for a refund or a dispute, atomically. A
 // refund's share only ever grows with Stripe's cumulative amount_refunded, a
 // dispute counts once per reference, and the credits removed in all never
-// exceed what the payment bought. It fails with ErrPending when the payment
-// has not been credited (yet).
+// exceed what the payment bought; a DisputeWon gives back, once, what its
+// dispute took. It fails with ErrPending when the payment has not been
+// credited (yet).
 func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, error) {
-	if r.Kind != Refund && r.Kind != Dispute {
+	if r.Kind != Refund && r.Kind != Dispute && r.Kind != DisputeWon {
 		return Reversed{}, fmt.Errorf("reversing purchase: unknown kind %q", r.Kind)
 	}
-	if r.Reference == "" {
+	if r.Reference == "" || (r.Kind == DisputeWon && r.Linked == "") {
 		return Reversed{}, ErrNoReference
 	}
 	p, err := s.Payment(ctx, r.Account, r.PaymentID)
@@ -368,8 +379,8 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	}
 	mc := proportion(p.Credits, r.Minor, p.AmountMinor)
 	a := r.Account
-	args := make([]any, 0, 5+2*len(r.Fields))
-	args = append(args, string(r.Kind), r.Reference, mc, nowMillis(), r.PaymentID)
+	args := make([]any, 0, 6+2*len(r.Fields))
+	args = append(args, string(r.Kind), r.Reference, mc, nowMillis(), r.PaymentID, r.Linked)
 	args = appendFields(args, r.Fields)
 	res, err := reverseScript.Run(ctx, s.rdb,
 		[]string{acctKey(a), refsKey(a), ledgerKey(a), paymentKey(a, r.PaymentID), historyKey(a)},

@@ -1,21 +1,29 @@
 -- reverse: take back the credits of a purchase after a refund or a dispute, never more
--- than it bought in all.
+-- than it bought in all; give back what a dispute took when it closes in our favour.
 -- KEYS[1] account hash     {a:<id>}:acct
 -- KEYS[2] references       {a:<id>}:refs            (set)
 -- KEYS[3] ledger           {a:<id>}:ledger          (stream)
 -- KEYS[4] payment record   {a:<id>}:pay:<payment>   (hash, written by fulfil)
 -- KEYS[5] billing history  {a:<id>}:billing         (stream)
--- ARGV: kind ('refund' | 'dispute'), reference, mc, created_at ms, payment id, then field/value
---       pairs for the ledger entry.
---   refund:  mc is the credits the payment's cumulative refunded amount stands for; the
---            refunded share only ever grows (an older, smaller refund event changes nothing).
---   dispute: mc is added to the disputed share, once per reference.
--- The credits removed in all are min(bought, refunded + disputed).
--- Returns {1, balance after, ledger entry id, mc removed now} when credits were removed,
---         {0, balance, '', 0} when nothing was (already applied, or nothing left to take),
---         {-1} when the account does not exist, {-2} when the purchase is unknown.
+-- ARGV: kind ('refund' | 'dispute' | 'dispute_won'), reference, mc, created_at ms,
+--       payment id, linked reference, then field/value pairs for the ledger entry.
+--   refund:      mc is the credits the payment's cumulative refunded amount stands for;
+--                the refunded share only ever grows (an older, smaller refund event
+--                changes nothing).
+--   dispute:     mc is added to the disputed share, once per reference, and remembered
+--                under the reference; nothing is taken when the linked reference (the
+--                dispute's closing in our favour, delivered first) is already recorded.
+--   dispute_won: the dispute whose reference is linked closed won (or as an inquiry
+--                that never withdrew funds): the mc it added leaves the disputed share,
+--                once. Delivered before the dispute itself, it is only recorded.
+-- The credits removed in all are min(bought, refunded + disputed); a change of that
+-- figure is one ledger entry (negative when taking, positive when giving back).
+-- Returns {1, balance after, ledger entry id, mc removed now (negative: given back)}
+--         when the balance changed, {0, balance, '', 0} when nothing did (already
+--         applied, or nothing to take), {-1} when the account does not exist, {-2}
+--         when the purchase is unknown.
 local acct, refs, ledger, pay, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local kind, ref, mc, now, pid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local kind, ref, mc, now, pid, linked = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 local f = redis.call('HMGET', pay, 'credits_mc', 'refunded_mc', 'disputed_mc', 'removed_mc', 'session_id')
@@ -25,27 +33,34 @@ if redis.call('SADD', refs, ref) == 0 then return {0, balance, '', 0} end
 
 -- Amounts are below 2^53, exact as Lua numbers; they are written back with
 -- string.format('%d'), never through tostring or '..' (14 significant digits).
+local function int(n) return string.format('%d', n) end
 local credits, refunded, disputed, removed = tonumber(f[1]), tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(f[4]) or 0
 if mc < 0 then mc = 0 end
 if kind == 'refund' then
   if mc > refunded then refunded = mc end
-else
+elseif kind == 'dispute' then
+  if linked ~= '' and redis.call('SISMEMBER', refs, linked) == 1 then return {0, balance, '', 0} end
   disputed = disputed + mc
+  redis.call('HSET', pay, ref, int(mc))
+else
+  if redis.call('SISMEMBER', refs, linked) == 0 then return {0, balance, '', 0} end
+  mc = tonumber(redis.call('HGET', pay, linked)) or 0
+  disputed = disputed - mc
+  if disputed < 0 then disputed = 0 end
 end
 local total = refunded + disputed
 if total > credits then total = credits end
 local delta = total - removed
-local function int(n) return string.format('%d', n) end
 redis.call('HSET', pay, 'refunded_mc', int(refunded), 'disputed_mc', int(disputed))
-if delta <= 0 then return {0, balance, '', 0} end
+if delta == 0 or (delta < 0 and kind ~= 'dispute_won') then return {0, balance, '', 0} end
 
-local debit = int(0 - delta)
+local amount = int(0 - delta)
 redis.call('HSET', pay, 'removed_mc', int(total))
-balance = redis.call('HINCRBY', acct, 'balance', debit)
-redis.call('HINCRBY', acct, 'purchased', debit)
-local rec = {'type', kind, 'amount', debit, 'balance_after', balance, 'ref', ref,
+balance = redis.call('HINCRBY', acct, 'balance', amount)
+redis.call('HINCRBY', acct, 'purchased', amount)
+local rec = {'type', kind, 'amount', amount, 'balance_after', balance, 'ref', ref,
   'session_id', f[5] or '', 'stripe_payment_id', pid, 'created_at', now}
-for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', unpack(rec))
 redis.call('XADD', hist, eid, unpack(rec))
 return {1, balance, eid, delta}
