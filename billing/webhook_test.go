@@ -468,7 +468,7 @@ func TestDisputeClosedGivesBackWhenWon(t *testing.T) {
 		refunded int64 // minor units refunded before the dispute
 		steps    []step
 		want     func(credits, refundMC int64) int64 // balance after
-		types    []string                             // ledger entry types after the purchase and spend
+		types    []string                            // ledger entry types after the purchase and spend
 	}{
 		{"won", 0,
 			[]step{{"e1", "charge.dispute.created", "needs_response", 0}, {"e2", "charge.dispute.closed", "won", 0}},

@@ -89,7 +89,14 @@ type Leaser struct {
 	closed  atomic.Bool
 	stop    chan struct{}
 	abandon chan struct{} // closed when Close gives up on Redis
-	flushes sync.WaitGroup
+	// flushers counts running flush goroutines. Not a WaitGroup: a call
+	// settled while Close waits (its handler outlived the drain) starts one
+	// then, which a WaitGroup forbids once its count is zero.
+	flushers struct {
+		sync.Mutex
+		n    int
+		zero chan struct{} // closed when n drops to 0; nil while n is 0
+	}
 	janitor sync.WaitGroup
 	once    sync.Once
 	// abandonOnce guards abandon: Close may run twice.
@@ -120,6 +127,11 @@ type leaseAcct struct {
 	gbSeq     uint64 // that give-back's sequence number (resent with it)
 	renew     bool   // the next flush renews the lease even with nothing to apply
 	inflight  int    // Redis calls in flight for this account
+	fails     uint64 // Redis calls of the account that failed, ever
+	// sentAt is when the Redis call holding sem was sent (unix nanos, 0:
+	// none): a call unanswered for LeaseOptions.Offline stops the lease
+	// serving as a failed one does, before go-redis gives up on it.
+	sentAt atomic.Int64
 	// sem lets one Redis call of the account run at a time, and is given
 	// up only once a.mu is held again: answers are then applied in the
 	// order Redis ran the calls, so each is the latest word on the lease.
@@ -154,6 +166,10 @@ type leaseOp struct {
 
 // errBacklog refuses calls while an account's queue is full.
 var errBacklog = errors.New("too many calls waiting to be applied")
+
+// errRedisFailing refuses a call that needs a grant right after another
+// call of the account found Redis not answering.
+var errRedisFailing = errors.New("redis is not answering")
 
 const maxLeaseBatch = 128
 
@@ -246,7 +262,7 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		if a.queued-a.applied >= uint64(l.opts.MaxQueued) {
 			// Redis applies calls slower than they come: the caller waits
 			// for room (a second at most) rather than run ahead of the ledger.
-			a.waitUntil(now.Add(time.Second), func() bool {
+			a.waitUntil(ctx, now.Add(time.Second), func() bool {
 				return a.queued-a.applied >= uint64(l.opts.MaxQueued) && a.flushing
 			})
 			if a.queued-a.applied >= uint64(l.opts.MaxQueued) {
@@ -264,13 +280,38 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 			return h, nil
 		}
 		a.inflight++
+		fails := a.fails
 		a.mu.Unlock()
 
 		// One Redis call of the account at a time. Another caller's grant
-		// may have made room meanwhile: then no grant is needed.
-		a.sem <- struct{}{}
+		// may have made room meanwhile: then no grant is needed. When
+		// another caller's call failed meanwhile, Redis is not answering:
+		// the lease serves what it can, and no caller queues up for a
+		// timeout of its own behind the one that just failed.
+		select {
+		case a.sem <- struct{}{}:
+		case <-ctx.Done():
+			a.mu.Lock()
+			a.inflight--
+			h, ok := a.take(r, time.Now(), l, true)
+			a.mu.Unlock()
+			if ok {
+				return h, nil
+			}
+			return Hold{}, unavailable("reserving credits", ctx.Err())
+		}
 		a.mu.Lock()
-		if h, ok := a.take(r, time.Now(), l, false); ok {
+		h, ok := a.take(r, time.Now(), l, false)
+		if !ok && a.fails != fails {
+			h, ok = a.take(r, time.Now(), l, true)
+			if !ok {
+				<-a.sem
+				a.inflight--
+				a.mu.Unlock()
+				return Hold{}, unavailable("reserving credits", errRedisFailing)
+			}
+		}
+		if ok {
 			<-a.sem
 			a.inflight--
 			a.mu.Unlock()
@@ -279,11 +320,13 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		// Ask for this call and room for one more like it; accept as little
 		// as the smallest call needs.
 		want, need := 2*most-a.free, max(least-a.free, 0)
+		a.sentAt.Store(time.Now().UnixNano())
 		a.mu.Unlock()
 		res, err := l.st.pipe.run(ctx, leaseGrantScript, []string{acctKey(r.Account), holdExpKey(r.Account), holdValKey(r.Account)},
 			l.id, need, max(want, need), l.ttl.Milliseconds()).Int64Slice()
 
 		a.mu.Lock()
+		a.sentAt.Store(0)
 		<-a.sem
 		a.inflight--
 		if err == nil {
@@ -294,6 +337,12 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 			if a.failing.IsZero() {
 				a.failing = now
 			}
+			a.fails++
+			// Redis may have granted without the answer reaching us: the
+			// lease is in doubt until an answer says otherwise, so the
+			// account's state stays (the idle give-back finds out and
+			// returns whatever was granted).
+			a.leased = true
 			// Redis unreachable: a live lease still serves what it can.
 			h, ok := a.take(r, now, l, true)
 			a.mu.Unlock()
@@ -318,13 +367,13 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		a.renewed = now
 		a.leased = res[2] > 0
 		a.reconcile(res[2], res[1])
-		h, ok := a.take(r, now, l, true)
+		h, ok = a.take(r, now, l, true)
 		avail := max(a.free, 0) + res[4]
 		a.mu.Unlock()
 		if ok {
 			return h, nil
 		}
-		if attempt == 3 {
+		if attempt >= 3 {
 			// Other calls of this replica took what was granted each time.
 			return Hold{}, &InsufficientError{Needed: least, Available: avail}
 		}
@@ -347,6 +396,16 @@ func (a *leaseAcct) reconcile(lease, grant int64) {
 	a.free = min(a.free+grant, exact)
 }
 
+// offline says whether Redis has not answered this account for longer than
+// limit: a call failed that long ago, or one has been waiting that long.
+func (a *leaseAcct) offline(now time.Time, limit time.Duration) bool {
+	if !a.failing.IsZero() && now.Sub(a.failing) > limit {
+		return true
+	}
+	sent := a.sentAt.Load()
+	return sent != 0 && now.UnixNano()-sent > int64(limit)
+}
+
 // take holds r from the free part of the lease: with MaxOutput, or with
 // partial the most output in [MinOutput, MaxOutput] that is free. Called
 // with a.mu held.
@@ -361,8 +420,7 @@ func (a *leaseAcct) take(r HoldRequest, now time.Time, l *Leaser, partial bool) 
 	}
 	// A lease not renewed for half its lifetime may expire under a new call.
 	// Nor one whose replica has not reached Redis for a while.
-	if a.renewed.IsZero() || now.Sub(a.renewed) > l.ttl/2 || a.free < r.Fixed ||
-		(!a.failing.IsZero() && now.Sub(a.failing) > l.opts.Offline) {
+	if a.renewed.IsZero() || now.Sub(a.renewed) > l.ttl/2 || a.free < r.Fixed || a.offline(now, l.opts.Offline) {
 		return Hold{}, false
 	}
 	out := r.MaxOutput
@@ -388,7 +446,10 @@ func (a *leaseAcct) take(r HoldRequest, now time.Time, l *Leaser, partial bool) 
 // Settle charges a call held from the lease — never more than its hold —
 // and queues it to be applied in Redis; it answers at once with the charge
 // and this replica's view of the balance after it. A hold placed per call
-// (a limited key) is settled by the Store.
+// (a limited key) is settled by the Store. A call held from a lease is
+// recorded under its hold id (the proxy's request id): a Record.RequestID
+// other than the hold id is refused, since the record is what makes a second
+// Settle of the hold a replay.
 func (l *Leaser) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Cost < 0 {
 		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
@@ -404,10 +465,16 @@ func (l *Leaser) Settle(ctx context.Context, st Settlement) (Charge, error) {
 		a.mu.Unlock()
 		return l.st.Settle(ctx, st)
 	}
-	delete(a.holds, st.HoldID)
-	if st.Record.RequestID == "" {
-		st.Record.RequestID = st.HoldID // the cost record, and what a resent batch is checked by
+	if st.Record.RequestID != "" && st.Record.RequestID != st.HoldID {
+		// The cost record, keyed by the request id, is what marks the call
+		// settled: a second Settle of the hold would find no mark under the
+		// hold id and charge again.
+		a.mu.Unlock()
+		return Charge{}, fmt.Errorf("settling %q: a call held from a lease is recorded under its hold id, not %q",
+			st.HoldID, st.Record.RequestID)
 	}
+	delete(a.holds, st.HoldID)
+	st.Record.RequestID = st.HoldID // the cost record, and what a resent batch is checked by
 	charge := min(st.Cost, amt)
 	a.held -= amt
 	a.free += amt - charge
@@ -461,36 +528,39 @@ func (l *Leaser) Release(ctx context.Context, account, keyID, holdID string, rec
 // of the account (the one asked about among them) are applied.
 func (l *Leaser) Generation(ctx context.Context, account, requestID string) (Generation, error) {
 	if a := l.lookup(account); a != nil {
-		a.wait(time.Now().Add(2 * time.Second))
+		a.wait(ctx, time.Now().Add(2*time.Second))
 	}
 	return l.st.Generation(ctx, account, requestID)
 }
 
-// waitUntil waits on a.cond while cond holds, until deadline at most (a
-// timer wakes the waiters then: a flusher in backoff broadcasts late).
+// waitUntil waits on a.cond while cond holds, until deadline at most or ctx
+// is done (a timer wakes the waiters then: a flusher in backoff broadcasts
+// late).
 // Called with a.mu held.
-func (a *leaseAcct) waitUntil(deadline time.Time, cond func() bool) {
+func (a *leaseAcct) waitUntil(ctx context.Context, deadline time.Time, cond func() bool) {
 	if !cond() {
 		return
 	}
-	t := time.AfterFunc(time.Until(deadline), func() {
+	wake := func() {
 		a.mu.Lock()
 		a.cond.Broadcast()
 		a.mu.Unlock()
-	})
+	}
+	t := time.AfterFunc(time.Until(deadline), wake)
 	defer t.Stop()
-	for cond() && time.Now().Before(deadline) {
+	defer context.AfterFunc(ctx, wake)()
+	for cond() && time.Now().Before(deadline) && ctx.Err() == nil {
 		a.cond.Wait()
 	}
 }
 
 // wait blocks until what was queued before it is applied, or until
 // deadline; it returns how many of those calls are still not applied.
-func (a *leaseAcct) wait(deadline time.Time) uint64 {
+func (a *leaseAcct) wait(ctx context.Context, deadline time.Time) uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	target := a.queued
-	a.waitUntil(deadline, func() bool { return a.applied < target && a.flushing })
+	a.waitUntil(ctx, deadline, func() bool { return a.applied < target && a.flushing })
 	if a.applied >= target {
 		return 0
 	}
@@ -505,7 +575,7 @@ func (l *Leaser) Flush(ctx context.Context) error {
 		deadline = time.Now().Add(time.Minute)
 	}
 	for _, a := range l.all() {
-		if left := a.wait(deadline); left > 0 {
+		if left := a.wait(ctx, deadline); left > 0 {
 			return fmt.Errorf("flushing leases: %d calls of %q not applied: %w", left, a.id, ErrUnavailable)
 		}
 	}
@@ -513,7 +583,9 @@ func (l *Leaser) Flush(ctx context.Context) error {
 }
 
 // Return gives back the free part of every lease now (calls in flight keep
-// their holds) and waits until that is applied.
+// their holds) and waits until that is applied, or ctx is done. It is meant
+// for Close (after the janitor has stopped) and for tests that read Redis
+// with nothing leased.
 func (l *Leaser) Return(ctx context.Context) error {
 	for _, a := range l.all() {
 		a.mu.Lock()
@@ -534,7 +606,7 @@ func (l *Leaser) Return(ctx context.Context) error {
 		// A give-back may take a second round (credits found by the exact
 		// count after the first): wait for it too.
 		a.mu.Lock()
-		a.waitUntil(deadline, func() bool { return (a.returning || a.gbPending > 0) && a.flushing })
+		a.waitUntil(ctx, deadline, func() bool { return (a.returning || a.gbPending > 0) && a.flushing })
 		left := a.returning || a.gbPending > 0
 		a.mu.Unlock()
 		if left {
@@ -561,13 +633,11 @@ func (l *Leaser) Close(ctx context.Context) error {
 	l.once.Do(func() { close(l.stop) })
 	l.janitor.Wait()
 	err := l.Return(ctx)
-	done := make(chan struct{})
-	go func() { l.flushes.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-l.flushed():
 	case <-ctx.Done():
 		l.abandonOnce.Do(func() { close(l.abandon) }) // a batch still failing is left to the leases' expiry
-		<-done
+		<-l.flushed()
 		if err == nil {
 			err = ctx.Err()
 		}
@@ -579,9 +649,35 @@ func (l *Leaser) Close(ctx context.Context) error {
 func (l *Leaser) kick(a *leaseAcct) {
 	if !a.flushing {
 		a.flushing = true
-		l.flushes.Add(1)
+		l.flushers.Lock()
+		if l.flushers.n == 0 {
+			l.flushers.zero = make(chan struct{})
+		}
+		l.flushers.n++
+		l.flushers.Unlock()
 		go l.flush(a)
 	}
+}
+
+func (l *Leaser) flushDone() {
+	l.flushers.Lock()
+	if l.flushers.n--; l.flushers.n == 0 {
+		close(l.flushers.zero)
+		l.flushers.zero = nil
+	}
+	l.flushers.Unlock()
+}
+
+// flushed returns a channel closed once no flush runs.
+func (l *Leaser) flushed() <-chan struct{} {
+	l.flushers.Lock()
+	defer l.flushers.Unlock()
+	if l.flushers.zero == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return l.flushers.zero
 }
 
 // flush applies the account's queue in batches until it is empty, retrying
@@ -589,7 +685,7 @@ func (l *Leaser) kick(a *leaseAcct) {
 // applied (its answer was lost) is resent with the per-call check on, so
 // that no call is applied twice.
 func (l *Leaser) flush(a *leaseAcct) {
-	defer l.flushes.Done()
+	defer l.flushDone()
 	backoff := 20 * time.Millisecond
 	if l.opts.Linger > 0 {
 		// Let the calls of the next moments join this batch: fewer, larger
@@ -605,6 +701,11 @@ func (l *Leaser) flush(a *leaseAcct) {
 		returning bool // a give-back round, until Redis has answered it
 	)
 	for {
+		if l.closed.Load() && a.free > 0 && a.gbPending == 0 {
+			// Leasing has stopped: what a call still in flight when Close
+			// began leaves free goes back with its charge.
+			a.returning = true
+		}
 		if !haveBatch && len(a.queue) == 0 && !a.returning && !a.renew && a.gbPending == 0 {
 			a.flushing = false
 			a.cond.Broadcast()
@@ -635,9 +736,11 @@ func (l *Leaser) flush(a *leaseAcct) {
 
 		a.sem <- struct{}{}
 		sent := time.Now()
+		a.sentAt.Store(sent.UnixNano())
 		res, err := l.st.applyLease(a.id, l.id, l.ttl, giveBack, gbSeq, batch)
 
 		a.mu.Lock()
+		a.sentAt.Store(0)
 		<-a.sem
 		a.inflight--
 		if err != nil && errors.Is(err, ErrUnavailable) {
@@ -647,6 +750,7 @@ func (l *Leaser) flush(a *leaseAcct) {
 			if a.failing.IsZero() {
 				a.failing = sent
 			}
+			a.fails++
 			a.cond.Broadcast()
 			a.mu.Unlock()
 			if l.opts.OnError != nil {
@@ -674,7 +778,9 @@ func (l *Leaser) flush(a *leaseAcct) {
 		if err != nil { // the account is gone: nothing to apply to
 			a.free, a.balance, a.outside, a.leased = 0, 0, 0, false
 			if l.opts.OnError != nil {
+				a.mu.Unlock() // OnError may call back into the Leaser
 				l.opts.OnError(a.id, err)
+				a.mu.Lock()
 			}
 		} else {
 			a.balance, a.outside = res[0], res[2]
@@ -740,8 +846,10 @@ func (l *Leaser) tend() {
 		case <-t.C:
 		}
 		now := time.Now()
+		var expired []string
 		for _, a := range l.all() {
 			a.mu.Lock()
+			expired = expired[:0]
 			for id, h := range a.holds {
 				if h.expires < now.UnixNano() {
 					// Its call outlived the hold TTL unsettled: its credits
@@ -750,9 +858,7 @@ func (l *Leaser) tend() {
 					delete(a.holds, id)
 					a.held -= h.amt
 					a.free += h.amt
-					if l.opts.OnError != nil {
-						l.opts.OnError(a.id, fmt.Errorf("hold %s expired unsettled", id))
-					}
+					expired = append(expired, id)
 				}
 			}
 			idle := now.Sub(a.used) > l.opts.IdleReturn
@@ -770,6 +876,11 @@ func (l *Leaser) tend() {
 				l.mu.Unlock()
 			}
 			a.mu.Unlock()
+			if l.opts.OnError != nil {
+				for _, id := range expired {
+					l.opts.OnError(a.id, fmt.Errorf("hold %s expired unsettled", id))
+				}
+			}
 		}
 	}
 }
