@@ -23,7 +23,7 @@ import (
 func TestLeaseLostGrantAnswerIsGivenBack(t *testing.T) {
 	e := newEnv(t, metering.Options{HoldTTL: time.Minute})
 	e.account(t, "acme", 100_000)
-	cutter := startReplyCutter(t, e.srv.Addr)
+	cutter := startRelay(t, e.srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: cutter.addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	l := metering.NewLeaser(metering.New(rdb, metering.Options{HoldTTL: time.Minute}),
@@ -120,62 +120,13 @@ func TestLeaseGrantsFailFastWhileRedisIsSilent(t *testing.T) {
 	}
 }
 
-// silenceable relays to Redis until silenced; then requests and answers
-// vanish while the connections stay open: Redis looks hung.
-type silenceable struct {
-	addr   string
-	silent atomic.Bool
-}
-
-func startSilenceable(t *testing.T, target string) *silenceable {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	s := &silenceable{addr: ln.Addr().String()}
-	pipe := func(dst, src net.Conn) {
-		defer dst.Close()
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := src.Read(buf)
-			if err != nil {
-				return
-			}
-			if s.silent.Load() {
-				continue
-			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = client.Close()
-				continue
-			}
-			go pipe(server, client)
-			go pipe(client, server)
-		}
-	}()
-	return s
-}
-
 // LeaseOptions.Offline bounds how long a lease serves once Redis stops
 // answering — counted from the unanswered call, not from when go-redis
 // gives up on it (timeouts × retries later).
 func TestLeaseOfflineCountsFromTheUnansweredCall(t *testing.T) {
 	e := newEnv(t, metering.Options{})
 	e.account(t, "acme", 1_000_000)
-	rel := startSilenceable(t, e.srv.Addr)
+	rel := startRelay(t, e.srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: rel.addr, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	l := metering.NewLeaser(metering.New(rdb, metering.Options{}), metering.LeaseOptions{IdleReturn: time.Hour, Offline: 100 * time.Millisecond})

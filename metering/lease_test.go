@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -335,22 +334,45 @@ func TestLeaseRedisOutage(t *testing.T) {
 	assertLedger(t, e.st, "acme")
 }
 
-// replyCutter is a TCP relay to Redis that, when armed, drops the next
-// reply and closes the connection: Redis ran the command, the client never
-// hears of it — and resends it (go-redis retries; then the Leaser does).
-type replyCutter struct {
-	addr string
-	cut  atomic.Int32
+// redisRelay is a TCP relay to Redis that fakes two faults. Armed with cut,
+// it drops the next reply and closes the connection: Redis ran the command,
+// the client never hears of it — and resends it (go-redis retries; then the
+// Leaser does). With silent set, requests and replies vanish while the
+// connections stay open: Redis looks hung.
+type redisRelay struct {
+	addr   string
+	cut    atomic.Int32
+	silent atomic.Bool
 }
 
-func startReplyCutter(t *testing.T, target string) *replyCutter {
+func startRelay(t *testing.T, target string) *redisRelay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
-	c := &replyCutter{addr: ln.Addr().String()}
+	r := &redisRelay{addr: ln.Addr().String()}
+	pipe := func(dst, src net.Conn, replies bool) {
+		defer dst.Close()
+		defer src.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			if r.silent.Load() {
+				continue
+			}
+			if replies && r.cut.Load() > 0 && r.cut.Add(-1) >= 0 {
+				return // the reply is lost
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
 	go func() {
 		for {
 			client, err := ln.Accept()
@@ -362,27 +384,11 @@ func startReplyCutter(t *testing.T, target string) *replyCutter {
 				_ = client.Close()
 				continue
 			}
-			go func() { _, _ = io.Copy(server, client); _ = server.Close() }()
-			go func() {
-				defer client.Close()
-				defer server.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := server.Read(buf)
-					if err != nil {
-						return
-					}
-					if c.cut.Load() > 0 && c.cut.Add(-1) >= 0 {
-						return // the reply is lost
-					}
-					if _, err := client.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
+			go pipe(server, client, false)
+			go pipe(client, server, true)
 		}
 	}()
-	return c
+	return r
 }
 
 // A batch whose answer was lost is resent (by go-redis, configured to retry
@@ -391,7 +397,7 @@ func startReplyCutter(t *testing.T, target string) *replyCutter {
 func TestLeaseFlushReplayIsIdempotent(t *testing.T) {
 	e := newEnv(t, metering.Options{})
 	e.account(t, "acme", 1_000_000)
-	cutter := startReplyCutter(t, e.srv.Addr)
+	cutter := startRelay(t, e.srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: cutter.addr, MaxRetries: 2, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 2 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	l := newLeaser(t, metering.New(rdb, metering.Options{}), metering.LeaseOptions{IdleReturn: time.Hour, Offline: time.Hour})
