@@ -4,8 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"os"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tollgate/tollgate/internal/config"
+	"github.com/tollgate/tollgate/internal/testjwt"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -58,18 +57,8 @@ func FuzzJWT(f *testing.F) {
 		}
 		return c
 	}
-	sign := func(m jwt.SigningMethod, c jwt.MapClaims, key any) string {
-		s, err := jwt.NewWithClaims(m, c).SignedString(key)
-		if err != nil {
-			f.Fatal(err)
-		}
-		return s
-	}
-	none := func(c jwt.MapClaims) string {
-		h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT"})
-		p, _ := json.Marshal(c)
-		return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(p) + "."
-	}
+	sign := func(m jwt.SigningMethod, c jwt.MapClaims, key any) string { return testjwt.Sign(f, m, c, key) }
+	none := testjwt.Unsigned
 	good := sign(jwt.SigningMethodHS256, claims(nil), []byte(fuzzSecret))
 	for _, seed := range []string{
 		good,

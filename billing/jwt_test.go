@@ -20,6 +20,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tollgate/tollgate/internal/config"
+	"github.com/tollgate/tollgate/internal/testjwt"
 )
 
 // writePEM writes a public key (or any DER) as a PEM file and returns its path.
@@ -47,21 +48,10 @@ func claims(account string) jwt.MapClaims {
 	return jwt.MapClaims{"sub": account, "iss": testIssuer, "aud": testAudience, "exp": time.Now().Add(time.Hour).Unix()}
 }
 
-func sign(t *testing.T, m jwt.SigningMethod, c jwt.MapClaims, key any) string {
-	t.Helper()
-	s, err := jwt.NewWithClaims(m, c).SignedString(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// unsigned builds an alg:none token by hand.
-func unsigned(c jwt.MapClaims) string {
-	h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT"})
-	p, _ := json.Marshal(c)
-	return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(p) + "."
-}
+var (
+	sign     = testjwt.Sign
+	unsigned = testjwt.Unsigned
+)
 
 // expectSameRefusal requires every token to get a 401 whose body is exactly
 // the reference refusal: nothing says why.

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tollgate/tollgate/internal/testjwt"
 	"github.com/tollgate/tollgate/internal/testredis"
 	"github.com/tollgate/tollgate/internal/teststripe"
 	"github.com/tollgate/tollgate/metering"
@@ -72,18 +72,8 @@ func TestHostileJWT(t *testing.T) {
 		}
 		return c
 	}
-	sign := func(m jwt.SigningMethod, c jwt.MapClaims, key any) string {
-		s, err := jwt.NewWithClaims(m, c).SignedString(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	none := func(c jwt.MapClaims) string {
-		h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT"})
-		p, _ := json.Marshal(c)
-		return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(p) + "."
-	}
+	sign := func(m jwt.SigningMethod, c jwt.MapClaims, key any) string { return testjwt.Sign(t, m, c, key) }
+	none := testjwt.Unsigned
 	secret := []byte(soakJWTSecret)
 	get := func(p *proc, token string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, p.URL+"/v1/api-credits", nil)
