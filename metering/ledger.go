@@ -123,7 +123,8 @@ type Generation struct {
 	Record
 	Charged      int64
 	BalanceAfter int64
-	Capped       bool
+	OverHold     int64 // mc the charge exceeded the call's hold by
+	Capped       bool  // the hold had expired; the charge was cut to what was available
 }
 
 // Generation returns the cost record of a call made by account.
@@ -160,7 +161,7 @@ func (s *Store) Generation(ctx context.Context, account, requestID string) (Gene
 			Reason: m["reason"], Latency: time.Duration(n("latency_us")) * time.Microsecond,
 			TTFT: time.Duration(n("ttft_us")) * time.Microsecond, CreatedAt: time.UnixMilli(n("created_at")).UTC(),
 		},
-		Charged: n("charged"), BalanceAfter: n("balance_after"), Capped: m["capped"] == "1",
+		Charged: n("charged"), BalanceAfter: n("balance_after"), OverHold: n("over_hold"), Capped: m["capped"] == "1",
 	}
 	return g, nil
 }

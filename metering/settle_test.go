@@ -30,21 +30,22 @@ func TestSettle(t *testing.T) {
 		req         metering.HoldRequest
 		cost        int64
 		wantCharged int64
-		wantCapped  bool
+		wantOver    int64 // charged past the hold: in full, and said
 	}{
-		{"below the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 4321, 4321, false},
-		{"exactly the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 11_000, 11_000, false},
-		{"above the hold is capped", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 11_001, 11_000, true},
-		{"far above the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 10}, 1 << 40, 1100, true},
-		{"zero cost", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 10}, 0, 0, false},
-		{"whole balance", 5000, metering.HoldRequest{Fixed: 1000, PerOutput: 1, MinOutput: 1, MaxOutput: 1 << 20}, 5000, 5000, false},
+		{"below the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 4321, 4321, 0},
+		{"exactly the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 11_000, 11_000, 0},
+		{"above the hold is charged in full", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 1000}, 11_001, 11_001, 1},
+		{"far above the hold", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 10}, 50_000, 50_000, 48_900},
+		{"past the balance goes below zero by the excess", 5000, metering.HoldRequest{Fixed: 1000, PerOutput: 1, MinOutput: 1, MaxOutput: 1 << 20}, 7000, 7000, 2000},
+		{"zero cost", 100_000, metering.HoldRequest{Fixed: 1000, PerOutput: 10, MinOutput: 1, MaxOutput: 10}, 0, 0, 0},
+		{"whole balance", 5000, metering.HoldRequest{Fixed: 1000, PerOutput: 1, MinOutput: 1, MaxOutput: 1 << 20}, 5000, 5000, 0},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := fmt.Sprintf("settle-%d", i)
 			e.account(t, id, tt.fund)
 			req := tt.req
-			req.Account, req.HoldID = id, "hold-"+id
+			req.Account, req.HoldID = id, "req-"+id
 			h, err := e.st.Reserve(ctx, req)
 			if err != nil {
 				t.Fatal(err)
@@ -55,7 +56,7 @@ func TestSettle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := metering.Charge{Charged: tt.wantCharged, BalanceAfter: tt.fund - tt.wantCharged, Capped: tt.wantCapped}
+			want := metering.Charge{Charged: tt.wantCharged, BalanceAfter: tt.fund - tt.wantCharged, OverHold: tt.wantOver}
 			if c != want {
 				t.Errorf("Settle = %+v, want %+v", c, want)
 			}
@@ -79,7 +80,7 @@ func TestSettle(t *testing.T) {
 				"request_id": rec.RequestID, "model": rec.Model, "provider": rec.Provider, "endpoint": rec.Endpoint,
 				"input_tokens": "1200", "cached_input_tokens": "300", "output_tokens": "456", "reasoning_tokens": "56",
 				"estimated": "1", "streamed": "1", "cancelled": "0", "failed": "0", "status": "200", "reason": "stop",
-				"latency_us": "1234567", "ttft_us": "89000", "capped": strconv.Itoa(b2i(tt.wantCapped)),
+				"latency_us": "1234567", "ttft_us": "89000", "capped": "0", "over_hold": strconv.FormatInt(tt.wantOver, 10),
 			}
 			for k, v := range wantFields {
 				if en.Fields[k] != v {
@@ -91,27 +92,37 @@ func TestSettle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantGen := metering.Generation{Record: rec, Charged: tt.wantCharged, BalanceAfter: want.BalanceAfter, Capped: tt.wantCapped}
+			wantGen := metering.Generation{Record: rec, Charged: tt.wantCharged, BalanceAfter: want.BalanceAfter, OverHold: tt.wantOver}
 			if g != wantGen {
 				t.Errorf("Generation = %+v\nwant         %+v", g, wantGen)
+			}
+			if tt.wantOver > 0 {
+				calls, mc := overHold(t, e, id)
+				if calls != 1 || mc != tt.wantOver {
+					t.Errorf("over-hold counters = %d calls, %d mc; want 1, %d", calls, mc, tt.wantOver)
+				}
 			}
 			assertLedger(t, e.st, id)
 		})
 	}
 }
 
-func b2i(b bool) int {
-	if b {
-		return 1
+// overHold reads an account's over-hold counters, which operators watch.
+func overHold(t testing.TB, e *env, id string) (calls, mc int64) {
+	t.Helper()
+	f, err := e.rdb.HMGet(context.Background(), "{a:"+id+"}:acct", "over_hold_calls", "over_hold_mc").Result()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return 0
+	n := func(v any) int64 { s, _ := v.(string); i, _ := strconv.ParseInt(s, 10, 64); return i }
+	return n(f[0]), n(f[1])
 }
 
 func TestSettleReplay(t *testing.T) {
 	e := newEnv(t, metering.Options{})
 	ctx := context.Background()
 	e.account(t, "replay", 50_000)
-	h, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "replay", HoldID: "h1", Fixed: 500, PerOutput: 5, MinOutput: 1, MaxOutput: 2000})
+	h, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "replay", HoldID: "r1", Fixed: 500, PerOutput: 5, MinOutput: 1, MaxOutput: 2000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +136,9 @@ func TestSettleReplay(t *testing.T) {
 	}
 	acctBefore, entriesBefore := e.acct(t, "replay"), len(e.entries(t, "replay"))
 	for _, cost := range []int64{7777, 1, 9_999_999} {
-		again, err := e.st.Settle(ctx, metering.Settlement{Account: "replay", HoldID: h.ID, Cost: cost, Record: sampleRecord("r1-retry")})
+		rec := sampleRecord("r1")
+		rec.Model = "another" // a replay's record changes nothing either
+		again, err := e.st.Settle(ctx, metering.Settlement{Account: "replay", HoldID: h.ID, Cost: cost, Record: rec})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,8 +154,12 @@ func TestSettleReplay(t *testing.T) {
 	if n := len(e.entries(t, "replay")); n != entriesBefore {
 		t.Errorf("replays wrote %d ledger entries", n-entriesBefore)
 	}
-	if _, err := e.st.Generation(ctx, "replay", "r1-retry"); !errors.Is(err, metering.ErrNotFound) {
-		t.Errorf("a replay stored a cost record: %v", err)
+	if g, err := e.st.Generation(ctx, "replay", "r1"); err != nil || g.Model != "claude-sonnet" {
+		t.Errorf("a replay rewrote the cost record: %+v, %v", g, err)
+	}
+	// A record under another request id would not be found by a replay.
+	if _, err := e.st.Settle(ctx, metering.Settlement{Account: "replay", HoldID: h.ID, Cost: 1, Record: sampleRecord("r1-other")}); !errors.Is(err, metering.ErrRequestID) {
+		t.Errorf("Settle under another request id: %v, want ErrRequestID", err)
 	}
 	assertLedger(t, e.st, "replay")
 }

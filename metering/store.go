@@ -12,6 +12,10 @@ import (
 )
 
 var (
+	//go:embed scripts/holds.lua
+	holdsSrc string
+	//go:embed scripts/debit.lua
+	debitSrc string
 	//go:embed scripts/reserve.lua
 	reserveSrc string
 	//go:embed scripts/settle.lua
@@ -23,10 +27,12 @@ var (
 	//go:embed scripts/create_account.lua
 	createAccountSrc string
 
+	// Preludes (holds.lua, debit.lua, period.lua) are prepended, so that a
+	// rule about holds, a charge's entry or a billing period has one home.
 	reserveScript       = redis.NewScript(holdsSrc + reserveSrc)
-	settleScript        = redis.NewScript(periodSrc + settleSrc)
-	releaseScript       = redis.NewScript(releaseSrc)
-	creditScript        = redis.NewScript(creditSrc)
+	settleScript        = redis.NewScript(holdsSrc + debitSrc + periodSrc + settleSrc)
+	releaseScript       = redis.NewScript(holdsSrc + releaseSrc)
+	creditScript        = redis.NewScript(holdsSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
 
@@ -41,9 +47,6 @@ type Options struct {
 	KeyCacheTTL time.Duration
 	// RecordTTL is how long per-call cost records are kept. Default 30 days.
 	RecordTTL time.Duration
-	// SettleMarkTTL is how long a settled hold remembers its answer, making a
-	// retried settle a no-op. Default 24h.
-	SettleMarkTTL time.Duration
 	// Pipelines bounds the Redis pipelines that reserve, settle and release
 	// keep in flight; calls arriving while that many are in flight go out
 	// together in the next one (one round trip for the batch). Default 2;
@@ -60,9 +63,6 @@ func (o *Options) init() {
 	}
 	if o.RecordTTL <= 0 {
 		o.RecordTTL = 30 * 24 * time.Hour
-	}
-	if o.SettleMarkTTL <= 0 {
-		o.SettleMarkTTL = 24 * time.Hour
 	}
 	if o.Pipelines == 0 {
 		o.Pipelines = 2
@@ -322,34 +322,54 @@ type Settlement struct {
 	Record  Record
 }
 
-// Charge is what a settle did.
+// Charge is what a settle did. A call is charged its whole priced usage,
+// even past its hold (OverHold says by how much); only a call whose hold had
+// expired is charged at most what was then available (Capped).
 type Charge struct {
-	Charged      int64 // mc debited (Cost, unless capped at the hold)
+	Charged      int64 // mc debited: the cost, unless Capped
 	BalanceAfter int64
-	Capped       bool // the cost exceeded the hold and was capped at it
-	Replay       bool // this hold was already settled; nothing changed now
+	// OverHold is what the charge exceeded the call's hold by (0 when it did
+	// not). The balance may go below zero by at most that much.
+	OverHold int64
+	// Capped: the call's hold had expired, and the charge was cut to what was
+	// available (its credits may have gone to other calls meanwhile).
+	Capped bool
+	Replay bool // this hold was already settled; nothing changed now
+	// Deferred: Redis could not be reached, and the charge is applied later
+	// (a Leaser retries it); BalanceAfter is an estimate.
+	Deferred bool
 }
 
-// Settle removes the hold, debits the cost (never more than the hold), and
-// writes the ledger entry and the cost record, atomically. It also counts the
-// call in the account's billing-period usage (requests, input and output
-// tokens, credits) that plan limits and the usage API read. Settling the same
-// hold again returns the first answer and changes nothing.
+// ErrRequestID refuses a settlement whose record names a request other than
+// its hold: the cost record, keyed by the hold id, is what makes a second
+// settle a replay.
+var ErrRequestID = errors.New("metering: a call is recorded under its hold id")
+
+// Settle removes the hold, debits the whole cost, and writes the ledger entry
+// and the cost record (keyed by the hold id, which is the call's request id),
+// atomically. It also counts the call in the account's billing-period usage
+// (requests, input and output tokens, credits) that plan limits and the usage
+// API read. Settling the same hold again returns the first answer and changes
+// nothing.
 func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Cost < 0 {
 		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
+	}
+	if st.Record.RequestID == "" {
+		st.Record.RequestID = st.HoldID
+	} else if st.Record.RequestID != st.HoldID {
+		return Charge{}, fmt.Errorf("settling %q as %q: %w", st.HoldID, st.Record.RequestID, ErrRequestID)
 	}
 	a := st.Account
 	if st.Record.CreatedAt.IsZero() {
 		st.Record.CreatedAt = time.Now()
 	}
 	args := make([]any, 0, 48)
-	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.SettleMarkTTL/time.Second), int64(s.opts.RecordTTL/time.Second), "usage",
+	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.RecordTTL/time.Second),
 		MonthStart(time.Now()).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), genKey(a, st.Record.RequestID),
-			planKey(a), usageKey(a)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -358,7 +378,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if res[0] == -1 && len(res) == 1 {
 		return Charge{}, fmt.Errorf("settling for %q: %w", a, ErrNoAccount)
 	}
-	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1}, nil
+	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1, OverHold: res[4]}, nil
 }
 
 // Release drops a hold without charge. When rec is not nil the call's cost
@@ -430,7 +450,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}
-	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a)}, args...).Slice()
+	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a)}, args...).Slice()
 	if err != nil {
 		return Credited{}, unavailable("crediting", err)
 	}

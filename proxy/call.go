@@ -300,13 +300,10 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	}
 	rec := c.record(u, false)
 	rec.Provider, rec.Estimated, rec.TTFT = up.name, estimated, rec.Latency
-	ch, err := c.s.settle(metering.Settlement{
-		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id, Cost: c.model.Cost(u.Usage), Record: rec,
-	})
-	if err != nil {
-		// Served but not charged: refuse the answer rather than give it away.
-		// The hold expires by itself. (settle logged err.) Only a per-call
-		// hold gets here: a credit lease queues the settle and never fails.
+	ch, ok := c.settle(c.model.Cost(u.Usage), rec)
+	if !ok {
+		// A bug (the Meter refused the settlement itself): refuse the answer
+		// rather than give it away.
 		c.s.writeError(ctx, errUnsettled)
 		return
 	}
@@ -324,67 +321,6 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput), zap.Int64("output", u.Output),
 			zap.Int64("charged_mc", ch.Charged), zap.Duration("latency", rec.Latency))
 	}
-	if c.s.opts.OnSettle != nil {
-		c.s.opts.OnSettle(c.ident.Account, ch)
-	}
 }
-
-// settleRetryFor bounds how long a served call's settle is retried while
-// Redis is unreachable (a restart or failover): the caller waits rather than
-// get the answer free. (Per-call holds; a credit lease retries its batches
-// itself.) Settle is idempotent by hold id, so a retry after a
-// lost reply is a replay that returns the first answer.
-const settleRetryFor = 10 * time.Second
-
-// settle retries with backoff until Redis answers or settleRetryFor passed.
-func (s *Server) settle(st metering.Settlement) (metering.Charge, error) {
-	var (
-		ch      metering.Charge
-		err     error
-		backoff = 50 * time.Millisecond
-		until   = time.Now().Add(settleRetryFor)
-	)
-	for {
-		ch, err = s.meter.Settle(context.Background(), st)
-		if err == nil || !errors.Is(err, metering.ErrUnavailable) || time.Now().Add(backoff).After(until) {
-			break
-		}
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 500*time.Millisecond)
-	}
-	if err != nil {
-		s.log.Error("settling call", zap.String("request_id", st.HoldID), zap.String("account", st.Account), zap.Error(err))
-	}
-	return ch, err
-}
-
-// settleLater keeps retrying a delivered call's settle in the background
-// until it lands or the hold's lifetime has passed, bounded in number so an
-// outage cannot pile up goroutines without limit.
-func (s *Server) settleLater(st metering.Settlement) {
-	if s.pendingSettles.Add(1) > maxPendingSettles {
-		s.pendingSettles.Add(-1)
-		s.log.Error("settle queue full; call left to its hold's expiry", zap.String("request_id", st.HoldID))
-		return
-	}
-	go func() {
-		defer s.pendingSettles.Add(-1)
-		until := time.Now().Add(s.opts.HoldTTL)
-		backoff := time.Second
-		for time.Now().Before(until) {
-			time.Sleep(backoff)
-			if _, err := s.meter.Settle(context.Background(), st); err == nil {
-				s.log.Info("late settle succeeded", zap.String("request_id", st.HoldID))
-				return
-			} else if !errors.Is(err, metering.ErrUnavailable) {
-				s.log.Error("late settle failed", zap.String("request_id", st.HoldID), zap.Error(err))
-				return
-			}
-			backoff = min(2*backoff, 30*time.Second)
-		}
-	}()
-}
-
-const maxPendingSettles = 10000
 
 var _ io.Reader = (*streamBody)(nil)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testredis"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 	"github.com/tollgate/tollgate/proxy"
@@ -45,9 +46,10 @@ func testSpec() pricing.Spec {
 
 type env struct {
 	t       *testing.T
+	opts    proxy.Options // the first replica's
 	redis   *testredis.Server
 	store   *metering.Store
-	lease   *metering.Leaser // nil with envOpts.perCall
+	lease   *lease.Leaser
 	mock    *mockllm.Server
 	mockURL string
 	catalog *pricing.Catalog
@@ -60,10 +62,10 @@ type envOpts struct {
 	mock    mockllm.Config
 	proxy   func(*proxy.Options)
 	holdTTL time.Duration
-	// perCall meters through the Store itself (a hold per call in Redis)
-	// instead of the credit Leaser the gateway runs by default.
+	// perCall holds every call in Redis one by one (lease.Options.PerCall)
+	// instead of from credit leases, as the gateway does by default.
 	perCall bool
-	// leaseOffline is metering.LeaseOptions.Offline (0: its default).
+	// leaseOffline is lease.Options.Offline (0: its default).
 	leaseOffline time.Duration
 	// redisArgs are extra redis-server arguments (e.g. persistence).
 	redisArgs []string
@@ -81,18 +83,15 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.mock.Close() })
-	var meter proxy.Meter = e.store
-	if !o.perCall {
-		e.lease = metering.NewLeaser(e.store, metering.LeaseOptions{IdleReturn: time.Hour, Offline: o.leaseOffline})
-		meter = e.lease
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = e.lease.Close(ctx)
-		})
-	}
+	e.lease = lease.New(e.store, lease.Options{IdleReturn: time.Hour, Offline: o.leaseOffline, PerCall: o.perCall,
+		OnError: func(a string, err error) { t.Logf("lease of %s: %v", a, err) }})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.lease.Close(ctx)
+	})
 	opts := proxy.Options{
-		Catalog: e.catalog, Meter: meter,
+		Catalog: e.catalog, Meter: e.lease,
 		Providers: []proxy.Provider{
 			{Name: "openai", Kind: "openai", BaseURL: e.mockURL, APIKey: "sk-upstream-secret"},
 			{Name: "anthropic", Kind: "anthropic", BaseURL: e.mockURL, APIKey: "sk-ant-secret"},
@@ -110,6 +109,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 // serve starts a proxy with opts on a loopback port for the rest of the test.
 func (e *env) serve(opts proxy.Options) {
 	e.t.Helper()
+	e.opts = opts
 	var err error
 	if e.srv, err = proxy.New(opts); err != nil {
 		e.t.Fatal(err)
@@ -126,6 +126,32 @@ func (e *env) serve(opts proxy.Options) {
 	})
 	e.url = "http://" + ln.Addr().String()
 	e.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+}
+
+// replica starts another proxy replica over the same Redis (its own Store,
+// and its own credit Leaser) and returns its base URL and its Leaser.
+func (e *env) replica(id string) (string, *lease.Leaser) {
+	e.t.Helper()
+	st := metering.New(e.redis.Client(e.t), metering.Options{KeyCacheTTL: 200 * time.Millisecond})
+	lr := lease.New(st, lease.Options{ID: id, IdleReturn: time.Hour, OnError: func(a string, err error) { e.t.Logf("lease of %s: %v", a, err) }})
+	opts := e.opts
+	opts.Meter = lr
+	srv, err := proxy.New(opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		_ = lr.Close(ctx)
+	})
+	return "http://" + ln.Addr().String(), lr
 }
 
 // deadAddr is a loopback address where nothing listens.
@@ -261,6 +287,9 @@ func (e *env) assertLedger(id string) {
 		}
 	}
 	if sum != a.Balance || a.Purchased-a.Consumed != a.Balance || debits != a.Consumed {
+		for _, en := range entries {
+			e.t.Logf("entry %s %s %d after %d %v", en.ID, en.Type, en.Amount, en.BalanceAfter, en.Fields)
+		}
 		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, purchased %d − consumed %d, Σ debits %d",
 			id, sum, a.Balance, a.Purchased, a.Consumed, debits)
 	}

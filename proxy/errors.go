@@ -22,7 +22,7 @@ var (
 	errUpstream     = errors.New("proxy: upstream failed")
 	errProvider     = errors.New("proxy: provider not configured")
 	errDraining     = errors.New("proxy: shutting down")
-	errUnsettled    = errors.New("proxy: served, but the charge could not be recorded")
+	errUnsettled    = errors.New("proxy: served, but the meter refused the charge")
 )
 
 // badRequest is a client error with a message safe to show.
@@ -88,7 +88,7 @@ func classify(err error) apiError {
 	case errors.As(err, &lim):
 		return apiError{429, "rate_limit_error", "rate_limit_exceeded", "", lim.Message}
 	case errors.Is(err, errUnsettled):
-		return apiError{503, "api_error", "store_unavailable", "", "The credit store became unavailable before this call could be charged: the answer was withheld and you were not charged. Retry shortly."}
+		return apiError{500, "api_error", "internal_error", "", "The call could not be charged, so its answer was withheld; you were not charged."}
 	case errors.Is(err, metering.ErrUnavailable):
 		return apiError{503, "api_error", "store_unavailable", "", "The credit store is unavailable; the call was not forwarded and not charged. Retry shortly."}
 	case errors.Is(err, errDraining):

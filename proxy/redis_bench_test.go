@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/tollgate/tollgate/internal/testredis"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -73,16 +74,21 @@ func BenchmarkHandlerRedis(b *testing.B) {
 	// Per-call holds (two scripts per call), and the credit leases the
 	// gateway runs by default.
 	var logged atomic.Int32
-	lease := metering.NewLeaser(store, metering.LeaseOptions{OnError: func(a string, err error) {
+	onError := func(a string, err error) {
 		if logged.Add(1) < 3 {
 			b.Log(a, err)
 		}
-	}})
-	b.Cleanup(func() { _ = lease.Close(context.Background()) })
+	}
+	perCall := lease.New(store, lease.Options{PerCall: true, OnError: onError})
+	leased := lease.New(store, lease.Options{OnError: onError})
+	b.Cleanup(func() {
+		_ = perCall.Close(context.Background())
+		_ = leased.Close(context.Background())
+	})
 	for _, m := range []struct {
 		name  string
 		meter Meter
-	}{{"per-call", store}, {"lease", lease}} {
+	}{{"per-call", perCall}, {"lease", leased}} {
 		e.srv.meter = m.meter
 		b.Run(m.name+"/serial", func(b *testing.B) { run(b, false) })
 		b.Run(m.name+"/parallel", func(b *testing.B) { run(b, true) })

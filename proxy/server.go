@@ -34,9 +34,6 @@ type Options struct {
 	IdleTimeout      time.Duration // idle keep-alive clients; default 120s
 	MaxConnsPerIP    int           // 0 = unlimited
 	Concurrency      int           // default 256K
-	// HoldTTL is the store's hold lifetime: how long a delivered call whose
-	// settle failed keeps being retried in the background. Default 31m.
-	HoldTTL time.Duration
 	// MinOutputTokens is the smallest output grant a call without max tokens
 	// may start with; below it the call is refused with 402. Default 16.
 	MinOutputTokens int64
@@ -67,7 +64,6 @@ func (o *Options) init() {
 	def(&t.StreamIdle, 120*time.Second)
 	def(&t.Stream, 30*time.Minute)
 	def(&o.ReadTimeout, 30*time.Second)
-	def(&o.HoldTTL, 31*time.Minute)
 	def(&o.IdleTimeout, 120*time.Second)
 	if o.Concurrency <= 0 {
 		o.Concurrency = 256 * 1024
@@ -88,10 +84,10 @@ type Server struct {
 	srv       *fasthttp.Server
 	models    []byte // pre-rendered GET /v1/models body
 
-	draining       atomic.Bool
-	pendingSettles atomic.Int64 // late settles retrying in the background
-	streams        sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
-	inflight       sync.WaitGroup
+	draining atomic.Bool
+	overHold atomic.Int64 // calls charged past their holds
+	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
+	inflight sync.WaitGroup
 }
 
 // New validates opts and builds a Server.

@@ -522,26 +522,14 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = "stream_timeout"
 		}
 	}
-	st := metering.Settlement{
-		Account: c.ident.Account, KeyID: c.ident.KeyID, HoldID: c.id, Cost: c.model.Cost(u.Usage), Record: rec,
-	}
-	ch, err := c.s.settle(st)
-	if err != nil {
-		// The stream was delivered: keep trying in the background (settle is
-		// idempotent by hold id, and charges what is free once the hold has
-		// expired) rather than let the call go free. The trailers stay empty.
-		if errors.Is(err, metering.ErrUnavailable) {
-			c.s.settleLater(st)
-		}
-		return
+	ch, ok := c.settle(c.model.Cost(u.Usage), rec)
+	if !ok {
+		return // logged; the trailers stay empty
 	}
 	sb.charge, sb.charged = ch, true
 	var nb [24]byte
 	sb.hdr.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
 	sb.hdr.SetBytesV(hdrBalanceAfter, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
-	if c.s.opts.OnSettle != nil {
-		c.s.opts.OnSettle(c.ident.Account, ch)
-	}
 }
 
 // failed ends a stream the provider broke off: the call is free, and the

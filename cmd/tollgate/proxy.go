@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tollgate/tollgate/internal/config"
-	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/proxy"
 )
 
@@ -65,7 +65,4 @@ func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listen
 	return nil
 }
 
-var (
-	_ proxy.Meter = (*metering.Store)(nil)
-	_ proxy.Meter = (*metering.Leaser)(nil)
-)
+var _ proxy.Meter = (*lease.Leaser)(nil)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tollgate/tollgate/internal/config"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/limits"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
@@ -163,9 +164,9 @@ func newStore(cfg *config.Config) (*metering.Store, error) {
 }
 
 // proxyOptions maps configuration onto proxy.Options. The proxy meters
-// through a credit Leaser over st (unless proxy.credit_lease is false);
-// the returned stop gives its leases back and must run after the proxy has
-// drained.
+// through a credit Leaser over st (every call held in Redis one by one when
+// proxy.credit_lease is false; settles are retried either way); the returned
+// stop gives its leases back and must run after the proxy has drained.
 func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Context) error) {
 	c := l.cfg
 	var providers []proxy.Provider
@@ -174,18 +175,14 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
 		})
 	}
-	var meter proxy.Meter = st
-	stop := func(context.Context) error { return nil }
-	if c.Proxy.Leasing() {
-		log := l.log.Named("lease")
-		lr := metering.NewLeaser(st, metering.LeaseOptions{
-			IdleReturn: c.Proxy.LeaseIdleReturn.D(), Offline: c.Proxy.LeaseOffline.D(),
-			OnError: func(account string, err error) {
-				log.Warn("settled calls not applied yet; retrying", zap.String("account", account), zap.Error(err))
-			},
-		})
-		meter, stop = lr, lr.Close
-	}
+	log := l.log.Named("lease")
+	lr := lease.New(st, lease.Options{
+		IdleReturn: c.Proxy.LeaseIdleReturn.D(), Offline: c.Proxy.LeaseOffline.D(), PerCall: !c.Proxy.Leasing(),
+		OnError: func(account string, err error) {
+			log.Warn("settled calls not applied yet; retrying", zap.String("account", account), zap.Error(err))
+		},
+	})
+	meter, stop := lr, lr.Close
 	opts := proxy.Options{
 		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
 		MaxBodyBytes: c.Proxy.MaxBodyBytes,
@@ -193,14 +190,14 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 			Connect: c.Proxy.ConnectTimeout.D(), FirstByte: c.Proxy.FirstByteTimeout.D(), Request: c.Proxy.RequestTimeout.D(),
 			StreamIdle: c.Proxy.StreamIdleTimeout.D(), Stream: c.Proxy.StreamTimeout.D(),
 		},
-		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(), HoldTTL: c.Proxy.HoldTTL.D(),
+		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
 	// Plan limits and auto-recharge requests use the Redis store itself.
 	if len(c.Plans) > 0 {
 		opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
 	}
-	log := l.log.Named("recharge")
+	log = l.log.Named("recharge")
 	opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
 		OnError: func(account string, err error) {
 			log.Warn("auto-recharge request not queued; the next call retries", zap.String("account", account), zap.Error(err))

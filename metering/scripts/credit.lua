@@ -1,7 +1,10 @@
 -- credit: add (or, for refunds, remove) credits, at most once per reference, ever.
+-- (holds.lua is prepended: a removal that leaves the account short shrinks its leases.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] references   {a:<id>}:refs   (set)
 -- KEYS[3] ledger       {a:<id>}:ledger (stream)
+-- KEYS[4] hold expiry  {a:<id>}:hexp
+-- KEYS[5] hold values  {a:<id>}:hval
 -- ARGV: signed amount mc, reference, entry type, then field/value pairs for the ledger entry.
 -- Returns {1, balance after, ledger entry id} when applied, {0, balance, ""}
 -- when the reference was already applied, {-1} when the account does not exist.
@@ -17,4 +20,5 @@ local rec = {}
 for i = 4, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
   'ref', ref, unpack(rec))
+if amount < 0 then tg_shrink_leases(acct, KEYS[4], KEYS[5]) end
 return {1, balance, eid}

@@ -1,6 +1,7 @@
 -- lease_flush: apply a batch of a replica's settled and failed calls to its
 -- lease, renew the lease, and give back what the replica no longer needs —
--- one atomic script per account and batch. (period.lua is prepended.)
+-- one atomic script per account and batch. (holds.lua, debit.lua and
+-- period.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -11,14 +12,16 @@
 -- KEYS[7+i] cost record of the i-th call {a:<id>}:gen:<request id>
 -- ARGV: lease id, ttl ms, record ttl s, calendar month start (unix s),
 --       mc to give back, give-back sequence number, then per call:
---       kind ("s" settle | "r" release), request id, key id, charge mc,
+--       kind ("s" settle | "r" release), request id, key id, cost mc, hold mc,
 --       input tokens, output tokens, n, then n field/value strings of its record.
 -- A batch may arrive twice (a reply lost, the client or the Leaser resending
 -- it): a call whose cost record says settled is skipped, and a give-back
 -- whose sequence number is already marked is not given back again.
--- Each settle debits its charge from the lease; should the lease be gone (it
--- expired while this replica could not reach Redis) the charge comes from the
--- available balance instead, never more than is available (capped).
+-- Each call is charged its whole cost, even past its hold on the lease (the
+-- excess is recorded as over_hold), first from the lease and, should the lease
+-- be short or gone (shrunk by a refund, or expired while this replica could
+-- not reach Redis), from the balance. A lease is never renewed beyond what the
+-- account has: should available be negative after the batch, the leases shrink.
 -- Returns {balance, lease after, available after, charged in all}, or {-1}
 -- when the account does not exist.
 local acct, hexp, hval, ledger, plan, usage, gbMark = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -33,73 +36,69 @@ if giveBack > 0 then
 end
 
 if redis.call('EXISTS', acct) == 0 then return {-1} end
-local f = redis.call('HMGET', acct, 'balance', 'reserved')
-local balance, reserved = tonumber(f[1]) or 0, tonumber(f[2]) or 0
+local balance = tonumber(redis.call('HGET', acct, 'balance')) or 0
 local lease = 0
 local v = redis.call('HGET', hval, id)
-if v then lease = tonumber(string.sub(v, 1, string.find(v, ':', 1, true) - 1)) end
+if v then lease = tg_parse_hold(v) end
 
+-- Per key: {charged, over-hold mc, over-hold calls}.
 local leaseUsed, total, requests, inSum, outSum = 0, 0, 0, 0, 0
-local keyUsed = {}
+local perKey = {}
 local i, k = 7, 8
 while i <= #ARGV do
-  local kind, req, kid, cost = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local inTok, outTok, n = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local kind, req, kid, cost, held = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local inTok, outTok, n = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   local gen = KEYS[k]
-  local first, last = i + 7, i + 6 + n
+  local first, last = i + 8, i + 7 + n
   i, k = last + 1, k + 1
   if redis.call('HEXISTS', gen, 'settled') == 0 then
     if kind == 'r' then
       redis.call('HSET', gen, 'charged', 0, unpack(ARGV, first, last))
       redis.call('EXPIRE', gen, recTTL)
     else
-      local charge, capped = cost, 0
-      local fromLease = charge
+      local over = 0
+      if cost > held then over = cost - held end
+      local fromLease = cost
       if fromLease > lease - leaseUsed then fromLease = lease - leaseUsed end
-      local rest = charge - fromLease
-      if rest > 0 then
-        -- Outside the lease: only what is available, never more.
-        local avail = balance - (reserved - leaseUsed - fromLease) - (lease - leaseUsed - fromLease)
-        if avail < 0 then avail = 0 end
-        if rest > avail then rest, capped = avail, 1 end
-        charge = fromLease + rest
-      end
       leaseUsed = leaseUsed + fromLease
-      balance = balance - charge
-      total = total + charge
+      balance = balance - cost
+      total = total + cost
       requests = requests + 1
       inSum, outSum = inSum + inTok, outSum + outTok
-      if kid ~= '' then keyUsed[kid] = (keyUsed[kid] or 0) + charge end
-      local eid = redis.call('XADD', ledger, '*', 'type', 'usage', 'amount', 0 - charge,
-        'balance_after', string.format('%d', balance), 'ref', req, 'capped', capped, unpack(ARGV, first, last))
-      redis.call('HSET', gen, 'settled', 1, 'charged', charge, 'balance_after', string.format('%d', balance),
-        'capped', capped, 'entry', eid)
-      redis.call('EXPIRE', gen, recTTL)
+      local t = perKey[kid]
+      if not t then
+        t = {0, 0, 0}
+        perKey[kid] = t
+      end
+      t[1] = t[1] + cost
+      if over > 0 then t[2], t[3] = t[2] + over, t[3] + 1 end
+      tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, {unpack(ARGV, first, last)})
     end
   end
 end
 
--- The batch's totals, once: balance, consumed, the lease, the keys' spend and
--- the period's counters. (0 - x, not -x: Lua's -0 reaches Redis as "-0".)
+-- The batch's totals, once: balance, consumed, the keys' spend, the lease and
+-- the period's counters.
+for kid, t in pairs(perKey) do tg_debit(acct, kid, t[1], t[2], t[3]) end
 lease = lease - leaseUsed
 if giveBack > lease then giveBack = lease end
 lease = lease - giveBack
-if total > 0 then
-  redis.call('HINCRBY', acct, 'balance', 0 - total)
-  redis.call('HINCRBY', acct, 'consumed', total)
-end
+-- (0 - x, not -x: Lua's -0 reaches Redis as "-0".)
 if leaseUsed + giveBack > 0 then redis.call('HINCRBY', acct, 'reserved', 0 - (leaseUsed + giveBack)) end
-for kid, used in pairs(keyUsed) do redis.call('HINCRBY', acct, 'k:' .. kid .. ':used', used) end
 if requests > 0 then
   tg_count(plan, usage, month, requests, inSum, outSum, total)
 end
 if lease > 0 then
   redis.call('HSET', hval, id, string.format('%d', lease) .. ':')
-  local t = redis.call('TIME')
-  redis.call('ZADD', hexp, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl, id)
+  redis.call('ZADD', hexp, tg_now() + ttl, id)
 elseif v then
   redis.call('HDEL', hval, id)
   redis.call('ZREM', hexp, id)
+end
+if tg_shrink_leases(acct, hexp, hval) > 0 then
+  v = redis.call('HGET', hval, id)
+  lease = 0
+  if v then lease = tg_parse_hold(v) end
 end
 local res = redis.call('HMGET', acct, 'balance', 'reserved')
 return {tonumber(res[1]), lease, tonumber(res[1]) - tonumber(res[2]), total}

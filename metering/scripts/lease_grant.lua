@@ -25,7 +25,7 @@ if avail < grant then grant = avail end
 if grant < 0 then grant = 0 end
 local cur = 0
 local v = redis.call('HGET', hval, id)
-if v then cur = tonumber(string.sub(v, 1, string.find(v, ':', 1, true) - 1)) end
+if v then cur = tg_parse_hold(v) end
 local lease = cur + grant
 -- string.format, not '..': Lua's tostring keeps only 14 significant digits.
 redis.call('HSET', hval, id, string.format('%d', lease) .. ':')

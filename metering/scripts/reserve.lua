@@ -24,8 +24,7 @@ local avail = balance - reserved
 -- Idempotent: the same hold id placed twice is one hold.
 local existing = redis.call('HGET', hval, id)
 if existing then
-  local sep = string.find(existing, ':', 1, true)
-  local amt = tonumber(string.sub(existing, 1, sep - 1))
+  local amt = tg_parse_hold(existing)
   local out = maxOut
   if per > 0 then out = math.floor((amt - fixed) / per) end
   return {1, amt, out, avail}

@@ -5,6 +5,10 @@
 -- KEYS[3] ledger           {a:<id>}:ledger          (stream)
 -- KEYS[4] payment record   {a:<id>}:pay:<payment>   (hash, written by fulfil)
 -- KEYS[5] billing history  {a:<id>}:billing         (stream)
+-- KEYS[6] hold expiry      {a:<id>}:hexp
+-- KEYS[7] hold values      {a:<id>}:hval
+-- (holds.lua is prepended: a reversal that leaves the account short shrinks its
+-- leases, and the replicas holding them are told at once.)
 -- ARGV: kind ('refund' | 'dispute' | 'dispute_won'), reference, mc, created_at ms,
 --       payment id, linked reference, then field/value pairs for the ledger entry.
 --   refund:      mc is the credits the payment's cumulative refunded amount stands for;
@@ -63,4 +67,5 @@ local rec = {'type', kind, 'amount', amount, 'balance_after', balance, 'ref', re
 for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', unpack(rec))
 redis.call('XADD', hist, eid, unpack(rec))
+if delta > 0 then tg_shrink_leases(acct, KEYS[6], KEYS[7]) end
 return {1, balance, eid, delta}

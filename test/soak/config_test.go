@@ -1,9 +1,11 @@
 package soak
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -72,8 +74,35 @@ type priceList struct {
 
 func loadPrices(t testing.TB) priceList {
 	t.Helper()
-	m := shippedConfig(t)
+	p, err := readPrices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var shipped struct {
+	once sync.Once
+	p    priceList
+	err  error
+}
+
+// readPrices reads the shipped price list once.
+func readPrices() (priceList, error) {
+	shipped.once.Do(func() { shipped.p, shipped.err = parsePrices() })
+	return shipped.p, shipped.err
+}
+
+func parsePrices() (priceList, error) {
 	p := priceList{tiers: map[string]rates{}, models: map[string]string{}}
+	data, err := os.ReadFile(filepath.Join("..", "..", "configs", "tollgate.yaml"))
+	if err != nil {
+		return p, err
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return p, fmt.Errorf("parsing the shipped config: %w", err)
+	}
 	pr := m["pricing"].(map[string]any)
 	num := func(v any) int64 {
 		switch n := v.(type) {
@@ -82,7 +111,9 @@ func loadPrices(t testing.TB) priceList {
 		case int64:
 			return n
 		}
-		t.Fatalf("pricing: %v is not an integer", v)
+		if err == nil {
+			err = fmt.Errorf("pricing: %v is not an integer", v)
+		}
 		return 0
 	}
 	for name, v := range pr["tiers"].(map[string]any) {
@@ -97,6 +128,9 @@ func loadPrices(t testing.TB) priceList {
 	for _, v := range pr["models"].([]any) {
 		mv := v.(map[string]any)
 		tier := mv["tier"].(string)
+		if _, own := mv["price"]; own {
+			err = fmt.Errorf("model %v has its own price: the soak's price list knows tiers only", mv["id"])
+		}
 		p.models[mv["id"].(string)] = tier
 		if al, ok := mv["aliases"].([]any); ok {
 			for _, a := range al {
@@ -104,7 +138,7 @@ func loadPrices(t testing.TB) priceList {
 			}
 		}
 	}
-	return p
+	return p, err
 }
 
 // usage is what a provider reported, normalised: uncached input, cached

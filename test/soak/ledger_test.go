@@ -73,8 +73,10 @@ func createAccount(st *metering.Store, id string, fund int64) (*account, error) 
 // ledgerInvariant checks DESIGN.md §8 invariant 1 for one account and
 // returns its state and every problem found: Σ ledger amounts = balance (and
 // each entry's balance_after is the running sum), purchased − consumed =
-// balance, Σ credit entries = purchased, Σ usage debits = consumed, nothing
-// reserved, balance ≥ 0.
+// balance, Σ credit entries = purchased, Σ usage debits = consumed, every
+// usage debit = its tokens at the shipped prices (over-hold charges included;
+// only a call whose hold had expired may be charged less, and says capped),
+// nothing reserved, balance ≥ 0.
 func ledgerInvariant(st *metering.Store, id string) (metering.Account, []metering.Entry, []string) {
 	ctx := context.Background()
 	var problems []string
@@ -93,6 +95,11 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 		bad("reading ledger: %v", err)
 		return a, nil, problems
 	}
+	prices, err := readPrices()
+	if err != nil {
+		bad("reading the shipped prices: %v", err)
+		return a, entries, problems
+	}
 	var sum, credits, debits int64
 	for _, e := range entries {
 		sum += e.Amount
@@ -104,6 +111,9 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 				bad("usage entry %s credits %d", e.ID, e.Amount)
 			}
 			debits -= e.Amount
+			if p := pricedProblem(prices, e); p != "" {
+				bad("usage entry %s: %s", e.ID, p)
+			}
 		} else {
 			credits += e.Amount
 		}
@@ -128,6 +138,25 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 		bad("balance %d below zero", a.Balance)
 	}
 	return a, entries, problems
+}
+
+// pricedProblem says what is wrong with a usage entry's charge against its
+// tokens at the shipped prices ("" when nothing is).
+func pricedProblem(p priceList, e metering.Entry) string {
+	tier, ok := p.models[e.Fields["model"]]
+	if !ok {
+		return fmt.Sprintf("model %q not in the shipped catalog", e.Fields["model"])
+	}
+	n := func(k string) int64 { v, _ := strconv.ParseInt(e.Fields[k], 10, 64); return v }
+	r := p.tiers[tier]
+	cost := n("input_tokens")*r.in + n("cached_input_tokens")*r.cached + n("output_tokens")*r.out
+	switch {
+	case e.Fields["capped"] == "1" && -e.Amount > cost:
+		return fmt.Sprintf("capped charge %d above its priced usage %d", -e.Amount, cost)
+	case e.Fields["capped"] != "1" && -e.Amount != cost:
+		return fmt.Sprintf("charged %d, its usage prices at %d (over_hold %s)", -e.Amount, cost, e.Fields["over_hold"])
+	}
+	return ""
 }
 
 // usageByRef indexes usage entries by their reference (the hold id, which is

@@ -1,4 +1,4 @@
-package metering_test
+package lease_test
 
 import (
 	"context"
@@ -12,13 +12,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tollgate/tollgate/internal/testledger"
 	"github.com/tollgate/tollgate/internal/testredis"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/metering"
 )
 
-func newLeaser(t testing.TB, st *metering.Store, opts metering.LeaseOptions) *metering.Leaser {
+func newLeaser(t testing.TB, st lease.Store, opts lease.Options) *lease.Leaser {
 	t.Helper()
-	l := metering.NewLeaser(st, opts)
+	l := lease.New(st, opts)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -28,7 +30,7 @@ func newLeaser(t testing.TB, st *metering.Store, opts metering.LeaseOptions) *me
 }
 
 // returnAll applies everything queued and gives every lease back.
-func returnAll(t testing.TB, l *metering.Leaser) {
+func returnAll(t testing.TB, l *lease.Leaser) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -43,9 +45,9 @@ func settlement(account, id string, cost int64) metering.Settlement {
 }
 
 func TestLeaseChargesExactly(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour})
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour})
 	ctx := context.Background()
 
 	h, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "r1", Fixed: 100, PerOutput: 2, MinOutput: 16, MaxOutput: 1000})
@@ -56,7 +58,7 @@ func TestLeaseChargesExactly(t *testing.T) {
 		t.Fatalf("hold %+v, want 2100 mc for 1000 tokens", h)
 	}
 	// The lease is a hold in Redis: the credits are reserved there.
-	if a := e.acct(t, "acme"); a.Reserved < h.Amount || a.Balance != 1_000_000 {
+	if a := e.Acct(t, "acme"); a.Reserved < h.Amount || a.Balance != 1_000_000 {
 		t.Fatalf("after the first hold: %+v, want ≥ %d reserved", a, h.Amount)
 	}
 	// A second call needs no round trip: it comes from the lease.
@@ -67,10 +69,11 @@ func TestLeaseChargesExactly(t *testing.T) {
 	if err != nil || ch.Charged != 345 || ch.BalanceAfter != 1_000_000-345 || ch.Capped {
 		t.Fatalf("settle r1 = %+v, %v; want 345 charged, balance %d", ch, err, 1_000_000-345)
 	}
-	// Capped at the hold.
+	// Past its hold: charged in full, and the excess said (the cost record
+	// and the ledger entry say it as a per-call settle does).
 	ch, err = l.Settle(ctx, settlement("acme", "r2", 5000))
-	if err != nil || ch.Charged != 100 || !ch.Capped || ch.BalanceAfter != 1_000_000-445 {
-		t.Fatalf("settle r2 = %+v, %v; want 100 charged (capped)", ch, err)
+	if err != nil || ch.Charged != 5000 || ch.OverHold != 4900 || ch.Capped || ch.BalanceAfter != 1_000_000-5345 {
+		t.Fatalf("settle r2 = %+v, %v; want 5000 charged, 4900 over the hold", ch, err)
 	}
 	// A failed call: released, its record kept, nothing charged.
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "r3", Fixed: 50}); err != nil {
@@ -87,26 +90,29 @@ func TestLeaseChargesExactly(t *testing.T) {
 	if g, err := l.Generation(ctx, "acme", "r3"); err != nil || g.Charged != 0 || !g.Record.Failed {
 		t.Fatalf("generation r3 = %+v, %v", g, err)
 	}
-	returnAll(t, l)
-	a := e.acct(t, "acme")
-	if a.Balance != 1_000_000-445 || a.Consumed != 445 || a.Reserved != 0 {
-		t.Fatalf("account after return: %+v, want balance %d, consumed 445, nothing reserved", a, 1_000_000-445)
+	if g, err := l.Generation(ctx, "acme", "r2"); err != nil || g.Charged != 5000 || g.OverHold != 4900 || g.Capped {
+		t.Fatalf("generation r2 = %+v, %v; want 5000 charged, 4900 over the hold", g, err)
 	}
-	assertLedger(t, e.st, "acme")
-	entries := e.entries(t, "acme")
+	returnAll(t, l)
+	a := e.Acct(t, "acme")
+	if a.Balance != 1_000_000-5345 || a.Consumed != 5345 || a.Reserved != 0 {
+		t.Fatalf("account after return: %+v, want balance %d, consumed 5345, nothing reserved", a, 1_000_000-5345)
+	}
+	testledger.Assert(t, e.St, "acme")
+	entries := e.Entries(t, "acme")
 	if n := len(entries); n != 3 { // the purchase and two usage entries
 		t.Fatalf("%d ledger entries, want 3: %+v", n, entries)
 	}
-	_, u, err := e.st.PlanUsage(ctx, "acme")
-	if err != nil || u.Requests != 2 || u.Credits != 445 || u.InputTokens != 20 || u.OutputTokens != 10 {
-		t.Fatalf("period usage %+v, %v; want 2 requests, 445 mc, 20 in, 10 out", u, err)
+	_, u, err := e.St.PlanUsage(ctx, "acme")
+	if err != nil || u.Requests != 2 || u.Credits != 5345 || u.InputTokens != 20 || u.OutputTokens != 10 {
+		t.Fatalf("period usage %+v, %v; want 2 requests, 5345 mc, 20 in, 10 out", u, err)
 	}
 }
 
 func TestLeaseInsufficient(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "poor", 1000)
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour})
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "poor", 1000)
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour})
 	ctx := context.Background()
 	// The largest affordable output, as a per-call hold would grant.
 	h, err := l.Reserve(ctx, metering.HoldRequest{Account: "poor", HoldID: "a", Fixed: 100, PerOutput: 2, MinOutput: 16, MaxOutput: 4096})
@@ -114,7 +120,7 @@ func TestLeaseInsufficient(t *testing.T) {
 		t.Fatalf("hold = %+v, %v; want all 1000 mc for 450 tokens", h, err)
 	}
 	_, err = l.Reserve(ctx, metering.HoldRequest{Account: "poor", HoldID: "b", Fixed: 100, PerOutput: 2, MinOutput: 16, MaxOutput: 4096})
-	wantInsufficient(t, err, 132, 0, false)
+	testledger.WantInsufficient(t, err, 132, 0, false)
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "nobody", HoldID: "c", Fixed: 1}); !errors.Is(err, metering.ErrNoAccount) {
 		t.Fatalf("unknown account: %v, want ErrNoAccount", err)
 	}
@@ -129,26 +135,26 @@ func TestLeaseInsufficient(t *testing.T) {
 		t.Fatal(err)
 	}
 	returnAll(t, l)
-	if a := e.acct(t, "poor"); a.Balance != 0 || a.Reserved != 0 {
+	if a := e.Acct(t, "poor"); a.Balance != 0 || a.Reserved != 0 {
 		t.Fatalf("account %+v, want balance 0, nothing reserved", a)
 	}
-	assertLedger(t, e.st, "poor")
+	testledger.Assert(t, e.St, "poor")
 }
 
 // Keys with a credit limit are held per call in Redis, where the limit is.
 func TestLeaseLimitedKeyHeldPerCall(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
 	ctx := context.Background()
-	k, secret, err := e.st.CreateKey(ctx, "acme", "capped", 500)
+	k, secret, err := e.St.CreateKey(ctx, "acme", "capped", 500)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, free, err := e.st.CreateKey(ctx, "acme", "free", 0)
+	_, free, err := e.St.CreateKey(ctx, "acme", "free", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour})
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour})
 	id, err := l.Authenticate(ctx, []byte(secret))
 	if err != nil || !id.Limited || id.KeyID != k.ID {
 		t.Fatalf("limited key identity %+v, %v", id, err)
@@ -160,29 +166,29 @@ func TestLeaseLimitedKeyHeldPerCall(t *testing.T) {
 	if err != nil || h.Amount != 500 {
 		t.Fatalf("limited key hold %+v, %v; want the key's 500 mc", h, err)
 	}
-	hs, err := e.rdb.HGetAll(ctx, "{a:acme}:hval").Result()
+	hs, err := e.RDB.HGetAll(ctx, "{a:acme}:hval").Result()
 	if err != nil || hs["k1"] == "" {
 		t.Fatalf("the limited key's call has no hold of its own in Redis: %v %v", hs, err)
 	}
 	_, err = l.Reserve(ctx, metering.HoldRequest{Account: "acme", KeyID: k.ID, KeyLimited: true, HoldID: "k2", Fixed: 100})
-	wantInsufficient(t, err, 100, 0, true)
+	testledger.WantInsufficient(t, err, 100, 0, true)
 	ch, err := l.Settle(ctx, settlement("acme", "k1", 200))
 	if err != nil || ch.Charged != 200 || ch.BalanceAfter != 1_000_000-200 {
 		t.Fatalf("settle %+v, %v", ch, err)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // Many goroutines on two replicas against an account funded for a fraction
 // of their holds: never below zero, every settled charge in the ledger once,
 // and the money invariant once the leases are given back.
 func TestLeaseConcurrentReplicas(t *testing.T) {
-	e := newEnv(t, metering.Options{})
+	e := testledger.New(t, metering.Options{})
 	const fund = 300_000
-	e.account(t, "acme", fund)
-	replicas := []*metering.Leaser{
-		newLeaser(t, e.st, metering.LeaseOptions{ID: "r0", IdleReturn: 50 * time.Millisecond}),
-		newLeaser(t, e.replica(t, metering.Options{}), metering.LeaseOptions{ID: "r1", IdleReturn: 50 * time.Millisecond}),
+	e.Account(t, "acme", fund)
+	replicas := []*lease.Leaser{
+		newLeaser(t, e.St, lease.Options{ID: "r0", IdleReturn: 50 * time.Millisecond}),
+		newLeaser(t, e.Replica(t, metering.Options{}), lease.Options{ID: "r1", IdleReturn: 50 * time.Millisecond}),
 	}
 	ctx := context.Background()
 	var (
@@ -229,9 +235,9 @@ func TestLeaseConcurrentReplicas(t *testing.T) {
 	for _, l := range replicas {
 		returnAll(t, l)
 	}
-	a := e.acct(t, "acme")
+	a := e.Acct(t, "acme")
 	if a.Balance < 0 || a.Reserved != 0 {
-		hv, _ := e.rdb.HGetAll(ctx, "{a:acme}:hval").Result()
+		hv, _ := e.RDB.HGetAll(ctx, "{a:acme}:hval").Result()
 		t.Fatalf("account %+v: below zero or still reserved (holds %v)", a, hv)
 	}
 	if a.Consumed != charged.Load() || a.Balance != fund-charged.Load() {
@@ -241,7 +247,7 @@ func TestLeaseConcurrentReplicas(t *testing.T) {
 		t.Fatalf("served %d, refused %d: the test must reach the 402 boundary", served.Load(), refused.Load())
 	}
 	usage := 0
-	for _, en := range e.entries(t, "acme") {
+	for _, en := range e.Entries(t, "acme") {
 		if en.Type == "usage" {
 			usage++
 		}
@@ -249,26 +255,26 @@ func TestLeaseConcurrentReplicas(t *testing.T) {
 	if int64(usage) != served.Load() {
 		t.Fatalf("%d usage entries for %d settled calls", usage, served.Load())
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 	t.Logf("served %d, refused %d, charged %d mc", served.Load(), refused.Load(), charged.Load())
 }
 
 // A replica that dies with a lease frees it at the hold TTL, like a hold.
 func TestLeaseExpires(t *testing.T) {
-	e := newEnv(t, metering.Options{HoldTTL: 300 * time.Millisecond})
-	e.account(t, "acme", 100_000)
+	e := testledger.New(t, metering.Options{HoldTTL: 300 * time.Millisecond})
+	e.Account(t, "acme", 100_000)
 	// A replica whose Redis connection is gone for good: it cannot renew.
-	rdb := redis.NewClient(&redis.Options{Addr: e.srv.Addr, MaxRetries: -1})
-	l := metering.NewLeaser(metering.New(rdb, metering.Options{HoldTTL: 300 * time.Millisecond}), metering.LeaseOptions{IdleReturn: time.Hour})
+	rdb := redis.NewClient(&redis.Options{Addr: e.Srv.Addr, MaxRetries: -1})
+	l := lease.New(metering.New(rdb, metering.Options{HoldTTL: 300 * time.Millisecond}), lease.Options{IdleReturn: time.Hour})
 	ctx := context.Background()
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "x", Fixed: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	_ = rdb.Close()
-	if a := e.acct(t, "acme"); a.Reserved == 0 {
+	if a := e.Acct(t, "acme"); a.Reserved == 0 {
 		t.Fatal("no lease in Redis")
 	}
-	other := newLeaser(t, e.replica(t, metering.Options{HoldTTL: 300 * time.Millisecond}), metering.LeaseOptions{ID: "other", IdleReturn: time.Hour})
+	other := newLeaser(t, e.Replica(t, metering.Options{HoldTTL: 300 * time.Millisecond}), lease.Options{ID: "other", IdleReturn: time.Hour})
 	time.Sleep(400 * time.Millisecond)
 	// The other replica's next grant sweeps the dead lease, like a reserve.
 	h, err := other.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "y", Fixed: 100_000})
@@ -281,22 +287,22 @@ func TestLeaseExpires(t *testing.T) {
 // is back, they are applied exactly once.
 func TestLeaseRedisOutage(t *testing.T) {
 	srv := testredis.Start(t, "--appendonly", "yes", "--appendfsync", "always")
-	e := &env{srv: srv, rdb: srv.Client(t)}
-	e.st = metering.New(e.rdb, metering.Options{})
-	e.account(t, "acme", 1_000_000)
+	rdb0 := srv.Client(t)
+	e := &testledger.Env{Srv: srv, RDB: rdb0, St: metering.New(rdb0, metering.Options{})}
+	e.Account(t, "acme", 1_000_000)
 	rdb := redis.NewClient(&redis.Options{
-		Addr: e.srv.Addr, DialTimeout: 100 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
+		Addr: e.Srv.Addr, DialTimeout: 100 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
 		WriteTimeout: 100 * time.Millisecond, MaxRetries: -1,
 	})
 	t.Cleanup(func() { _ = rdb.Close() })
 	var errs atomic.Int64
-	l := newLeaser(t, metering.New(rdb, metering.Options{}), metering.LeaseOptions{
+	l := newLeaser(t, metering.New(rdb, metering.Options{}), lease.Options{
 		IdleReturn: time.Hour, Offline: time.Hour, OnError: func(string, error) { errs.Add(1) }})
 	ctx := context.Background()
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "before", Fixed: 1000}); err != nil {
 		t.Fatal(err)
 	}
-	e.srv.Stop()
+	e.Srv.Stop()
 	if _, err := l.Settle(ctx, settlement("acme", "before", 700)); err != nil {
 		t.Fatalf("settle while Redis is down: %v (it should queue)", err)
 	}
@@ -320,18 +326,18 @@ func TestLeaseRedisOutage(t *testing.T) {
 			t.Fatal("no flush failure reported while Redis was down")
 		}
 	}
-	e.srv.Restart(t)
+	e.Srv.Restart(t)
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := l.Flush(fctx); err != nil {
 		t.Fatal(err)
 	}
 	returnAll(t, l)
-	a := e.acct(t, "acme")
+	a := e.Acct(t, "acme")
 	if a.Consumed != total || a.Balance != 1_000_000-total || a.Reserved != 0 {
 		t.Fatalf("after the outage: %+v, want %d consumed once, nothing reserved", a, total)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // redisRelay is a TCP relay to Redis that fakes two faults. Armed with cut,
@@ -395,12 +401,12 @@ func startRelay(t *testing.T, target string) *redisRelay {
 // as the gateway's client is, then by the Leaser): no call is applied twice,
 // and a give-back is not given back twice.
 func TestLeaseFlushReplayIsIdempotent(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
-	cutter := startRelay(t, e.srv.Addr)
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
+	cutter := startRelay(t, e.Srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: cutter.addr, MaxRetries: 2, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 2 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
-	l := newLeaser(t, metering.New(rdb, metering.Options{}), metering.LeaseOptions{IdleReturn: time.Hour, Offline: time.Hour})
+	l := newLeaser(t, metering.New(rdb, metering.Options{}), lease.Options{IdleReturn: time.Hour, Offline: time.Hour})
 	ctx := context.Background()
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -433,7 +439,7 @@ func TestLeaseFlushReplayIsIdempotent(t *testing.T) {
 	if cutter.cut.Load() > 0 {
 		t.Fatal("no reply was cut: the test proves nothing")
 	}
-	a := e.acct(t, "acme")
+	a := e.Acct(t, "acme")
 	if a.Consumed != total {
 		t.Fatalf("consumed %d, want %d: a resent batch was applied twice", a.Consumed, total)
 	}
@@ -444,18 +450,18 @@ func TestLeaseFlushReplayIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	returnAll(t, l)
-	if a := e.acct(t, "acme"); a.Consumed != total+1000 || a.Reserved != 0 {
+	if a := e.Acct(t, "acme"); a.Consumed != total+1000 || a.Reserved != 0 {
 		t.Fatalf("account %+v, want %d consumed, nothing reserved", a, total+1000)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // When calls come faster than Redis applies them, new calls wait for room
 // in the queue instead of running ahead of the ledger.
 func TestLeaseBackpressure(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour, MaxQueued: 4, Linger: 100 * time.Millisecond})
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour, MaxQueued: 4, Linger: 100 * time.Millisecond})
 	ctx := context.Background()
 	var total int64
 	for i := 0; i < 6; i++ {
@@ -466,7 +472,7 @@ func TestLeaseBackpressure(t *testing.T) {
 		if i == 4 {
 			// Four calls were waiting in the queue, lingering 100 ms: this
 			// one could only start once they were applied.
-			if a := e.acct(t, "acme"); a.Consumed != total {
+			if a := e.Acct(t, "acme"); a.Consumed != total {
 				t.Fatalf("the fifth call started with %d mc of %d applied: it ran ahead of the ledger", a.Consumed, total)
 			}
 		}
@@ -476,19 +482,19 @@ func TestLeaseBackpressure(t *testing.T) {
 		total += 10
 	}
 	returnAll(t, l)
-	if a := e.acct(t, "acme"); a.Consumed != total || a.Reserved != 0 {
+	if a := e.Acct(t, "acme"); a.Consumed != total || a.Reserved != 0 {
 		t.Fatalf("account %+v, want %d consumed", a, total)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // Callers arriving together on a cold account share grants: each grant
 // leaves room for one more call, and a caller that waited for its turn
 // takes that room instead of growing the lease again.
 func TestLeaseConcurrentGrantsShareRoom(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 10_000_000)
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour})
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 10_000_000)
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour})
 	ctx := context.Background()
 	const callers, amount = 32, 1000
 	var wg sync.WaitGroup
@@ -503,7 +509,7 @@ func TestLeaseConcurrentGrantsShareRoom(t *testing.T) {
 	}
 	wg.Wait()
 	// Every grant asks for two calls' worth: 32 calls need 16 grants, 32,000 mc.
-	if a := e.acct(t, "acme"); a.Reserved < callers*amount || a.Reserved > (callers+2)*amount {
+	if a := e.Acct(t, "acme"); a.Reserved < callers*amount || a.Reserved > (callers+2)*amount {
 		t.Fatalf("%d mc leased for %d calls of %d mc: grants did not share their room", a.Reserved, callers, amount)
 	}
 }

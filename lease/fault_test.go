@@ -1,4 +1,4 @@
-package metering_test
+package lease_test
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tollgate/tollgate/internal/testledger"
+	"github.com/tollgate/tollgate/lease"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -21,15 +23,15 @@ import (
 // the idle give-back (or Close) returns it — not leave it reserved until
 // the hold TTL with no replica knowing of it.
 func TestLeaseLostGrantAnswerIsGivenBack(t *testing.T) {
-	e := newEnv(t, metering.Options{HoldTTL: time.Minute})
-	e.account(t, "acme", 100_000)
-	cutter := startRelay(t, e.srv.Addr)
+	e := testledger.New(t, metering.Options{HoldTTL: time.Minute})
+	e.Account(t, "acme", 100_000)
+	cutter := startRelay(t, e.Srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: cutter.addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	l := metering.NewLeaser(metering.New(rdb, metering.Options{HoldTTL: time.Minute}),
-		metering.LeaseOptions{IdleReturn: 20 * time.Millisecond})
+	l := lease.New(metering.New(rdb, metering.Options{HoldTTL: time.Minute}),
+		lease.Options{IdleReturn: 20 * time.Millisecond})
 	ctx := context.Background()
-	if err := e.st.LoadScripts(ctx); err != nil { // EVALSHA runs the grant at once
+	if err := e.St.LoadScripts(ctx); err != nil { // EVALSHA runs the grant at once
 		t.Fatal(err)
 	}
 	if err := rdb.Ping(ctx).Err(); err != nil { // the connection's handshake is done
@@ -39,7 +41,7 @@ func TestLeaseLostGrantAnswerIsGivenBack(t *testing.T) {
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "x", Fixed: 10_000}); !errors.Is(err, metering.ErrUnavailable) {
 		t.Fatalf("reserve with its answer cut: %v", err)
 	}
-	if a := e.acct(t, "acme"); a.Reserved == 0 {
+	if a := e.Acct(t, "acme"); a.Reserved == 0 {
 		t.Fatal("the grant did not run in Redis: the test proves nothing")
 	}
 	time.Sleep(200 * time.Millisecond) // ten janitor rounds: idle returns happen now
@@ -48,10 +50,10 @@ func TestLeaseLostGrantAnswerIsGivenBack(t *testing.T) {
 	if err := l.Close(cctx); err != nil {
 		t.Fatal(err)
 	}
-	if a := e.acct(t, "acme"); a.Reserved != 0 {
+	if a := e.Acct(t, "acme"); a.Reserved != 0 {
 		t.Fatalf("after Close %d mc are still reserved by a lease no replica knows of", a.Reserved)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // countingBlackhole accepts connections and answers nothing (Redis
@@ -89,7 +91,7 @@ func TestLeaseGrantsFailFastWhileRedisIsSilent(t *testing.T) {
 	addr, attempts := countingBlackhole(t)
 	rdb := redis.NewClient(&redis.Options{Addr: addr, ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	l := metering.NewLeaser(metering.New(rdb, metering.Options{}), metering.LeaseOptions{})
+	l := lease.New(metering.New(rdb, metering.Options{}), lease.Options{})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -124,12 +126,12 @@ func TestLeaseGrantsFailFastWhileRedisIsSilent(t *testing.T) {
 // answering — counted from the unanswered call, not from when go-redis
 // gives up on it (timeouts × retries later).
 func TestLeaseOfflineCountsFromTheUnansweredCall(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
-	rel := startRelay(t, e.srv.Addr)
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
+	rel := startRelay(t, e.Srv.Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: rel.addr, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	l := metering.NewLeaser(metering.New(rdb, metering.Options{}), metering.LeaseOptions{IdleReturn: time.Hour, Offline: 100 * time.Millisecond})
+	l := lease.New(metering.New(rdb, metering.Options{}), lease.Options{IdleReturn: time.Hour, Offline: 100 * time.Millisecond})
 	ctx := context.Background()
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "warm", Fixed: 100_000}); err != nil {
 		t.Fatal(err)
@@ -158,10 +160,10 @@ func TestLeaseOfflineCountsFromTheUnansweredCall(t *testing.T) {
 	if err := l.Close(cctx); err != nil {
 		t.Fatal(err)
 	}
-	if a := e.acct(t, "acme"); a.Consumed != 60 || a.Reserved != 0 {
+	if a := e.Acct(t, "acme"); a.Consumed != 60 || a.Reserved != 0 {
 		t.Fatalf("after Redis answered again: %+v, want 60 consumed, nothing reserved", a)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }
 
 // A call held from a lease is recorded under its hold id: that record is
@@ -169,9 +171,9 @@ func TestLeaseOfflineCountsFromTheUnansweredCall(t *testing.T) {
 // refused (the hold stays, to be settled right); the same settle twice
 // charges once.
 func TestLeaseSettleTwiceChargesOnce(t *testing.T) {
-	e := newEnv(t, metering.Options{})
-	e.account(t, "acme", 1_000_000)
-	l := newLeaser(t, e.st, metering.LeaseOptions{IdleReturn: time.Hour})
+	e := testledger.New(t, metering.Options{})
+	e.Account(t, "acme", 1_000_000)
+	l := newLeaser(t, e.St, lease.Options{IdleReturn: time.Hour})
 	ctx := context.Background()
 	if _, err := l.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "h1", Fixed: 1000}); err != nil {
 		t.Fatal(err)
@@ -190,8 +192,8 @@ func TestLeaseSettleTwiceChargesOnce(t *testing.T) {
 		}
 	}
 	returnAll(t, l)
-	if a := e.acct(t, "acme"); a.Consumed != 700 || a.Reserved != 0 {
+	if a := e.Acct(t, "acme"); a.Consumed != 700 || a.Reserved != 0 {
 		t.Fatalf("after one call of 700 mc settled twice: %+v", a)
 	}
-	assertLedger(t, e.st, "acme")
+	testledger.Assert(t, e.St, "acme")
 }

@@ -1,9 +1,8 @@
-package metering
+package lease
 
 import (
 	"context"
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,23 +10,41 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/tollgate/tollgate/metering"
 )
 
-var (
-	//go:embed scripts/holds.lua
-	holdsSrc string
-	//go:embed scripts/lease_grant.lua
-	leaseGrantSrc string
-	//go:embed scripts/lease_flush.lua
-	leaseFlushSrc string
+// Ledger is what a Leaser needs for calls it holds one by one in Redis (keys
+// with their own credit limit, or Options.PerCall), and passes through.
+// *metering.Store implements it.
+type Ledger interface {
+	Authenticate(ctx context.Context, secret []byte) (metering.Identity, error)
+	Ping(ctx context.Context) error
+	Reserve(ctx context.Context, r metering.HoldRequest) (metering.Hold, error)
+	Settle(ctx context.Context, s metering.Settlement) (metering.Charge, error)
+	Release(ctx context.Context, account, keyID, holdID string, rec *metering.Record) error
+	Generation(ctx context.Context, account, requestID string) (metering.Generation, error)
+	HoldTTL() time.Duration
+}
 
-	leaseGrantScript = redis.NewScript(holdsSrc + leaseGrantSrc)
-	leaseFlushScript = redis.NewScript(periodSrc + leaseFlushSrc)
-)
+// Leases is the Redis side of the leases. *metering.Store implements it.
+type Leases interface {
+	GrantLease(ctx context.Context, g metering.LeaseGrant) (metering.LeaseGranted, error)
+	ApplyLease(ctx context.Context, b metering.LeaseBatch) (metering.LeaseApplied, error)
+	// WatchRevocations runs until ctx is done, telling of accounts whose
+	// leases a debit shrank (see metering.Store.WatchRevocations).
+	WatchRevocations(ctx context.Context, revoked func(account string), resubscribed func())
+}
 
-// LeaseOptions configure a Leaser. Zero values mean the documented defaults.
-type LeaseOptions struct {
+// Store is both.
+type Store interface {
+	Ledger
+	Leases
+}
+
+var _ Store = (*metering.Store)(nil)
+
+// Options configure a Leaser. Zero values mean the documented defaults.
+type Options struct {
 	// ID names this replica's leases (hold id "lease:<ID>"). It must differ
 	// between replicas running at once. Default: random.
 	ID string
@@ -47,6 +64,14 @@ type LeaseOptions struct {
 	// goes to Redis, so that one script applies several. Default 2ms;
 	// negative sends at once.
 	Linger time.Duration
+	// Verify is how often a lease that calls hold from is checked in Redis
+	// when no batch did so meanwhile, in case a message that it was shrunk
+	// (a refund, a dispute) was lost. Default 1s (never more than a quarter of
+	// the hold TTL).
+	Verify time.Duration
+	// PerCall holds every call in Redis one by one (no leases); settles are
+	// still retried by the Leaser while Redis is unreachable.
+	PerCall bool
 	// OnError is told when a batch could not be applied (it is retried).
 	OnError func(account string, err error)
 }
@@ -58,30 +83,31 @@ type LeaseOptions struct {
 // calls are queued and applied in Redis in batches — one atomic script per
 // account and batch, which writes each call's ledger entry and cost record as
 // settle does — while the caller already has its answer. A lease unused for
-// LeaseOptions.IdleReturn is given back.
+// Options.IdleReturn is given back.
 //
 // What this changes against Store (per-call holds):
 //   - a call starts without a round trip, and its settle is applied after it
 //     is answered: a replica killed between the two loses those charges (the
-//     calls it answered in the last flush: LeaseOptions.Linger, 2 ms, and a
+//     calls it answered in the last flush: Options.Linger, 2 ms, and a
 //     round trip);
 //   - the 402 boundary is per replica: credits leased by one replica are not
 //     available to another until used or given back;
 //   - X-Credits-Balance is this replica's view: exact for one replica, late
 //     by other replicas' unflushed calls otherwise;
 //   - calls keep being served from a live lease while Redis is unreachable,
-//     for LeaseOptions.Offline (2 s) at most and never past half the hold
+//     for Options.Offline (2 s) at most and never past half the hold
 //     TTL since the lease was renewed, and are applied when it is back;
 //   - calls wait for room when Redis applies them slower than they come
-//     (LeaseOptions.MaxQueued).
+//     (Options.MaxQueued).
 //
 // Keys with their own credit limit (HoldRequest.KeyLimited) are held per
 // call in Redis, as by Store. A Leaser is safe for concurrent use.
 type Leaser struct {
-	st   *Store
-	id   string
-	ttl  time.Duration
-	opts LeaseOptions
+	st     Store
+	id     string
+	ttl    time.Duration
+	verify time.Duration // how often a lease in use is checked (Options.Verify)
+	opts   Options
 
 	mu    sync.RWMutex
 	accts map[string]*leaseAcct
@@ -102,6 +128,25 @@ type Leaser struct {
 	// abandonOnce guards abandon: Close may run twice.
 	abandonOnce sync.Once
 	gbSeq       atomic.Uint64 // give-back sequence numbers
+	unwatch     context.CancelFunc
+	stopLate    sync.Once
+
+	// late holds settles of calls held one by one in Redis that could not
+	// be applied when they ended (Redis unreachable); Settle never fails,
+	// so they are retried in the background until they land or their hold
+	// has expired.
+	late lateSettles
+	// perCall remembers the holds of calls held one by one in Redis, so
+	// that a deferred settle can still say what the balance will be.
+	perCall struct {
+		sync.Mutex
+		m map[string]perCallHold
+	}
+}
+
+type perCallHold struct {
+	metering.Hold
+	expires int64 // unix nanos
 }
 
 // leaseAcct is one account's lease on this replica. Invariant, once no
@@ -129,7 +174,7 @@ type leaseAcct struct {
 	inflight  int    // Redis calls in flight for this account
 	fails     uint64 // Redis calls of the account that failed, ever
 	// sentAt is when the Redis call holding sem was sent (unix nanos, 0:
-	// none): a call unanswered for LeaseOptions.Offline stops the lease
+	// none): a call unanswered for Options.Offline stops the lease
 	// serving as a failed one does, before go-redis gives up on it.
 	sentAt atomic.Int64
 	// sem lets one Redis call of the account run at a time, and is given
@@ -140,6 +185,10 @@ type leaseAcct struct {
 	failing time.Time // first failure since Redis last answered; zero while it does
 	used    time.Time
 	dead    bool // dropped from the Leaser's map
+	// revocations counts the messages that this account's leases were
+	// shrunk in Redis: an answer to a Redis call sent before the last one
+	// may predate the shrink, so it cannot make credits free again.
+	revocations uint64
 	// leased: Redis's last answer showed a lease of this replica (true
 	// until an answer says the lease is gone: only then may the account's
 	// state be dropped, or credits this replica lost count of would stay
@@ -158,9 +207,9 @@ type localHold struct {
 type leaseOp struct {
 	release bool // a failed call: its record only
 	keyID   string
-	charge  int64
-	in, out int64
-	rec     Record
+	charge  int64 // the call's whole cost
+	held    int64 // its hold on the lease
+	rec     metering.Record
 	marker  bool // not a call: Leaser.Return's place in the queue
 }
 
@@ -175,7 +224,7 @@ const maxLeaseBatch = 128
 
 // NewLeaser returns a Leaser over st and starts its background work (idle
 // returns, lease renewals); Close stops it.
-func NewLeaser(st *Store, opts LeaseOptions) *Leaser {
+func New(st Store, opts Options) *Leaser {
 	if opts.ID == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
@@ -193,22 +242,30 @@ func NewLeaser(st *Store, opts LeaseOptions) *Leaser {
 	if opts.Linger == 0 {
 		opts.Linger = 2 * time.Millisecond
 	}
+	if opts.Verify <= 0 {
+		opts.Verify = time.Second
+	}
 	l := &Leaser{
-		st: st, id: "lease:" + opts.ID, ttl: st.opts.HoldTTL, opts: opts,
+		st: st, id: "lease:" + opts.ID, ttl: st.HoldTTL(), opts: opts,
 		accts: make(map[string]*leaseAcct), stop: make(chan struct{}), abandon: make(chan struct{}),
 	}
+	l.verify = min(opts.Verify, l.ttl/4)
+	l.perCall.m = make(map[string]perCallHold)
+	l.late.init()
 	// Give-back numbers never repeat, even for a fixed ID across restarts.
 	l.gbSeq.Store(uint64(time.Now().UnixNano()))
-	l.janitor.Add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	l.unwatch = cancel
+	l.janitor.Add(2)
 	go l.tend()
+	go l.watch(ctx)
+	l.late.done.Add(1)
+	go l.retryLate()
 	return l
 }
 
-// Store returns the store the Leaser meters through.
-func (l *Leaser) Store() *Store { return l.st }
-
 // Authenticate is Store.Authenticate.
-func (l *Leaser) Authenticate(ctx context.Context, secret []byte) (Identity, error) {
+func (l *Leaser) Authenticate(ctx context.Context, secret []byte) (metering.Identity, error) {
 	return l.st.Authenticate(ctx, secret)
 }
 
@@ -240,15 +297,15 @@ func (l *Leaser) lookup(id string) *leaseAcct {
 
 // Reserve holds r from the account's lease, growing the lease when it is
 // short. It fails as Store.Reserve does.
-func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
-	if r.KeyLimited || l.closed.Load() {
-		return l.st.Reserve(ctx, r)
+func (l *Leaser) Reserve(ctx context.Context, r metering.HoldRequest) (metering.Hold, error) {
+	if r.KeyLimited || l.opts.PerCall || l.closed.Load() {
+		return l.reservePerCall(ctx, r)
 	}
 	if r.Fixed < 0 || r.PerOutput < 0 || r.MinOutput < 0 || r.MaxOutput < r.MinOutput {
-		return Hold{}, fmt.Errorf("reserving credits: invalid request %+v", r)
+		return metering.Hold{}, fmt.Errorf("reserving credits: invalid request %+v", r)
 	}
-	if !ValidAccountID(r.Account) {
-		return Hold{}, fmt.Errorf("reserving credits for %q: %w", r.Account, ErrNoAccount)
+	if !metering.ValidAccountID(r.Account) {
+		return metering.Hold{}, fmt.Errorf("reserving credits for %q: %w", r.Account, metering.ErrNoAccount)
 	}
 	least, most := r.Fixed+r.PerOutput*r.MinOutput, r.Fixed+r.PerOutput*r.MaxOutput
 	for attempt := 0; ; attempt++ {
@@ -267,7 +324,7 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 			})
 			if a.queued-a.applied >= uint64(l.opts.MaxQueued) {
 				a.mu.Unlock()
-				return Hold{}, unavailable("reserving credits", errBacklog)
+				return metering.Hold{}, unavailable("reserving credits", errBacklog)
 			}
 			if a.dead { // dropped while this call waited
 				a.mu.Unlock()
@@ -298,7 +355,7 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 			if ok {
 				return h, nil
 			}
-			return Hold{}, unavailable("reserving credits", ctx.Err())
+			return metering.Hold{}, unavailable("reserving credits", ctx.Err())
 		}
 		a.mu.Lock()
 		h, ok := a.take(r, time.Now(), l, false)
@@ -308,7 +365,7 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 				<-a.sem
 				a.inflight--
 				a.mu.Unlock()
-				return Hold{}, unavailable("reserving credits", errRedisFailing)
+				return metering.Hold{}, unavailable("reserving credits", errRedisFailing)
 			}
 		}
 		if ok {
@@ -321,18 +378,21 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		// as the smallest call needs.
 		want, need := 2*most-a.free, max(least-a.free, 0)
 		a.sentAt.Store(time.Now().UnixNano())
+		revs := a.revocations
 		a.mu.Unlock()
-		res, err := l.st.pipe.run(ctx, leaseGrantScript, []string{acctKey(r.Account), holdExpKey(r.Account), holdValKey(r.Account)},
-			l.id, need, max(want, need), l.ttl.Milliseconds()).Int64Slice()
+		res, err := l.st.GrantLease(ctx, metering.LeaseGrant{Account: r.Account, LeaseID: l.id, Least: need, Most: max(want, need), TTL: l.ttl})
 
 		a.mu.Lock()
 		a.sentAt.Store(0)
 		<-a.sem
 		a.inflight--
-		if err == nil {
+		if err == nil || !errors.Is(err, metering.ErrUnavailable) {
 			a.failing = time.Time{}
 		}
 		switch {
+		case err != nil && !errors.Is(err, metering.ErrUnavailable):
+			a.mu.Unlock()
+			return metering.Hold{}, err
 		case err != nil:
 			if a.failing.IsZero() {
 				a.failing = now
@@ -349,33 +409,31 @@ func (l *Leaser) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 			if ok {
 				return h, nil
 			}
-			return Hold{}, unavailable("reserving credits", err)
-		case res[0] == -1:
-			a.mu.Unlock()
-			return Hold{}, fmt.Errorf("reserving credits for %q: %w", r.Account, ErrNoAccount)
-		case res[0] == 0:
-			a.balance, a.outside = res[2], res[1]
+			return metering.Hold{}, unavailable("reserving credits", err)
+		case !res.OK:
+			a.balance, a.outside = res.Balance, res.Available
 			h, ok := a.take(r, now, l, true)
-			avail := max(a.free, 0) + res[1]
+			avail := max(a.free, 0) + max(res.Available, 0)
 			a.mu.Unlock()
 			if ok {
 				return h, nil
 			}
-			return Hold{}, &InsufficientError{Needed: least, Available: avail}
+			return metering.Hold{}, &metering.InsufficientError{Needed: least, Available: avail}
 		}
-		a.balance, a.outside = res[3], res[4]
+		a.balance, a.outside = res.Balance, res.Available
 		a.renewed = now
-		a.leased = res[2] > 0
-		a.reconcile(res[2], res[1])
+		a.leased = res.Lease > 0
+		a.reconcile(res.Lease, res.Granted)
+		l.distrust(a, revs)
 		h, ok = a.take(r, now, l, true)
-		avail := max(a.free, 0) + res[4]
+		avail := max(a.free, 0) + max(res.Available, 0)
 		a.mu.Unlock()
 		if ok {
 			return h, nil
 		}
 		if attempt >= 3 {
 			// Other calls of this replica took what was granted each time.
-			return Hold{}, &InsufficientError{Needed: least, Available: avail}
+			return metering.Hold{}, &metering.InsufficientError{Needed: least, Available: avail}
 		}
 	}
 }
@@ -409,124 +467,43 @@ func (a *leaseAcct) offline(now time.Time, limit time.Duration) bool {
 // take holds r from the free part of the lease: with MaxOutput, or with
 // partial the most output in [MinOutput, MaxOutput] that is free. Called
 // with a.mu held.
-func (a *leaseAcct) take(r HoldRequest, now time.Time, l *Leaser, partial bool) (Hold, bool) {
+func (a *leaseAcct) take(r metering.HoldRequest, now time.Time, l *Leaser, partial bool) (metering.Hold, bool) {
 	if lh, ok := a.holds[r.HoldID]; ok { // the same hold id twice is one hold
 		amt := lh.amt
 		out := r.MaxOutput
 		if r.PerOutput > 0 {
 			out = (amt - r.Fixed) / r.PerOutput
 		}
-		return Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
+		return metering.Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
 	}
 	// A lease not renewed for half its lifetime may expire under a new call.
 	// Nor one whose replica has not reached Redis for a while.
 	if a.renewed.IsZero() || now.Sub(a.renewed) > l.ttl/2 || a.free < r.Fixed || a.offline(now, l.opts.Offline) {
-		return Hold{}, false
+		return metering.Hold{}, false
 	}
 	out := r.MaxOutput
 	if r.PerOutput > 0 {
 		if afford := (a.free - r.Fixed) / r.PerOutput; afford < out {
 			if !partial {
-				return Hold{}, false
+				return metering.Hold{}, false
 			}
 			out = afford
 		}
 	}
 	if out < r.MinOutput {
-		return Hold{}, false
+		return metering.Hold{}, false
 	}
 	amt := r.Fixed + r.PerOutput*out
 	a.free -= amt
 	a.held += amt
 	a.holds[r.HoldID] = localHold{amt: amt, expires: now.Add(l.ttl).UnixNano()}
 	a.used = now
-	return Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
-}
-
-// Settle charges a call held from the lease — never more than its hold —
-// and queues it to be applied in Redis; it answers at once with the charge
-// and this replica's view of the balance after it. A hold placed per call
-// (a limited key) is settled by the Store. A call held from a lease is
-// recorded under its hold id (the proxy's request id): a Record.RequestID
-// other than the hold id is refused, since the record is what makes a second
-// Settle of the hold a replay.
-func (l *Leaser) Settle(ctx context.Context, st Settlement) (Charge, error) {
-	if st.Cost < 0 {
-		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
-	}
-	a := l.lookup(st.Account)
-	if a == nil {
-		return l.st.Settle(ctx, st)
-	}
-	a.mu.Lock()
-	lh, ok := a.holds[st.HoldID]
-	amt := lh.amt
-	if !ok {
-		a.mu.Unlock()
-		return l.st.Settle(ctx, st)
-	}
-	if st.Record.RequestID != "" && st.Record.RequestID != st.HoldID {
-		// The cost record, keyed by the request id, is what marks the call
-		// settled: a second Settle of the hold would find no mark under the
-		// hold id and charge again.
-		a.mu.Unlock()
-		return Charge{}, fmt.Errorf("settling %q: a call held from a lease is recorded under its hold id, not %q",
-			st.HoldID, st.Record.RequestID)
-	}
-	delete(a.holds, st.HoldID)
-	st.Record.RequestID = st.HoldID // the cost record, and what a resent batch is checked by
-	charge := min(st.Cost, amt)
-	a.held -= amt
-	a.free += amt - charge
-	a.pending += charge
-	ch := Charge{Charged: charge, BalanceAfter: a.balance - a.pending, Capped: st.Cost > amt}
-	if st.Record.CreatedAt.IsZero() {
-		st.Record.CreatedAt = time.Now()
-	}
-	a.queue = append(a.queue, leaseOp{keyID: st.KeyID, charge: charge,
-		in: max(st.Record.Input, 0) + max(st.Record.CachedInput, 0), out: max(st.Record.Output, 0), rec: st.Record})
-	a.queued++
-	l.kick(a)
-	a.mu.Unlock()
-	return ch, nil
-}
-
-// Release gives a failed call's hold back to the lease and queues its
-// record (charged 0). A hold placed per call is released by the Store.
-func (l *Leaser) Release(ctx context.Context, account, keyID, holdID string, rec *Record) error {
-	a := l.lookup(account)
-	if a == nil {
-		return l.st.Release(ctx, account, keyID, holdID, rec)
-	}
-	a.mu.Lock()
-	lh, ok := a.holds[holdID]
-	amt := lh.amt
-	if !ok {
-		a.mu.Unlock()
-		return l.st.Release(ctx, account, keyID, holdID, rec)
-	}
-	delete(a.holds, holdID)
-	a.held -= amt
-	a.free += amt
-	if rec != nil {
-		if rec.CreatedAt.IsZero() {
-			rec.CreatedAt = time.Now()
-		}
-		r := *rec
-		if r.RequestID == "" {
-			r.RequestID = holdID
-		}
-		a.queue = append(a.queue, leaseOp{release: true, keyID: keyID, rec: r})
-		a.queued++
-		l.kick(a)
-	}
-	a.mu.Unlock()
-	return nil
+	return metering.Hold{ID: r.HoldID, Amount: amt, OutputTokens: out, Available: max(a.free, 0) + a.outside}, true
 }
 
 // Generation returns a call's cost record, once this replica's queued calls
 // of the account (the one asked about among them) are applied.
-func (l *Leaser) Generation(ctx context.Context, account, requestID string) (Generation, error) {
+func (l *Leaser) Generation(ctx context.Context, account, requestID string) (metering.Generation, error) {
 	if a := l.lookup(account); a != nil {
 		a.wait(ctx, time.Now().Add(2*time.Second))
 	}
@@ -576,7 +553,7 @@ func (l *Leaser) Flush(ctx context.Context) error {
 	}
 	for _, a := range l.all() {
 		if left := a.wait(ctx, deadline); left > 0 {
-			return fmt.Errorf("flushing leases: %d calls of %q not applied: %w", left, a.id, ErrUnavailable)
+			return fmt.Errorf("flushing leases: %d calls of %q not applied: %w", left, a.id, metering.ErrUnavailable)
 		}
 	}
 	return nil
@@ -610,7 +587,7 @@ func (l *Leaser) Return(ctx context.Context) error {
 		left := a.returning || a.gbPending > 0
 		a.mu.Unlock()
 		if left {
-			return fmt.Errorf("returning the lease of %q: %w", a.id, ErrUnavailable)
+			return fmt.Errorf("returning the lease of %q: %w", a.id, metering.ErrUnavailable)
 		}
 	}
 	return nil
@@ -630,7 +607,10 @@ func (l *Leaser) all() []*leaseAcct {
 // call and gives every lease back, waiting until ctx is done at most.
 func (l *Leaser) Close(ctx context.Context) error {
 	l.closed.Store(true)
-	l.once.Do(func() { close(l.stop) })
+	l.once.Do(func() {
+		close(l.stop)
+		l.unwatch()
+	})
 	l.janitor.Wait()
 	err := l.Return(ctx)
 	select {
@@ -641,6 +621,18 @@ func (l *Leaser) Close(ctx context.Context) error {
 		if err == nil {
 			err = ctx.Err()
 		}
+	}
+	// Deferred settles of calls held one by one: until they land, or ctx.
+	for l.late.len() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	l.stopLate.Do(func() { close(l.late.stop) })
+	l.late.done.Wait()
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
 	}
 	return err
 }
@@ -737,13 +729,14 @@ func (l *Leaser) flush(a *leaseAcct) {
 		a.sem <- struct{}{}
 		sent := time.Now()
 		a.sentAt.Store(sent.UnixNano())
-		res, err := l.st.applyLease(a.id, l.id, l.ttl, giveBack, gbSeq, batch)
+		revs := a.revocations
+		res, err := l.apply(a.id, giveBack, gbSeq, batch)
 
 		a.mu.Lock()
 		a.sentAt.Store(0)
 		<-a.sem
 		a.inflight--
-		if err != nil && errors.Is(err, ErrUnavailable) {
+		if err != nil && errors.Is(err, metering.ErrUnavailable) {
 			// The batch and the give-back stay as they are and go again,
 			// with the same call ids and give-back number: whatever of them
 			// Redis did apply is not applied twice.
@@ -783,10 +776,11 @@ func (l *Leaser) flush(a *leaseAcct) {
 				a.mu.Lock()
 			}
 		} else {
-			a.balance, a.outside = res[0], res[2]
+			a.balance, a.outside = res.Balance, res.Available
 			a.renewed = sent
-			a.leased = res[1] > 0
-			a.reconcile(res[1], 0)
+			a.leased = res.Lease > 0
+			a.reconcile(res.Lease, 0)
+			l.distrust(a, revs)
 			if returning && a.free > 0 {
 				// Credits settled calls gave back while the give-back was on
 				// its way (or that a lost answer hid): they go back too.
@@ -798,45 +792,25 @@ func (l *Leaser) flush(a *leaseAcct) {
 	}
 }
 
-// applyLease runs lease_flush for one account's batch.
-func (s *Store) applyLease(account, leaseID string, ttl time.Duration, giveBack int64, gbSeq uint64, batch []leaseOp) ([]int64, error) {
-	keys := make([]string, 0, 7+len(batch))
-	keys = append(keys, acctKey(account), holdExpKey(account), holdValKey(account), ledgerKey(account), planKey(account), usageKey(account),
-		"{a:"+account+"}:gb:"+leaseID)
-	args := make([]any, 0, 6+len(batch)*45)
-	args = append(args, leaseID, ttl.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix(), giveBack, gbSeq)
+// apply runs one account's batch in Redis. The ledger and cost records
+// already belong to other callers' batches: it is never cancelled half way.
+func (l *Leaser) apply(account string, giveBack int64, gbSeq uint64, batch []leaseOp) (metering.LeaseApplied, error) {
+	calls := make([]metering.LeaseCall, 0, len(batch))
 	for i := range batch {
 		op := &batch[i]
-		if op.marker {
-			continue
+		if !op.marker {
+			calls = append(calls, metering.LeaseCall{Release: op.release, KeyID: op.keyID, Cost: op.charge, Held: op.held, Record: op.rec})
 		}
-		kind := "s"
-		if op.release {
-			kind = "r"
-		}
-		keys = append(keys, genKey(account, op.rec.RequestID))
-		args = append(args, kind, op.rec.RequestID, op.keyID, op.charge, op.in, op.out, 0)
-		at := len(args) - 1
-		args = op.rec.args(args)
-		args[at] = len(args) - at - 1
 	}
-	// The ledger and cost records already belong to other callers' batches:
-	// never cancelled half way by one caller.
-	res, err := s.pipe.run(context.Background(), leaseFlushScript, keys, args...).Int64Slice()
-	if err != nil {
-		return nil, unavailable("applying settled calls", err)
-	}
-	if len(res) == 1 && res[0] == -1 {
-		return nil, fmt.Errorf("applying settled calls of %q: %w", account, ErrNoAccount)
-	}
-	return res, nil
+	return l.st.ApplyLease(context.Background(), metering.LeaseBatch{Account: account, LeaseID: l.id, TTL: l.ttl,
+		GiveBack: giveBack, GiveBackSeq: gbSeq, Calls: calls})
 }
 
 // tend gives back idle leases, renews leases in use, and forgets accounts
 // with nothing leased.
 func (l *Leaser) tend() {
 	defer l.janitor.Done()
-	tick := min(l.opts.IdleReturn/2, l.ttl/8)
+	tick := min(l.opts.IdleReturn/2, l.verify/4)
 	t := time.NewTicker(max(tick, 10*time.Millisecond))
 	defer t.Stop()
 	for {
@@ -866,7 +840,9 @@ func (l *Leaser) tend() {
 			case a.held == 0 && len(a.queue) == 0 && idle && (a.free > 0 || a.leased) && !a.flushing:
 				a.returning = true
 				l.kick(a)
-			case (a.held > 0 || a.free > 0) && now.Sub(a.renewed) > l.ttl/4:
+			case (a.held > 0 || a.free > 0) && now.Sub(a.renewed) > l.verify:
+				// Renew the lease, and learn whether a refund or a dispute
+				// shrank it (should its message have been lost).
 				a.renew = true
 				l.kick(a)
 			case a.held == 0 && !a.leased && len(a.queue) == 0 && idle && !a.flushing && a.inflight == 0:
@@ -876,11 +852,20 @@ func (l *Leaser) tend() {
 				l.mu.Unlock()
 			}
 			a.mu.Unlock()
-			if l.opts.OnError != nil {
-				for _, id := range expired {
-					l.opts.OnError(a.id, fmt.Errorf("hold %s expired unsettled", id))
-				}
+			for _, id := range expired {
+				l.report(a.id, fmt.Errorf("hold %s expired unsettled", id))
 			}
 		}
+		l.perCall.Lock()
+		for k, h := range l.perCall.m {
+			if h.expires < now.UnixNano() {
+				delete(l.perCall.m, k) // its call never ended (a bug): the hold expires in Redis too
+			}
+		}
+		l.perCall.Unlock()
 	}
+}
+
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%s: %w: %w", op, metering.ErrUnavailable, err)
 }
