@@ -38,6 +38,9 @@ var (
 )
 
 var errStreamTimeout = errors.New("proxy: stream exceeded its time limit")
+
+// noCloseWithError logs once that fasthttp's stream body lacks CloseWithError.
+var noCloseWithError sync.Once
 var errAborted = errors.New("proxy: stream cut at shutdown")
 var errStreamBroken = errors.New("proxy: upstream stream ended early")
 var errStreamIdle = errors.New("proxy: no upstream event within the stream idle timeout")
@@ -87,7 +90,20 @@ type streamBody struct {
 
 // startStream hands the call to a streamBody and sets the response up.
 func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
-	sb := newStreamBody(c, up, resp, resp.BodyStream(), &ctx.Response.Header)
+	body := resp.BodyStream()
+	if _, ok := body.(fasthttp.ReadCloserWithError); !ok {
+		// A streamBody closes a broken stream's connection with an error, so
+		// that it is never pooled (fasthttp reads a connection closed at a
+		// chunk boundary as the body's clean end, and a cut stream would be
+		// charged as whole). Should fasthttp stop providing the interface,
+		// no connection of a stream is reused rather than fail silently.
+		// (TestUpstreamStreamBodyClosesWithError catches it first.)
+		resp.SetConnectionClose()
+		noCloseWithError.Do(func() {
+			c.s.log.Error("fasthttp's stream body cannot be closed with an error; stream connections are not reused")
+		})
+	}
+	sb := newStreamBody(c, up, resp, body, &ctx.Response.Header)
 	h := &ctx.Response.Header
 	var nb [24]byte
 	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], c.hold.Available))
