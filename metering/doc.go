@@ -20,7 +20,8 @@
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
 //	                            its ledger entry id (a failed call: the whole record); its
 //	                            settled field makes a retried settle (hold id = request id) a no-op
-//	{a:ID}:keys          hash   key id → key metadata (JSON)
+//	{a:ID}:keys          hash   key id → key metadata (JSON); a key is added by create_key.lua,
+//	                            which counts the active ones against a cap in the same step
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
 //	{a:ID}:stripe        string the account's Stripe customer id
 //	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL

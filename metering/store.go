@@ -103,7 +103,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // EVALSHA. Optional: scripts fall back to EVAL when missing.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{
-		reserveScript, settleScript, releaseScript, creditScript, createAccountScript,
+		reserveScript, settleScript, releaseScript, creditScript, createAccountScript, createKeyScript,
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript,
