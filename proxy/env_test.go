@@ -245,7 +245,7 @@ func (e *env) post(path, key, body string, hdr ...string) result {
 }
 
 // assertLedger checks the money invariant of an account: Σ ledger amounts =
-// balance = purchased − consumed, nothing reserved, never negative.
+// balance = credits of every kind − consumed, nothing reserved, never negative.
 func (e *env) assertLedger(id string) {
 	e.t.Helper()
 	a := e.balance(id) // syncs first
@@ -260,9 +260,9 @@ func (e *env) assertLedger(id string) {
 			debits -= en.Amount
 		}
 	}
-	if sum != a.Balance || a.Purchased-a.Consumed != a.Balance || debits != a.Consumed {
-		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, purchased %d − consumed %d, Σ debits %d",
-			id, sum, a.Balance, a.Purchased, a.Consumed, debits)
+	if sum != a.Balance || a.Credits()-a.Consumed != a.Balance || debits != a.Consumed {
+		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, credits %d − consumed %d, Σ debits %d",
+			id, sum, a.Balance, a.Credits(), a.Consumed, debits)
 	}
 	if a.Reserved != 0 {
 		e.t.Fatalf("account %s still has %d mc reserved", id, a.Reserved)
