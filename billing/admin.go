@@ -24,23 +24,37 @@ func (s *Server) admin(h handlerFunc) http.Handler {
 	})
 }
 
-// accountJSON is an account's balances, in credits.
+// accountJSON is an account's balances, in credits:
+// total_purchased + total_granted + total_adjusted − total_consumed = balance.
 type accountJSON struct {
-	ID             string  `json:"id"`
-	Object         string  `json:"object"`
-	Balance        Credits `json:"balance"`
-	Reserved       Credits `json:"reserved"`
-	Available      Credits `json:"available"`
+	ID        string  `json:"id"`
+	Object    string  `json:"object"`
+	Balance   Credits `json:"balance"`
+	Reserved  Credits `json:"reserved"`
+	Available Credits `json:"available"`
+	totalsJSON
+	CreatedAt string `json:"created_at"`
+}
+
+// totalsJSON is an account's totals by kind of credit (metering.Account):
+// purchases net of refunds and disputes, operators' grants, operators'
+// adjustments, and usage.
+type totalsJSON struct {
 	TotalPurchased Credits `json:"total_purchased"`
+	TotalGranted   Credits `json:"total_granted"`
+	TotalAdjusted  Credits `json:"total_adjusted"`
 	TotalConsumed  Credits `json:"total_consumed"`
-	CreatedAt      string  `json:"created_at"`
+}
+
+func totalsView(a metering.Account) totalsJSON {
+	return totalsJSON{TotalPurchased: Credits(a.Purchased), TotalGranted: Credits(a.Granted),
+		TotalAdjusted: Credits(a.Adjusted), TotalConsumed: Credits(a.Consumed)}
 }
 
 func accountView(a metering.Account) accountJSON {
 	return accountJSON{
 		ID: a.ID, Object: "account", Balance: Credits(a.Balance), Reserved: Credits(a.Reserved),
-		Available: Credits(a.Available()), TotalPurchased: Credits(a.Purchased), TotalConsumed: Credits(a.Consumed),
-		CreatedAt: timestamp(a.CreatedAt),
+		Available: Credits(a.Available()), totalsJSON: totalsView(a), CreatedAt: timestamp(a.CreatedAt),
 	}
 }
 
@@ -118,13 +132,11 @@ func (s *Server) adminRevokeKey(w http.ResponseWriter, r *http.Request) error {
 	return s.revokeKey(r.Context(), w, id, r.PathValue("keyId"))
 }
 
-// adminReferencePrefix keeps operators' references apart from the webhook's
-// ("checkout:…", "refund:…"), so that no grant can ever block a purchase.
-const adminReferencePrefix = "admin:"
-
 // POST /admin/v1/accounts/{id}/credits {"credits":1000,"reference":"grant-1","description"?}
-// → 200 {"balance","applied"}. Negative credits are an adjustment. The same
-// reference twice credits once.
+// → 200 {"balance","applied"}. Positive credits are a grant, negative ones an
+// adjustment. The same reference twice credits once, whether it came through
+// this API or the CLI (metering applies it as metering.OperatorReference, apart
+// from every purchase's reference).
 func (s *Server) adminCredit(w http.ResponseWriter, r *http.Request) error {
 	id, err := pathAccount(r)
 	if err != nil {
@@ -155,16 +167,16 @@ func (s *Server) adminCredit(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Description) > 500 {
 		return badRequest("invalid_description", "description", "description must be at most 500 characters")
 	}
-	typ := "grant"
+	typ := metering.Grant
 	if mc < 0 {
-		typ = "adjustment"
+		typ = metering.Adjustment
 	}
 	fields := map[string]string{"source": "admin"}
 	if req.Description != "" {
 		fields["description"] = req.Description
 	}
 	res, err := s.store.Credit(r.Context(), metering.Credit{
-		Account: id, Amount: mc, Reference: adminReferencePrefix + req.Reference, Type: typ, Fields: fields,
+		Account: id, Amount: mc, Reference: req.Reference, Type: typ, Fields: fields,
 	})
 	if err != nil {
 		return fmt.Errorf("crediting: %w", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
 )
 
 func TestAdminAccountsContract(t *testing.T) {
@@ -22,7 +23,8 @@ func TestAdminAccountsContract(t *testing.T) {
 		t.Fatalf("created account: %s", r.raw)
 	}
 	// Amounts are JSON numbers written from integers, with three decimals.
-	for _, f := range []string{`"balance":0.000`, `"reserved":0.000`, `"total_purchased":0.000`, `"total_consumed":0.000`} {
+	for _, f := range []string{`"balance":0.000`, `"reserved":0.000`, `"total_purchased":0.000`, `"total_granted":0.000`,
+		`"total_adjusted":0.000`, `"total_consumed":0.000`} {
 		if !strings.Contains(r.raw, f) {
 			t.Errorf("body lacks %s: %s", f, r.raw)
 		}
@@ -37,7 +39,7 @@ func TestAdminAccountsContract(t *testing.T) {
 
 	r = e.admin("GET", "/admin/v1/accounts/acme", nil)
 	e.expect(r, http.StatusOK, "")
-	for _, f := range []string{"id", "balance", "reserved", "total_purchased", "total_consumed"} {
+	for _, f := range []string{"id", "balance", "reserved", "total_purchased", "total_granted", "total_adjusted", "total_consumed"} {
 		if r.get(f) == nil {
 			t.Errorf("GET account lacks %q: %s", f, r.raw)
 		}
@@ -135,8 +137,10 @@ func TestAdminCreditsContract(t *testing.T) {
 	}
 	e.expect(e.admin("POST", "/admin/v1/accounts/nobody/credits", `{"credits":1,"reference":"r"}`), http.StatusNotFound, "account_not_found")
 
+	// Grants and adjustments are not purchases: each has its own total.
 	r = e.admin("GET", "/admin/v1/accounts/acme", nil)
-	if r.num("total_purchased") != r.num("balance") || r.num("total_consumed") != "0.000" {
+	if r.num("total_purchased") != "0.000" || r.num("total_granted") != "1005.479" || r.num("total_adjusted") != "-500.500" ||
+		r.num("balance") != "504.979" || r.num("total_consumed") != "0.000" {
 		t.Fatalf("account: %s", r.raw)
 	}
 }
@@ -240,5 +244,58 @@ func TestNewRefusesShortAdminToken(t *testing.T) {
 	}
 	if _, err := New(Options{Catalog: cat}); err == nil {
 		t.Fatal("New accepted options without a store")
+	}
+}
+
+// TestOperatorCreditsAreNotPurchases: an operator's credit whose reference
+// reads like a checkout's ("checkout:<session>") never marks that checkout
+// as credited, and operators' grants and adjustments are counted apart from
+// purchases. total_purchased is what was bought less what refunds and
+// disputes took back (the sum of the billing history), whatever operators
+// did; total_granted and total_adjusted are theirs.
+func TestOperatorCreditsAreNotPurchases(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	p := e.sell("acme", "cs_op", "growth")
+	credit := func(credits, ref string) func() {
+		return func() {
+			r := e.admin("POST", "/admin/v1/accounts/acme/credits", `{"credits":`+credits+`,"reference":"`+ref+`"}`)
+			e.expect(r, http.StatusOK, "")
+			if r.get("applied") != true {
+				t.Fatalf("credit %s %s not applied: %s", credits, ref, r.raw)
+			}
+		}
+	}
+	refunded := int64(growthCreditsMC*1000+growthPriceMinor-1) / growthPriceMinor // $10.00 of $24.99, rounded up
+	steps := []struct {
+		name                         string
+		do                           func()
+		purchased, granted, adjusted int64 // mc after the step
+	}{
+		{"grant under the checkout's reference", credit("10", "checkout:cs_op"), 0, 10_000, 0},
+		{"the checkout is paid", func() { e.paid("evt_op", "acme", "cs_op", "pi_op", p) }, growthCreditsMC, 10_000, 0},
+		{"negative adjustment", credit("-500.5", "adj-1"), growthCreditsMC, 10_000, -500_500},
+		{"another grant", credit("0.25", "g-2"), growthCreditsMC, 10_250, -500_500},
+		{"partial refund", func() { e.refund("evt_rf", "ch_op", "pi_op", growthPriceMinor, 1000) },
+			growthCreditsMC - refunded, 10_250, -500_500},
+	}
+	tok := e.token("acme", nil)
+	for _, st := range steps {
+		st.do()
+		balance := st.purchased + st.granted + st.adjusted
+		want := map[string]int64{"balance": balance, "total_purchased": st.purchased, "total_granted": st.granted,
+			"total_adjusted": st.adjusted, "total_consumed": 0}
+		for view, r := range map[string]response{
+			"GET /v1/api-credits":         e.do("GET", "/v1/api-credits", tok, nil),
+			"GET /admin/v1/accounts/acme": e.admin("GET", "/admin/v1/accounts/acme", nil),
+		} {
+			e.expect(r, http.StatusOK, "")
+			for f, mc := range want {
+				if r.num(f) != pricing.FormatCredits(mc) {
+					t.Errorf("after %s, %s %s = %q, want %s: %s", st.name, view, f, r.num(f), pricing.FormatCredits(mc), r.raw)
+				}
+			}
+		}
+		e.invariant("acme")
 	}
 }

@@ -271,7 +271,9 @@ func (e *env) account(id string) metering.Account {
 	return a
 }
 
-// invariant checks, for account: Σ ledger amounts = balance = purchased − consumed.
+// invariant checks, for account: Σ ledger amounts = balance =
+// purchased + granted + adjusted − consumed, and purchased = Σ billing
+// history (purchases, refunds, disputes: never an operator's credit).
 func (e *env) invariant(account string) {
 	e.t.Helper()
 	a := e.account(account)
@@ -283,9 +285,17 @@ func (e *env) invariant(account string) {
 	for _, en := range entries {
 		sum += en.Amount
 	}
-	if sum != a.Balance || a.Balance != a.Purchased-a.Consumed {
-		e.t.Fatalf("ledger invariant broken for %q: Σ ledger %d, balance %d, purchased %d − consumed %d = %d",
-			account, sum, a.Balance, a.Purchased, a.Consumed, a.Purchased-a.Consumed)
+	history, err := e.store.BillingHistory(context.Background(), account, metering.LedgerQuery{Limit: 1000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var bought int64
+	for _, h := range history {
+		bought += h.Amount
+	}
+	if sum != a.Balance || a.Balance != a.Credits()-a.Consumed || bought != a.Purchased {
+		e.t.Fatalf("ledger invariant broken for %q: Σ ledger %d, balance %d, purchased %d (Σ history %d) + granted %d + adjusted %d − consumed %d = %d",
+			account, sum, a.Balance, a.Purchased, bought, a.Granted, a.Adjusted, a.Consumed, a.Credits()-a.Consumed)
 	}
 }
 

@@ -67,19 +67,20 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, account string)
 	return nil
 }
 
-// GET /v1/api-credits → the caller's balance (JWT only).
+// GET /v1/api-credits → the caller's balance and totals (JWT only).
+// total_purchased is the sum of the billing history (purchases less refunds
+// and disputes); grants and adjustments have their own totals.
 func (s *Server) apiCredits(w http.ResponseWriter, r *http.Request, account string) error {
 	a, err := s.store.Account(r.Context(), account)
 	if err != nil {
 		return fmt.Errorf("reading balance: %w", err)
 	}
 	writeJSON(w, http.StatusOK, struct {
-		Account        string  `json:"account"`
-		Balance        Credits `json:"balance"`
-		Reserved       Credits `json:"reserved"`
-		Available      Credits `json:"available"`
-		TotalPurchased Credits `json:"total_purchased"`
-		TotalConsumed  Credits `json:"total_consumed"`
-	}{a.ID, Credits(a.Balance), Credits(a.Reserved), Credits(a.Available()), Credits(a.Purchased), Credits(a.Consumed)})
+		Account   string  `json:"account"`
+		Balance   Credits `json:"balance"`
+		Reserved  Credits `json:"reserved"`
+		Available Credits `json:"available"`
+		totalsJSON
+	}{a.ID, Credits(a.Balance), Credits(a.Reserved), Credits(a.Available()), totalsView(a)})
 	return nil
 }

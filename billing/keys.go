@@ -3,6 +3,7 @@ package billing
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"unicode/utf8"
@@ -68,30 +69,42 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 		}
 		limit = mc
 	}
+	nk := metering.NewKey{Account: account, Name: req.Name, CreditLimit: limit}
+	var refusal *apiError
 	if capped {
-		n, err := s.activeKeys(ctx, account)
-		if err != nil {
+		var err error
+		if nk.MaxActive, refusal, err = s.keyCap(ctx, account); err != nil {
 			return err
-		}
-		if n >= s.opts.MaxKeysPerAccount {
-			return &apiError{status: http.StatusConflict, typ: typeConflict, code: "too_many_keys",
-				message: fmt.Sprintf("an account may have at most %d active API keys; revoke one first", s.opts.MaxKeysPerAccount)}
-		}
-		planMax, plan, err := s.planKeyLimit(ctx, account)
-		if err != nil {
-			return err
-		}
-		if planMax > 0 && int64(n) >= planMax {
-			return conflict("plan_limit_reached",
-				"the %s plan allows %d active API keys (limit api_keys); revoke one or change plan", plan, planMax)
 		}
 	}
-	k, secret, err := s.store.CreateKey(ctx, account, req.Name, limit)
+	// Counted and created in one script: concurrent requests never get past the cap.
+	k, secret, err := s.store.IssueKey(ctx, nk)
+	if errors.Is(err, metering.ErrTooManyKeys) && refusal != nil {
+		return refusal
+	}
 	if err != nil {
 		return fmt.Errorf("creating key: %w", err)
 	}
 	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(k, 0), Key: secret})
 	return nil
+}
+
+// keyCap is how many active API keys an account may have when it creates
+// them itself, and the answer once it has them: the lower of the per-account
+// cap (Options.MaxKeysPerAccount: 409 too_many_keys) and its plan's api_keys
+// limit (409 plan_limit_reached). Operators (the admin API, the CLI) are not
+// capped.
+func (s *Server) keyCap(ctx context.Context, account string) (int, *apiError, error) {
+	planMax, plan, err := s.planKeyLimit(ctx, account)
+	if err != nil {
+		return 0, nil, err
+	}
+	if planMax > 0 && planMax < int64(s.opts.MaxKeysPerAccount) {
+		return int(planMax), conflict("plan_limit_reached",
+			"the %s plan allows %d active API keys (limit api_keys); revoke one or change plan", plan, planMax), nil
+	}
+	return s.opts.MaxKeysPerAccount, conflict("too_many_keys",
+		"an account may have at most %d active API keys; revoke one first", s.opts.MaxKeysPerAccount), nil
 }
 
 func (s *Server) activeKeys(ctx context.Context, account string) (int, error) {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -89,4 +93,84 @@ func TestSelfServiceKeysAreCapped(t *testing.T) {
 	e.expect(e.do("POST", "/v1/keys", tok, map[string]any{"name": "c"}), http.StatusConflict, "too_many_keys")
 	e.expect(e.do("DELETE", "/v1/keys/"+first.str("id"), tok, nil), http.StatusNoContent, "")
 	e.expect(e.do("POST", "/v1/keys", tok, map[string]any{"name": "c"}), http.StatusCreated, "")
+}
+
+// TestKeyCapsHoldUnderConcurrency: twelve POST /v1/keys at once against a
+// cap of 3 create exactly 3 keys; the other nine get the cap's 409, whichever
+// cap is the lower one (the plan's api_keys limit or the per-account cap). An
+// operator's key (admin API, uncapped) counts against the cap all the same.
+func TestKeyCapsHoldUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	plan := func(keys int64) []config.Plan {
+		return []config.Plan{{ID: "trio", Name: "Trio", StripePriceID: "price_trio", MinSeats: 1,
+			Limits: config.PlanLimits{APIKeys: keys}}}
+	}
+	for _, tt := range []struct {
+		name     string
+		plans    []config.Plan // the account subscribes to the first, when any
+		maxKeys  int
+		wantCode string
+	}{
+		{"plan allows 3", plan(3), 100, "plan_limit_reached"},
+		{"per-account cap 3, no plan", nil, 3, "too_many_keys"},
+		{"per-account cap 3 below a plan of 5", plan(5), 3, "too_many_keys"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{plans: tt.plans, adjustOpts: func(o *Options) { o.MaxKeysPerAccount = tt.maxKeys }})
+			ctx := context.Background()
+			if _, err := e.store.EnsureAccount(ctx, "acme"); err != nil {
+				t.Fatal(err)
+			}
+			if len(tt.plans) > 0 {
+				now := time.Now()
+				if _, err := e.store.SaveSubscription(ctx, "acme", metering.Subscription{ID: "sub_trio", Plan: tt.plans[0].ID,
+					Seats: 1, Status: "active", PeriodStart: now.Add(-time.Hour), PeriodEnd: now.Add(time.Hour)}, now); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tok := e.token("acme", nil)
+			const callers = 12
+			var (
+				wg      sync.WaitGroup
+				start   = make(chan struct{})
+				answers = make([]response, callers)
+			)
+			for i := range callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					answers[i] = e.do("POST", "/v1/keys", tok, map[string]any{"name": "k" + strconv.Itoa(i)})
+				}()
+			}
+			close(start)
+			wg.Wait()
+			created, refused := 0, 0
+			for _, r := range answers {
+				switch {
+				case r.status == http.StatusCreated:
+					created++
+				case r.status == http.StatusConflict && r.str("error.code") == tt.wantCode:
+					refused++
+				default:
+					t.Errorf("unexpected answer %d: %s", r.status, r.raw)
+				}
+			}
+			keys, err := e.store.Keys(ctx, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if created != 3 || refused != callers-3 || len(keys) != 3 {
+				t.Fatalf("%d created, %d refused with %s, %d keys stored; want 3, %d, 3", created, refused, tt.wantCode, len(keys), callers-3)
+			}
+
+			// Revoking one makes room for one; an operator's key fills it.
+			e.expect(e.do("DELETE", "/v1/keys/"+keys[0].ID, tok, nil), http.StatusNoContent, "")
+			e.expect(e.admin("POST", "/admin/v1/accounts/acme/keys", map[string]any{"name": "ops"}), http.StatusCreated, "")
+			e.expect(e.do("POST", "/v1/keys", tok, map[string]any{"name": "late"}), http.StatusConflict, tt.wantCode)
+			// The admin API is not capped: an operator may go past the cap.
+			e.expect(e.admin("POST", "/admin/v1/accounts/acme/keys", map[string]any{"name": "ops2"}), http.StatusCreated, "")
+		})
+	}
 }

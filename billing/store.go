@@ -18,7 +18,7 @@ type Store interface {
 	Credit(ctx context.Context, c metering.Credit) (metering.Credited, error)
 	Ledger(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
 
-	CreateKey(ctx context.Context, account, name string, creditLimit int64) (metering.Key, string, error)
+	IssueKey(ctx context.Context, k metering.NewKey) (metering.Key, string, error)
 	RevokeKey(ctx context.Context, account, keyID string) error
 	Keys(ctx context.Context, account string) ([]metering.KeyUsage, error)
 

@@ -25,8 +25,8 @@ type fakeStore struct {
 	gbSeen   map[string]uint64
 
 	grants, applies, settles int
-	failGrant, loseGrant     int // the next n grants fail (lose: applied, answer lost)
-	failSettle               int // the next n per-call settles fail
+	failGrant, loseGrant     int           // the next n grants fail (lose: applied, answer lost)
+	failSettle               int           // the next n per-call settles fail
 	grantGate                chan struct{} // holds back grants' answers (they are applied first)
 
 	revoked func(string)

@@ -20,7 +20,7 @@ func TestCreateAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := time.Now().Add(time.Second)
-	if a.ID != "acct-1" || a.Balance != 0 || a.Reserved != 0 || a.Purchased != 0 || a.Consumed != 0 || a.Available() != 0 {
+	if a.ID != "acct-1" || a.Balance != 0 || a.Reserved != 0 || a.Purchased != 0 || a.Granted != 0 || a.Adjusted != 0 || a.Consumed != 0 || a.Available() != 0 {
 		t.Errorf("new account = %+v, want zero balances", a)
 	}
 	within(t, "CreatedAt", a.CreatedAt, before, after)
@@ -40,7 +40,7 @@ func TestCreateAccount(t *testing.T) {
 	if err != nil || created {
 		t.Errorf("EnsureAccount(existing) = %v, %v; want false, nil", created, err)
 	}
-	if got := e.acct(t, "acct-1"); got.Balance != 5000 || got.Purchased != 5000 || !got.CreatedAt.Equal(a.CreatedAt) {
+	if got := e.acct(t, "acct-1"); got.Balance != 5000 || got.Granted != 5000 || !got.CreatedAt.Equal(a.CreatedAt) {
 		t.Errorf("after EnsureAccount: %+v, want balance 5000 and the original created_at", got)
 	}
 	if _, err := e.st.CreateAccount(ctx, "acct-1"); !errors.Is(err, metering.ErrAccountExists) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -372,6 +373,9 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	}
 	if r.Reference == "" || (r.Kind == DisputeWon && r.Linked == "") {
 		return Reversed{}, ErrNoReference
+	}
+	if strings.HasPrefix(r.Reference, OperatorPrefix) || strings.HasPrefix(r.Linked, OperatorPrefix) {
+		return Reversed{}, fmt.Errorf("reversing purchase: reference %q or %q is in the operators' namespace", r.Reference, r.Linked)
 	}
 	p, err := s.Payment(ctx, r.Account, r.PaymentID)
 	if err != nil {

@@ -11,16 +11,19 @@
 // Every key of one account carries the hash tag {a:<account>} so that each
 // script touches a single slot and runs unchanged on Redis Cluster:
 //
-//	{a:ID}:acct          hash   balance, reserved, purchased, consumed, created_at,
-//	                            k:<key>:limit|used|res (per-key credit limits)
+//	{a:ID}:acct          hash   balance, reserved, purchased, granted, adjusted, consumed,
+//	                            created_at, k:<key>:limit|used|res (per-key credit limits)
 //	{a:ID}:hexp          zset   hold id → expiry (ms)
 //	{a:ID}:hval          hash   hold id → "amount:keyid"
-//	{a:ID}:refs          set    credit references applied (never expires)
+//	{a:ID}:refs          set    credit references applied (never expires): "checkout:<session>"
+//	                            (sales, auto-recharges too), "refund:…", "dispute:…",
+//	                            "dispute_won:…", and "admin:<ref>" for operators' credits
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
 //	                            its ledger entry id (a failed call: the whole record); its
 //	                            settled field makes a retried settle (hold id = request id) a no-op
-//	{a:ID}:keys          hash   key id → key metadata (JSON)
+//	{a:ID}:keys          hash   key id → key metadata (JSON); a key is added by create_key.lua,
+//	                            which counts the active ones against a cap in the same step
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
 //	{a:ID}:stripe        string the account's Stripe customer id
 //	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL
@@ -38,8 +41,36 @@
 // # Units
 //
 // Amounts are int64 milli-credits throughout, and integers in every script.
-// Invariant: purchased − consumed = balance, and the ledger's amounts sum to
-// the balance, for every account at every moment outside a script.
+//
+// # Books
+//
+// Every change of a balance is one ledger entry, and each entry type is
+// counted in exactly one total of the account hash:
+//
+//	purchased  purchase, auto_recharge (+); refund, dispute (−); dispute_won (+).
+//	           What was bought less what refunds and disputes took back: the sum of
+//	           the billing history ({a:ID}:billing holds exactly these entries).
+//	           Written by sell.lua (fulfil, recharge_credit) and reverse.lua only.
+//	granted    grant: an operator's credit (never negative). credit.lua.
+//	adjusted   adjustment: an operator's correction, either sign. credit.lua.
+//	consumed   usage (the debit, counted positive). settle.lua, lease_flush.lua.
+//
+// Invariant, for every account at every moment outside a script:
+// purchased + granted + adjusted − consumed = balance = Σ ledger amounts, and
+// each total is the sum of its entry types' amounts (consumed: negated).
+//
+// Operators' credits (Store.Credit, from the admin API and the CLI alike) are
+// applied under OperatorReference(ref) = "admin:<ref>", a namespace no sale or
+// reversal reference uses, so an operator's reference can never mark a
+// purchase as credited.
+//
+// Accounts credited before granted and adjusted existed: their purchased
+// also holds the grants and adjustments made until then (it counted every
+// credit), and granted and adjusted count from the change on. For them
+// purchased + granted + adjusted − consumed = balance still holds, but
+// purchased exceeds the sum of its entry types (and of the billing history)
+// by those old operator credits; their ledger entries keep their types, so
+// the split can be recomputed from the ledger if ever needed.
 //
 // # Lifetimes
 //

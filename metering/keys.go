@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -31,14 +32,47 @@ type Key struct {
 	Revoked     bool      `json:"revoked,omitempty"`
 }
 
-// CreateKey issues a new API key for account and returns its metadata and the
-// secret, which is shown once and never stored.
+var (
+	//go:embed scripts/create_key.lua
+	createKeySrc    string
+	createKeyScript = redis.NewScript(createKeySrc)
+)
+
+// ErrTooManyKeys: the account already has as many active API keys as
+// NewKey.MaxActive allows. Test with errors.Is.
+var ErrTooManyKeys = errors.New("metering: too many active API keys")
+
+// NewKey asks for an API key.
+type NewKey struct {
+	Account     string
+	Name        string
+	CreditLimit int64 // mc the key may spend in all; 0 = no limit
+	// MaxActive caps the account's active (not revoked) keys, the new one
+	// included: when the account already has MaxActive, the key is refused
+	// with ErrTooManyKeys. Counting and adding are one script, so that
+	// concurrent requests never get past the cap. 0 = no cap.
+	MaxActive int
+}
+
+// CreateKey issues a new API key for account, without a cap on its active
+// keys, and returns its metadata and the secret, which is shown once and
+// never stored. It is IssueKey with MaxActive 0.
 func (s *Store) CreateKey(ctx context.Context, account, name string, creditLimit int64) (Key, string, error) {
-	if creditLimit < 0 {
-		return Key{}, "", fmt.Errorf("creating key: negative credit limit")
+	return s.IssueKey(ctx, NewKey{Account: account, Name: name, CreditLimit: creditLimit})
+}
+
+// IssueKey issues a new API key and returns its metadata and the secret,
+// which is shown once and never stored. It fails with ErrTooManyKeys when the
+// cap is reached, ErrNoAccount, or ErrUnavailable. Should Redis fail between
+// the account's records and the global lookup, the key is listed (and
+// counted) but never authenticates; revoking it clears it.
+func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
+	account := nk.Account
+	if nk.CreditLimit < 0 || nk.MaxActive < 0 {
+		return Key{}, "", fmt.Errorf("creating key: negative credit limit or cap")
 	}
-	if _, err := s.Account(ctx, account); err != nil {
-		return Key{}, "", fmt.Errorf("creating key: %w", err)
+	if !ValidAccountID(account) {
+		return Key{}, "", fmt.Errorf("creating key for %q: %w", account, ErrNoAccount)
 	}
 	var raw [32]byte
 	var idRaw [8]byte
@@ -50,30 +84,35 @@ func (s *Store) CreateKey(ctx context.Context, account, name string, creditLimit
 	}
 	secret := KeyPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	k := Key{
-		ID: "key_" + hex.EncodeToString(idRaw[:]), Account: account, Name: name,
-		Hint: secret[:len(KeyPrefix)+4] + "…", CreditLimit: creditLimit, CreatedAt: time.Now().UTC().Truncate(time.Second),
+		ID: "key_" + hex.EncodeToString(idRaw[:]), Account: account, Name: nk.Name,
+		Hint: secret[:len(KeyPrefix)+4] + "…", CreditLimit: nk.CreditLimit, CreatedAt: time.Now().UTC().Truncate(time.Second),
 	}
 	meta, _ := json.Marshal(k)
 	hash := hashKey([]byte(secret))
-	// The account's own records first, the global lookup last: a key is never
-	// usable before its account knows it.
-	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, keysKey(account), k.ID, meta)
-	if creditLimit > 0 {
-		pipe.HSet(ctx, acctKey(account), "k:"+k.ID+":limit", creditLimit)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	hashHex := hex.EncodeToString(hash[:])
+	// The account's own records first (counted against the cap and added
+	// atomically), the global lookup last: a key is never usable before its
+	// account knows it.
+	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash"},
+		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive).Int64Slice()
+	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
+	}
+	switch res[0] {
+	case 1:
+	case 0:
+		return Key{}, "", fmt.Errorf("creating key for %q: %d active, at most %d: %w", account, res[1], nk.MaxActive, ErrTooManyKeys)
+	case -1:
+		return Key{}, "", fmt.Errorf("creating key for %q: %w", account, ErrNoAccount)
+	default:
+		return Key{}, "", fmt.Errorf("creating key for %q: key id %s already taken", account, k.ID)
 	}
 	limited := "0"
-	if creditLimit > 0 {
+	if nk.CreditLimit > 0 {
 		limited = "1"
 	}
-	if err := s.rdb.HSet(ctx, keyLookupKey(hex.EncodeToString(hash[:])), "account", account, "id", k.ID, "hash_of", "sha256",
+	if err := s.rdb.HSet(ctx, keyLookupKey(hashHex), "account", account, "id", k.ID, "hash_of", "sha256",
 		"limited", limited).Err(); err != nil {
-		return Key{}, "", unavailable("creating key", err)
-	}
-	if err := s.rdb.HSet(ctx, keysKey(account)+":hash", k.ID, hex.EncodeToString(hash[:])).Err(); err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
 	return k, secret, nil

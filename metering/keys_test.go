@@ -263,3 +263,81 @@ func TestKeysList(t *testing.T) {
 	}
 	assertLedger(t, e.st, "acme")
 }
+
+// TestIssueKeyCap: the active keys are counted and the key added in one
+// script, so that concurrent requests never get past MaxActive; revoked keys
+// do not count, and MaxActive 0 is no cap.
+func TestIssueKeyCap(t *testing.T) {
+	e := newEnv(t, metering.Options{KeyCacheTTL: -1})
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name      string
+		maxActive int
+		existing  int // keys created (uncapped) before, the first of them revoked
+		want      int // of 12 concurrent requests, how many get a key
+	}{
+		{"cap 3", 3, 0, 3},
+		{"cap 3, one of two existing revoked", 3, 2, 2},
+		{"cap 1", 1, 0, 1},
+		{"already at the cap", 2, 3, 0},
+		{"no cap", 0, 0, 12},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			account := strings.NewReplacer(" ", "-", ",", "").Replace(tt.name)
+			e.account(t, account, 0)
+			for i := range tt.existing {
+				k, _, err := e.st.CreateKey(ctx, account, "old", 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 {
+					if err := e.st.RevokeKey(ctx, account, k.ID); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			const callers = 12
+			type answer struct {
+				secret string
+				err    error
+			}
+			answers := make(chan answer, callers)
+			start := make(chan struct{})
+			for i := range callers {
+				go func() {
+					<-start
+					_, secret, err := e.st.IssueKey(ctx, metering.NewKey{Account: account, Name: "k", CreditLimit: int64(i), MaxActive: tt.maxActive})
+					answers <- answer{secret, err}
+				}()
+			}
+			close(start)
+			created := 0
+			for range callers {
+				a := <-answers
+				switch {
+				case a.err == nil:
+					created++
+					if _, err := e.st.Authenticate(ctx, []byte(a.secret)); err != nil {
+						t.Errorf("an issued key does not authenticate: %v", err)
+					}
+				case !errors.Is(a.err, metering.ErrTooManyKeys):
+					t.Errorf("IssueKey error = %v, want ErrTooManyKeys", a.err)
+				}
+			}
+			active, err := e.st.ActiveKeys(ctx, account)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantActive := tt.want + max(tt.existing-1, 0)
+			if created != tt.want || active != wantActive {
+				t.Fatalf("%d created, %d active; want %d, %d", created, active, tt.want, wantActive)
+			}
+		})
+	}
+	if _, _, err := e.st.IssueKey(ctx, metering.NewKey{Account: "nobody", Name: "k", MaxActive: 3}); !errors.Is(err, metering.ErrNoAccount) {
+		t.Errorf("IssueKey(unknown account) error = %v, want ErrNoAccount", err)
+	}
+	if _, _, err := e.st.IssueKey(ctx, metering.NewKey{Account: "a{b}", Name: "k"}); !errors.Is(err, metering.ErrNoAccount) {
+		t.Errorf("IssueKey(invalid account) error = %v, want ErrNoAccount", err)
+	}
+}

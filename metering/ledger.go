@@ -14,7 +14,7 @@ import (
 // Entry is one ledger entry: a credit (positive Amount) or a debit (negative).
 type Entry struct {
 	ID           string // stream id; ordered by time; usable as a pagination cursor
-	Type         string // purchase, grant, refund, auto_recharge, adjustment, usage
+	Type         string // purchase, auto_recharge, refund, dispute, dispute_won, grant, adjustment, usage
 	Amount       int64  // signed mc
 	BalanceAfter int64
 	Reference    string

@@ -103,7 +103,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // EVALSHA. Optional: scripts fall back to EVAL when missing.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{
-		reserveScript, settleScript, releaseScript, creditScript, createAccountScript,
+		reserveScript, settleScript, releaseScript, creditScript, createAccountScript, createKeyScript,
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript,
@@ -142,18 +142,29 @@ func ValidAccountID(id string) bool {
 	return true
 }
 
-// Account is an account's balances, in milli-credits.
+// Account is an account's balances, in milli-credits. Each total counts one
+// kind of ledger entry (see the package doc, Books):
+// Purchased + Granted + Adjusted − Consumed = Balance.
 type Account struct {
-	ID        string
-	Balance   int64 // credits owned (may be negative after a refund)
-	Reserved  int64 // held by calls in flight
-	Purchased int64 // Σ credits (purchases, grants, auto-recharges, less refunds)
-	Consumed  int64 // Σ debits
+	ID       string
+	Balance  int64 // credits owned (may be negative after a refund)
+	Reserved int64 // held by calls in flight
+	// Purchased is what was bought (checkouts, direct purchases,
+	// auto-recharges) less what refunds and disputes took back, plus what
+	// won disputes gave back: the sum of the billing history.
+	Purchased int64
+	Granted   int64 // Σ operators' grants
+	Adjusted  int64 // Σ operators' adjustments (signed)
+	Consumed  int64 // Σ usage debits
 	CreatedAt time.Time
 }
 
 // Available is what new calls may reserve.
 func (a Account) Available() int64 { return a.Balance - a.Reserved }
+
+// Credits is every credit of every kind: Purchased + Granted + Adjusted.
+// Credits − Consumed = Balance.
+func (a Account) Credits() int64 { return a.Purchased + a.Granted + a.Adjusted }
 
 // CreateAccount creates an empty account. It fails with ErrAccountExists when
 // the id is taken.
@@ -190,7 +201,8 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 	if !ValidAccountID(id) {
 		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
 	}
-	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at").Result()
+	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at",
+		"granted", "adjusted").Result()
 	if err != nil {
 		return Account{}, unavailable("reading account", err)
 	}
@@ -203,6 +215,8 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 	a.Purchased = atoi(f[2])
 	a.Consumed = atoi(f[3])
 	a.CreatedAt = time.Unix(atoi(f[4]), 0).UTC()
+	a.Granted = atoi(f[5])
+	a.Adjusted = atoi(f[6])
 	return a, nil
 }
 
@@ -404,16 +418,40 @@ func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec 
 	return nil
 }
 
-// Credit adds (or, when negative, removes) credits.
+// Credit is an operator's credit: a grant, or an adjustment (either sign).
+// Purchases and their reversals are never Credits: they are credited from
+// the sale's record by FulfilCheckout and CompleteRecharge and taken back by
+// ReversePurchase.
 type Credit struct {
-	Account   string
-	Amount    int64  // signed mc
-	Reference string // applied at most once per account, ever
-	// Type is the ledger entry type: purchase, grant, refund, auto_recharge, adjustment.
+	Account string
+	Amount  int64 // signed mc; a grant's is not negative
+	// Reference is the operator's idempotency key: applied at most once per
+	// account, ever, whatever the entry point (admin API or CLI). It is
+	// stored as OperatorReference(Reference), apart from every purchase's.
+	Reference string
+	// Type is the ledger entry type: Grant (the default) or Adjustment.
 	Type string
-	// Fields are extra ledger fields (description, price_minor, currency, stripe ids).
+	// Fields are extra ledger fields (description, source).
 	Fields map[string]string
 }
+
+// Operator credit types (Credit.Type), each also the ledger entry type and
+// counted in its own account total (Account.Granted, Account.Adjusted).
+const (
+	Grant      = "grant"
+	Adjustment = "adjustment"
+)
+
+// OperatorPrefix starts the stored reference of every operator credit.
+// Purchases are credited under "checkout:<session>" and taken back under
+// "refund:…", "dispute:…" and "dispute_won:…", never under this prefix, so
+// that an operator's reference can never mark a purchase as credited, nor a
+// purchase an operator's credit.
+const OperatorPrefix = "admin:"
+
+// OperatorReference is the reference under which an operator's credit is
+// applied (and shown in the ledger).
+func OperatorReference(ref string) string { return OperatorPrefix + ref }
 
 // Credited is the result of a Credit.
 type Credited struct {
@@ -428,13 +466,22 @@ var ledgerCoreFields = map[string]bool{"type": true, "amount": true, "balance_af
 // ErrNoReference is returned for a credit without an idempotency reference.
 var ErrNoReference = errors.New("metering: credit needs a reference")
 
-// Credit applies c atomically and at most once per reference.
+// Credit applies an operator's credit atomically and at most once per
+// reference (OperatorReference(c.Reference)).
 func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	if c.Reference == "" {
 		return Credited{}, ErrNoReference
 	}
-	if c.Type == "" {
-		c.Type = "grant"
+	switch c.Type {
+	case "", Grant:
+		c.Type = Grant
+		if c.Amount < 0 {
+			return Credited{}, fmt.Errorf("crediting %q: a grant of %d mc: take credits away with an adjustment", c.Account, c.Amount)
+		}
+	case Adjustment:
+	default:
+		return Credited{}, fmt.Errorf("crediting %q: type %q is not an operator credit (%s or %s); purchases and their reversals go through FulfilCheckout, CompleteRecharge and ReversePurchase",
+			c.Account, c.Type, Grant, Adjustment)
 	}
 	a := c.Account
 	if !ValidAccountID(a) {
@@ -446,7 +493,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 		}
 	}
 	args := make([]any, 0, 4+2*len(c.Fields))
-	args = append(args, c.Amount, c.Reference, c.Type, "created_at", time.Now().UnixMilli())
+	args = append(args, c.Amount, OperatorReference(c.Reference), c.Type, "created_at", time.Now().UnixMilli())
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}

@@ -271,7 +271,7 @@ func (e *env) post(path, key, body string, hdr ...string) result {
 }
 
 // assertLedger checks the money invariant of an account: Σ ledger amounts =
-// balance = purchased − consumed, nothing reserved, never negative.
+// balance = credits of every kind − consumed, nothing reserved, never negative.
 func (e *env) assertLedger(id string) {
 	e.t.Helper()
 	a := e.balance(id) // syncs first
@@ -286,12 +286,12 @@ func (e *env) assertLedger(id string) {
 			debits -= en.Amount
 		}
 	}
-	if sum != a.Balance || a.Purchased-a.Consumed != a.Balance || debits != a.Consumed {
+	if sum != a.Balance || a.Credits()-a.Consumed != a.Balance || debits != a.Consumed {
 		for _, en := range entries {
 			e.t.Logf("entry %s %s %d after %d %v", en.ID, en.Type, en.Amount, en.BalanceAfter, en.Fields)
 		}
-		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, purchased %d − consumed %d, Σ debits %d",
-			id, sum, a.Balance, a.Purchased, a.Consumed, debits)
+		e.t.Fatalf("ledger mismatch for %s: Σ entries %d, balance %d, credits %d − consumed %d, Σ debits %d",
+			id, sum, a.Balance, a.Credits(), a.Consumed, debits)
 	}
 	if a.Reserved != 0 {
 		e.t.Fatalf("account %s still has %d mc reserved", id, a.Reserved)

@@ -20,7 +20,8 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   key create <account> [name] [limit]       issue an API key (shown once); limit in credits
   key list <account>                        list keys
   key revoke <account> <key id>             revoke a key
-  credit <account> <credits> <reference>    add credits once per reference (negative: adjust)
+  credit <account> <credits> <reference>    grant credits once per reference (negative: adjust);
+                                            the same reference as the admin API's is the same credit
   ledger <account> [limit]                  newest ledger entries
 
 Works against Redis directly (REDIS_URL or the config's redis section).
@@ -130,9 +131,11 @@ func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Wr
 		if err != nil {
 			return err
 		}
-		typ := "grant"
+		// The same reference as the admin API's is the same credit: metering
+		// applies every operator reference in one namespace of its own.
+		typ := metering.Grant
 		if mc < 0 {
-			typ = "adjustment"
+			typ = metering.Adjustment
 		}
 		res, err := st.Credit(ctx, metering.Credit{Account: a[1], Amount: mc, Reference: a[3], Type: typ,
 			Fields: map[string]string{"description": "admin CLI"}})
@@ -163,6 +166,7 @@ func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Wr
 func accountView(a metering.Account) map[string]string {
 	return map[string]string{
 		"id": a.ID, "balance": pricing.FormatCredits(a.Balance), "reserved": pricing.FormatCredits(a.Reserved),
-		"total_purchased": pricing.FormatCredits(a.Purchased), "total_consumed": pricing.FormatCredits(a.Consumed),
+		"total_purchased": pricing.FormatCredits(a.Purchased), "total_granted": pricing.FormatCredits(a.Granted),
+		"total_adjusted": pricing.FormatCredits(a.Adjusted), "total_consumed": pricing.FormatCredits(a.Consumed),
 	}
 }

@@ -1,6 +1,7 @@
 // Package testledger gives tests a throwaway redis-server with a
-// metering.Store over it, accounts funded in one line, and the ledger
-// invariant check (DESIGN.md §8, invariant 1) that every money test ends with.
+// metering.Store over it, accounts funded in one line (a paid checkout), and
+// the ledger invariant check (DESIGN.md §8, invariant 1) that every money test
+// ends with.
 package testledger
 
 import (
@@ -35,7 +36,8 @@ func (e *Env) Replica(t testing.TB, opts metering.Options) *metering.Store {
 	return metering.New(e.Srv.Client(t), opts)
 }
 
-// Account creates id and, when fund is not zero, credits it once (a purchase).
+// Account creates id and, when fund is not zero, sells it fund mc once (a
+// paid checkout, session "fund-<id>").
 func (e *Env) Account(t testing.TB, id string, fund int64) {
 	t.Helper()
 	ctx := context.Background()
@@ -43,11 +45,25 @@ func (e *Env) Account(t testing.TB, id string, fund int64) {
 		t.Fatalf("CreateAccount(%q): %v", id, err)
 	}
 	if fund != 0 {
-		c, err := e.St.Credit(ctx, metering.Credit{Account: id, Amount: fund, Reference: "fund-" + id, Type: "purchase"})
-		if err != nil || !c.Applied || c.BalanceAfter != fund {
-			t.Fatalf("funding %q with %d: %+v, %v", id, fund, c, err)
-		}
+		e.Sell(t, id, "fund-"+id, fund)
 	}
+}
+
+// Sell records a checkout of mc for 100 cents and fulfils it, as a paid
+// checkout.session.completed would.
+func (e *Env) Sell(t testing.TB, account, session string, mc int64) metering.Fulfilled {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.St.SaveCheckout(ctx, metering.Checkout{SessionID: session, Account: account, Pack: "test",
+		Credits: mc, PriceMinor: 100, Currency: "usd"}); err != nil {
+		t.Fatalf("selling %d mc to %q: %v", mc, account, err)
+	}
+	f, err := e.St.FulfilCheckout(ctx, metering.Fulfilment{Account: account, SessionID: session, PaymentID: "pi_" + session,
+		AmountMinor: 100, Currency: "usd"})
+	if err != nil || !f.Applied || f.Credits != mc {
+		t.Fatalf("fulfilling %q for %q: %+v, %v", session, account, f, err)
+	}
+	return f
 }
 
 // Acct reads an account.
@@ -70,10 +86,11 @@ func (e *Env) Entries(t testing.TB, id string) []metering.Entry {
 	return all
 }
 
-// Assert checks DESIGN.md §8 invariant 1 for account: the ledger's amounts
-// sum to the balance (and each entry's balance_after is the running sum),
-// purchased − consumed = balance, Σ credits = purchased, Σ usage debits =
-// consumed, and no hold is negative.
+// Assert checks DESIGN.md §8 invariant 1 for account: the ledger's
+// amounts sum to the balance (and each entry's balance_after is the running
+// sum), purchased + granted + adjusted − consumed = balance, each total is the
+// sum of its kinds of entries (doc.go, Books), and the billing history sums to
+// purchased.
 func Assert(t testing.TB, st *metering.Store, account string) {
 	t.Helper()
 	ctx := context.Background()
@@ -85,41 +102,62 @@ func Assert(t testing.TB, st *metering.Store, account string) {
 	if err != nil {
 		t.Fatalf("ledger: AllEntries(%q): %v", account, err)
 	}
-	var sum, credits, debits int64
+	var sum int64
+	total := map[string]int64{} // purchased, granted, adjusted, consumed from the entries
 	for i, e := range entries {
 		sum += e.Amount
 		if e.BalanceAfter != sum {
 			t.Errorf("ledger %s: entry %d (%s %s %d) balance_after %d, running sum %d",
 				account, i, e.ID, e.Type, e.Amount, e.BalanceAfter, sum)
 		}
-		if e.Type == "usage" {
+		switch e.Type {
+		case "usage":
 			if e.Amount > 0 {
 				t.Errorf("ledger %s: usage entry %s credits %d", account, e.ID, e.Amount)
 			}
-			debits -= e.Amount
-		} else {
-			credits += e.Amount
+			total["consumed"] -= e.Amount
+		case "purchase", "auto_recharge", "refund", "dispute", "dispute_won":
+			total["purchased"] += e.Amount
+		case metering.Grant:
+			if e.Amount < 0 {
+				t.Errorf("ledger %s: grant %s of %d", account, e.ID, e.Amount)
+			}
+			total["granted"] += e.Amount
+		case metering.Adjustment:
+			total["adjusted"] += e.Amount
+		default:
+			t.Errorf("ledger %s: entry %s of unknown type %q", account, e.ID, e.Type)
 		}
 	}
 	if sum != a.Balance {
 		t.Errorf("ledger %s: Σ ledger = %d, balance = %d", account, sum, a.Balance)
 	}
-	if a.Purchased-a.Consumed != a.Balance {
-		t.Errorf("ledger %s: purchased %d − consumed %d = %d, balance %d",
-			account, a.Purchased, a.Consumed, a.Purchased-a.Consumed, a.Balance)
+	if a.Credits()-a.Consumed != a.Balance {
+		t.Errorf("ledger %s: purchased %d + granted %d + adjusted %d − consumed %d ≠ balance %d",
+			account, a.Purchased, a.Granted, a.Adjusted, a.Consumed, a.Balance)
 	}
-	if credits != a.Purchased {
-		t.Errorf("ledger %s: Σ credit entries = %d, purchased = %d", account, credits, a.Purchased)
+	for name, got := range map[string]int64{"purchased": a.Purchased, "granted": a.Granted, "adjusted": a.Adjusted, "consumed": a.Consumed} {
+		if total[name] != got {
+			t.Errorf("ledger %s: %s = %d, its entries sum to %d", account, name, got, total[name])
+		}
 	}
-	if debits != a.Consumed {
-		t.Errorf("ledger %s: Σ usage debits = %d, consumed = %d", account, debits, a.Consumed)
+	history, err := st.BillingHistory(ctx, account, metering.LedgerQuery{Limit: 1000})
+	if err != nil {
+		t.Fatalf("ledger: BillingHistory(%q): %v", account, err)
+	}
+	var bought int64
+	for _, h := range history {
+		bought += h.Amount
+	}
+	if bought != a.Purchased {
+		t.Errorf("ledger %s: Σ billing history = %d, purchased = %d", account, bought, a.Purchased)
 	}
 	if a.Reserved < 0 {
 		t.Errorf("ledger %s: reserved %d < 0", account, a.Reserved)
 	}
 }
 
-// WantInsufficient asserts err is a *metering.InsufficientError with these figures.
+// WantInsufficient asserts err is an *InsufficientError with these figures.
 func WantInsufficient(t testing.TB, err error, needed, available int64, keyLimit bool) {
 	t.Helper()
 	if !errors.Is(err, metering.ErrInsufficient) {

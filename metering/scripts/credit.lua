@@ -1,24 +1,29 @@
--- credit: add (or, for refunds, remove) credits, at most once per reference, ever.
--- (holds.lua is prepended: a removal that leaves the account short shrinks its leases.)
+-- credit: an operator's grant or adjustment, at most once per reference, ever.
+-- Each kind has its own total: a grant adds to 'granted', an adjustment (either
+-- sign) to 'adjusted'; 'purchased' counts purchases only (sell.lua, reverse.lua).
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] references   {a:<id>}:refs   (set)
 -- KEYS[3] ledger       {a:<id>}:ledger (stream)
 -- KEYS[4] hold expiry  {a:<id>}:hexp
 -- KEYS[5] hold values  {a:<id>}:hval
--- ARGV: signed amount mc, reference, entry type, then field/value pairs for the ledger entry.
+-- (holds.lua is prepended: an adjustment that leaves the account short shrinks its leases.)
+-- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), then
+--       field/value pairs for the ledger entry.
 -- Returns {1, balance after, ledger entry id} when applied, {0, balance, ""}
 -- when the reference was already applied, {-1} when the account does not exist.
 local acct, refs, ledger = KEYS[1], KEYS[2], KEYS[3]
-local amount, ref, etype = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local amount, ref, etype = ARGV[1], ARGV[2], ARGV[3]
+local total = ({grant = 'granted', adjustment = 'adjusted'})[etype]
+if not total then return redis.error_reply('credit: entry type ' .. etype .. ' is not an operator credit') end
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 if redis.call('SADD', refs, ref) == 0 then
   return {0, tonumber(redis.call('HGET', acct, 'balance')) or 0, ''}
 end
 local balance = redis.call('HINCRBY', acct, 'balance', amount)
-redis.call('HINCRBY', acct, 'purchased', amount)
+redis.call('HINCRBY', acct, total, amount)
 local rec = {}
 for i = 4, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
   'ref', ref, unpack(rec))
-if amount < 0 then tg_shrink_leases(acct, KEYS[4], KEYS[5]) end
+if tonumber(amount) < 0 then tg_shrink_leases(acct, KEYS[4], KEYS[5]) end
 return {1, balance, eid}

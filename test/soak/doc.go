@@ -8,7 +8,8 @@
 // `make test`, with the processes built with -race when the tests are) and
 // full size under TOLLGATE_SOAK=full (`make soak`, which runs TestSoak* and
 // TestFault*). Every money test ends with a ledger audit of every account it
-// touched: Σ ledger amounts = balance = purchased − consumed, Σ usage debits =
+// touched: Σ ledger amounts = balance = purchased + granted + adjusted − consumed
+// (each total the sum of its kinds of entries), Σ usage debits =
 // consumed = Σ of the priced usage the clients saw, nothing reserved, no
 // balance below zero, and no ledger entry for a call that failed, was
 // refused, or that no client made. Every request a test sends carries a tag

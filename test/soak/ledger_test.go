@@ -72,11 +72,12 @@ func createAccount(st *metering.Store, id string, fund int64) (*account, error) 
 
 // ledgerInvariant checks DESIGN.md §8 invariant 1 for one account and
 // returns its state and every problem found: Σ ledger amounts = balance (and
-// each entry's balance_after is the running sum), purchased − consumed =
-// balance, Σ credit entries = purchased, Σ usage debits = consumed, every
-// usage debit = its tokens at the shipped prices (over-hold charges included;
-// only a call whose hold had expired may be charged less, and says capped),
-// nothing reserved, balance ≥ 0.
+// each entry's balance_after is the running sum), purchased + granted +
+// adjusted − consumed = balance, each total = Σ of its kinds of entries
+// (purchases and their reversals, grants, adjustments, usage debits; see the
+// metering package doc), every usage debit = its tokens at the shipped prices
+// (over-hold charges included; only a call whose hold had expired may be
+// charged less, and says capped), nothing reserved, balance ≥ 0.
 func ledgerInvariant(st *metering.Store, id string) (metering.Account, []metering.Entry, []string) {
 	ctx := context.Background()
 	var problems []string
@@ -100,13 +101,14 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 		bad("reading the shipped prices: %v", err)
 		return a, entries, problems
 	}
-	var sum, credits, debits int64
+	var sum, bought, granted, adjusted, debits int64
 	for _, e := range entries {
 		sum += e.Amount
 		if e.BalanceAfter != sum {
 			bad("entry %s (%s %d) balance_after %d, running sum %d", e.ID, e.Type, e.Amount, e.BalanceAfter, sum)
 		}
-		if e.Type == "usage" {
+		switch e.Type {
+		case "usage":
 			if e.Amount > 0 {
 				bad("usage entry %s credits %d", e.ID, e.Amount)
 			}
@@ -114,18 +116,25 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 			if p := pricedProblem(prices, e); p != "" {
 				bad("usage entry %s: %s", e.ID, p)
 			}
-		} else {
-			credits += e.Amount
+		case "purchase", "auto_recharge", "refund", "dispute", "dispute_won":
+			bought += e.Amount
+		case metering.Grant:
+			granted += e.Amount
+		case metering.Adjustment:
+			adjusted += e.Amount
+		default:
+			bad("entry %s of unknown type %q", e.ID, e.Type)
 		}
 	}
 	if sum != a.Balance {
 		bad("Σ ledger %d ≠ balance %d", sum, a.Balance)
 	}
-	if a.Purchased-a.Consumed != a.Balance {
-		bad("purchased %d − consumed %d ≠ balance %d", a.Purchased, a.Consumed, a.Balance)
+	if a.Credits()-a.Consumed != a.Balance {
+		bad("purchased %d + granted %d + adjusted %d − consumed %d ≠ balance %d", a.Purchased, a.Granted, a.Adjusted, a.Consumed, a.Balance)
 	}
-	if credits != a.Purchased {
-		bad("Σ credit entries %d ≠ purchased %d", credits, a.Purchased)
+	if bought != a.Purchased || granted != a.Granted || adjusted != a.Adjusted {
+		bad("Σ purchase entries %d, grants %d, adjustments %d ≠ purchased %d, granted %d, adjusted %d",
+			bought, granted, adjusted, a.Purchased, a.Granted, a.Adjusted)
 	}
 	if debits != a.Consumed {
 		bad("Σ usage debits %d ≠ consumed %d", debits, a.Consumed)
