@@ -33,7 +33,10 @@ type accountJSON struct {
 	Reserved  Credits `json:"reserved"`
 	Available Credits `json:"available"`
 	totalsJSON
-	CreatedAt string `json:"created_at"`
+	// Calls charged past their holds, and what they cost beyond them.
+	OverHoldCalls int64   `json:"over_hold_calls"`
+	OverHold      Credits `json:"over_hold"`
+	CreatedAt     string  `json:"created_at"`
 }
 
 // totalsJSON is an account's totals by kind of credit (metering.Account):
@@ -54,7 +57,8 @@ func totalsView(a metering.Account) totalsJSON {
 func accountView(a metering.Account) accountJSON {
 	return accountJSON{
 		ID: a.ID, Object: "account", Balance: Credits(a.Balance), Reserved: Credits(a.Reserved),
-		Available: Credits(a.Available()), totalsJSON: totalsView(a), CreatedAt: timestamp(a.CreatedAt),
+		Available: Credits(a.Available()), totalsJSON: totalsView(a), OverHoldCalls: a.OverHoldCalls, OverHold: Credits(a.OverHold),
+		CreatedAt: timestamp(a.CreatedAt),
 	}
 }
 

@@ -24,7 +24,7 @@ func TestAdminAccountsContract(t *testing.T) {
 	}
 	// Amounts are JSON numbers written from integers, with three decimals.
 	for _, f := range []string{`"balance":0.000`, `"reserved":0.000`, `"total_purchased":0.000`, `"total_granted":0.000`,
-		`"total_adjusted":0.000`, `"total_consumed":0.000`} {
+		`"total_adjusted":0.000`, `"total_consumed":0.000`, `"over_hold_calls":0`, `"over_hold":0.000`} {
 		if !strings.Contains(r.raw, f) {
 			t.Errorf("body lacks %s: %s", f, r.raw)
 		}

@@ -96,26 +96,12 @@ func TestSettle(t *testing.T) {
 			if g != wantGen {
 				t.Errorf("Generation = %+v\nwant         %+v", g, wantGen)
 			}
-			if tt.wantOver > 0 {
-				calls, mc := overHold(t, e, id)
-				if calls != 1 || mc != tt.wantOver {
-					t.Errorf("over-hold counters = %d calls, %d mc; want 1, %d", calls, mc, tt.wantOver)
-				}
+			if wantCalls := int64(min(tt.wantOver, 1)); a.OverHoldCalls != wantCalls || a.OverHold != tt.wantOver {
+				t.Errorf("over-hold counters = %d calls, %d mc; want %d, %d", a.OverHoldCalls, a.OverHold, wantCalls, tt.wantOver)
 			}
 			assertLedger(t, e.st, id)
 		})
 	}
-}
-
-// overHold reads an account's over-hold counters, which operators watch.
-func overHold(t testing.TB, e *env, id string) (calls, mc int64) {
-	t.Helper()
-	f, err := e.rdb.HMGet(context.Background(), "{a:"+id+"}:acct", "over_hold_calls", "over_hold_mc").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := func(v any) int64 { s, _ := v.(string); i, _ := strconv.ParseInt(s, 10, 64); return i }
-	return n(f[0]), n(f[1])
 }
 
 func TestSettleReplay(t *testing.T) {

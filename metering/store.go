@@ -156,7 +156,12 @@ type Account struct {
 	Granted   int64 // Σ operators' grants
 	Adjusted  int64 // Σ operators' adjustments (signed)
 	Consumed  int64 // Σ usage debits
-	CreatedAt time.Time
+	// OverHoldCalls counts calls charged past their holds, OverHold the mc
+	// they cost beyond them (in Consumed too): each is a hole in the hold's
+	// sizing, for the operator to see.
+	OverHoldCalls int64
+	OverHold      int64
+	CreatedAt     time.Time
 }
 
 // Available is what new calls may reserve.
@@ -202,7 +207,7 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
 	}
 	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at",
-		"granted", "adjusted").Result()
+		"granted", "adjusted", "over_hold_calls", "over_hold_mc").Result()
 	if err != nil {
 		return Account{}, unavailable("reading account", err)
 	}
@@ -217,6 +222,8 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 	a.CreatedAt = time.Unix(atoi(f[4]), 0).UTC()
 	a.Granted = atoi(f[5])
 	a.Adjusted = atoi(f[6])
+	a.OverHoldCalls = atoi(f[7])
+	a.OverHold = atoi(f[8])
 	return a, nil
 }
 
