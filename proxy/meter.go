@@ -6,8 +6,17 @@ import (
 	"github.com/tollgate/tollgate/metering"
 )
 
-// Meter is what the proxy needs of the credit store. *metering.Store
-// satisfies it; tests may substitute a fake.
+// Meter is what the proxy needs of the credit store. *lease.Leaser
+// satisfies it (cmd/tollgate guards that); tests may substitute a fake.
+//
+// The contract: Reserve is the only call that may refuse (insufficient
+// credits, store unavailable: the call is then not forwarded). Once Reserve
+// succeeded, Settle never fails — it charges the whole cost, past the hold if
+// need be (Charge.OverHold), and when the store cannot be reached it applies
+// the charge later (Charge.Deferred) — so a served call is never free and the
+// proxy keeps no retry path of its own. An error from Settle means the
+// settlement itself was wrong (a bug). Release never charges; a failed
+// Release leaves the hold to expire.
 type Meter interface {
 	Authenticate(ctx context.Context, secret []byte) (metering.Identity, error)
 	Reserve(ctx context.Context, r metering.HoldRequest) (metering.Hold, error)
