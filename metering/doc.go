@@ -12,9 +12,12 @@
 // script touches a single slot and runs unchanged on Redis Cluster:
 //
 //	{a:ID}:acct          hash   balance, reserved, purchased, granted, adjusted, consumed,
-//	                            created_at, k:<key>:limit|used|res (per-key credit limits)
+//	                            over_hold_calls, over_hold_mc, created_at,
+//	                            k:<key>:limit|used|res (per-key credit limits)
 //	{a:ID}:hexp          zset   hold id → expiry (ms)
-//	{a:ID}:hval          hash   hold id → "amount:keyid"
+//	{a:ID}:hval          hash   hold id → "amount:keyid"; a credit lease is a hold with id
+//	                            "lease:<replica>" and no key id (see package lease)
+//	{a:ID}:gb:<lease>    string the last give-back applied to a lease (its sequence number), TTL
 //	{a:ID}:refs          set    credit references applied (never expires): "checkout:<session>"
 //	                            (sales, auto-recharges too), "refund:…", "dispute:…",
 //	                            "dispute_won:…", and "admin:<ref>" for operators' credits
@@ -37,6 +40,29 @@
 //	tg:cus:<customer>    string Stripe customer → account
 //	tg:pay:<intent>      string Stripe payment intent → account
 //	tg:recharge          stream auto-recharge requests (consumer group "billing")
+//	tg:leases:revoked    Pub/Sub channel: accounts whose leases a debit shrank
+//
+// # Scripts and preludes
+//
+// Each script is a .lua file embedded with go:embed and run through
+// redis.Script (EVALSHA, EVAL when missing). Rules several scripts share are
+// preludes prepended to them, so that each has one home: holds.lua (dropping a
+// hold, sweeping expired ones, shrinking leases when a debit left the account
+// short), debit.lua (applying a call's charge and writing its ledger entry and
+// cost record: settle and lease_flush write a charge the same way), period.lua
+// (the billing period and its counters), sell.lua (crediting a sale).
+//
+// # Charges
+//
+// A call is charged its whole priced usage, even past its hold: the excess is
+// its over_hold (on its ledger entry and cost record, and counted in
+// over_hold_calls / over_hold_mc), and the balance may go below zero by it.
+// Only a call whose hold had expired before it was settled is charged at most
+// what is then available (capped), its credits having possibly gone to other
+// calls. A debit that leaves available (balance − reserved) below zero — a
+// refund, a dispute, a negative adjustment, a charge past a hold — shrinks the
+// account's leases by the shortfall in the same script and publishes the
+// account on tg:leases:revoked; holds of single calls in flight are left alone.
 //
 // # Units
 //
