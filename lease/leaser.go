@@ -156,12 +156,16 @@ type leaseAcct struct {
 	mu   sync.Mutex
 	cond sync.Cond
 
-	free    int64 // leased mc no call holds (negative when Redis's lease shrank)
-	held    int64 // Σ holds of calls in flight
-	holds   map[string]localHold
-	pending int64 // Σ charges queued, not yet applied in Redis
-	balance int64 // Redis balance as of the last answer
-	outside int64 // available outside the lease as of the last answer
+	free  int64 // leased mc no call holds (negative when Redis's lease shrank)
+	held  int64 // Σ holds of calls in flight
+	holds map[string]localHold
+	// unapplied are the charges of calls settled here and not yet applied
+	// in Redis, by request id: a second Settle of one is a replay, never a
+	// per-call settle that would find no hold there.
+	unapplied map[string]metering.Charge
+	pending   int64 // Σ charges queued, not yet applied in Redis
+	balance   int64 // Redis balance as of the last answer
+	outside   int64 // available outside the lease as of the last answer
 
 	queue     []leaseOp
 	queued    uint64 // calls ever queued
@@ -282,7 +286,7 @@ func (l *Leaser) acct(id string) *leaseAcct {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if a = l.accts[id]; a == nil {
-		a = &leaseAcct{id: id, holds: make(map[string]localHold), sem: make(chan struct{}, 1)}
+		a = &leaseAcct{id: id, holds: make(map[string]localHold), unapplied: make(map[string]metering.Charge), sem: make(chan struct{}, 1)}
 		a.cond.L = &a.mu
 		l.accts[id] = a
 	}
@@ -622,6 +626,8 @@ func (l *Leaser) Close(ctx context.Context) error {
 			err = ctx.Err()
 		}
 	}
+	// From now on a batch that fails is not retried: its leases expire.
+	l.abandonOnce.Do(func() { close(l.abandon) })
 	// Deferred settles of calls held one by one: until they land, or ctx.
 	for l.late.len() > 0 && ctx.Err() == nil {
 		select {
@@ -631,8 +637,8 @@ func (l *Leaser) Close(ctx context.Context) error {
 	}
 	l.stopLate.Do(func() { close(l.late.stop) })
 	l.late.done.Wait()
-	if err == nil && ctx.Err() != nil {
-		err = ctx.Err()
+	if n := l.late.len(); n > 0 && err == nil {
+		err = fmt.Errorf("closing the leaser: %d settled calls never reached Redis: %w", n, metering.ErrUnavailable)
 	}
 	return err
 }
@@ -724,22 +730,25 @@ func (l *Leaser) flush(a *leaseAcct) {
 		a.renew = false
 		a.inflight++
 		giveBack, gbSeq := a.gbPending, a.gbSeq
+		revs := a.revocations // read early: an answer is only distrusted more
 		a.mu.Unlock()
 
 		a.sem <- struct{}{}
 		sent := time.Now()
 		a.sentAt.Store(sent.UnixNano())
-		revs := a.revocations
 		res, err := l.apply(a.id, giveBack, gbSeq, batch)
 
 		a.mu.Lock()
 		a.sentAt.Store(0)
 		<-a.sem
 		a.inflight--
-		if err != nil && errors.Is(err, metering.ErrUnavailable) {
+		if err != nil && !errors.Is(err, metering.ErrNoAccount) {
 			// The batch and the give-back stay as they are and go again,
 			// with the same call ids and give-back number: whatever of them
-			// Redis did apply is not applied twice.
+			// Redis did apply is not applied twice. (Also on an error Redis
+			// answered, such as a script error: dropping the batch would
+			// make its calls free, so it is retried, and reported, until
+			// an operator fixes the cause.)
 			if a.failing.IsZero() {
 				a.failing = sent
 			}
@@ -766,6 +775,9 @@ func (l *Leaser) flush(a *leaseAcct) {
 		a.failing = time.Time{}
 		a.pending -= charges
 		a.applied += uint64(len(batch))
+		for i := range batch {
+			delete(a.unapplied, batch[i].rec.RequestID)
+		}
 		batch, haveBatch = nil, false
 		a.gbPending = 0
 		if err != nil { // the account is gone: nothing to apply to

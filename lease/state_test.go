@@ -27,6 +27,7 @@ type fakeStore struct {
 	grants, applies, settles int
 	failGrant, loseGrant     int           // the next n grants fail (lose: applied, answer lost)
 	failSettle               int           // the next n per-call settles fail
+	refuseApply              int           // the next n batches are refused (a script error)
 	grantGate                chan struct{} // holds back grants' answers (they are applied first)
 
 	revoked func(string)
@@ -117,6 +118,10 @@ func (f *fakeStore) ApplyLease(_ context.Context, b metering.LeaseBatch) (meteri
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applies++
+	if f.refuseApply > 0 {
+		f.refuseApply--
+		return metering.LeaseApplied{}, errors.New("fake: ERR script error")
+	}
 	lease := f.leases[b.LeaseID]
 	var total int64
 	for _, c := range b.Calls {
@@ -338,6 +343,72 @@ func TestLeaseStateMachine(t *testing.T) {
 		}
 		if f.balance != 98_000 || f.reserved != 0 {
 			t.Fatalf("store: balance %d reserved %d", f.balance, f.reserved)
+		}
+	})
+	t.Run("a second settle before the batch is applied is a replay", func(t *testing.T) {
+		f := newFake(2000)
+		l := fakeLeaser(t, f, lease.Options{Linger: 300 * time.Millisecond}) // the batch waits
+		if _, err := l.Reserve(ctx, hold("a", 700)); err != nil {
+			t.Fatal(err)
+		}
+		first, err := l.Settle(ctx, settlement("acme", "a", 700))
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := l.Settle(ctx, settlement("acme", "a", 700))
+		want := first
+		want.Replay = true
+		if err != nil || again != want {
+			t.Fatalf("second settle = %+v, %v; want %+v", again, err, want)
+		}
+		if err := l.Release(ctx, "acme", "", "a", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, settles := f.counts(); settles != 0 {
+			t.Fatalf("%d settles reached the store: a leased call is applied by its batch only", settles)
+		}
+	})
+	t.Run("a refused batch is retried, never dropped", func(t *testing.T) {
+		f := newFake(100_000)
+		f.refuseApply = 2
+		l := fakeLeaser(t, f, lease.Options{Linger: -1})
+		if _, err := l.Reserve(ctx, hold("a", 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Settle(ctx, settlement("acme", "a", 900)); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.settled["a"] != 900 || f.balance != 99_100 {
+			t.Fatalf("store: settled %v, balance %d; the call's charge was dropped", f.settled, f.balance)
+		}
+	})
+	t.Run("Close waits for deferred settles", func(t *testing.T) {
+		f := newFake(100_000)
+		l := lease.New(f, lease.Options{PerCall: true})
+		<-f.watched
+		if _, err := l.Reserve(ctx, hold("p", 3000)); err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.failSettle = 4 // ~0.4 s of retries
+		f.mu.Unlock()
+		if ch, err := l.Settle(ctx, settlement("acme", "p", 2000)); err != nil || !ch.Deferred {
+			t.Fatalf("settle = %+v, %v; want deferred", ch, err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := l.Close(cctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.settled["p"] != 2000 {
+			t.Fatalf("Close returned with the deferred settle unapplied (settled %v)", f.settled)
 		}
 	})
 	t.Run("a grant whose answer was lost is given back when idle", func(t *testing.T) {

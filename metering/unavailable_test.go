@@ -141,3 +141,24 @@ func TestContextDeadline(t *testing.T) {
 	}
 	assertLedger(t, e.st, "acme")
 }
+
+// An error Redis answers for the command itself (here a wrong type under an
+// account's hold key) is not unavailability: retrying would fail the same way,
+// so callers must not treat it as an outage to wait out. A server that is
+// busy or loading is.
+func TestRefusalIsNotUnavailability(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 100_000)
+	if err := e.rdb.Set(ctx, "{a:acme}:hval", "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "acme", HoldID: "r", Fixed: 10})
+	if err == nil || errors.Is(err, metering.ErrUnavailable) {
+		t.Fatalf("Reserve over a corrupt key: %v; want an error that is not ErrUnavailable", err)
+	}
+	_, err = e.st.Settle(ctx, metering.Settlement{Account: "acme", HoldID: "r", Cost: 10})
+	if err == nil || errors.Is(err, metering.ErrUnavailable) {
+		t.Fatalf("Settle over a corrupt key: %v; want an error that is not ErrUnavailable", err)
+	}
+}

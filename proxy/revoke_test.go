@@ -59,6 +59,7 @@ func TestChargebackStopsEveryReplica(t *testing.T) {
 	}
 	type done struct {
 		status  int
+		id      string
 		charged string
 		events  int
 	}
@@ -84,7 +85,7 @@ func TestChargebackStopsEveryReplica(t *testing.T) {
 					}
 				}
 				mu.Lock()
-				streams = append(streams, done{resp.StatusCode, resp.Trailer.Get("X-Credits-Charged"), n})
+				streams = append(streams, done{resp.StatusCode, resp.Header.Get("X-Request-Id"), resp.Trailer.Get("X-Credits-Charged"), n})
 				mu.Unlock()
 			}()
 		}
@@ -114,9 +115,16 @@ func TestChargebackStopsEveryReplica(t *testing.T) {
 	mu.Unlock()
 	wg.Wait()
 	for _, s := range streams {
-		// 80 tokens and the usage chunk: the whole answer, charged for it.
-		if s.status != 200 || s.events < 80 || s.charged == "" || credits(t, s.charged) <= 0 {
+		// The whole answer (80 tokens), charged in full: its usage at the
+		// core rates (1 mc per input token, 2 per output token).
+		if s.status != 200 || s.events < 80 || s.charged == "" {
 			t.Fatalf("stream in flight during the dispute: %+v; want it finished and charged", s)
+		}
+		g := e.do(http.MethodGet, "/v1/generation?id="+s.id, key, "").json(t)
+		tok := g["tokens"].(map[string]any)
+		in, out := int64(tok["input"].(float64)), int64(tok["output"].(float64))
+		if want := in*1 + out*2; out != 80 || credits(t, s.charged) != want || credits(t, g["credits_charged"].(string)) != want {
+			t.Fatalf("stream %s: charged %s (record %v) for %d in, %d out; want %d mc", s.id, s.charged, g["credits_charged"], in, out, want)
 		}
 	}
 	if err := secondLease.Return(ctx); err != nil {

@@ -7,6 +7,8 @@ package testledger
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -154,6 +156,24 @@ func Assert(t testing.TB, st *metering.Store, account string) {
 	}
 	if a.Reserved < 0 {
 		t.Errorf("ledger %s: reserved %d < 0", account, a.Reserved)
+	}
+	// reserved is the sum of the live holds and leases (an auditor's read of
+	// the keys metering documents in its package doc).
+	holds, err := st.Client().HGetAll(ctx, "{a:"+account+"}:hval").Result()
+	if err != nil {
+		t.Fatalf("ledger: reading holds of %q: %v", account, err)
+	}
+	var held int64
+	for id, v := range holds {
+		amt, _, ok := strings.Cut(v, ":")
+		n, perr := strconv.ParseInt(amt, 10, 64)
+		if !ok || perr != nil {
+			t.Errorf("ledger %s: hold %s = %q", account, id, v)
+		}
+		held += n
+	}
+	if held != a.Reserved {
+		t.Errorf("ledger %s: Σ holds and leases = %d, reserved = %d (%v)", account, held, a.Reserved, holds)
 	}
 }
 
