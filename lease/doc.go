@@ -3,7 +3,8 @@
 // script (a hold named "lease:<replica>", with the same expiry as any hold),
 // holds each call from it in process, and applies settled and failed calls to
 // it in batches — one atomic script per account and batch, which writes each
-// call's ledger entry and cost record exactly as a per-call settle does.
+// call's ledger entry and cost record, and ends its plan period hold, exactly
+// as a per-call settle (or release) does.
 //
 // It imports metering for its value types and declares the small interfaces
 // it needs of the store (Ledger, Leases); metering owns every Redis key and

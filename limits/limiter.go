@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 // Store is what the limiter needs of the ledger; *metering.Store implements it.
 type Store interface {
-	Admit(ctx context.Context, account string) (metering.Admission, bool, error)
+	Admit(ctx context.Context, r metering.AdmitRequest) (metering.Admission, error)
 }
 
 // Options configure a Limiter. Zero values mean the documented defaults.
@@ -45,8 +46,17 @@ type Limiter struct {
 	opts  Options
 
 	mu    sync.RWMutex
-	free  map[string]int64 // account → unix nanos until which it has no plan
+	subs  map[string]seen // account → its subscription as last seen
 	plans map[string]config.Plan
+}
+
+// seen is an account's subscription as the store last answered: a plan (and
+// seats) whose limits the next Admit sends, checked by the store; or none,
+// trusted until free.
+type seen struct {
+	plan  string // "": no live subscription (or one to a plan not configured)
+	seats int64
+	free  int64 // unix nanos until which an account without a plan is admitted without asking
 }
 
 const maxCached = 100_000
@@ -54,7 +64,7 @@ const maxCached = 100_000
 // New returns a Limiter reading subscriptions and counters from store.
 func New(store Store, opts Options) *Limiter {
 	opts.init()
-	l := &Limiter{store: store, opts: opts, free: make(map[string]int64), plans: make(map[string]config.Plan, len(opts.Plans))}
+	l := &Limiter{store: store, opts: opts, subs: make(map[string]seen), plans: make(map[string]config.Plan, len(opts.Plans))}
 	for _, p := range opts.Plans {
 		l.plans[p.ID] = p
 	}
@@ -63,75 +73,108 @@ func New(store Store, opts Options) *Limiter {
 
 // Limit names, as the errors say them.
 const (
-	LimitRequestsPerMinute = "requests_per_minute"
-	LimitRequests          = "requests"
-	LimitInputTokens       = "input_tokens"
-	LimitOutputTokens      = "output_tokens"
-	LimitCredits           = "credits"
+	LimitRequestsPerMinute = metering.LimitRequestsPerMinute
+	LimitRequests          = metering.LimitRequests
+	LimitInputTokens       = metering.LimitInputTokens
+	LimitOutputTokens      = metering.LimitOutputTokens
+	LimitCredits           = metering.LimitCredits
 )
 
-// Admit returns nil when account may make a call now, a *proxy.LimitError
-// (429 with Retry-After) when a limit of its plan is reached, or the store's
-// error (metering.ErrUnavailable: 503).
-func (l *Limiter) Admit(ctx context.Context, account string) error {
+// Admit admits call c when its account has no plan, or when the plan's
+// limits leave room for it: then the call is counted as a request and its
+// worst case is held against the period's allowance until it is settled or
+// released, and the Grant caps its output by what is left of the output
+// token and credit allowances. It returns a *proxy.LimitError (429 with
+// Retry-After) when a limit refuses the call, or the store's error
+// (metering.ErrUnavailable: 503).
+//
+// Accounts without a live subscription cost no round trip for CacheTTL after
+// the store said so; others cost one (two on this replica's first call of the
+// account, or when its subscription changed).
+func (l *Limiter) Admit(ctx context.Context, c proxy.LimitedCall) (proxy.Grant, error) {
 	now := l.opts.Now()
-	if l.opts.CacheTTL > 0 {
-		l.mu.RLock()
-		until, ok := l.free[account]
-		l.mu.RUnlock()
-		if ok && now.UnixNano() < until {
-			return nil
+	account := c.Hold.Account
+	l.mu.RLock()
+	s, ok := l.subs[account]
+	l.mu.RUnlock()
+	if ok && s.plan == "" && now.UnixNano() < s.free {
+		return proxy.Grant{MaxOutput: c.Hold.MaxOutput}, nil
+	}
+	r := metering.AdmitRequest{Hold: c.Hold, InputTokens: c.InputTokens, Choices: c.Choices}
+	plan, known := l.plans[s.plan]
+	if known {
+		r.Plan, r.Seats, r.Limits = plan.ID, s.seats, limitsOf(plan, s.seats)
+	}
+	// The store admits only against the limits of the subscription it holds:
+	// when it changed (or was not known here), ask again with its limits.
+	for range 3 {
+		a, err := l.store.Admit(ctx, r)
+		if err != nil {
+			return proxy.Grant{}, fmt.Errorf("checking plan limits: %w", err)
+		}
+		if a.Live {
+			plan, known = l.plans[a.Plan]
+		}
+		switch {
+		case !a.Live || !known:
+			// No live subscription, or one to a plan no longer configured: no plan limits.
+			l.remember(account, seen{free: now.Add(l.opts.CacheTTL).UnixNano()})
+			return proxy.Grant{MaxOutput: c.Hold.MaxOutput}, nil
+		case a.Stale:
+			l.remember(account, seen{plan: a.Plan, seats: a.Seats})
+			r.Plan, r.Seats, r.Limits = a.Plan, a.Seats, limitsOf(plan, a.Seats)
+		case a.Limit != "":
+			return proxy.Grant{}, refusal(plan, a, now)
+		default:
+			return proxy.Grant{MaxOutput: a.MaxOutput, Held: true}, nil
 		}
 	}
-	a, live, err := l.store.Admit(ctx, account)
-	if err != nil {
-		return fmt.Errorf("checking plan limits: %w", err)
-	}
-	plan, known := l.plans[a.Plan]
-	if !live || !known {
-		// No live subscription, or one to a plan no longer configured: no plan limits.
-		if l.opts.CacheTTL > 0 {
-			l.mu.Lock()
-			if len(l.free) >= maxCached {
-				l.free = make(map[string]int64)
-			}
-			l.free[account] = now.Add(l.opts.CacheTTL).UnixNano()
-			l.mu.Unlock()
-		}
-		return nil
-	}
-	return Check(plan, a, now)
+	return proxy.Grant{}, fmt.Errorf("checking plan limits of %q: the subscription kept changing: %w", account, metering.ErrUnavailable)
 }
 
-// Check decides one call of an account on plan with the counters of a
-// (this call included in the minute's count). It is Admit without the store.
-func Check(plan config.Plan, a metering.Admission, now time.Time) error {
-	lim := plan.Effective(a.Seats)
-	u := a.Usage
-	if lim.RequestsPerMinute > 0 && u.RequestsThisMinute > lim.RequestsPerMinute {
+// remember keeps what the store said of account's subscription (bounded:
+// when full, the cache starts afresh).
+func (l *Limiter) remember(account string, s seen) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.plan == "" && l.opts.CacheTTL <= 0 {
+		delete(l.subs, account) // nothing to keep: no plan, and no cache
+		return
+	}
+	if len(l.subs) >= maxCached {
+		l.subs = make(map[string]seen)
+	}
+	l.subs[account] = s
+}
+
+// limitsOf is plan's limits for a subscription of seats, as the store takes them.
+func limitsOf(plan config.Plan, seats int64) metering.Limits {
+	lim := plan.Effective(seats)
+	return metering.Limits{
+		Requests: lim.Requests, InputTokens: lim.InputTokens, OutputTokens: lim.OutputTokens,
+		Credits: lim.Credits * pricing.MilliPerCredit, RequestsPerMinute: lim.RequestsPerMinute,
+	}
+}
+
+// refusal is the 429 for a call the store refused under plan.
+func refusal(plan config.Plan, a metering.Admission, now time.Time) error {
+	if a.Limit == LimitRequestsPerMinute {
 		wait := max(int(a.MinuteLeft/time.Second), 1)
-		return &proxy.LimitError{Limit: LimitRequestsPerMinute, RetryAfter: wait, Message: fmt.Sprintf(
+		return &proxy.LimitError{Limit: a.Limit, RetryAfter: wait, Message: fmt.Sprintf(
 			"Plan limit reached: %s. The %s plan allows %d requests per minute; retry in %ds.",
-			LimitRequestsPerMinute, plan.Name, lim.RequestsPerMinute, wait)}
+			a.Limit, plan.Name, a.Max, wait)}
 	}
-	renew := u.Period.End
+	renew := a.Period.End
 	wait := max(int(renew.Sub(now)/time.Second), 1)
-	period := func(name, what string, used, limit int64) error {
-		return &proxy.LimitError{Limit: name, RetryAfter: wait, Message: fmt.Sprintf(
-			"Plan limit reached: %s. The %s plan allows %s %s per billing period and %s were used; the period renews at %s.",
-			name, plan.Name, amount(limit, name), what, amount(used, name), renew.UTC().Format(time.RFC3339))}
+	left := ""
+	if a.Used < a.Max {
+		// Not reached, but what is left is less than this call's least.
+		left = fmt.Sprintf(", too few for this call (it needs %s)", amount(a.Needed, a.Limit))
 	}
-	switch {
-	case lim.Requests > 0 && u.Requests >= lim.Requests:
-		return period(LimitRequests, "requests", u.Requests, lim.Requests)
-	case lim.InputTokens > 0 && u.InputTokens >= lim.InputTokens:
-		return period(LimitInputTokens, "input tokens", u.InputTokens, lim.InputTokens)
-	case lim.OutputTokens > 0 && u.OutputTokens >= lim.OutputTokens:
-		return period(LimitOutputTokens, "output tokens", u.OutputTokens, lim.OutputTokens)
-	case lim.Credits > 0 && u.Credits >= lim.Credits*pricing.MilliPerCredit:
-		return period(LimitCredits, "credits", u.Credits, lim.Credits*pricing.MilliPerCredit)
-	}
-	return nil
+	return &proxy.LimitError{Limit: a.Limit, RetryAfter: wait, Message: fmt.Sprintf(
+		"Plan limit reached: %s. The %s plan allows %s %s per billing period; %s are used or held by calls in progress%s. The period renews at %s.",
+		a.Limit, plan.Name, amount(a.Max, a.Limit), strings.ReplaceAll(a.Limit, "_", " "), amount(a.Used, a.Limit), left,
+		renew.UTC().Format(time.RFC3339))}
 }
 
 // amount renders a count (credits from milli-credits).

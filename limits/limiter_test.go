@@ -3,7 +3,10 @@ package limits_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +28,8 @@ var testPlans = []config.Plan{
 		Limits: config.PlanLimits{RequestsPerMinute: 1, PerSeat: true}},
 	{ID: "tokens", Name: "Tokens", StripePriceID: "price_tokens", MinSeats: 1,
 		Limits: config.PlanLimits{InputTokens: 100, OutputTokens: 1000, Credits: 1}},
+	{ID: "seats", Name: "Seats", StripePriceID: "price_seats", MinSeats: 1,
+		Limits: config.PlanLimits{Requests: 1, PerSeat: true}},
 }
 
 func setup(t *testing.T) (*metering.Store, context.Context) {
@@ -45,6 +50,15 @@ func subscribe(t *testing.T, st *metering.Store, account, plan string, seats int
 	}
 }
 
+// call is one call of account through the limiter: its hold request (id,
+// the input cost as Fixed, output at 2 mc per token).
+func call(account, id string, in, maxOut int64) proxy.LimitedCall {
+	return proxy.LimitedCall{InputTokens: in, Choices: 1, Hold: metering.HoldRequest{
+		Account: account, HoldID: id, Fixed: in, PerOutput: 2, MinOutput: min(maxOut, 1), MaxOutput: maxOut}}
+}
+
+// spend settles call id of account as the proxy would after Admit: cost mc
+// for in and out tokens.
 func spend(t *testing.T, st *metering.Store, account, id string, cost, in, out int64) {
 	t.Helper()
 	ctx := context.Background()
@@ -58,6 +72,15 @@ func spend(t *testing.T, st *metering.Store, account, id string, cost, in, out i
 		Record: metering.Record{RequestID: id, Input: in, Output: out}}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// admit admits c and settles it for cost, in and out.
+func admit(t *testing.T, l *limits.Limiter, st *metering.Store, c proxy.LimitedCall, cost, in, out int64) {
+	t.Helper()
+	if _, err := l.Admit(context.Background(), c); err != nil {
+		t.Fatalf("call %s: %v", c.Hold.HoldID, err)
+	}
+	spend(t, st, c.Hold.Account, c.Hold.HoldID, cost, in, out)
 }
 
 func wantLimit(t *testing.T, err error, limit string) *proxy.LimitError {
@@ -79,27 +102,124 @@ func TestAdmitEnforcesPeriodLimits(t *testing.T) {
 	start := time.Now().Add(-time.Hour).Truncate(time.Second)
 	subscribe(t, st, "p", "pro", 1, start)
 	for i := 0; i < 3; i++ {
-		if err := l.Admit(ctx, "p"); err != nil {
-			t.Fatalf("call %d: %v", i, err)
-		}
-		spend(t, st, "p", "c"+string(rune('a'+i)), 10, 1, 1)
+		admit(t, l, st, call("p", "c"+string(rune('a'+i)), 1, 1), 10, 1, 1)
 	}
-	le := wantLimit(t, l.Admit(ctx, "p"), limits.LimitRequests)
+	_, err := l.Admit(ctx, call("p", "cd", 1, 1))
+	le := wantLimit(t, err, limits.LimitRequests)
 	if renew := time.Until(start.AddDate(0, 1, 0)); le.RetryAfter < int(renew/time.Second)-5 || le.RetryAfter > int(renew/time.Second)+1 {
 		t.Fatalf("Retry-After %ds, want the period's end in %v", le.RetryAfter, renew)
 	}
 
 	subscribe(t, st, "t", "tokens", 1, start)
-	spend(t, st, "t", "t1", 999, 99, 5)
-	if err := l.Admit(ctx, "t"); err != nil {
-		t.Fatalf("under every limit: %v", err)
-	}
-	spend(t, st, "t", "t2", 1, 1, 5)
-	wantLimit(t, l.Admit(ctx, "t"), limits.LimitInputTokens)
+	admit(t, l, st, call("t", "t1", 99, 5), 999, 99, 5)
+	admit(t, l, st, call("t", "t2", 1, 0), 1, 1, 5) // under every limit
+	_, err = l.Admit(ctx, call("t", "t3", 1, 1))
+	wantLimit(t, err, limits.LimitInputTokens)
 
 	subscribe(t, st, "c", "tokens", 1, start)
-	spend(t, st, "c", "c1", 1000, 1, 1)
-	wantLimit(t, l.Admit(ctx, "c"), limits.LimitCredits)
+	admit(t, l, st, call("c", "c1", 1, 0), 1000, 1, 1)
+	_, err = l.Admit(ctx, call("c", "c2", 1, 0))
+	wantLimit(t, err, limits.LimitCredits)
+}
+
+// TestAdmitHoldsCallsInProgress: calls admitted and not ended yet hold their
+// worst case; the output granted is what is left of the allowances.
+func TestAdmitHoldsCallsInProgress(t *testing.T) {
+	t.Parallel()
+	st, ctx := setup(t)
+	l := limits.New(st, limits.Options{Plans: testPlans, CacheTTL: -1})
+	// tokens: 100 input, 1000 output tokens, 1 credit (1000 mc); output at 2 mc.
+	subscribe(t, st, "i", "tokens", 1, time.Now().Add(-time.Hour))
+	subscribe(t, st, "k", "tokens", 1, time.Now().Add(-time.Hour))
+	for _, c := range []struct {
+		name  string
+		call  proxy.LimitedCall
+		grant int64
+		limit string
+	}{
+		{"input held", call("i", "a", 95, 0), 0, ""},
+		{"input under the limit: past it by one call at most", call("i", "b", 10, 0), 0, ""},
+		{"input reached by calls in progress", call("i", "c", 1, 0), 0, limits.LimitInputTokens},
+		{"output capped by the credits left", call("k", "a", 10, 1000), 495, ""}, // (1000 − 10) / 2
+		{"no credits left", call("k", "b", 10, 1000), 0, limits.LimitCredits},
+	} {
+		g, err := l.Admit(ctx, c.call)
+		if c.limit != "" {
+			le := wantLimit(t, err, c.limit)
+			if !strings.Contains(le.Message, "held by calls in progress") {
+				t.Fatalf("%s: %q", c.name, le.Message)
+			}
+			continue
+		}
+		if err != nil || !g.Held || g.MaxOutput != c.grant {
+			t.Fatalf("%s: grant %+v, %v; want %d output tokens held", c.name, g, err, c.grant)
+		}
+	}
+	// A call ends, failed: its allowance is free again, and it was no request.
+	if err := st.Release(ctx, "k", "", "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := l.Admit(ctx, call("k", "d", 10, 1000)); err != nil || g.MaxOutput != 495 {
+		t.Fatalf("after the release: %+v, %v", g, err)
+	}
+	if _, u, err := st.PlanUsage(ctx, "k"); err != nil || u.Requests != 1 || u.HeldCredits != 1000 {
+		t.Fatalf("usage %+v, %v: want 1 request, holding 1000 mc", u, err)
+	}
+}
+
+// TestAdmitFollowsSubscriptionChanges: the limits sent with each call are
+// the subscription's as last seen; when it changed, the store says so and
+// the call is decided on the new limits.
+func TestAdmitFollowsSubscriptionChanges(t *testing.T) {
+	t.Parallel()
+	st, ctx := setup(t)
+	l := limits.New(st, limits.Options{Plans: testPlans, CacheTTL: -1})
+	start := time.Now().Add(-time.Hour).Truncate(time.Second)
+	subscribe(t, st, "s", "seats", 1, start) // one request per seat
+	admit(t, l, st, call("s", "a", 1, 1), 1, 1, 1)
+	_, err := l.Admit(ctx, call("s", "b", 1, 1))
+	wantLimit(t, err, limits.LimitRequests)
+	subscribe(t, st, "s", "seats", 2, start)
+	admit(t, l, st, call("s", "c", 1, 1), 1, 1, 1)
+	_, err = l.Admit(ctx, call("s", "d", 1, 1))
+	wantLimit(t, err, limits.LimitRequests)
+	subscribe(t, st, "s", "pro", 1, start) // three requests
+	admit(t, l, st, call("s", "e", 1, 1), 1, 1, 1)
+	if _, u, err := st.PlanUsage(ctx, "s"); err != nil || u.Requests != 3 {
+		t.Fatalf("usage %+v, %v: want the 3 calls served", u, err)
+	}
+}
+
+// TestAdmitIsExactAcrossReplicas: calls admitted at once by two limiters
+// (two proxy replicas) over one Redis: exactly as many as the plan allows.
+func TestAdmitIsExactAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	st, ctx := setup(t)
+	subscribe(t, st, "r", "pro", 1, time.Now().Add(-time.Hour)) // 3 requests
+	other := metering.New(st.Client(), metering.Options{})
+	ls := []*limits.Limiter{limits.New(st, limits.Options{Plans: testPlans}), limits.New(other, limits.Options{Plans: testPlans})}
+	var admitted, refused atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := ls[i%2].Admit(ctx, call("r", fmt.Sprint("c", i), 1, 1))
+			var le *proxy.LimitError
+			switch {
+			case err == nil:
+				admitted.Add(1)
+			case errors.As(err, &le) && le.Limit == limits.LimitRequests:
+				refused.Add(1)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if admitted.Load() != 3 || refused.Load() != 47 {
+		t.Fatalf("%d admitted, %d refused; want 3 and 47", admitted.Load(), refused.Load())
+	}
 }
 
 func TestAdmitEnforcesRequestsPerMinutePerSeat(t *testing.T) {
@@ -110,7 +230,7 @@ func TestAdmitEnforcesRequestsPerMinutePerSeat(t *testing.T) {
 	var err error
 	admitted := 0
 	for i := 0; i < 3 && err == nil; i++ {
-		if err = l.Admit(ctx, "b"); err == nil {
+		if _, err = l.Admit(ctx, call("b", fmt.Sprint("b", i), 1, 1)); err == nil {
 			admitted++
 		}
 	}
@@ -136,20 +256,20 @@ func TestAccountsWithoutAPlanAreCached(t *testing.T) {
 	if _, err := st.EnsureAccount(ctx, "free"); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Admit(ctx, "free"); err != nil {
+	if _, err := l.Admit(ctx, call("free", "f", 1, 1)); err != nil {
 		t.Fatal(err)
 	}
 	// The account subscribes to a plan with one request per minute.
 	subscribe(t, st, "free", "burst", 1, now.Add(-time.Hour))
 	for i := 0; i < 3; i++ {
-		if err := l.Admit(ctx, "free"); err != nil {
+		if _, err := l.Admit(ctx, call("free", fmt.Sprint("g", i), 1, 1)); err != nil {
 			t.Fatalf("within the cache TTL: %v", err)
 		}
 	}
 	now = now.Add(1100 * time.Millisecond)
 	refused := 0
 	for i := 0; i < 3; i++ { // three calls: two of them fall in one minute
-		if l.Admit(ctx, "free") != nil {
+		if _, err := l.Admit(ctx, call("free", fmt.Sprint("h", i), 1, 1)); err != nil {
 			refused++
 		}
 	}
@@ -164,7 +284,7 @@ func TestAdmitIsRefusedWhenTheStoreIsDown(t *testing.T) {
 	st := metering.New(srv.Client(t), metering.Options{})
 	l := limits.New(st, limits.Options{Plans: testPlans})
 	srv.Stop()
-	if err := l.Admit(context.Background(), "x"); !errors.Is(err, metering.ErrUnavailable) {
+	if _, err := l.Admit(context.Background(), call("x", "x", 1, 1)); !errors.Is(err, metering.ErrUnavailable) {
 		t.Fatalf("error %v, want ErrUnavailable", err)
 	}
 }
@@ -173,11 +293,12 @@ func BenchmarkAdmitWithoutPlan(b *testing.B) {
 	st := metering.New(testredis.Start(b).Client(b), metering.Options{})
 	l := limits.New(st, limits.Options{Plans: testPlans})
 	ctx := context.Background()
-	_ = l.Admit(ctx, "free")
+	c := call("free", "f", 1, 16)
+	_, _ = l.Admit(ctx, c)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := l.Admit(ctx, "free"); err != nil {
+		if _, err := l.Admit(ctx, c); err != nil {
 			b.Fatal(err)
 		}
 	}

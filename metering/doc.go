@@ -24,7 +24,8 @@
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
 //	                            its ledger entry id (a failed call: the whole record); its
-//	                            settled field makes a retried settle (hold id = request id) a no-op
+//	                            settled field makes a retried settle (hold id = request id) a no-op;
+//	                            admitted = period when Admit counted the call as a request
 //	{a:ID}:keys          hash   key id → key metadata (JSON); a key is added by create_key.lua,
 //	                            which counts the active ones against a cap in the same step
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
@@ -33,7 +34,11 @@
 //	{a:ID}:pay:<intent>  hash   a paid purchase and how much refunds/disputes took back
 //	{a:ID}:billing       stream purchase history (same ids as the ledger entries)
 //	{a:ID}:plan          hash   subscription: plan, seats, status, period, cancel_at …
-//	{a:ID}:usage         hash   this billing period's requests, tokens and credits (bumped by settle)
+//	{a:ID}:usage         hash   this billing period's requests, tokens and credits, and the sums
+//	                            of the live period holds (see plans.go)
+//	{a:ID}:phexp         zset   period hold (request id) → expiry (ms)
+//	{a:ID}:phval         hash   period hold (request id) → "mc:in:out": a call's worst case
+//	                            against its plan's period limits, from Admit to its end
 //	{a:ID}:rpm           hash   fixed-window requests-per-minute counter, TTL 120 s
 //	{a:ID}:ar            hash   auto-recharge settings and state (queued/inflight, period spend, failures)
 //	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
@@ -102,5 +107,15 @@
 //
 // A *Store is safe for concurrent use and holds no request state. Holds carry
 // an expiry; a proxy that dies mid-call frees its holds within the hold TTL,
-// the next time any reserve runs on that account.
+// the next time any reserve runs on that account, and its period holds the
+// next time Admit runs on it.
+//
+// # Counting requests
+//
+// A call admitted under a plan (Admit) is counted as a request when it is
+// admitted; one of an account without a plan when it is settled. A failed
+// call is not a request: its release gives back what Admit counted (with
+// credit leases, when the release is applied: within milliseconds). A call
+// refused by a limit is no request, but counts in requests_per_minute. A call
+// admitted whose proxy died stays counted.
 package metering

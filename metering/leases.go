@@ -21,7 +21,7 @@ var (
 	leaseFlushSrc string
 
 	leaseGrantScript = redis.NewScript(holdsSrc + leaseGrantSrc)
-	leaseFlushScript = redis.NewScript(holdsSrc + debitSrc + periodSrc + leaseFlushSrc)
+	leaseFlushScript = redis.NewScript(holdsSrc + debitSrc + periodSrc + periodHoldsSrc + leaseFlushSrc)
 )
 
 // RevokedChannel is the Redis channel on which a script that shrank an
@@ -94,14 +94,15 @@ type LeaseApplied struct {
 }
 
 // ApplyLease runs one batch against a replica's lease: each call's charge,
-// ledger entry and cost record as Settle writes them, the give-back, and the
-// lease's renewal — atomically, and idempotently per call and give-back. It
-// fails with ErrNoAccount or ErrUnavailable.
+// ledger entry, cost record and period counting as Settle (or, for a failed
+// call, Release) does them, the give-back, and the lease's renewal —
+// atomically, and idempotently per call and give-back. It fails with
+// ErrNoAccount or ErrUnavailable.
 func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, error) {
 	a := b.Account
-	keys := make([]string, 0, 7+len(b.Calls))
+	keys := make([]string, 0, 9+len(b.Calls))
 	keys = append(keys, acctKey(a), holdExpKey(a), holdValKey(a), ledgerKey(a), planKey(a), usageKey(a),
-		"{a:"+a+"}:gb:"+b.LeaseID)
+		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a))
 	args := make([]any, 0, 6+len(b.Calls)*46)
 	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix(),
 		b.GiveBack, b.GiveBackSeq)

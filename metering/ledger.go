@@ -133,7 +133,8 @@ func (s *Store) Generation(ctx context.Context, account, requestID string) (Gene
 	if err != nil {
 		return Generation{}, unavailable("reading cost record", err)
 	}
-	if len(m) == 0 {
+	if _, ended := m["charged"]; !ended {
+		// None, or only Admit's mark: the call has not ended (or never was).
 		return Generation{}, fmt.Errorf("cost record %q: %w", requestID, ErrNotFound)
 	}
 	if eid := m["entry"]; eid != "" {

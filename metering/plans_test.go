@@ -2,7 +2,11 @@ package metering_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,42 +171,224 @@ func TestSubscriptionEventsApplyInOrder(t *testing.T) {
 	}
 }
 
-func TestAdmitReadsCountersAndCountsTheMinute(t *testing.T) {
+// admitReq is a call of account id asking up to maxOut output tokens (at
+// least minOut) at 2 mc each, with 10 input tokens at 1 mc each, under the
+// "pro" plan with 2 seats and lim.
+func admitReq(account, id string, lim metering.Limits, minOut, maxOut int64) metering.AdmitRequest {
+	return metering.AdmitRequest{Plan: "pro", Seats: 2, Limits: lim, InputTokens: 10, Choices: 1,
+		Hold: metering.HoldRequest{Account: account, HoldID: id, Fixed: 10, PerOutput: 2, MinOutput: minOut, MaxOutput: maxOut}}
+}
+
+func admit(t testing.TB, st *metering.Store, r metering.AdmitRequest) metering.Admission {
+	t.Helper()
+	a, err := st.Admit(context.Background(), r)
+	if err != nil {
+		t.Fatalf("Admit %s: %v", r.Hold.HoldID, err)
+	}
+	return a
+}
+
+// wantHeld checks the period holds' sums and the period's counters.
+func wantHeld(t testing.TB, st *metering.Store, account string, requests, in, out, mc int64) metering.Usage {
+	t.Helper()
+	_, u := usageOf(t, st, account)
+	if u.Requests != requests || u.HeldInputTokens != in || u.HeldOutputTokens != out || u.HeldCredits != mc {
+		t.Fatalf("usage %+v, want %d requests, held %d in, %d out, %d mc", u, requests, in, out, mc)
+	}
+	return u
+}
+
+func TestAdmitAnswers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, metering.Options{})
+	e.account(t, "a", 1_000_000)
+	none := metering.Limits{}
+	if a := admit(t, e.st, admitReq("a", "r0", none, 1, 100)); a.Live {
+		t.Fatalf("no subscription: %+v", a)
+	}
+	start := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if _, err := e.st.SaveSubscription(context.Background(), "a", liveSub("sub_a", start), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		r       metering.AdmitRequest
+		want    metering.Admission // Live, Plan, Seats and Period are checked for every case
+		counted bool               // the call is counted and held
+	}{
+		{"another plan", metering.AdmitRequest{Plan: "basic", Seats: 2, Hold: metering.HoldRequest{Account: "a", HoldID: "s1"}},
+			metering.Admission{Stale: true}, false},
+		{"other seats", metering.AdmitRequest{Plan: "pro", Seats: 3, Hold: metering.HoldRequest{Account: "a", HoldID: "s2"}},
+			metering.Admission{Stale: true}, false},
+		{"no limits", admitReq("a", "c1", none, 1, 100), metering.Admission{MaxOutput: 100}, true},
+		{"output capped by output tokens", admitReq("a", "c2", metering.Limits{OutputTokens: 150}, 1, 100),
+			metering.Admission{MaxOutput: 50}, true}, // c1 holds 100 of 150
+		{"min output does not fit", admitReq("a", "c3", metering.Limits{OutputTokens: 200}, 60, 100),
+			metering.Admission{Limit: metering.LimitOutputTokens, Used: 150, Max: 200, Needed: 60}, false},
+		{"output capped by credits", admitReq("a", "c4", metering.Limits{Credits: 500}, 1, 100),
+			// held: c1 210 mc, c2 110 mc; 500 − 320 − 10 fixed = 170 mc = 85 tokens
+			metering.Admission{MaxOutput: 85}, true},
+		{"credits reached", admitReq("a", "c5", metering.Limits{Credits: 500}, 0, 0),
+			metering.Admission{Limit: metering.LimitCredits, Used: 500, Max: 500, Needed: 10}, false},
+		{"requests reached", admitReq("a", "c6", metering.Limits{Requests: 3}, 1, 100),
+			metering.Admission{Limit: metering.LimitRequests, Used: 3, Max: 3}, false},
+		{"input reached", admitReq("a", "c7", metering.Limits{InputTokens: 30}, 1, 100),
+			metering.Admission{Limit: metering.LimitInputTokens, Used: 30, Max: 30}, false},
+		{"input under the limit", admitReq("a", "c8", metering.Limits{InputTokens: 31}, 1, 100),
+			metering.Admission{MaxOutput: 100}, true}, // past it by at most this call's input
+		{"a retried admit", admitReq("a", "c2", none, 1, 100), metering.Admission{MaxOutput: 50}, false},
+	} {
+		_, before := usageOf(t, e.st, "a")
+		a := admit(t, e.st, c.r)
+		got := a
+		got.Live, got.Plan, got.Seats, got.Period, got.RequestsThisMinute, got.MinuteLeft = false, "", 0, metering.Period{}, 0, 0
+		if got != c.want {
+			t.Fatalf("%s: admission %+v, want %+v", c.name, a, c.want)
+		}
+		wantPlan, wantSeats := "pro", int64(2)
+		if !a.Live || a.Plan != wantPlan || a.Seats != wantSeats || (!a.Stale && !a.Period.Start.Equal(start)) {
+			t.Fatalf("%s: admission %+v, want the live pro subscription of 2 seats", c.name, a)
+		}
+		if !a.Stale && (a.MinuteLeft <= 0 || a.MinuteLeft > time.Minute || a.RequestsThisMinute < 1) {
+			t.Fatalf("%s: minute %v, %d calls", c.name, a.MinuteLeft, a.RequestsThisMinute)
+		}
+		_, after := usageOf(t, e.st, "a")
+		var dr, dmc int64
+		if c.counted {
+			dr, dmc = 1, 10+2*a.MaxOutput
+		}
+		if after.Requests-before.Requests != dr || after.HeldCredits-before.HeldCredits != dmc {
+			t.Fatalf("%s: usage %+v after %+v, want %d more requests, %d mc more held", c.name, after, before, dr, dmc)
+		}
+	}
+	if _, err := e.st.Generation(context.Background(), "a", "c1"); !errors.Is(err, metering.ErrNotFound) {
+		t.Fatalf("a call in progress has no cost record yet: %v", err)
+	}
+}
+
+// TestEndingCallsDropPeriodHolds: settle, release and a lease batch each drop
+// the call's period hold; a served call is counted once, a failed one not.
+func TestEndingCallsDropPeriodHolds(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, metering.Options{})
 	ctx := context.Background()
 	e.account(t, "a", 1_000_000)
-	if _, ok, err := e.st.Admit(ctx, "a"); ok || err != nil {
-		t.Fatalf("no subscription: ok %v, %v", ok, err)
-	}
-	start := time.Now().Add(-time.Minute).Truncate(time.Second)
-	if _, err := e.st.SaveSubscription(ctx, "a", liveSub("sub_a", start), time.Now()); err != nil {
+	if _, err := e.st.SaveSubscription(ctx, "a", liveSub("sub_a", time.Now().Add(-time.Hour).Truncate(time.Second)), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	e.call(t, "a", "c1", 123, 10, 0, 7)
-	var last metering.Admission
-	for i := 1; i <= 3; i++ {
-		a, ok, err := e.st.Admit(ctx, "a")
-		if err != nil || !ok {
-			t.Fatalf("Admit: %v %v", ok, err)
+	lim := metering.Limits{Requests: 100}
+	for _, id := range []string{"settled", "released", "lease-s", "lease-r"} {
+		if a := admit(t, e.st, admitReq("a", id, lim, 1, 10)); a.MaxOutput != 10 {
+			t.Fatalf("admit %s: %+v", id, a)
 		}
-		last = a
 	}
-	u := last.Usage
-	if last.Plan != "pro" || last.Seats != 2 || last.Status != "active" || !u.Period.Start.Equal(start) ||
-		u.Requests != 1 || u.InputTokens != 10 || u.OutputTokens != 7 || u.Credits != 123 {
-		t.Fatalf("admission: %+v", last)
+	wantHeld(t, e.st, "a", 4, 40, 40, 4*30)
+	rec := func(id string) metering.Record { return metering.Record{RequestID: id, Input: 8, Output: 5} }
+	ends := []struct {
+		name string
+		end  func() error
+		// counters after it: requests, held (per call: 10 in, 10 out, 30 mc), output tokens
+		requests, held, out int64
+	}{
+		{"settle", func() error {
+			_, err := e.st.Settle(ctx, metering.Settlement{Account: "a", HoldID: "settled", Cost: 18, Record: rec("settled")})
+			return err
+		}, 4, 3, 5},
+		{"settle again", func() error {
+			_, err := e.st.Settle(ctx, metering.Settlement{Account: "a", HoldID: "settled", Cost: 18, Record: rec("settled")})
+			return err
+		}, 4, 3, 5},
+		{"release", func() error { r := rec("released"); return e.st.Release(ctx, "a", "", "released", &r) }, 3, 2, 5},
+		{"release again", func() error { r := rec("released"); return e.st.Release(ctx, "a", "", "released", &r) }, 3, 2, 5},
+		{"lease batch", func() error {
+			b := metering.LeaseBatch{Account: "a", LeaseID: "lease:x", TTL: time.Minute, Calls: []metering.LeaseCall{
+				{Cost: 18, Record: rec("lease-s")}, {Release: true, Record: rec("lease-r")}}}
+			if _, err := e.st.ApplyLease(ctx, b); err != nil {
+				return err
+			}
+			_, err := e.st.ApplyLease(ctx, b) // resent: applied once
+			return err
+		}, 2, 0, 10},
 	}
-	// Three calls within the same minute, unless the minute turned meanwhile.
-	if u.RequestsThisMinute != 3 && u.RequestsThisMinute != 1 && u.RequestsThisMinute != 2 {
-		t.Fatalf("requests this minute = %d", u.RequestsThisMinute)
+	for _, c := range ends {
+		if err := c.end(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if u := wantHeld(t, e.st, "a", c.requests, 10*c.held, 10*c.held, 30*c.held); u.OutputTokens != c.out {
+			t.Fatalf("%s: usage %+v, want %d output tokens", c.name, u, c.out)
+		}
 	}
-	if last.MinuteLeft <= 0 || last.MinuteLeft > time.Minute {
-		t.Fatalf("minute left = %v", last.MinuteLeft)
+	// A call never admitted (no plan at its start) counts at its settle.
+	e.call(t, "a", "unplanned", 7, 1, 0, 1)
+	wantHeld(t, e.st, "a", 3, 0, 0, 0)
+	assertLedger(t, e.st, "a")
+}
+
+// TestPeriodHoldsExpire: a call admitted by a proxy that then died holds the
+// allowance until the hold TTL; the next admit after it sweeps the hold (the
+// request stays counted).
+func TestPeriodHoldsExpire(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, metering.Options{HoldTTL: 300 * time.Millisecond})
+	e.account(t, "a", 1_000_000)
+	if _, err := e.st.SaveSubscription(context.Background(), "a", liveSub("sub_a", time.Now().Add(-time.Hour).Truncate(time.Second)), time.Now()); err != nil {
+		t.Fatal(err)
 	}
-	if _, pu := usageOf(t, e.st, "a"); pu.Requests != u.Requests || pu.Credits != u.Credits {
-		t.Fatalf("PlanUsage %+v and Admit %+v disagree", pu, u)
+	lim := metering.Limits{OutputTokens: 100}
+	if a := admit(t, e.st, admitReq("a", "dead", lim, 100, 100)); a.MaxOutput != 100 {
+		t.Fatalf("admit: %+v", a)
 	}
+	other := e.replica(t, metering.Options{})
+	if a := admit(t, other, admitReq("a", "r1", lim, 1, 100)); a.Limit != metering.LimitOutputTokens {
+		t.Fatalf("while the dead call's period hold lives: %+v", a)
+	}
+	for i := 2; ; i++ {
+		a := admit(t, other, admitReq("a", fmt.Sprintf("r%d", i), lim, 1, 100))
+		if a.Limit == "" {
+			if a.MaxOutput != 100 {
+				t.Fatalf("after the sweep: %+v, want all 100 tokens", a)
+			}
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	wantHeld(t, e.st, "a", 2, 10, 100, 210)
+}
+
+// TestAdmitIsAtomic: calls admitted at once, through two stores over one
+// Redis, never hold more than the limits allow.
+func TestAdmitIsAtomic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, metering.Options{})
+	e.account(t, "a", 1_000_000)
+	if _, err := e.st.SaveSubscription(context.Background(), "a", liveSub("sub_a", time.Now().Add(-time.Hour).Truncate(time.Second)), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	stores := []*metering.Store{e.st, e.replica(t, metering.Options{})}
+	lim := metering.Limits{Requests: 30, OutputTokens: 1000, Credits: 3000}
+	var admitted, granted atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := stores[i%2].Admit(context.Background(), admitReq("a", fmt.Sprintf("c%d", i), lim, 10, 60))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if a.Limit == "" {
+				admitted.Add(1)
+				granted.Add(a.MaxOutput)
+			}
+		}()
+	}
+	wg.Wait()
+	u := wantHeld(t, e.st, "a", admitted.Load(), 10*admitted.Load(), granted.Load(), 10*admitted.Load()+2*granted.Load())
+	if admitted.Load() == 0 || u.HeldOutputTokens > lim.OutputTokens || u.HeldCredits > lim.Credits || u.Requests > lim.Requests {
+		t.Fatalf("%d admitted: usage %+v past the limits %+v", admitted.Load(), u, lim)
+	}
+	t.Logf("%d of 100 admitted, %d output tokens granted", admitted.Load(), granted.Load())
 }
 
 func BenchmarkAdmit(b *testing.B) {
@@ -215,7 +401,8 @@ func BenchmarkAdmit(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, _, err := e.st.Admit(ctx, "b"); err != nil {
+		r := admitReq("b", "bench-"+strconv.Itoa(i), metering.Limits{}, 1, 16)
+		if _, err := e.st.Admit(ctx, r); err != nil {
 			b.Fatal(fmt.Sprint(err))
 		}
 	}

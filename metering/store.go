@@ -27,11 +27,12 @@ var (
 	//go:embed scripts/create_account.lua
 	createAccountSrc string
 
-	// Preludes (holds.lua, debit.lua, period.lua) are prepended, so that a
-	// rule about holds, a charge's entry or a billing period has one home.
+	// Preludes (holds.lua, debit.lua, period.lua, period_holds.lua) are
+	// prepended, so that a rule about holds, a charge's entry, a billing
+	// period or a period hold has one home.
 	reserveScript       = redis.NewScript(holdsSrc + reserveSrc)
-	settleScript        = redis.NewScript(holdsSrc + debitSrc + periodSrc + settleSrc)
-	releaseScript       = redis.NewScript(holdsSrc + releaseSrc)
+	settleScript        = redis.NewScript(holdsSrc + debitSrc + periodSrc + periodHoldsSrc + settleSrc)
+	releaseScript       = redis.NewScript(holdsSrc + periodSrc + periodHoldsSrc + releaseSrc)
 	creditScript        = redis.NewScript(holdsSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
@@ -369,9 +370,9 @@ var ErrRequestID = errors.New("metering: a call is recorded under its hold id")
 // Settle removes the hold, debits the whole cost, and writes the ledger entry
 // and the cost record (keyed by the hold id, which is the call's request id),
 // atomically. It also counts the call in the account's billing-period usage
-// (requests, input and output tokens, credits) that plan limits and the usage
-// API read. Settling the same hold again returns the first answer and changes
-// nothing.
+// (input and output tokens, credits, and the request unless Admit counted it)
+// that plan limits and the usage API read, and drops the call's period hold.
+// Settling the same hold again returns the first answer and changes nothing.
 func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Cost < 0 {
 		return Charge{}, fmt.Errorf("settling %q: negative cost %d", st.HoldID, st.Cost)
@@ -390,7 +391,8 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 		MonthStart(time.Now()).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
+			periodHoldExpKey(a), periodHoldValKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -402,11 +404,13 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1, OverHold: res[4]}, nil
 }
 
-// Release drops a hold without charge. When rec is not nil the call's cost
-// record is stored (charged 0) for /v1/generation. Releasing twice is harmless.
+// Release drops a hold without charge, and the call's period hold (a failed
+// call is not counted as a request, nor are its tokens). When rec is not nil
+// the call's cost record is stored (charged 0) for /v1/generation. Releasing
+// twice is harmless.
 func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec *Record) error {
 	args := make([]any, 0, 40)
-	args = append(args, holdID, keyID, int64(s.opts.RecordTTL/time.Second))
+	args = append(args, holdID, keyID, int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix())
 	reqID := holdID
 	if rec != nil {
 		if rec.CreatedAt.IsZero() {
@@ -416,7 +420,8 @@ func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec 
 		reqID = rec.RequestID
 	}
 	err := s.pipe.run(ctx, releaseScript,
-		[]string{acctKey(account), holdExpKey(account), holdValKey(account), genKey(account, reqID)},
+		[]string{acctKey(account), holdExpKey(account), holdValKey(account), genKey(account, reqID),
+			planKey(account), usageKey(account), periodHoldExpKey(account), periodHoldValKey(account)},
 		args...,
 	).Err()
 	if err != nil {

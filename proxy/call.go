@@ -93,18 +93,20 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	c.model = m
 	c.req.limitField = m.OutputLimitField
 	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
-	if s.opts.Limiter != nil {
-		if err := s.opts.Limiter.Admit(context.Background(), c.ident.Account); err != nil {
-			s.writeError(ctx, err)
-			return
-		}
-	}
 	hr, err := c.holdRequest()
 	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
+	hr, held, err := c.admit(hr) // limit.go
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
 	if c.hold, err = s.meter.Reserve(context.Background(), hr); err != nil {
+		if held {
+			c.releaseAdmission()
+		}
 		s.writeError(ctx, err)
 		return
 	}
@@ -119,10 +121,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 // afford up to the model's maximum).
 func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
-	in := inputEstimate(len(c.body), m.ContextWindow)
-	if c.req.remoteInput && m.ContextWindow > 0 {
-		in = m.ContextWindow // input of unknown size: hold the whole window
-	}
+	in := c.inputTokens()
 	hr := metering.HoldRequest{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, KeyLimited: c.ident.Limited, HoldID: c.id,
 		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),

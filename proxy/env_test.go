@@ -47,6 +47,7 @@ func testSpec() pricing.Spec {
 type env struct {
 	t       *testing.T
 	opts    proxy.Options // the first replica's
+	limiter func(*metering.Store) proxy.Limiter
 	redis   *testredis.Server
 	store   *metering.Store
 	lease   *lease.Leaser
@@ -69,11 +70,13 @@ type envOpts struct {
 	leaseOffline time.Duration
 	// redisArgs are extra redis-server arguments (e.g. persistence).
 	redisArgs []string
+	// limiter, when set, gives each replica a Limiter over its own Store.
+	limiter func(*metering.Store) proxy.Limiter
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, redis: testredis.Start(t, o.redisArgs...)}
+	e := &env{t: t, redis: testredis.Start(t, o.redisArgs...), limiter: o.limiter}
 	e.store = metering.New(e.redis.Client(t), metering.Options{HoldTTL: o.holdTTL, KeyCacheTTL: 200 * time.Millisecond})
 	var err error
 	if e.catalog, err = pricing.New(testSpec()); err != nil {
@@ -98,6 +101,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 			{Name: "down", Kind: "openai", BaseURL: "http://" + deadAddr(t) + "/v1"},
 		},
 		Timeouts: proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: 5 * time.Second},
+	}
+	if o.limiter != nil {
+		opts.Limiter = o.limiter(e.store)
 	}
 	if o.proxy != nil {
 		o.proxy(&opts)
@@ -136,6 +142,9 @@ func (e *env) replica(id string) (string, *lease.Leaser) {
 	lr := lease.New(st, lease.Options{ID: id, IdleReturn: time.Hour, OnError: func(a string, err error) { e.t.Logf("lease of %s: %v", a, err) }})
 	opts := e.opts
 	opts.Meter = lr
+	if e.limiter != nil {
+		opts.Limiter = e.limiter(st)
+	}
 	srv, err := proxy.New(opts)
 	if err != nil {
 		e.t.Fatal(err)
@@ -242,7 +251,13 @@ func (r result) errorCode(t *testing.T) string {
 
 func (e *env) do(method, path, key, body string, hdr ...string) result {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.url+path, strings.NewReader(body))
+	return e.doAt(e.url, method, path, key, body, hdr...)
+}
+
+// doAt is do against the replica at base.
+func (e *env) doAt(base, method, path, key, body string, hdr ...string) result {
+	e.t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func invalid(param, format string, args ...any) error {
 
 // LimitError is a plan or rate limit refusal (429).
 type LimitError struct {
-	Limit      string // e.g. "requests_per_minute"
+	Limit      string // e.g. "requests_per_minute"; the error's param names it
 	Message    string
 	RetryAfter int // seconds
 }
@@ -86,7 +86,7 @@ func classify(err error) apiError {
 	case errors.Is(err, errBodyTooLarge):
 		return apiError{413, "invalid_request_error", "request_too_large", "", "Request body too large."}
 	case errors.As(err, &lim):
-		return apiError{429, "rate_limit_error", "rate_limit_exceeded", "", lim.Message}
+		return apiError{429, "rate_limit_error", "rate_limit_exceeded", lim.Limit, lim.Message}
 	case errors.Is(err, errUnsettled):
 		return apiError{500, "api_error", "internal_error", "", "The call could not be charged, so its answer was withheld; you were not charged."}
 	case errors.Is(err, metering.ErrUnavailable):

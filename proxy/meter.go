@@ -26,11 +26,34 @@ type Meter interface {
 	Ping(ctx context.Context) error
 }
 
-// Limiter admits or refuses a call before it is reserved (plan limits, rate
-// limits). Optional: a nil Limiter admits everything.
+// Limiter admits or refuses a call before its credits are reserved (plan
+// limits, rate limits). Optional: a nil Limiter admits everything.
 type Limiter interface {
-	// Admit returns a *LimitError when the account may not make this call now.
-	Admit(ctx context.Context, account string) error
+	// Admit returns the most output the call may be granted, or a
+	// *LimitError when the account may not make it now. A Grant that Held
+	// part of the account's allowance keeps it until the call's Settle or
+	// Release (by its request id, the hold id) drops it: a call admitted and
+	// then refused by Reserve must be Released.
+	Admit(ctx context.Context, c LimitedCall) (Grant, error)
+}
+
+// LimitedCall is a call as a Limiter weighs it.
+type LimitedCall struct {
+	// Hold is the call's hold request: the account, the request id
+	// (HoldID), and the worst case in credits and output tokens.
+	Hold        metering.HoldRequest
+	InputTokens int64 // the input estimate Hold.Fixed covers
+	Choices     int64 // output tokens billed per output token granted ("n"; at least 1)
+}
+
+// Grant is a Limiter's admission of a call.
+type Grant struct {
+	// MaxOutput is the most output tokens the call may be granted, in
+	// [Hold.MinOutput, Hold.MaxOutput]: the hold request is capped by it.
+	MaxOutput int64
+	// Held: the Limiter holds the call's worst case against the account's
+	// plan allowance until the call is settled or released.
+	Held bool
 }
 
 // SettleHook is told the outcome of every settled call (for example to

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -205,7 +204,8 @@ func (l *retryListener) Accept() (net.Conn, error) {
 
 // lingerConn closes the way net/http and nginx do (lingering close): it sends
 // FIN after the answer, then reads and discards what the client is still
-// sending for up to lingerTimeout before closing. Without it a server that
+// sending — while it keeps sending (each read within lingerTimeout, nginx's
+// lingering_timeout), for lingerTime and lingerBytes at most — before closing. Without it a server that
 // answers before reading a whole request — 413 for a body past the limit, an
 // error on a malformed request — closes a socket with unread bytes, the kernel
 // answers them with a TCP reset, and the client sees "connection reset" while
@@ -214,7 +214,11 @@ func (l *retryListener) Accept() (net.Conn, error) {
 // has already closed (the usual case) costs one read that returns EOF.
 type lingerConn struct{ net.Conn }
 
-const lingerTimeout = 500 * time.Millisecond
+const (
+	lingerTimeout = 500 * time.Millisecond
+	lingerTime    = 5 * time.Second
+	lingerBytes   = 256 << 20
+)
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -224,8 +228,22 @@ func (c lingerConn) Close() error {
 		return c.Conn.Close()
 	}
 	go func() {
-		_, _ = io.Copy(io.Discard, c.Conn)
-		_ = c.Conn.Close()
+		defer c.Conn.Close()
+		bp := getBuf()
+		defer putBuf(bp)
+		buf := (*bp)[:cap(*bp)]
+		until, read := time.Now().Add(lingerTime), 0
+		for read < lingerBytes {
+			n, err := c.Conn.Read(buf)
+			read += n
+			next := time.Now().Add(lingerTimeout)
+			if next.After(until) {
+				next = until
+			}
+			if err != nil || !next.After(time.Now()) || c.Conn.SetReadDeadline(next) != nil {
+				return
+			}
+		}
 	}()
 	return nil
 }

@@ -1,21 +1,71 @@
--- admit: what the proxy's plan limiter needs to admit one call, in one round trip.
--- (period.lua is prepended.)
--- KEYS[1] plan hash  {a:<id>}:plan
--- KEYS[2] usage hash {a:<id>}:usage  (the period's counters, bumped by settle)
--- KEYS[3] rate hash  {a:<id>}:rpm    (w = minute index, n = calls in it)
--- ARGV[1] calendar month start (unix s): the period when there is no live subscription
--- Returns {0} when the account has no live subscription (nothing is counted), else
--- {1, plan, seats, status, period_start, period_end, requests, input_tokens,
---  output_tokens, credits_mc, calls this minute (this one included), seconds left in the minute}.
-local plan, usage, rate = KEYS[1], KEYS[2], KEYS[3]
-local p = redis.call('HMGET', plan, 'plan', 'seats', 'status', 'period_start', 'period_end')
+-- admit: admit one call of an account against its plan's limits, or refuse
+-- it, atomically and in one round trip. (period.lua and period_holds.lua are
+-- prepended.)
+-- KEYS[1] plan hash          {a:<id>}:plan
+-- KEYS[2] usage hash         {a:<id>}:usage  (the period's counters and the period holds' sums)
+-- KEYS[3] rate hash          {a:<id>}:rpm    (w = minute index, n = calls in it)
+-- KEYS[4] period hold expiry {a:<id>}:phexp
+-- KEYS[5] period hold values {a:<id>}:phval
+-- KEYS[6] cost record        {a:<id>}:gen:<request id>
+-- ARGV[1]  calendar month start (unix s): the period when there is no live subscription
+-- ARGV[2], ARGV[3]  the plan id and seats the limits are for
+-- ARGV[4..8]  limits, 0 for none: requests, input tokens, output tokens, credits (mc),
+--             requests per minute
+-- ARGV[9]  request id
+-- ARGV[10..15]  the call's worst case: input tokens, fixed mc, mc per output token,
+--             output tokens billed per output token granted, min output, max output
+-- ARGV[16], ARGV[17]  hold ttl ms, record ttl s
+--
+-- A call is admitted while each period counter plus what calls in progress
+-- hold of it is under its limit, so that calls admitted at once pass a limit
+-- by at most one call's worth; the output it may be granted is capped by what
+-- is left of the output token and credit allowances (its input is not
+-- capped), and it is refused when not even min output fits. Admitted, it is
+-- counted as a request and holds its worst case (see period_holds.lua).
+-- requests_per_minute counts every call of the clock minute, refused ones too.
+--
+-- Returns
+--   {0}                  no live subscription: nothing counted
+--   {2, plan, seats}     the live subscription is not to ARGV's plan and seats: nothing
+--                        counted, ask again with its limits
+--   {1, output granted, period start, period end, calls this minute, seconds left in the minute}
+--   {-1, limit, used (held included), limit value, least this call needs (0: anything),
+--    period start, period end, calls this minute, seconds left in the minute}
+local plan, usage, rate, phexp, phval, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local p = redis.call('HMGET', plan, 'plan', 'seats', 'status', 'period_end')
 if not p[1] or not tg_live(p[3]) then return {0} end
-local period = tg_period(plan, ARGV[1])
-local u = redis.call('HMGET', usage, 'period', 'requests', 'input_tokens', 'output_tokens', 'credits_mc')
-if u[1] ~= period then u = {period, '0', '0', '0', '0'} end
+local seats = math.max(tonumber(p[2]) or 1, 1)
+if p[1] ~= ARGV[2] or seats ~= tonumber(ARGV[3]) then return {2, p[1], seats} end
+
+local limReq, limIn, limOut, limMc, limRpm =
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local id = ARGV[9]
+local inTok, fixed, per, outPer = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local minOut, maxOut, ttl, recTTL = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1])
+local nowMs = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local minuteLeft = 60 - now % 60
+local period = tg_usage(plan, usage, ARGV[1])
+local periodEnd = p[4] or '0'
+
+-- The same request admitted again (a retry after a lost reply) is the same
+-- admission, counted once.
+if redis.call('HEXISTS', gen, 'admitted') == 1 then
+  local out = maxOut
+  local v = redis.call('HGET', phval, id)
+  if v then
+    local _, _, held = tg_phold_parse(v)
+    out = math.min(math.floor(held / outPer), maxOut)
+  end
+  local n = tonumber(redis.call('HGET', rate, 'n')) or 0
+  return {1, out, period, periodEnd, n, minuteLeft}
+end
+
+-- Period holds of calls that never ended (a proxy died) free the allowance here.
+tg_phold_sweep(usage, phexp, phval, nowMs)
+
 local win = string.format('%d', math.floor(now / 60))
 local n
 if redis.call('HGET', rate, 'w') == win then
@@ -25,5 +75,36 @@ else
   n = 1
 end
 redis.call('EXPIRE', rate, 120)
-return {1, p[1], p[2] or '1', p[3], period, p[5] or '0', u[2] or '0', u[3] or '0', u[4] or '0', u[5] or '0',
-  n, 60 - now % 60}
+
+local u = redis.call('HMGET', usage, 'requests', 'input_tokens', 'output_tokens', 'credits_mc', 'held_in', 'held_out', 'held_mc')
+local requests = tonumber(u[1]) or 0
+local usedIn = (tonumber(u[2]) or 0) + (tonumber(u[5]) or 0)
+local usedOut = (tonumber(u[3]) or 0) + (tonumber(u[6]) or 0)
+local usedMc = (tonumber(u[4]) or 0) + (tonumber(u[7]) or 0)
+local function refuse(limit, used, max, needed)
+  return {-1, limit, used, max, needed, period, periodEnd, n, minuteLeft}
+end
+
+if limRpm > 0 and n > limRpm then return refuse('requests_per_minute', n, limRpm, 0) end
+if limReq > 0 and requests >= limReq then return refuse('requests', requests, limReq, 0) end
+if limIn > 0 and usedIn >= limIn then return refuse('input_tokens', usedIn, limIn, 0) end
+local out = maxOut
+if limOut > 0 then
+  local fit = math.floor((limOut - usedOut) / outPer)
+  if usedOut >= limOut or fit < minOut then return refuse('output_tokens', usedOut, limOut, minOut * outPer) end
+  if fit < out then out = fit end
+end
+if limMc > 0 then
+  if usedMc >= limMc then return refuse('credits', usedMc, limMc, fixed + per * minOut) end
+  if per > 0 then
+    local fit = math.floor((limMc - usedMc - fixed) / per)
+    if fit < minOut then return refuse('credits', usedMc, limMc, fixed + per * minOut) end
+    if fit < out then out = fit end
+  end
+end
+
+redis.call('HINCRBY', usage, 'requests', 1)
+tg_phold_place(usage, phexp, phval, id, fixed + per * out, inTok, out * outPer, nowMs + ttl)
+redis.call('HSET', gen, 'admitted', period)
+redis.call('EXPIRE', gen, recTTL)
+return {1, out, period, periodEnd, n, minuteLeft}

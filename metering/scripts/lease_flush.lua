@@ -1,7 +1,7 @@
 -- lease_flush: apply a batch of a replica's settled and failed calls to its
 -- lease, renew the lease, and give back what the replica no longer needs —
--- one atomic script per account and batch. (holds.lua, debit.lua and
--- period.lua are prepended.)
+-- one atomic script per account and batch. (holds.lua, debit.lua, period.lua
+-- and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -9,7 +9,9 @@
 -- KEYS[5] plan         {a:<id>}:plan
 -- KEYS[6] usage        {a:<id>}:usage
 -- KEYS[7] give-back mark {a:<id>}:gb:<lease id> (the last give-back applied)
--- KEYS[7+i] cost record of the i-th call {a:<id>}:gen:<request id>
+-- KEYS[8] period hold expiry {a:<id>}:phexp
+-- KEYS[9] period hold values {a:<id>}:phval
+-- KEYS[9+i] cost record of the i-th call {a:<id>}:gen:<request id>
 -- ARGV: lease id, ttl ms, record ttl s, calendar month start (unix s),
 --       mc to give back, give-back sequence number, then per call:
 --       kind ("s" settle | "r" release), request id, key id, cost mc, hold mc,
@@ -22,9 +24,12 @@
 -- be short or gone (shrunk by a refund, or expired while this replica could
 -- not reach Redis), from the balance. A lease is never renewed beyond what the
 -- account has: should available be negative after the batch, the leases shrink.
+-- Each call's period hold is dropped and its request counted (or given back)
+-- as settle and release do (period_holds.lua tg_end_call).
 -- Returns {balance, lease after, available after, charged in all}, or {-1}
 -- when the account does not exist.
 local acct, hexp, hval, ledger, plan, usage, gbMark = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local phexp, phval = KEYS[8], KEYS[9]
 local id, ttl, recTTL, month = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local giveBack, gbSeq = tonumber(ARGV[5]), ARGV[6]
 if giveBack > 0 then
@@ -42,9 +47,9 @@ local v = redis.call('HGET', hval, id)
 if v then lease = tg_parse_hold(v) end
 
 -- Per key: {charged, over-hold mc, over-hold calls}.
-local leaseUsed, total, requests, inSum, outSum = 0, 0, 0, 0, 0
+local leaseUsed, total, served, requests, inSum, outSum = 0, 0, 0, 0, 0, 0
 local perKey = {}
-local i, k = 7, 8
+local i, k = 7, 10
 while i <= #ARGV do
   local kind, req, kid, cost, held = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local inTok, outTok, n = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
@@ -53,6 +58,7 @@ while i <= #ARGV do
   i, k = last + 1, k + 1
   if redis.call('HEXISTS', gen, 'settled') == 0 then
     if kind == 'r' then
+      tg_end_call(plan, usage, phexp, phval, gen, req, month, false)
       redis.call('HSET', gen, 'charged', 0, unpack(ARGV, first, last))
       redis.call('EXPIRE', gen, recTTL)
     else
@@ -63,7 +69,8 @@ while i <= #ARGV do
       leaseUsed = leaseUsed + fromLease
       balance = balance - cost
       total = total + cost
-      requests = requests + 1
+      served = served + 1
+      requests = requests + tg_end_call(plan, usage, phexp, phval, gen, req, month, true)
       inSum, outSum = inSum + inTok, outSum + outTok
       local t = perKey[kid]
       if not t then
@@ -85,7 +92,7 @@ if giveBack > lease then giveBack = lease end
 lease = lease - giveBack
 -- (0 - x, not -x: Lua's -0 reaches Redis as "-0".)
 if leaseUsed + giveBack > 0 then redis.call('HINCRBY', acct, 'reserved', 0 - (leaseUsed + giveBack)) end
-if requests > 0 then
+if served > 0 then
   tg_count(plan, usage, month, requests, inSum, outSum, total)
 end
 if lease > 0 then

@@ -1,6 +1,6 @@
--- period: prepended to the scripts that count per billing period (settle,
--- admit, recharge_enqueue, recharge_begin), so that each decides the period
--- in exactly one way.
+-- period: prepended to the scripts that count per billing period (admit,
+-- settle, release, lease_flush, recharge_enqueue, recharge_begin), so that
+-- each decides the period in exactly one way.
 --
 -- An account's billing period is its subscription's current period while the
 -- subscription is live (active, trialing, past_due), else the calendar month
@@ -15,14 +15,23 @@ local function tg_period(plan, defStart)
   return defStart
 end
 
--- tg_count adds settled calls to the period's usage counters (requests,
--- tokens, credits), starting them afresh when the period changed.
-local function tg_count(plan, usage, defStart, requests, inTok, outTok, credits)
+-- tg_usage readies the period's counters in the usage hash, starting them
+-- afresh when the period changed, and returns the period. (The sums of the
+-- period holds, held_*, are not reset: a call admitted in one period may end
+-- in the next; see period_holds.lua.)
+local function tg_usage(plan, usage, defStart)
   local period = tg_period(plan, defStart)
   if redis.call('HGET', usage, 'period') ~= period then
     redis.call('HSET', usage, 'period', period, 'requests', 0, 'input_tokens', 0, 'output_tokens', 0, 'credits_mc', 0)
   end
-  redis.call('HINCRBY', usage, 'requests', requests)
+  return period
+end
+
+-- tg_count adds ended calls to the period's usage counters: requests (those
+-- admit did not count already, see tg_end_call), tokens and credits.
+local function tg_count(plan, usage, defStart, requests, inTok, outTok, credits)
+  tg_usage(plan, usage, defStart)
+  if requests ~= 0 then redis.call('HINCRBY', usage, 'requests', requests) end
   redis.call('HINCRBY', usage, 'input_tokens', inTok)
   redis.call('HINCRBY', usage, 'output_tokens', outTok)
   redis.call('HINCRBY', usage, 'credits_mc', credits)
