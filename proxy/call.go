@@ -120,7 +120,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
 	in := inputEstimate(len(c.body), m.ContextWindow)
-	if c.req.remoteInput && m.ContextWindow > 0 {
+	if c.req.remote != "" && m.ContextWindow > 0 {
 		in = m.ContextWindow // input of unknown size: hold the whole window
 	}
 	hr := metering.HoldRequest{
