@@ -116,31 +116,60 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 
 // holdRequest sizes the worst case: the input estimate at the dearest input
 // rate plus the output limit (the client's, or the most the account can
-// afford up to the model's maximum).
+// afford up to the model's maximum), for every prompt of a batch and every
+// choice. Where no hold can bound what the provider may bill, it refuses.
 func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
-	in := inputEstimate(len(c.body), m.ContextWindow)
-	if c.req.remote != "" && m.ContextWindow > 0 {
-		in = m.ContextWindow // input of unknown size: hold the whole window
-	}
 	hr := metering.HoldRequest{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, KeyLimited: c.ident.Limited, HoldID: c.id,
-		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),
 	}
+	// A batch (completions prompts, embeddings inputs) is that many calls in
+	// one: each prompt may fill a window and gets every choice's output.
+	batch := max(c.req.prompts, 1)
+	window, _ := mulHold(m.ContextWindow, batch) // saturates at maxHold, far past any estimate
+	in := inputEstimate(len(c.body), window)
+	if c.req.remote != "" {
+		// Input of unknown size: hold the whole window.
+		if m.ContextWindow <= 0 {
+			return hr, invalid("", "This request has the provider read input whose size the gateway cannot bound (%s), and model '%s' has no context window to bound it; send the content inline.",
+				c.req.remote, m.ID)
+		}
+		in = window
+	}
+	fixed, ok := mulHold(in, max(m.Rates.Input, m.Rates.CachedInput))
+	if !ok {
+		return hr, errTooLargeToHold(batch, c.req.choices)
+	}
+	hr.Fixed = fixed
 	if c.ep.maxField == "" {
 		return hr, nil
 	}
-	// Every choice ("n") may use the output limit, and the provider bills them all.
-	hr.PerOutput = m.Rates.Output * max(c.req.choices, 1)
+	// Every choice ("n", "best_of") of every prompt may use the output limit,
+	// and the provider bills them all.
+	per, ok := mulHold(m.Rates.Output, max(c.req.choices, 1)*batch)
+	if !ok {
+		return hr, errTooLargeToHold(batch, c.req.choices)
+	}
+	hr.PerOutput = per
+	room := maxHold - fixed // output mc a hold may still take
 	if c.req.maxOut > 0 {
 		if c.req.maxOut > m.MaxOutputTokens {
 			return hr, invalid(c.req.maxField, "Parameter '%s' is too large: %d. This model supports at most %d output tokens.",
 				c.req.maxField, c.req.maxOut, m.MaxOutputTokens)
 		}
+		if per > 0 && c.req.maxOut > room/per {
+			return hr, errTooLargeToHold(batch, c.req.choices)
+		}
 		hr.MinOutput, hr.MaxOutput = c.req.maxOut, c.req.maxOut
 		return hr, nil
 	}
 	hr.MinOutput, hr.MaxOutput = min(c.s.opts.MinOutputTokens, m.MaxOutputTokens), m.MaxOutputTokens
+	if per > 0 && hr.MaxOutput > room/per {
+		// No balance reaches this far; the gateway's own limit stays holdable.
+		if hr.MaxOutput = room / per; hr.MinOutput > hr.MaxOutput {
+			return hr, errTooLargeToHold(batch, c.req.choices)
+		}
+	}
 	return hr, nil
 }
 
