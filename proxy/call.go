@@ -81,7 +81,10 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		c.arena.Reset()
 		arenaPool.Put(c.arena)
 	}()
-	if c.req, err = inspect(c.parser, ep, c.body); err != nil {
+	if c.req, err = inspect(c.parser, ep, c.body); err == nil && ep.native {
+		err = refuseWideningBetas(&ctx.Request.Header) // anthropic.go
+	}
+	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
