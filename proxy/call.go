@@ -81,7 +81,10 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		c.arena.Reset()
 		arenaPool.Put(c.arena)
 	}()
-	if c.req, err = inspect(c.parser, ep, c.body); err != nil {
+	if c.req, err = inspect(c.parser, ep, c.body); err == nil && ep.native {
+		err = refuseWideningBetas(&ctx.Request.Header) // anthropic.go
+	}
+	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
@@ -118,28 +121,52 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 
 // holdRequest sizes the worst case: the input estimate at the dearest input
 // rate plus the output limit (the client's, or the most the account can
-// afford up to the model's maximum).
+// afford up to the model's maximum), for every prompt of a batch and every
+// choice. Where no hold can bound what the provider may bill, it refuses.
 func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
-	in := c.inputTokens()
 	hr := metering.HoldRequest{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, KeyLimited: c.ident.Limited, HoldID: c.id,
-		Fixed: in * max(m.Rates.Input, m.Rates.CachedInput),
 	}
+	in, err := c.inputTokens()
+	if err != nil {
+		return hr, err
+	}
+	batch := c.batch()
+	fixed, ok := mulHold(in, max(m.Rates.Input, m.Rates.CachedInput))
+	if !ok {
+		return hr, errTooLargeToHold(batch, c.req.choices)
+	}
+	hr.Fixed = fixed
 	if c.ep.maxField == "" {
 		return hr, nil
 	}
-	// Every choice ("n") may use the output limit, and the provider bills them all.
-	hr.PerOutput = m.Rates.Output * max(c.req.choices, 1)
+	// Every choice ("n", "best_of") of every prompt may use the output limit,
+	// and the provider bills them all.
+	per, ok := mulHold(m.Rates.Output, max(c.req.choices, 1)*batch)
+	if !ok {
+		return hr, errTooLargeToHold(batch, c.req.choices)
+	}
+	hr.PerOutput = per
+	room := maxHold - fixed // output mc a hold may still take
 	if c.req.maxOut > 0 {
 		if c.req.maxOut > m.MaxOutputTokens {
 			return hr, invalid(c.req.maxField, "Parameter '%s' is too large: %d. This model supports at most %d output tokens.",
 				c.req.maxField, c.req.maxOut, m.MaxOutputTokens)
 		}
+		if per > 0 && c.req.maxOut > room/per {
+			return hr, errTooLargeToHold(batch, c.req.choices)
+		}
 		hr.MinOutput, hr.MaxOutput = c.req.maxOut, c.req.maxOut
 		return hr, nil
 	}
 	hr.MinOutput, hr.MaxOutput = min(c.s.opts.MinOutputTokens, m.MaxOutputTokens), m.MaxOutputTokens
+	if per > 0 && hr.MaxOutput > room/per {
+		// No balance reaches this far; the gateway's own limit stays holdable.
+		if hr.MaxOutput = room / per; hr.MinOutput > hr.MaxOutput {
+			return hr, errTooLargeToHold(batch, c.req.choices)
+		}
+	}
 	return hr, nil
 }
 

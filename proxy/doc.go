@@ -11,10 +11,14 @@
 // # Ownership and lifetimes
 //
 // A *fasthttp.RequestCtx and every slice of its buffers are valid only until
-// the handler returns. Whatever a body stream writer (streaming responses)
-// needs is captured before SetBodyStreamWriter: the upstream response, copied
-// strings and the request state, which the writer owns and releases. Pooled
-// buffers larger than maxPooledBuf are dropped instead of pooled.
+// the handler returns. Inspection builds no tree of the request: what it
+// returns (the model name, where rewrite splices) points into the client's
+// body and shares its lifetime; the scanner's state is pooled and keeps
+// nothing of a request once inspect returns. Whatever a body stream writer
+// (streaming responses) needs is captured before SetBodyStreamWriter: the
+// upstream response, copied strings and the request state, which the writer
+// owns and releases. Pooled buffers larger than maxPooledBuf (and scanner
+// tables grown for huge objects) are dropped instead of pooled.
 //
 // Redis calls use context.Background(): they are bounded by the client's own
 // read/write timeouts (proxy.redis_timeout), which costs no allocation per

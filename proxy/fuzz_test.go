@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
@@ -278,6 +280,12 @@ func FuzzInspect(f *testing.F) {
 		`{"model":"m","input":["a","b"]}`,
 		`{"model":"","stream":"yes"}`,
 		`[1,2,3]`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":true,"include_usage":false},"messages":[]}`,
+		`{"model":"m","stream":true,"stream_options":{"include\u005fusage":false},"prompt":"p","messages":[]}`,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image\u005furl":{"url":"https://x"}}]}],"a":{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"ka":10,"kb":11,"kc":12,"kd":13,"ke":14,"kf":15,"kg":16,"k5":17}}`,
+		`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x"}}]}],"tools":[{"type":"web_search_20250305","name":"web_search"}]}`,
+		`{"model":"m","prompt":["a",[1,2],"c"],"input":[[1],[2]],"n":3,"max_tokens":4}`,
+		`{"model":"m","input":[{"id":"msg_1"},{"type":"reasoning","id":"rs_1"}],"tools":[{"type":"mcp"}],"previous_response_id":null}`,
 	} {
 		for ep := range fuzzEndpoints {
 			f.Add(byte(ep), []byte(s))
@@ -287,6 +295,28 @@ func FuzzInspect(f *testing.F) {
 		ep := fuzzEndpoints[int(e)%len(fuzzEndpoints)]
 		var p fastjson.Parser
 		r, err := inspect(&p, ep, body)
+		// The scanner against an independent strict reading (encoding/json):
+		// the same documents are JSON, and a key given twice is refused with
+		// the path the strict reading finds.
+		dup, strictErr := jsonDuplicate(body)
+		if len(body) > 0 && utf8.Valid(body) {
+			switch {
+			case err == errNotJSON:
+				if strictErr == nil {
+					t.Fatalf("refused as not JSON, but encoding/json reads it: %q", body)
+				}
+			case err == errTooDeep:
+			case strictErr != nil:
+				if err == nil {
+					t.Fatalf("encoding/json refuses it (%v), inspect accepted it: %q", strictErr, body)
+				}
+			case dup != "":
+				var br *badRequest
+				if !errors.As(err, &br) || br.param != dup {
+					t.Fatalf("%q is given twice; inspect answered %v: %q", dup, err, body)
+				}
+			}
+		}
 		if err != nil {
 			var br *badRequest
 			if !errors.As(err, &br) {
@@ -300,7 +330,14 @@ func FuzzInspect(f *testing.F) {
 		if ep.dialect == dialectMessages && r.maxOut < 1 {
 			t.Fatalf("messages without max_tokens accepted: %q", body)
 		}
-		text, msgs, direct := requestText(nil, ep.dialect, r.root)
+		if r.prompts < 1 || r.choices < 1 {
+			t.Fatalf("%d prompts, %d choices: %q", r.prompts, r.choices, body)
+		}
+		root, err := p.ParseBytes(body)
+		if err != nil {
+			t.Fatalf("accepted, but fastjson cannot parse it (%v): %q", err, body)
+		}
+		text, msgs, direct := requestText(nil, ep.dialect, root)
 		if msgs < 0 || direct < 0 {
 			t.Fatalf("requestText: %d messages %d direct", msgs, direct)
 		}
@@ -318,7 +355,39 @@ func FuzzInspect(f *testing.F) {
 		if string(v.GetStringBytes("model")) != "upstream-model" && string(r.model) != "upstream-model" {
 			t.Fatalf("rewrite lost the model: %s", out)
 		}
+		if dup, err := jsonDuplicate(out); err != nil || dup != "" {
+			t.Fatalf("upstream body gives %q twice (%v): %s", dup, err, out)
+		}
+		if r.stream && (ep.dialect == dialectChat || ep.dialect == dialectCompletions) {
+			if vals, err := membersAt(out, "stream_options.include_usage"); err != nil || len(vals) != 1 || vals[0] != true {
+				t.Fatalf("upstream include_usage %v (%v), want exactly one true: %s", vals, err, out)
+			}
+		}
+		// Everything else reaches the provider as the client wrote it.
+		if a, b := keptMembers(t, body), keptMembers(t, out); a != b {
+			t.Fatalf("upstream body changed more than the gateway's fields:\n%s\n%s", body, out)
+		}
 	})
+}
+
+// keptMembers lists the members of a body (path and value) but those
+// rewrite may set.
+func keptMembers(t *testing.T, b []byte) string {
+	ms, err := jsonMembers(b)
+	if err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	var sb strings.Builder
+	for _, m := range ms {
+		switch {
+		case m.path == "model", m.path == "max_tokens", m.path == "max_completion_tokens", m.path == "max_output_tokens",
+			m.path == "stream_options", m.path == "stream_options.include_usage",
+			strings.HasPrefix(m.path, "stream_options["): // an array there is replaced whole
+			continue
+		}
+		fmt.Fprintf(&sb, "%s=%v\n", m.path, m.value)
+	}
+	return sb.String()
 }
 
 // BenchmarkRelayFuzz is one FuzzSSEReader execution on a fixture stream.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"sync"
 	"unicode/utf8"
 
@@ -41,37 +40,62 @@ var (
 )
 
 // request is what inspection learned of a call's body. Slices point into the
-// parser, valid while it is held.
+// body, valid while the handler runs.
 type request struct {
+	// root is no longer set: inspection builds no tree (scan.go). It stays
+	// while the stream path still clears it.
 	root      *fastjson.Value
 	model     []byte
 	stream    bool
 	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
 	maxOut    int64  // the client's output limit; 0 when absent
 	maxField  string // which field carried it
-	choices   int64  // completions generated per call ("n", "best_of"); the output limit applies to each
-	// remoteInput: the provider adds input the body does not carry (a stored
-	// conversation, images or files by reference), so its size is unknown.
-	remoteInput bool
+	choices   int64  // completions generated per prompt ("n", "best_of"); the output limit applies to each
+	// prompts is the batch size: a completions "prompt" or embeddings "input"
+	// given as a list of prompts is that many calls in one, each with its own
+	// window and its own choices. 1 otherwise.
+	prompts int64
+	// remote says why the provider will read input whose size the body does
+	// not bound (a stored conversation, images or files, provider-side
+	// tools); "" when it will not. See remote.go.
+	remote string
 	// limitField is the chat field to use when the gateway sets an output
 	// limit the client did not (the model's catalog setting; "" = max_tokens).
 	limitField string
+	// at is where the values rewrite may set are in the body.
+	at splicePoints
 }
 
-var remoteInputMarkers = [][]byte{[]byte(`"image_url"`), []byte(`"input_image"`), []byte(`"file_id"`), []byte(`"input_file"`)}
+// splicePoints are the body's values that rewrite may replace, and where
+// it may add members.
+type splicePoints struct {
+	model                                     span
+	options, usage                            jsonValue // stream_options, stream_options.include_usage
+	maxTokens, maxCompletionTokens, maxOutTok jsonValue
+	end                                       int // the root's closing brace
+}
 
-// hasRemoteInput reports whether the provider will read input the body does
-// not contain.
-func hasRemoteInput(ep *endpoint, v *fastjson.Value, body []byte) bool {
-	if ep.dialect == dialectResponses && (v.Get("previous_response_id") != nil || v.Get("conversation") != nil || v.Get("prompt") != nil) {
-		return true
+// limit is where an output-limit field's value is (kind none: absent).
+func (p *splicePoints) limit(field string) jsonValue {
+	switch field {
+	case "max_tokens":
+		return p.maxTokens
+	case "max_completion_tokens":
+		return p.maxCompletionTokens
+	case "max_output_tokens":
+		return p.maxOutTok
 	}
-	for _, m := range remoteInputMarkers {
-		if bytes.Contains(body, m) {
-			return true
-		}
+	return jsonValue{}
+}
+
+// promptCount is the number of prompts in a completions "prompt" or an
+// embeddings "input": a list of strings or of token lists is one prompt per
+// element; a string, or one list of token ids, is one prompt.
+func promptCount(v jsonValue) int64 {
+	if v.kind != kindArray || v.elems == 0 || v.numbers {
+		return 1
 	}
-	return false
+	return int64(v.elems)
 }
 
 // maxChoices is the most completions one call may ask for (OpenAI's limit).
@@ -79,8 +103,10 @@ const maxChoices = 128
 
 var parserPool fastjson.ParserPool
 
-// inspect validates body and extracts what pricing and forwarding need.
-func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
+// inspect validates body and extracts what pricing and forwarding need, in
+// one scan (scan.go). The parser is no longer used (inspection builds no
+// tree); it stays in the signature while callers change.
+func inspect(_ *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 	var r request
 	if len(body) == 0 {
 		return r, invalid("", "Request body is empty; expected a JSON object.")
@@ -88,58 +114,50 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 	if !utf8.Valid(body) {
 		return r, invalid("", "Request body is not valid UTF-8.")
 	}
-	// fastjson's parser accepts NaN and Inf; its validator, like every
-	// provider, does not.
-	if fastjson.ValidateBytes(body) != nil {
-		return r, invalid("", "Request body is not valid JSON.")
+	s := getScanner()
+	defer putScanner(s)
+	if err := s.scan(body); err != nil {
+		return r, err
 	}
-	v, err := p.ParseBytes(body)
-	if err != nil {
-		return r, invalid("", "Request body is not valid JSON.")
-	}
-	if v.Type() != fastjson.TypeObject {
+	if !s.rootObject {
 		return r, invalid("", "Request body must be a JSON object.")
 	}
-	if k := duplicateKey(v); k != "" {
-		// Tollgate reads the first value, providers the last: refuse rather
-		// than price one model (or limit, or mode) and serve another.
-		return r, invalid(k, "Parameter '%s' is given more than once.", k)
-	}
-	r.root = v
-	mv := v.Get("model")
-	if mv == nil {
+	t := &s.top
+	switch mv := t[nameModel]; {
+	case mv.kind == kindNone:
 		return r, invalid("model", "Missing required parameter: 'model'.")
-	}
-	if r.model, err = mv.StringBytes(); err != nil || len(r.model) == 0 {
+	case mv.kind != kindString || mv.end-mv.start == 2:
 		return r, invalid("model", "Parameter 'model' must be a non-empty string.")
+	case mv.escaped: // rare: the name is copied out unescaped
+		r.model = appendUnescaped(nil, body[mv.start+1:mv.end-1])
+	default:
+		r.model = body[mv.start+1 : mv.end-1]
 	}
-	if sv := v.Get("stream"); sv != nil {
-		switch sv.Type() {
-		case fastjson.TypeTrue:
-			r.stream = true
-		case fastjson.TypeFalse, fastjson.TypeNull:
-		default:
-			return r, invalid("stream", "Parameter 'stream' must be a boolean.")
-		}
+	switch t[nameStream].kind {
+	case kindTrue:
+		r.stream = true
+	case kindNone, kindFalse, kindNull:
+	default:
+		return r, invalid("stream", "Parameter 'stream' must be a boolean.")
 	}
 	if r.stream && ep.dialect == dialectEmbeddings {
 		return r, invalid("stream", "Embeddings cannot be streamed.")
 	}
-	if r.stream {
-		if u := v.Get("stream_options", "include_usage"); u != nil && u.Type() == fastjson.TypeTrue {
-			r.wantUsage = true
-		}
+	if r.stream && t[nameStreamOptions].kind == kindObject && s.usage.kind == kindTrue {
+		r.wantUsage = true
 	}
+	r.at = splicePoints{model: t[nameModel].span, options: t[nameStreamOptions], usage: s.usage,
+		maxTokens: t[nameMaxTokens], maxCompletionTokens: t[nameMaxCompletionTokens], maxOutTok: t[nameMaxOutputTokens], end: s.rootEnd}
 	for _, f := range [2]string{ep.maxField, ep.altMax} {
 		if f == "" {
 			continue
 		}
-		mt := v.Get(f)
-		if mt == nil || mt.Type() == fastjson.TypeNull {
+		mt := r.at.limit(f)
+		if !mt.present() {
 			continue
 		}
-		n, err := mt.Int64()
-		if err != nil || mt.Type() != fastjson.TypeNumber {
+		n, ok := parseInt(body[mt.start:mt.end])
+		if mt.kind != kindNumber || !ok {
 			return r, invalid(f, "Parameter '%s' must be an integer.", f)
 		}
 		if n < 1 {
@@ -151,16 +169,25 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 		}
 		r.maxOut, r.maxField = n, f
 	}
-	r.remoteInput = hasRemoteInput(ep, v, body)
-	r.choices = 1
+	r.remote = s.remote
+	if r.remote == "" {
+		r.remote = remoteParams(ep.dialect, s)
+	}
+	r.choices, r.prompts = 1, 1
+	switch ep.dialect {
+	case dialectCompletions:
+		r.prompts = promptCount(t[namePrompt])
+	case dialectEmbeddings:
+		r.prompts = promptCount(t[nameInput])
+	}
 	if ep.dialect == dialectChat || ep.dialect == dialectCompletions {
-		for _, f := range [2]string{"n", "best_of"} {
-			nv := v.Get(f)
-			if nv == nil || nv.Type() == fastjson.TypeNull {
+		for i, nv := range [2]jsonValue{t[nameN], t[nameBestOf]} {
+			if !nv.present() {
 				continue
 			}
-			n, err := nv.Int64()
-			if err != nil || nv.Type() != fastjson.TypeNumber || n < 1 || n > maxChoices {
+			f := [2]string{"n", "best_of"}[i]
+			n, ok := parseInt(body[nv.start:nv.end])
+			if nv.kind != kindNumber || !ok || n < 1 || n > maxChoices {
 				return r, invalid(f, "Parameter '%s' must be an integer from 1 to %d.", f, maxChoices)
 			}
 			r.choices = max(r.choices, n)
@@ -170,32 +197,6 @@ func inspect(p *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
 		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
 	return r, nil
-}
-
-// duplicateKey returns a top-level key given more than once ("" when none).
-func duplicateKey(v *fastjson.Value) string {
-	o, err := v.Object()
-	if err != nil {
-		return ""
-	}
-	var (
-		buf  [32][]byte
-		keys = buf[:0]
-		dup  string
-	)
-	o.Visit(func(k []byte, _ *fastjson.Value) {
-		if dup != "" {
-			return
-		}
-		for _, seen := range keys {
-			if string(seen) == string(k) {
-				dup = string(k)
-				return
-			}
-		}
-		keys = append(keys, k)
-	})
-	return dup
 }
 
 // inputEstimate bounds the input tokens of a body of n bytes from above
@@ -213,39 +214,59 @@ var arenaPool fastjson.ArenaPool
 
 // rewrite returns the body to send upstream: the provider's model name, the
 // usage chunk requested for streams, and the granted output limit. It
-// returns body itself (and false) when nothing needs to change.
-//
-// The arena must outlive every later use of r.root (values set here point into it).
-func rewrite(dst []byte, a *fastjson.Arena, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
+// returns body itself (and false) when nothing needs to change. It splices
+// the client's bytes at the points inspect found (splice.go); the arena is
+// no longer used.
+func rewrite(dst []byte, _ *fastjson.Arena, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
 	setModel := string(r.model) != upstreamModel
 	setUsage := r.stream && !r.wantUsage && (ep.dialect == dialectChat || ep.dialect == dialectCompletions)
 	setMax := ep.maxField != "" && (r.maxOut == 0 || grantOut < r.maxOut)
 	if !setModel && !setUsage && !setMax {
 		return body, false
 	}
-	v := r.root
-	if setModel {
-		v.Set("model", a.NewString(upstreamModel))
-	}
-	if setUsage {
-		so := v.Get("stream_options")
-		if so == nil || so.Type() != fastjson.TypeObject {
-			so = a.NewObject()
-			v.Set("stream_options", so)
+	field := r.maxField
+	if field == "" {
+		field = ep.maxField
+		if ep.dialect == dialectChat && r.limitField != "" {
+			field = r.limitField
 		}
-		so.Set("include_usage", a.NewTrue())
+	}
+	var (
+		edits [3]edit
+		n     int
+		at    = &r.at
+	)
+	if setModel {
+		edits[n] = edit{at.model.start, at.model.end, putModel}
+		n++
 	}
 	if setMax {
-		field := r.maxField
-		if field == "" {
-			field = ep.maxField
-			if ep.dialect == dialectChat && r.limitField != "" {
-				field = r.limitField
-			}
+		if v := at.limit(field); v.kind != kindNone {
+			edits[n] = edit{v.start, v.end, putLimit}
+		} else {
+			edits[n] = edit{at.end, at.end, putLimitMember}
 		}
-		v.Set(field, a.NewNumberInt(int(grantOut)))
+		n++
 	}
-	return v.MarshalTo(dst[:0]), true
+	if setUsage {
+		switch o := at.options; {
+		case o.kind == kindNone:
+			edits[n] = edit{at.end, at.end, putOptionsMember}
+		case o.kind != kindObject:
+			edits[n] = edit{o.start, o.end, putUsageObject}
+		case at.usage.kind != kindNone: // once at most: inspect refuses it twice
+			edits[n] = edit{at.usage.start, at.usage.end, putTrue}
+		default:
+			edits[n] = edit{o.start + 1, o.start + 1, putUsageFirst}
+		}
+		n++
+	}
+	for i := 1; i < n; i++ { // by position; insertions at one place keep their order
+		for j := i; j > 0 && edits[j].start < edits[j-1].start; j-- {
+			edits[j], edits[j-1] = edits[j-1], edits[j]
+		}
+	}
+	return splice(dst[:0], body, edits[:n], field, upstreamModel, grantOut, at.options.elems > 0), true
 }
 
 // bufPool pools byte buffers; buffers that grew past maxPooledBuf are dropped.

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -16,10 +18,90 @@ var benchBigChatBody = `{"model":"gpt-4o-mini","messages":[` +
 	`"tools":[{"type":"function","function":{"name":"lookup","parameters":{"type":"object","properties":{"q":{"type":"string"}}}}}],` +
 	`"temperature":0.2,"top_p":1,"stream":false,"max_completion_tokens":512}`
 
+// Hostile bodies at the default size cap (8 MiB): inspection is linear in the
+// body, so a body of distinct keys costs a bounded multiple of one long
+// string — the cheapest body per byte — not the square of its key count.
+const benchHostileSize = 8 << 20
+
+// benchDistinctKeys is a chat body padded to size with distinct top-level
+// keys ("k0000000":0, …): one object of ~700K members.
+func benchDistinctKeys(size int) string {
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.WriteString(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]`)
+	for i := 0; sb.Len() < size-14; i++ {
+		sb.WriteString(`,"k`)
+		sb.WriteString(fmt.Sprintf("%07d", i))
+		sb.WriteString(`":0`)
+	}
+	sb.WriteString("}")
+	return sb.String()
+}
+
+// benchLongString is a chat body whose one message is a string of size bytes
+// (prose, with escaped newlines).
+func benchLongString(size int) string {
+	const line = `The quarterly figures show revenue up twelve percent; margins held.\n`
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.WriteString(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"`)
+	for sb.Len() < size-len(line)-4 {
+		sb.WriteString(line)
+	}
+	sb.WriteString(`"}]}`)
+	return sb.String()
+}
+
+// benchManySmallObjects is a chat body of many messages of a few keys each
+// (every object is compared key by key, no hash set).
+func benchManySmallObjects(size int) string {
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.WriteString(`{"model":"gpt-4o-mini","messages":[`)
+	for i := 0; sb.Len() < size-64; i++ {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`{"role":"user","name":"u","content":"message `)
+		sb.WriteString(strconv.Itoa(i))
+		sb.WriteString(`"}`)
+	}
+	sb.WriteString(`]}`)
+	return sb.String()
+}
+
+// benchLongKeys is objects of smallObject keys, each key long and differing
+// only in its last bytes: the worst case of the plain comparison.
+func benchLongKeys(size int) string {
+	prefix := strings.Repeat("k", 1000)
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.WriteString(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"x":[`)
+	for i := 0; sb.Len() < size-smallObject*(len(prefix)+16); i++ {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteByte('{')
+		for j := range smallObject {
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString(`"` + prefix + strconv.Itoa(j+10) + `":0`)
+		}
+		sb.WriteByte('}')
+	}
+	sb.WriteString(`]}`)
+	return sb.String()
+}
+
 func BenchmarkInspect(b *testing.B) {
 	for _, bc := range []struct{ name, body string }{
 		{"small", benchChatBody},
 		{"large", benchBigChatBody},
+		{"8MiB-one-string", benchLongString(benchHostileSize)},
+		{"8MiB-distinct-keys", benchDistinctKeys(benchHostileSize)},
+		{"8MiB-small-objects", benchManySmallObjects(benchHostileSize)},
+		{"8MiB-long-keys", benchLongKeys(benchHostileSize)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			body := []byte(bc.body)

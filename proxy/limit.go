@@ -17,7 +17,11 @@ func (c *call) admit(hr metering.HoldRequest) (_ metering.HoldRequest, held bool
 	if l == nil {
 		return hr, false, nil
 	}
-	g, err := l.Admit(context.Background(), LimitedCall{Hold: hr, InputTokens: c.inputTokens(), Choices: max(c.req.choices, 1)})
+	in, err := c.inputTokens()
+	if err != nil {
+		return hr, false, err
+	}
+	g, err := l.Admit(context.Background(), LimitedCall{Hold: hr, InputTokens: in, Choices: max(c.req.choices, 1) * c.batch()})
 	if err != nil {
 		return hr, false, err
 	}
@@ -25,12 +29,25 @@ func (c *call) admit(hr metering.HoldRequest) (_ metering.HoldRequest, held bool
 	return hr, g.Held, nil
 }
 
-// inputTokens is the input estimate the hold covers.
-func (c *call) inputTokens() int64 {
-	if c.req.remoteInput && c.model.ContextWindow > 0 {
-		return c.model.ContextWindow // input of unknown size: hold the whole window
+// batch is how many prompts the call carries (completions prompts,
+// embeddings inputs): that many calls in one, each of which may fill a window
+// and gets every choice's output.
+func (c *call) batch() int64 { return max(c.req.prompts, 1) }
+
+// inputTokens is the input estimate the hold covers: the body's, at most a
+// window per prompt. Input of unknown size (read by the provider from
+// elsewhere) holds the whole window, or is refused where the model has none.
+func (c *call) inputTokens() (int64, error) {
+	m := c.model
+	window, _ := mulHold(m.ContextWindow, c.batch()) // saturates at maxHold, far past any estimate
+	if c.req.remote == "" {
+		return inputEstimate(len(c.body), window), nil
 	}
-	return inputEstimate(len(c.body), c.model.ContextWindow)
+	if m.ContextWindow <= 0 {
+		return 0, invalid("", "This request has the provider read input whose size the gateway cannot bound (%s), and model '%s' has no context window to bound it; send the content inline.",
+			c.req.remote, m.ID)
+	}
+	return window, nil
 }
 
 // releaseAdmission gives back what the Limiter holds for a call that got no

@@ -74,6 +74,9 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 		up.auth = []byte("Bearer " + p.APIKey)
 	}
 	for k, v := range p.Headers {
+		if name := wideningBeta([]byte(v)); name != nil && strings.EqualFold(k, "anthropic-beta") { // anthropic.go
+			return nil, fmt.Errorf("provider %q: header anthropic-beta %q widens the context window past the catalog's, which holds do not cover; remove it", p.Name, name)
+		}
 		up.headers = append(up.headers, [2][]byte{fasthttp.AppendNormalizedHeaderKey(nil, k), []byte(v)})
 	}
 	up.uris = make(map[*endpoint]*fasthttp.URI, len(endpoints))
