@@ -6,6 +6,7 @@ GOBIN       := $(shell $(GO) env GOPATH)/bin
 STRIPE_MOCK := $(GOBIN)/stripe-mock
 STRIPE_MOCK_VERSION := v0.203.0
 STATICCHECK := $(GOBIN)/staticcheck
+STATICCHECK_VERSION := v0.8.2
 FUZZTIME    ?= 60s
 CONFIG      ?= configs/tollgate.yaml
 
@@ -41,11 +42,12 @@ fuzz: ## run every fuzz target for FUZZTIME (default 60s) each
 soak: build ## the load and fault suites at full size
 	TOLLGATE_SOAK=full $(GO) test -count=1 -timeout 60m -run 'Soak|Fault' -v ./test/...
 
-lint: ## go vet, gofmt, staticcheck
+lint: ## go vet, gofmt, staticcheck (pinned), go mod tidy leaves go.mod as it is
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
-	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@latest
+	@$(STATICCHECK) -version 2>/dev/null | grep -q '($(STATICCHECK_VERSION:v%=%))' || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(STATICCHECK) ./...
+	$(GO) mod tidy -diff
 
 cover: tools ## test coverage report (cover.out, cover.html)
 	$(GO) test -count=1 -coverprofile=cover.out ./...

@@ -4,8 +4,6 @@ package proxy
 
 import (
 	"testing"
-
-	"github.com/valyala/fastjson"
 )
 
 // Allocation ceilings of the hot path. The handler figure is the whole
@@ -42,13 +40,11 @@ func TestHotPathAllocs(t *testing.T) {
 	body := []byte(benchChatBody)
 	p := parserPool.Get()
 	defer parserPool.Put(p)
-	var a fastjson.Arena
 	dst := make([]byte, 0, 4096)
 	resp := []byte(benchCompletion)
-	// Warm the parser's and arena's caches.
-	r, _ := inspect(p, epChat, body)
-	_, _ = rewrite(dst, &a, &r, epChat, body, "gpt-4o-mini-2024-07-18", 256)
-	a.Reset()
+	// Warm the caches (the parser's, the scanner's pools).
+	r, _ := inspect(epChat, body)
+	_, _ = rewrite(dst, &r, epChat, body, "gpt-4o-mini-2024-07-18", 256)
 	_, _ = usageFromBody(p, dialectChat, resp)
 
 	for _, c := range []struct {
@@ -56,11 +52,10 @@ func TestHotPathAllocs(t *testing.T) {
 		max  int
 		fn   func()
 	}{
-		{"inspect", maxInspectAllocs, func() { _, _ = inspect(p, epChat, body) }},
+		{"inspect", maxInspectAllocs, func() { _, _ = inspect(epChat, body) }},
 		{"inspect+rewrite", maxRewriteAllocs, func() {
-			r, _ := inspect(p, epChat, body)
-			_, _ = rewrite(dst, &a, &r, epChat, body, "gpt-4o-mini-2024-07-18", 256)
-			a.Reset()
+			r, _ := inspect(epChat, body)
+			_, _ = rewrite(dst, &r, epChat, body, "gpt-4o-mini-2024-07-18", 256)
 		}},
 		{"usageFromBody", maxUsageAllocs, func() { _, _ = usageFromBody(p, dialectChat, resp) }},
 	} {

@@ -49,9 +49,8 @@ type call struct {
 	hold   metering.Hold
 	start  time.Time
 	req    request
-	body   []byte // the client's body (valid until the handler returns)
-	parser *fastjson.Parser
-	arena  *fastjson.Arena
+	body   []byte           // the client's body (valid until the handler returns)
+	parser *fastjson.Parser // for the provider's answer (usage.go)
 }
 
 // metered serves one metered endpoint: auth → inspect → price → reserve →
@@ -75,13 +74,8 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	c.parser = parserPool.Get()
-	c.arena = arenaPool.Get()
-	defer func() {
-		parserPool.Put(c.parser)
-		c.arena.Reset()
-		arenaPool.Put(c.arena)
-	}()
-	if c.req, err = inspect(c.parser, ep, c.body); err == nil && ep.native {
+	defer parserPool.Put(c.parser)
+	if c.req, err = inspect(ep, c.body); err == nil && ep.native {
 		err = refuseWideningBetas(&ctx.Request.Header) // anthropic.go
 	}
 	if err != nil {
@@ -187,7 +181,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		if c.ep.native && u.kind != "anthropic" {
 			continue
 		}
-		out, rewritten := rewrite(*bp, c.arena, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)
+		out, rewritten := rewrite(*bp, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)
 		if rewritten {
 			*bp = out // keep the grown buffer for the pool
 		}

@@ -132,12 +132,6 @@ func (rp *replay) hitCount(provider string) int {
 	return rp.hits[provider]
 }
 
-func (rp *replay) lastHeader(provider string) http.Header {
-	rp.mu.Lock()
-	defer rp.mu.Unlock()
-	return rp.header[provider]
-}
-
 func (rp *replay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	provider, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	body, _ := io.ReadAll(r.Body)

@@ -294,7 +294,7 @@ func FuzzInspect(f *testing.F) {
 	f.Fuzz(func(t *testing.T, e byte, body []byte) {
 		ep := fuzzEndpoints[int(e)%len(fuzzEndpoints)]
 		var p fastjson.Parser
-		r, err := inspect(&p, ep, body)
+		r, err := inspect(ep, body)
 		// The scanner against an independent strict reading (encoding/json):
 		// the same documents are JSON, and a key given twice is refused with
 		// the path the strict reading finds.
@@ -346,8 +346,7 @@ func FuzzInspect(f *testing.F) {
 				t.Fatalf("%d tokens for %d bytes", n, len(text))
 			}
 		}
-		var a fastjson.Arena
-		out, _ := rewrite(nil, &a, &r, ep, body, "upstream-model", 7)
+		out, _ := rewrite(nil, &r, ep, body, "upstream-model", 7)
 		v, err := fastjson.ParseBytes(out)
 		if err != nil {
 			t.Fatalf("rewrite produced invalid JSON: %v\n%s", err, out)

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/valyala/fastjson"
-
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 )
@@ -21,8 +19,7 @@ func holdModel(window, maxOut int64) *pricing.Model {
 // holdFor inspects body on ep and sizes its hold for model m.
 func holdFor(t *testing.T, s *Server, m *pricing.Model, ep *endpoint, body string) (metering.HoldRequest, error) {
 	t.Helper()
-	var p fastjson.Parser
-	r, err := inspect(&p, ep, []byte(body))
+	r, err := inspect(ep, []byte(body))
 	if err != nil {
 		t.Fatalf("inspect: %v", err)
 	}

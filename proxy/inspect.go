@@ -42,9 +42,6 @@ var (
 // request is what inspection learned of a call's body. Slices point into the
 // body, valid while the handler runs.
 type request struct {
-	// root is no longer set: inspection builds no tree (scan.go). It stays
-	// while the stream path still clears it.
-	root      *fastjson.Value
 	model     []byte
 	stream    bool
 	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
@@ -101,12 +98,15 @@ func promptCount(v jsonValue) int64 {
 // maxChoices is the most completions one call may ask for (OpenAI's limit).
 const maxChoices = 128
 
-var parserPool fastjson.ParserPool
+var (
+	parserPool fastjson.ParserPool
+	arenaPool  fastjson.ArenaPool // stream.go: the usage chunk it writes
+)
 
 // inspect validates body and extracts what pricing and forwarding need, in
 // one scan (scan.go). The parser is no longer used (inspection builds no
 // tree); it stays in the signature while callers change.
-func inspect(_ *fastjson.Parser, ep *endpoint, body []byte) (request, error) {
+func inspect(ep *endpoint, body []byte) (request, error) {
 	var r request
 	if len(body) == 0 {
 		return r, invalid("", "Request body is empty; expected a JSON object.")
@@ -210,14 +210,11 @@ func inputEstimate(n int, contextWindow int64) int64 {
 	return est
 }
 
-var arenaPool fastjson.ArenaPool
-
 // rewrite returns the body to send upstream: the provider's model name, the
 // usage chunk requested for streams, and the granted output limit. It
 // returns body itself (and false) when nothing needs to change. It splices
-// the client's bytes at the points inspect found (splice.go); the arena is
-// no longer used.
-func rewrite(dst []byte, _ *fastjson.Arena, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
+// the client's bytes at the points inspect found (splice.go).
+func rewrite(dst []byte, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
 	setModel := string(r.model) != upstreamModel
 	setUsage := r.stream && !r.wantUsage && (ep.dialect == dialectChat || ep.dialect == dialectCompletions)
 	setMax := ep.maxField != "" && (r.maxOut == 0 || grantOut < r.maxOut)

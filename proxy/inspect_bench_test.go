@@ -5,8 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/valyala/fastjson"
 )
 
 // A larger chat body: a system prompt, a few turns, tools, and options.
@@ -110,7 +108,7 @@ func BenchmarkInspect(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				r, err := inspect(p, epChat, body)
+				r, err := inspect(epChat, body)
 				if err != nil || len(r.model) == 0 {
 					b.Fatal(err)
 				}
@@ -133,20 +131,18 @@ func BenchmarkRewrite(b *testing.B) {
 			body := []byte(bc.body)
 			p := parserPool.Get()
 			defer parserPool.Put(p)
-			var a fastjson.Arena
 			dst := make([]byte, 0, 8192)
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				r, err := inspect(p, epChat, body)
+				r, err := inspect(epChat, body)
 				if err != nil {
 					b.Fatal(err)
 				}
-				out, changed := rewrite(dst, &a, &r, epChat, body, bc.model, 256)
+				out, changed := rewrite(dst, &r, epChat, body, bc.model, 256)
 				if !changed || len(out) == 0 {
 					b.Fatal("body not rewritten")
 				}
-				a.Reset()
 			}
 		})
 	}

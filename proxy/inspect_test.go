@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/valyala/fastjson"
 )
 
 // wideObject is an object member of n distinct keys ("k00":0, …) followed
@@ -57,8 +55,7 @@ func TestInspectRefusesDuplicateKeys(t *testing.T) {
 		{"escapes that differ", epChat, `{"model":"m","messages":[],"meta":{"a\u0062":1,"a\u0063":2}}`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var p fastjson.Parser
-			_, err := inspect(&p, tc.ep, []byte(tc.body))
+			_, err := inspect(tc.ep, []byte(tc.body))
 			if tc.param == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -99,22 +96,19 @@ func TestRewriteSendsOneIncludeUsage(t *testing.T) {
 		{"false then true", epChat, `{"model":"m","stream":true,"stream_options":{"include_usage":false,"include_usage":true},"messages":[]}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var (
-				p fastjson.Parser
-				a fastjson.Arena
-			)
+			var ()
 			body := []byte(tc.body)
 			if dup, err := jsonDuplicate(body); err != nil || dup != "" {
-				if _, err := inspect(&p, tc.ep, body); err == nil {
+				if _, err := inspect(tc.ep, body); err == nil {
 					t.Fatalf("a body with %q twice was accepted", dup)
 				}
 				return
 			}
-			r, err := inspect(&p, tc.ep, body)
+			r, err := inspect(tc.ep, body)
 			if err != nil {
 				t.Fatal(err)
 			}
-			out, _ := rewrite(nil, &a, &r, tc.ep, body, "m", 5)
+			out, _ := rewrite(nil, &r, tc.ep, body, "m", 5)
 			if dup, err := jsonDuplicate(out); err != nil || dup != "" {
 				t.Fatalf("upstream body has %q twice (%v): %s", dup, err, out)
 			}
@@ -205,8 +199,7 @@ func TestRemoteInputIsStructural(t *testing.T) {
 		{"embeddings batch", epEmbeddings, `{"model":"m","input":["a","b"]}`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var p fastjson.Parser
-			r, err := inspect(&p, tc.ep, []byte(tc.body))
+			r, err := inspect(tc.ep, []byte(tc.body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -269,8 +262,7 @@ func TestScanIsStrictJSON(t *testing.T) {
 		`{"model":"m","a":-0.5e+10,"b":[true,false,null,0,-1,1E-2]}`, " \t\r\n{\"model\":\"m\"}\n ",
 		`{"model":"m","a":"` + "\x7f" + `é"}`,
 	} {
-		var p fastjson.Parser
-		_, err := inspect(&p, epEmbeddings, []byte(body))
+		_, err := inspect(epEmbeddings, []byte(body))
 		valid := json.Valid([]byte(body))
 		if refused := errors.Is(err, errNotJSON); refused == valid {
 			t.Errorf("%q: inspect %v, encoding/json valid %v", body, err, valid)
@@ -279,11 +271,10 @@ func TestScanIsStrictJSON(t *testing.T) {
 	deep := func(n int) []byte {
 		return []byte(`{"model":"m","a":` + strings.Repeat("[", n-1) + strings.Repeat("]", n-1) + `}`)
 	}
-	var p fastjson.Parser
-	if _, err := inspect(&p, epEmbeddings, deep(maxDepth)); err != nil {
+	if _, err := inspect(epEmbeddings, deep(maxDepth)); err != nil {
 		t.Errorf("nesting %d: %v", maxDepth, err)
 	}
-	if _, err := inspect(&p, epEmbeddings, deep(maxDepth+1)); !errors.Is(err, errTooDeep) {
+	if _, err := inspect(epEmbeddings, deep(maxDepth+1)); !errors.Is(err, errTooDeep) {
 		t.Errorf("nesting %d: %v", maxDepth+1, err)
 	}
 }
@@ -307,14 +298,12 @@ func TestRewriteKeepsClientBytes(t *testing.T) {
 		{"empty options", epChat, `{"model":"m","messages":[],"stream":true,"stream_options":{ }}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var p fastjson.Parser
 			body := []byte(tc.body)
-			r, err := inspect(&p, tc.ep, body)
+			r, err := inspect(tc.ep, body)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var a fastjson.Arena
-			out, _ := rewrite(nil, &a, &r, tc.ep, body, "upstream", 7)
+			out, _ := rewrite(nil, &r, tc.ep, body, "upstream", 7)
 			if dup, err := jsonDuplicate(out); err != nil || dup != "" {
 				t.Fatalf("upstream body is not strict JSON (%v) or repeats %q: %s", err, dup, out)
 			}

@@ -135,7 +135,7 @@ func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reade
 		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
 	}
 	sb.reqBody = bytes.Clone(c.body)
-	sb.c.parser, sb.c.arena, sb.c.req.root, sb.c.req.model = nil, nil, nil, nil
+	sb.c.parser, sb.c.req.model = nil, nil
 	sb.c.body = nil
 	sb.src, _ = body.(fasthttp.ReadCloserWithError)
 	sb.br = readerPool.Get().(*bufio.Reader)

@@ -29,6 +29,7 @@ func (k kind) isGet() bool { return k == kindModels || k == kindModel }
 const perMessageTokens = 3
 
 var (
+	//lint:ignore ST1005 OpenAI's own message, word for word
 	errInvalidJSON = errors.New("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)")
 	errNotObject   = errors.New("the request body must be a JSON object")
 )

@@ -410,14 +410,14 @@ func TestRequestsAndLastRequest(t *testing.T) {
 	if n := s.Requests(); n != 2 {
 		t.Errorf("Requests() = %d, want 2", n)
 	}
-	path, got, hdr := s.LastRequest()
+	path, got, _ := s.LastRequest()
 	if path != "/v1/does-not-exist" || string(got) != `{}` {
 		t.Errorf("LastRequest = %q %q", path, got)
 	}
 
 	r = do(t, http.MethodPost, base+"/chat/completions", body, map[string]string{"Authorization": "Bearer sk-upstream"})
 	mustOK(t, r)
-	path, got, hdr = s.LastRequest()
+	path, got, hdr := s.LastRequest()
 	if path != "/v1/chat/completions" || string(got) != body {
 		t.Errorf("LastRequest = %q %q", path, got)
 	}

@@ -167,7 +167,6 @@ type env struct {
 	tmp                  string // redis-server's directory
 	redis, mock, fwd, tg *proc
 	fwdRedis             *proc
-	redisAddr            string
 	key                  string
 	direct, bare, proxy  target
 	bareRedis            target
