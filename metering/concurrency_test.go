@@ -14,7 +14,7 @@ import (
 )
 
 // Many callers on several replicas race for one account funded for about a
-// third of what they want (DESIGN.md §8 invariants 1 and 2).
+// third of what they want (docs/architecture.md §8 invariants 1 and 2).
 func TestConcurrentReserveSettle(t *testing.T) {
 	e := newEnv(t, metering.Options{})
 	ctx := context.Background()

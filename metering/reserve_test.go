@@ -10,7 +10,7 @@ import (
 	"github.com/tollgate/tollgate/metering"
 )
 
-// grant is the spec of Reserve (DESIGN.md §4, §5), computed independently:
+// grant is the spec of Reserve (docs/architecture.md §4, §5), computed independently:
 // the output tokens granted are the most in [MinOutput, MaxOutput] that
 // `available` can pay for at Fixed + PerOutput × tokens.
 func grant(available int64, r metering.HoldRequest) (amount, out int64, ok bool) {

@@ -12,7 +12,7 @@ import (
 
 func i64(v int64) *int64 { return &v }
 
-// defaultSpec mirrors the shipped default catalog (DESIGN.md §3): 100,000
+// defaultSpec mirrors the shipped default catalog (docs/architecture.md §3): 100,000
 // credits per USD, a 5% fee, tiers Core 1/2, Pro 3/6, Ultra 8/16.
 func defaultSpec() pricing.Spec {
 	dep := func(p, m string) []pricing.DeploymentSpec { return []pricing.DeploymentSpec{{Provider: p, Model: m}} }

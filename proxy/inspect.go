@@ -129,7 +129,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	case mv.kind != kindString || mv.end-mv.start == 2:
 		return r, invalid("model", "Parameter 'model' must be a non-empty string.")
 	case mv.escaped: // rare: the name is copied out unescaped
-		r.model = appendUnescaped(nil, body[mv.start+1:mv.end-1])
+		r.model = unescapeJSON(nil, body[mv.start+1:mv.end-1])
 	default:
 		r.model = body[mv.start+1 : mv.end-1]
 	}

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -132,7 +131,7 @@ func putScanner(s *scanner) {
 // maxDepth, or a key given twice (naming its path).
 func (s *scanner) scan(b []byte) error {
 	*s = scanner{b: b, frames: s.frames[:0], keys: s.keys[:0], slots: s.slots, buf: s.buf}
-	i := skipBlank(b, 0)
+	i := skipSpace(b, 0)
 	want := true // a value comes next (else a comma or a closing bracket)
 	for {
 		if i >= len(b) {
@@ -148,7 +147,7 @@ func (s *scanner) scan(b []byte) error {
 			f := &s.frames[len(s.frames)-1]
 			switch b[i] {
 			case ',':
-				i = skipBlank(b, i+1)
+				i = skipSpace(b, i+1)
 				if f.object {
 					var err error
 					if i, err = s.key(i); err != nil {
@@ -165,13 +164,13 @@ func (s *scanner) scan(b []byte) error {
 				if err := s.closeObject(i); err != nil {
 					return err
 				}
-				i = skipBlank(b, i+1)
+				i = skipSpace(b, i+1)
 			case ']':
 				if f.object {
 					return errNotJSON
 				}
 				s.closeArray(i)
-				i = skipBlank(b, i+1)
+				i = skipSpace(b, i+1)
 			default:
 				return errNotJSON
 			}
@@ -183,7 +182,7 @@ func (s *scanner) scan(b []byte) error {
 				return errTooDeep
 			}
 			s.push(c == '{', i)
-			i = skipBlank(b, i+1)
+			i = skipSpace(b, i+1)
 			switch {
 			case i >= len(b):
 				return errNotJSON
@@ -191,10 +190,10 @@ func (s *scanner) scan(b []byte) error {
 				if err := s.closeObject(i); err != nil {
 					return err
 				}
-				i, want = skipBlank(b, i+1), false
+				i, want = skipSpace(b, i+1), false
 			case c == '[' && b[i] == ']':
 				s.closeArray(i)
-				i, want = skipBlank(b, i+1), false
+				i, want = skipSpace(b, i+1), false
 			case c == '{':
 				var err error
 				if i, err = s.key(i); err != nil {
@@ -231,7 +230,7 @@ func (s *scanner) scan(b []byte) error {
 			s.done(jsonValue{kind: kindNumber, span: span{i, end}}, nil)
 			i = end
 		}
-		i, want = skipBlank(b, i), false
+		i, want = skipSpace(b, i), false
 	}
 }
 
@@ -270,11 +269,11 @@ func (s *scanner) key(i int) (int, error) {
 	f.member = nameOf(k)
 	f.key = raw // the member being read, for the path of a key given twice below it
 	s.keys = append(s.keys, maphash.Bytes(keySeed, k))
-	i = skipBlank(b, end)
+	i = skipSpace(b, end)
 	if i >= len(b) || b[i] != ':' {
 		return i, errNotJSON
 	}
-	return skipBlank(b, i+1), nil
+	return skipSpace(b, i+1), nil
 }
 
 // unescaped is the text of a string's raw bytes (valid only until the next
@@ -283,7 +282,7 @@ func (s *scanner) unescaped(raw span, escaped bool) []byte {
 	if !escaped {
 		return s.b[raw.start:raw.end]
 	}
-	s.buf = appendUnescaped(s.buf[:0], s.b[raw.start:raw.end])
+	s.buf = unescapeJSON(s.buf[:0], s.b[raw.start:raw.end])
 	return s.buf
 }
 
@@ -412,7 +411,7 @@ func (s *scanner) exactRepeat(obj int) int {
 	seen := map[string]struct{}{}
 	dup := -1
 	eachKey(s.b, obj, func(n int, raw span, escaped bool) bool {
-		t := string(appendUnescaped(nil, s.b[raw.start:raw.end]))
+		t := string(unescapeJSON(nil, s.b[raw.start:raw.end]))
 		if _, ok := seen[t]; ok {
 			dup = n
 			return false
@@ -435,7 +434,7 @@ func (s *scanner) keyText(obj, n int) []byte {
 		if m < n {
 			return true
 		}
-		t = appendUnescaped(nil, s.b[raw.start:raw.end])
+		t = unescapeJSON(nil, s.b[raw.start:raw.end])
 		return false
 	})
 	return t
@@ -444,16 +443,16 @@ func (s *scanner) keyText(obj, n int) []byte {
 // eachKey calls fn with each key of the (valid) object at b[obj], in order,
 // until fn returns false.
 func eachKey(b []byte, obj int, fn func(n int, raw span, escaped bool) bool) {
-	i := skipBlank(b, obj+1)
+	i := skipSpace(b, obj+1)
 	for n := 0; i < len(b) && b[i] == '"'; n++ {
 		end, esc, _ := scanString(b, i)
 		if !fn(n, span{i + 1, end - 1}, esc) {
 			return
 		}
-		i = skipBlank(b, end) + 1 // past ':'
-		i = skipBlank(b, skipValue(b, skipBlank(b, i)))
+		i = skipSpace(b, end) + 1 // past ':'
+		i = skipSpace(b, skipValue(b, skipSpace(b, i)))
 		if i < len(b) && b[i] == ',' {
-			i = skipBlank(b, i+1)
+			i = skipSpace(b, i+1)
 		}
 	}
 }
@@ -505,7 +504,7 @@ func (s *scanner) duplicate(obj, j int) error {
 		if sb.Len() > 0 {
 			sb.WriteByte('.')
 		}
-		sb.WriteString(keyName(appendUnescaped(nil, s.b[f.at.start:f.at.end])))
+		sb.WriteString(keyName(unescapeJSON(nil, s.b[f.at.start:f.at.end])))
 	}
 	if sb.Len() > 0 {
 		sb.WriteByte('.')
@@ -531,15 +530,6 @@ func keyName(k []byte) string {
 		return string(k[:cut]) + "…"
 	}
 	return string(k)
-}
-
-// skipBlank is the index past JSON whitespace at b[i]. (usage.go has its
-// twin, skipSpace, on the response path; kept apart while both change.)
-func skipBlank(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
-		i++
-	}
-	return i
 }
 
 // scanString validates the string starting at b[i] ('"') and returns the
@@ -672,66 +662,4 @@ func parseInt(b []byte) (int64, bool) {
 		return int64(n), true
 	}
 	return 0, false
-}
-
-// appendUnescaped appends the text of a valid JSON string's contents
-// (quotes excluded) to dst. An unpaired surrogate escape becomes U+FFFD, as
-// encoding/json reads it.
-func appendUnescaped(dst, src []byte) []byte {
-	for {
-		i := bytes.IndexByte(src, '\\')
-		if i < 0 || i+1 >= len(src) {
-			return append(dst, src...)
-		}
-		dst = append(dst, src[:i]...)
-		c := src[i+1]
-		src = src[i+2:]
-		switch c {
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
-		case 'u':
-			if len(src) < 4 {
-				return dst
-			}
-			r := hexRune(src)
-			src = src[4:]
-			if utf16.IsSurrogate(r) {
-				r2 := utf8.RuneError
-				if len(src) >= 6 && src[0] == '\\' && src[1] == 'u' {
-					r2 = utf16.DecodeRune(r, hexRune(src[2:]))
-				}
-				if r2 != utf8.RuneError {
-					src = src[6:]
-				}
-				r = r2
-			}
-			dst = utf8.AppendRune(dst, r)
-		default: // '"', '\\', '/'
-			dst = append(dst, c)
-		}
-	}
-}
-
-func hexRune(b []byte) rune {
-	var r rune
-	for _, c := range b[:4] {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		}
-		r = r<<4 | rune(c)
-	}
-	return r
 }

@@ -1,6 +1,6 @@
 // Package testledger gives tests a throwaway redis-server with a
 // metering.Store over it, accounts funded in one line (a paid checkout), and
-// the ledger invariant check (DESIGN.md §8, invariant 1) that every money test
+// the ledger invariant check (docs/architecture.md §8, invariant 1) that every money test
 // ends with.
 package testledger
 
@@ -88,7 +88,7 @@ func (e *Env) Entries(t testing.TB, id string) []metering.Entry {
 	return all
 }
 
-// Assert checks DESIGN.md §8 invariant 1 for account: the ledger's
+// Assert checks docs/architecture.md §8 invariant 1 for account: the ledger's
 // amounts sum to the balance (and each entry's balance_after is the running
 // sum), purchased + granted + adjusted − consumed = balance, each total is the
 // sum of its kinds of entries (doc.go, Books), and the billing history sums to

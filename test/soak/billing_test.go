@@ -288,7 +288,7 @@ type soakPack struct {
 
 // loadPacks prices the shipped packs from the file, independently of the
 // pricing package: credits = price × credits per minor unit × (10000 − fee) /
-// 10000 (DESIGN.md §3), in mc.
+// 10000 (docs/architecture.md §3), in mc.
 func loadPacks(t testing.TB) []soakPack {
 	t.Helper()
 	pr := shippedConfig(t)["pricing"].(map[string]any)

@@ -148,7 +148,7 @@ type usage struct {
 	seen            bool
 }
 
-// cost is usage × rate of model, in mc: exact integers (DESIGN.md §3).
+// cost is usage × rate of model, in mc: exact integers (docs/architecture.md §3).
 func (p priceList) cost(t testing.TB, model string, u usage) int64 {
 	tier, ok := p.models[model]
 	if !ok {

@@ -15,7 +15,7 @@ import (
 // TestFaultHoldTTLShorterThanACall: a hold must outlive the longest call it
 // covers, or it expires while the call runs — another call then reserves the
 // same credits, and the settle, finding the hold gone, charges only what is
-// left (DESIGN.md §4: settle's expired-hold path): the rest of the call is
+// left (docs/architecture.md §4: settle's expired-hold path): the rest of the call is
 // free. A configuration whose hold_ttl is shorter than stream_timeout (or
 // request_timeout) must therefore be refused at start, whatever the other
 // timeout says.

@@ -1,4 +1,4 @@
-// Package soak proves Tollgate's money invariants (DESIGN.md §8) at the
+// Package soak proves Tollgate's money invariants (docs/architecture.md §8) at the
 // process level: real `tollgate proxy` and `tollgate billing` processes, built
 // once per test run, in front of a throwaway Redis (standalone or a
 // three-master Cluster) and an in-process mock provider, under load, faults

@@ -70,7 +70,7 @@ func createAccount(st *metering.Store, id string, fund int64) (*account, error) 
 	return &account{id: id, key: key, funded: fund}, nil
 }
 
-// ledgerInvariant checks DESIGN.md §8 invariant 1 for one account and
+// ledgerInvariant checks docs/architecture.md §8 invariant 1 for one account and
 // returns its state and every problem found: Σ ledger amounts = balance (and
 // each entry's balance_after is the running sum), purchased + granted +
 // adjusted − consumed = balance, each total = Σ of its kinds of entries
