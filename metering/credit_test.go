@@ -271,3 +271,30 @@ func TestLedgerPagination(t *testing.T) {
 	}
 	assertLedger(t, e.st, "pager")
 }
+
+// A credit the CLI applied before operator references had their own
+// namespace (stored under the reference as typed) is not applied again.
+func TestCreditLegacyReferenceIsNotAppliedAgain(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	// What the old CLI left: the raw reference, and its grant.
+	if err := e.rdb.SAdd(ctx, "{a:acme}:refs", "grant-1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.st.Credit(ctx, metering.Credit{Account: "acme", Amount: 1000, Reference: "grant-1"})
+	if err != nil || c.Applied {
+		t.Fatalf("re-running an old CLI grant: %+v, %v; want not applied", c, err)
+	}
+	// A new reference is applied once.
+	for i, want := range []bool{true, false} {
+		c, err := e.st.Credit(ctx, metering.Credit{Account: "acme", Amount: 1000, Reference: "grant-2"})
+		if err != nil || c.Applied != want {
+			t.Fatalf("grant-2, try %d: %+v, %v; want applied %v", i, c, err, want)
+		}
+	}
+	if a := e.acct(t, "acme"); a.Balance != 1000 || a.Granted != 1000 {
+		t.Fatalf("account %+v; want one grant of 1000", a)
+	}
+	assertLedger(t, e.st, "acme")
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -465,6 +466,22 @@ const OperatorPrefix = "admin:"
 // applied (and shown in the ledger).
 func OperatorReference(ref string) string { return OperatorPrefix + ref }
 
+// salePrefixes begin every reference a sale or its reversal is applied under.
+var salePrefixes = [...]string{"checkout:", "refund:", "dispute:", "dispute_won:", OperatorPrefix}
+
+// legacyReference is what the CLI applied an operator's credit under before
+// operator references had their own namespace (the reference as typed), so
+// that a credit applied then is not applied again now; "" when ref is in a
+// sale's namespace (that reference belongs to the sale, not to the operator).
+func legacyReference(ref string) string {
+	for _, p := range salePrefixes {
+		if strings.HasPrefix(ref, p) {
+			return ""
+		}
+	}
+	return ref
+}
+
 // Credited is the result of a Credit.
 type Credited struct {
 	Applied      bool // false: the reference was already applied, nothing changed
@@ -505,7 +522,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 		}
 	}
 	args := make([]any, 0, 4+2*len(c.Fields))
-	args = append(args, c.Amount, OperatorReference(c.Reference), c.Type, "created_at", time.Now().UnixMilli())
+	args = append(args, c.Amount, OperatorReference(c.Reference), c.Type, legacyReference(c.Reference), "created_at", time.Now().UnixMilli())
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}

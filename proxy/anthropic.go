@@ -59,7 +59,7 @@ func wideningBeta(v []byte) []byte {
 	for len(v) > 0 {
 		var name []byte
 		name, v, _ = bytes.Cut(v, comma)
-		name = bytes.TrimSpace(name)
+		name = bytes.Trim(name, " \t\"'") // a quoted name is the same name to a lenient server
 		p := len(wideningBetaPrefix)
 		if len(name) > p && strings.EqualFold(string(name[:p]), wideningBetaPrefix) && name[p] >= '0' && name[p] <= '9' {
 			return name

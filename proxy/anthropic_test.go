@@ -13,6 +13,7 @@ func TestWideningBetas(t *testing.T) {
 	}{
 		{"context-1m-2025-08-07", "context-1m-2025-08-07"},
 		{"prompt-caching-2024-07-31,context-1m-2025-08-07", "context-1m-2025-08-07"},
+		{`"context-1m-2025-08-07"`, "context-1m-2025-08-07"},
 		{" files-api-2025-04-14 ,  Context-1M-2025-08-07 ", "Context-1M-2025-08-07"},
 		{"context-2m-2026-01-01", "context-2m-2026-01-01"},
 		{"context-management-2025-06-27", ""},

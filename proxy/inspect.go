@@ -123,6 +123,11 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		return r, invalid("", "Request body must be a JSON object.")
 	}
 	t := &s.top
+	if ep.dialect == dialectResponses && t[nameBackground].kind == kindTrue {
+		// A background response comes back queued, without usage; its
+		// output would be generated with nothing to meter it by.
+		return r, invalid("background", "Background responses are not supported by this gateway: their usage cannot be metered. Send the request without 'background' (streaming works).")
+	}
 	switch mv := t[nameModel]; {
 	case mv.kind == kindNone:
 		return r, invalid("model", "Missing required parameter: 'model'.")

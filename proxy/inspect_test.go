@@ -48,6 +48,12 @@ func TestInspectRefusesDuplicateKeys(t *testing.T) {
 		{"long key", epChat, `{"model":"m","messages":[],"meta":{"` + long + `":1,"` + long + `":2}}`, "meta." + strings.Repeat("é", 64) + "…"},
 		{"tool schema", epMessages, `{"model":"m","max_tokens":5,"messages":[],"tools":[{"name":"f","input_schema":{"type":"object","properties":{"q":{"type":"string"},"q":{"type":"integer"}}}}]}`, "tools[0].input_schema.properties.q"},
 
+		{"capitals at the root", epChat, `{"model":"m","max_tokens":10,"MAX_TOKENS":100000,"messages":[]}`, "MAX_TOKENS"},
+		{"capitals alone", epChat, `{"model":"cheap","Model":"dear","messages":[]}`, "Model"},
+		{"kelvin sign", epChat, `{"model":"m","max_to\u212aens":100000,"messages":[]}`, "max_to\u212aens"},
+		{"capitals in stream_options", epChat, `{"model":"m","stream":true,"stream_options":{"include_usage":false,"Include_Usage":false},"messages":[]}`, "stream_options.Include_Usage"},
+		{"capitals deeper are the client's", epChat, `{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"ID":{},"Type":{},"URL":{}}}}}]}`, ""},
+		{"background response", epResponses, `{"model":"m","input":"hi","background":true}`, "background"},
 		{"siblings may share keys", epChat, `{"model":"m","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}`, ""},
 		{"depths may share keys", epChat, `{"model":"m","messages":[],"metadata":{"model":"x","metadata":{"model":"y"}}}`, ""},
 		{"wide and distinct", epChat, `{"model":"m","messages":[],"logit_bias":` + wideObject(300, "") + `}`, ""},

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 
 	"go.uber.org/zap"
 
@@ -25,7 +26,15 @@ func (c *call) admit(hr metering.HoldRequest) (_ metering.HoldRequest, held bool
 	if err != nil {
 		return hr, false, err
 	}
-	hr.MaxOutput = min(hr.MaxOutput, max(g.MaxOutput, hr.MinOutput))
+	if g.MaxOutput < hr.MinOutput {
+		// A Limiter refuses a call whose minimum does not fit (a
+		// *LimitError); a grant below it would be forwarded past the plan.
+		if g.Held {
+			c.releaseAdmission()
+		}
+		return hr, false, fmt.Errorf("proxy: the limiter granted %d output tokens, below the call's minimum %d", g.MaxOutput, hr.MinOutput)
+	}
+	hr.MaxOutput = min(hr.MaxOutput, g.MaxOutput)
 	return hr, g.Held, nil
 }
 

@@ -64,6 +64,7 @@ const (
 	nameWebSearchOptions
 	nameMCPServers
 	nameContainer
+	nameBackground
 
 	nameCount
 )
@@ -122,6 +123,8 @@ func nameOf(k []byte) name {
 		return nameMCPServers
 	case "container":
 		return nameContainer
+	case "background":
+		return nameBackground
 	}
 	return nameOther
 }

@@ -267,6 +267,18 @@ func (s *scanner) key(i int) (int, error) {
 	f := &s.frames[len(s.frames)-1]
 	f.count++
 	f.member = nameOf(k)
+	if f.member == nameOther && (len(s.frames) == 1 || len(s.frames) == 2 && f.under == nameStreamOptions) {
+		// Servers written in Go (encoding/json) match names regardless of
+		// case: "MAX_TOKENS" or "Model" would reach them as the parameter
+		// the gateway read under its own spelling, or did not read at all.
+		if m, ok := foldsTo(k); ok {
+			param := string(k)
+			if len(s.frames) == 2 {
+				param = "stream_options." + param
+			}
+			return i, invalid(param, "Parameter '%s' differs from '%s' only by case, which some servers read as the same parameter; use '%s'.", param, m, m)
+		}
+	}
 	f.key = raw // the member being read, for the path of a key given twice below it
 	s.keys = append(s.keys, maphash.Bytes(keySeed, k))
 	i = skipSpace(b, end)
@@ -274,6 +286,40 @@ func (s *scanner) key(i int) (int, error) {
 		return i, errNotJSON
 	}
 	return skipSpace(b, i+1), nil
+}
+
+// foldsTo reports whether k, spelled with capitals (or the Kelvin sign and
+// long s, which Go folds to k and s), folds to a name the gateway reads,
+// and returns that name.
+func foldsTo(k []byte) (string, bool) {
+	var buf [32]byte
+	low, folded := buf[:0], false
+	for i := 0; i < len(k); {
+		c := k[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			low, folded = append(low, c+'a'-'A'), true
+			i++
+		case c < utf8.RuneSelf:
+			low = append(low, c)
+			i++
+		default:
+			r, n := utf8.DecodeRune(k[i:])
+			switch r {
+			case '\u212a': // KELVIN SIGN
+				low, folded = append(low, 'k'), true
+			case '\u017f': // LATIN SMALL LETTER LONG S
+				low, folded = append(low, 's'), true
+			default:
+				return "", false // no other rune folds to ASCII
+			}
+			i += n
+		}
+	}
+	if !folded || nameOf(low) == nameOther {
+		return "", false
+	}
+	return string(low), true
 }
 
 // unescaped is the text of a string's raw bytes (valid only until the next

@@ -7,8 +7,10 @@
 -- KEYS[4] hold expiry  {a:<id>}:hexp
 -- KEYS[5] hold values  {a:<id>}:hval
 -- (holds.lua is prepended: an adjustment that leaves the account short shrinks its leases.)
--- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), then
---       field/value pairs for the ledger entry.
+-- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), the
+--       reference as the CLI applied it before operator references had their own
+--       namespace ('' when none: then it is a sale's), then field/value pairs for
+--       the ledger entry.
 -- Returns {1, balance after, ledger entry id} when applied, {0, balance, ""}
 -- when the reference was already applied, {-1} when the account does not exist.
 local acct, refs, ledger = KEYS[1], KEYS[2], KEYS[3]
@@ -16,13 +18,14 @@ local amount, ref, etype = ARGV[1], ARGV[2], ARGV[3]
 local total = ({grant = 'granted', adjustment = 'adjusted'})[etype]
 if not total then return redis.error_reply('credit: entry type ' .. etype .. ' is not an operator credit') end
 if redis.call('EXISTS', acct) == 0 then return {-1} end
-if redis.call('SADD', refs, ref) == 0 then
+local legacy = ARGV[4]
+if (legacy ~= '' and redis.call('SISMEMBER', refs, legacy) == 1) or redis.call('SADD', refs, ref) == 0 then
   return {0, tonumber(redis.call('HGET', acct, 'balance')) or 0, ''}
 end
 local balance = redis.call('HINCRBY', acct, 'balance', amount)
 redis.call('HINCRBY', acct, total, amount)
 local rec = {}
-for i = 4, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 5, #ARGV do rec[#rec + 1] = ARGV[i] end
 local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
   'ref', ref, unpack(rec))
 if tonumber(amount) < 0 then tg_shrink_leases(acct, KEYS[4], KEYS[5]) end
