@@ -29,6 +29,8 @@
 //	{a:ID}:keys          hash   key id → key metadata (JSON); a key is added by create_key.lua,
 //	                            which counts the active ones against a cap in the same step
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)
+//	{a:ID}:keys:active   set    ids of the keys not revoked (what a cap counts; built once,
+//	                            acct field keys_indexed, for keys that predate it)
 //	{a:ID}:stripe        string the account's Stripe customer id
 //	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL
 //	{a:ID}:pay:<intent>  hash   a paid purchase and how much refunds/disputes took back

@@ -93,7 +93,7 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	// The account's own records first (counted against the cap and added
 	// atomically), the global lookup last: a key is never usable before its
 	// account knows it.
-	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash"},
+	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active"},
 		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive).Int64Slice()
 	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
@@ -142,6 +142,11 @@ func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
 		if err := s.rdb.HSet(ctx, keysKey(account), keyID, meta).Err(); err != nil {
 			return unavailable("revoking key", err)
 		}
+	}
+	// Last: until here the key still counts against the cap (a revocation
+	// cut short fails closed).
+	if err := s.rdb.SRem(ctx, keysKey(account)+":active", keyID).Err(); err != nil {
+		return unavailable("revoking key", err)
 	}
 	s.keys.forget(hash)
 	return nil

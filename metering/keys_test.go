@@ -341,3 +341,37 @@ func TestIssueKeyCap(t *testing.T) {
 		t.Errorf("IssueKey(invalid account) error = %v, want ErrNoAccount", err)
 	}
 }
+
+// Keys created before the active-key set existed are counted from their
+// metadata once (revoked ones not), and from the set afterwards.
+func TestIssueKeyCapCountsKeysFromBefore(t *testing.T) {
+	e := newEnv(t, metering.Options{KeyCacheTTL: -1})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	a, _, err := e.st.CreateKey(ctx, "acme", "a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.st.CreateKey(ctx, "acme", "b", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RevokeKey(ctx, "acme", a.ID); err != nil {
+		t.Fatal(err)
+	}
+	// What an earlier version left: the keys' metadata, no set.
+	if err := e.rdb.Del(ctx, "{a:acme}:keys:active").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.HDel(ctx, "{a:acme}:acct", "keys_indexed").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "c", MaxActive: 2}); err != nil {
+		t.Fatalf("a second active key under a cap of 2: %v", err)
+	}
+	if _, _, err := e.st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "d", MaxActive: 2}); !errors.Is(err, metering.ErrTooManyKeys) {
+		t.Fatalf("a third active key under a cap of 2: %v, want ErrTooManyKeys", err)
+	}
+	if n, err := e.rdb.SCard(ctx, "{a:acme}:keys:active").Result(); err != nil || n != 2 {
+		t.Fatalf("active set holds %d keys (%v), want 2", n, err)
+	}
+}

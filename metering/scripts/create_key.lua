@@ -4,26 +4,34 @@
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] keys         {a:<id>}:keys       (hash: key id → metadata JSON)
 -- KEYS[3] key hashes   {a:<id>}:keys:hash  (hash: key id → SHA-256 of the secret, hex)
+-- KEYS[4] active keys  {a:<id>}:keys:active (set of the ids not revoked; RevokeKey removes one)
 -- ARGV: key id, metadata JSON, secret hash, credit limit mc ('0': none),
 --       cap on the active (not revoked) keys, this one included (0: none).
 -- Returns {1} when added, {0, active keys} when the cap is reached, {-1} when
 -- the account does not exist, {-2} when the key id is taken.
 -- The API key lookup (tg:key:<hash>, another slot) is written by the caller
 -- after this: a key is never usable before its account knows it.
-local acct, keys, hashes = KEYS[1], KEYS[2], KEYS[3]
+local acct, keys, hashes, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, meta, hash, limit, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 if redis.call('HEXISTS', keys, id) == 1 then return {-2} end
-if cap > 0 then
-  -- Active: what Store.Keys lists as not revoked (metadata that does not
-  -- decode is not listed, so not counted).
-  local active = 0
-  for _, v in ipairs(redis.call('HVALS', keys)) do
-    local ok, k = pcall(cjson.decode, v)
-    if ok and type(k) == 'table' and k.revoked ~= true then active = active + 1 end
+-- The active set, built once from the metadata for an account whose keys
+-- predate it (marked keys_indexed): afterwards counting costs nothing, however
+-- many keys were ever revoked. Active: what Store.Keys lists as not revoked
+-- (metadata that does not decode is not listed, so not counted).
+if redis.call('HGET', acct, 'keys_indexed') ~= '1' then
+  local all = redis.call('HGETALL', keys)
+  for i = 1, #all, 2 do
+    local ok, k = pcall(cjson.decode, all[i + 1])
+    if ok and type(k) == 'table' and k.revoked ~= true then redis.call('SADD', active, all[i]) end
   end
-  if active >= cap then return {0, active} end
+  redis.call('HSET', acct, 'keys_indexed', '1')
 end
+if cap > 0 then
+  local n = redis.call('SCARD', active)
+  if n >= cap then return {0, n} end
+end
+redis.call('SADD', active, id)
 redis.call('HSET', keys, id, meta)
 redis.call('HSET', hashes, id, hash)
 if limit ~= '0' then redis.call('HSET', acct, 'k:' .. id .. ':limit', limit) end
