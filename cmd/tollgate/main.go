@@ -16,8 +16,19 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP (systemctl reload, logrotate) must not end the process: by
+	// default it would, without draining, leaving the last charges
+	// unapplied and the credit leases held until they expire.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			fmt.Fprintln(os.Stderr, "tollgate: SIGHUP: live reload is not supported yet; still running (restart, or SIGTERM to drain, to apply a new configuration)")
+		}
+	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	signal.Stop(hup)
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "tollgate:", err)
 		os.Exit(1)

@@ -330,3 +330,30 @@ func TestFaultProxySIGTERM(t *testing.T) {
 		t.Error(p)
 	}
 }
+
+// SIGHUP (systemctl reload, logrotate) does not end a proxy: it keeps
+// serving, and charging, as before.
+func TestFaultProxySIGHUP(t *testing.T) {
+	rs := testredis.Start(t)
+	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
+	mock := startMock(t, mockllm.Config{})
+	p := startProxy(t, "proxy", writeConfig(t, nil), procEnv(mock.URL, "REDIS_URL="+rs.URL()))
+	accts := createAccounts(t, st, "hup", 1, func(int) int64 { return 100_000 })
+	client := newClient(4)
+	call := func(tag int64) *callResult {
+		return (&callSpec{tag: tag, account: accts[0], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8}).do(client)
+	}
+	if r := call(1); r.status != 200 {
+		t.Fatalf("before SIGHUP: %d", r.status)
+	}
+	p.signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	p.assertAlive(t)
+	if r := call(2); r.status != 200 || r.charged <= 0 {
+		t.Fatalf("after SIGHUP: %+v; want served and charged", r)
+	}
+	_, _, problems := ledgerInvariant(st, accts[0].id)
+	for _, pr := range problems {
+		t.Error(pr)
+	}
+}
