@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/tollgate/tollgate/pricing"
 )
 
 // Anthropic's native API versions its wire format with request headers: the
@@ -69,3 +71,14 @@ func wideningBeta(v []byte) []byte {
 }
 
 var comma = []byte(",")
+
+// servesNative reports whether one of m's deployments is on an Anthropic
+// provider, which /v1/messages and /v1/messages/count_tokens need.
+func (s *Server) servesNative(m *pricing.Model) bool {
+	for _, d := range m.Deployments {
+		if s.upstreams[d.Provider].kind == "anthropic" {
+			return true
+		}
+	}
+	return false
+}

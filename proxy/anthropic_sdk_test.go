@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go"
 	"github.com/anthropics/anthropic-sdk-go/option"
@@ -124,6 +126,51 @@ func TestAnthropicSDK(t *testing.T) {
 		var apiErr *anthropic.Error
 		if !asError(err, &apiErr) || apiErr.StatusCode != 404 {
 			t.Fatalf("unknown model: %v", err)
+		}
+	})
+
+	t.Run("models", func(t *testing.T) {
+		m, err := client.Models.Get(ctx, "claude-sonnet", anthropic.ModelGetParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.ID != "claude-sonnet" || m.DisplayName != "claude-sonnet" || m.Type != "model" || !m.CreatedAt.Equal(time.Unix(0, 0)) {
+			t.Fatalf("model %+v", m)
+		}
+		_, err = client.Models.Get(ctx, "no-such-model", anthropic.ModelGetParams{})
+		var apiErr *anthropic.Error
+		if !asError(err, &apiErr) || apiErr.StatusCode != 404 || !strings.Contains(apiErr.RawJSON(), "not_found_error") {
+			t.Fatalf("unknown model: %v", err)
+		}
+		page, err := client.Models.List(ctx, anthropic.ModelListParams{})
+		if err != nil || len(page.Data) != 1 || page.Data[0].ID != "claude-sonnet" || page.HasMore {
+			t.Fatalf("list %+v %v", page, err)
+		}
+	})
+
+	t.Run("count tokens", func(t *testing.T) {
+		before := e.balance("acme")
+		count, err := client.Messages.CountTokens(ctx, anthropic.MessageCountTokensParams{
+			Model:    "claude-sonnet",
+			System:   anthropic.MessageCountTokensParamsSystemUnion{OfTextBlockArray: []anthropic.TextBlockParam{{Text: "You are brief."}}},
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("count me please"))},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if count.InputTokens != 3+3+3 {
+			t.Fatalf("input_tokens %d", count.InputTokens)
+		}
+		path, body, hdr := mock.LastRequest()
+		var sent struct{ Model string }
+		if err := json.Unmarshal(body, &sent); err != nil || path != "/v1/messages/count_tokens" || sent.Model != "claude-sonnet-4-5" {
+			t.Fatalf("upstream got %s %s", path, body)
+		}
+		if hdr["X-Api-Key"] != "sk-ant-upstream" || hdr["Anthropic-Version"] != "2023-06-01" {
+			t.Fatalf("upstream headers %v", hdr)
+		}
+		if after := e.balance("acme"); after != before {
+			t.Fatalf("count_tokens moved the account: %+v → %+v", before, after)
 		}
 	})
 	e.assertLedger("acme")

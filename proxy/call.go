@@ -87,6 +87,10 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, pricing.ErrUnknownModel)
 		return
 	}
+	if ep.native && !s.servesNative(m) {
+		s.writeError(ctx, errNotNative(m, ep))
+		return
+	}
 	c.model = m
 	c.req.limitField = m.OutputLimitField
 	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
@@ -242,9 +246,16 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 	return false
 }
 
-// upstreamError relays a provider's refusal uncharged: 4xx pass through with
-// the provider's body (it says what was wrong), 5xx become 502.
+// upstreamError relays a provider's refusal uncharged (relayRefusal) and
+// releases the hold.
 func (c *call) upstreamError(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
+	c.release(c.s.relayRefusal(ctx, resp, c.id), resp.StatusCode())
+}
+
+// relayRefusal answers ctx for a provider's non-2xx answer and returns the
+// reason to record: 4xx pass through with the provider's body (it says what
+// was wrong), 5xx become 502.
+func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, id string) (reason string) {
 	status := resp.StatusCode()
 	body := resp.Body() // for streamed responses this reads the (small) error body
 	switch {
@@ -252,26 +263,25 @@ func (c *call) upstreamError(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) 
 		// The provider refused our credentials or deployment, or failed:
 		// the caller's request is not at fault, and the provider's text (it
 		// may quote our key) stays in the log.
-		c.s.log.Warn("provider refused", zap.String("request_id", c.id), zap.Int("status", status), zap.ByteString("body", truncate(body, 512)))
-		c.fail(ctx, errUpstream, status)
-		return
+		s.log.Warn("provider refused", zap.String("request_id", id), zap.Int("status", status), zap.ByteString("body", truncate(body, 512)))
+		s.writeError(ctx, errUpstream)
+		return "upstream_error"
 	case status == fasthttp.StatusTooManyRequests:
 		// Our provider account is rate limited: say so without its details.
 		retry, _ := strconv.Atoi(string(resp.Header.Peek("Retry-After")))
-		c.release("upstream_rate_limited", status)
-		c.s.writeError(ctx, &LimitError{Limit: "provider", RetryAfter: max(retry, 1),
+		s.writeError(ctx, &LimitError{Limit: "provider", RetryAfter: max(retry, 1),
 			Message: "The model provider is rate limiting this gateway; retry shortly. The call was not charged."})
-		return
+		return "upstream_rate_limited"
 	}
-	c.release("upstream_status", status)
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	if len(body) > 0 && len(body) < 64<<10 && fastjson.ValidateBytes(body) == nil {
 		ctx.SetBody(body)
-		return
+		return "upstream_status"
 	}
-	c.s.writeError(ctx, errUpstream)
+	s.writeError(ctx, errUpstream)
 	ctx.SetStatusCode(status)
+	return "upstream_status"
 }
 
 func truncate(b []byte, n int) []byte {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
@@ -124,7 +125,7 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetStatusCode(e.status)
 	ctx.SetContentType("application/json")
 	bp := getBuf()
-	if string(ctx.Path()) == "/v1/messages" {
+	if anthropicEnvelope(ctx) {
 		// Anthropic clients read {"type":"error","error":{"type",…}} with
 		// Anthropic's type names; the OpenAI fields stay inside it.
 		e.typ = anthropicErrorType(e.status)
@@ -136,6 +137,26 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	ctx.Response.SetBody(*bp)
 	putBuf(bp)
+}
+
+// anthropicEnvelope reports whether ctx's errors take Anthropic's envelope:
+// on Anthropic's own routes, and on the models routes when an Anthropic SDK
+// asks (modelShapeOf).
+func anthropicEnvelope(ctx *fasthttp.RequestCtx) bool {
+	switch p := ctx.Path(); {
+	case string(p) == "/v1/messages" || string(p) == "/v1/messages/count_tokens":
+		return true
+	case string(p) == "/v1/models" || bytes.HasPrefix(p, modelsPrefix):
+		return modelShapeOf(&ctx.Request.Header) == shapeAnthropic
+	}
+	return false
+}
+
+// errNotNative refuses a model no Anthropic deployment serves on an
+// Anthropic route: a 502 would have SDKs retry what cannot succeed.
+func errNotNative(m *pricing.Model, ep *endpoint) error {
+	return &badRequest{param: "model", code: "model_not_supported",
+		msg: fmt.Sprintf("The model '%s' is not served through Anthropic's Messages API (/v1%s) on this gateway; call it through /v1/chat/completions.", m.ID, ep.path)}
 }
 
 // anthropicErrorType names a status the way the Anthropic API does.

@@ -34,9 +34,12 @@ var (
 	epEmbeddings  = &endpoint{name: "embeddings", path: "/embeddings", dialect: dialectEmbeddings}
 	epResponses   = &endpoint{name: "responses", path: "/responses", dialect: dialectResponses, maxField: "max_output_tokens"}
 	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true}
+	// epCountTokens is Anthropic's token counter: forwarded like
+	// /v1/messages, but unmetered and without an output limit (counttokens.go).
+	epCountTokens = &endpoint{name: "messages.count_tokens", path: "/messages/count_tokens", dialect: dialectMessages, native: true}
 
-	// endpoints lists every metered route (upstream URIs are parsed once for each).
-	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages}
+	// endpoints lists every forwarded route (upstream URIs are parsed once for each).
+	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epCountTokens}
 )
 
 // request is what inspection learned of a call's body. Slices point into the
@@ -198,7 +201,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 			r.choices = max(r.choices, n)
 		}
 	}
-	if ep.dialect == dialectMessages && r.maxOut == 0 {
+	if ep.dialect == dialectMessages && ep.maxField != "" && r.maxOut == 0 {
 		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
 	return r, nil

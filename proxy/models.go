@@ -9,56 +9,135 @@ import (
 	"github.com/tollgate/tollgate/pricing"
 )
 
-// renderModels pre-renders GET /v1/models: the OpenAI list shape plus each
-// model's tier, rates (credits per 1K tokens) and limits.
-func renderModels(c *pricing.Catalog) []byte {
-	b := []byte(`{"object":"list","data":[`)
-	for i, m := range c.Models() {
+// GET /v1/models and GET /v1/models/{id} answer in the shape the client's
+// SDK reads: OpenAI's by default, Anthropic's when the request carries an
+// anthropic-version header (every Anthropic SDK sends one). Both are
+// rendered once, at New; like /v1/models before them, they need no key.
+
+// modelShape is the wire shape of a models answer.
+type modelShape uint8
+
+const (
+	shapeOpenAI modelShape = iota
+	shapeAnthropic
+	numShapes
+)
+
+// anthropicCreatedAt is every model's created_at in Anthropic's shape: the
+// catalog has no release dates (the OpenAI shape says "created":0).
+const anthropicCreatedAt = "1970-01-01T00:00:00Z"
+
+// modelBodies are the pre-rendered answers, by shape.
+type modelBodies struct {
+	list [numShapes][]byte
+	one  map[*pricing.Model]*[numShapes][]byte
+}
+
+func renderModels(c *pricing.Catalog) modelBodies {
+	ms := c.Models()
+	mb := modelBodies{one: make(map[*pricing.Model]*[numShapes][]byte, len(ms))}
+	oa := []byte(`{"object":"list","data":[`)
+	an := []byte(`{"data":[`)
+	for i, m := range ms {
 		if i > 0 {
+			oa, an = append(oa, ','), append(an, ',')
+		}
+		one := &[numShapes][]byte{appendOpenAIModel(nil, m), appendAnthropicModel(nil, m)}
+		mb.one[m] = one
+		oa = append(oa, one[shapeOpenAI]...)
+		an = append(an, one[shapeAnthropic]...)
+	}
+	mb.list[shapeOpenAI] = append(oa, "]}"...)
+	an = append(an, `],"has_more":false,"first_id":`...)
+	if len(ms) == 0 {
+		an = append(an, `null,"last_id":null`...)
+	} else {
+		an = appendJSONString(an, ms[0].ID)
+		an = append(an, `,"last_id":`...)
+		an = appendJSONString(an, ms[len(ms)-1].ID)
+	}
+	mb.list[shapeAnthropic] = append(an, '}')
+	return mb
+}
+
+// appendOpenAIModel appends m in the OpenAI model shape plus its tier, rates
+// (credits per 1K tokens), limits and aliases.
+func appendOpenAIModel(b []byte, m *pricing.Model) []byte {
+	owner := ""
+	if len(m.Deployments) > 0 {
+		owner = m.Deployments[0].Provider
+	}
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"object":"model","created":0,"owned_by":`...)
+	b = appendJSONString(b, owner)
+	b = append(b, `,"tier":`...)
+	b = appendJSONString(b, m.Tier)
+	b = append(b, `,"pricing":{"unit":"credits per 1K tokens","input":`...)
+	b = strconv.AppendInt(b, m.Rates.Input, 10)
+	b = append(b, `,"cached_input":`...)
+	b = strconv.AppendInt(b, m.Rates.CachedInput, 10)
+	b = append(b, `,"output":`...)
+	b = strconv.AppendInt(b, m.Rates.Output, 10)
+	if m.PricedByUSD() {
+		b = append(b, `,"passthrough_usd":true`...)
+	}
+	b = append(b, `},"context_window":`...)
+	b = strconv.AppendInt(b, m.ContextWindow, 10)
+	b = append(b, `,"max_output_tokens":`...)
+	b = strconv.AppendInt(b, m.MaxOutputTokens, 10)
+	b = append(b, `,"aliases":[`...)
+	for j, a := range m.Aliases {
+		if j > 0 {
 			b = append(b, ',')
 		}
-		owner := ""
-		if len(m.Deployments) > 0 {
-			owner = m.Deployments[0].Provider
-		}
-		b = append(b, `{"id":`...)
-		b = appendJSONString(b, m.ID)
-		b = append(b, `,"object":"model","created":0,"owned_by":`...)
-		b = appendJSONString(b, owner)
-		b = append(b, `,"tier":`...)
-		b = appendJSONString(b, m.Tier)
-		b = append(b, `,"pricing":{"unit":"credits per 1K tokens","input":`...)
-		b = strconv.AppendInt(b, m.Rates.Input, 10)
-		b = append(b, `,"cached_input":`...)
-		b = strconv.AppendInt(b, m.Rates.CachedInput, 10)
-		b = append(b, `,"output":`...)
-		b = strconv.AppendInt(b, m.Rates.Output, 10)
-		if m.PricedByUSD() {
-			b = append(b, `,"passthrough_usd":true`...)
-		}
-		b = append(b, `},"context_window":`...)
-		b = strconv.AppendInt(b, m.ContextWindow, 10)
-		b = append(b, `,"max_output_tokens":`...)
-		b = strconv.AppendInt(b, m.MaxOutputTokens, 10)
-		b = append(b, `,"aliases":[`...)
-		for j, a := range m.Aliases {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, a)
-		}
-		b = append(b, "]}"...)
+		b = appendJSONString(b, a)
 	}
 	return append(b, "]}"...)
 }
 
+// appendAnthropicModel appends m in Anthropic's model shape (the catalog id
+// is also its display name).
+func appendAnthropicModel(b []byte, m *pricing.Model) []byte {
+	b = append(b, `{"type":"model","id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"display_name":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"created_at":"`+anthropicCreatedAt+`"}`...)
+	return b
+}
+
+// modelShapeOf is the shape a models request is answered (and refused) in.
+func modelShapeOf(h *fasthttp.RequestHeader) modelShape {
+	if len(h.PeekBytes(hdrAnthropicVersion)) > 0 {
+		return shapeAnthropic
+	}
+	return shapeOpenAI
+}
+
+// handleModels serves GET /v1/models.
 func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		s.writeError(ctx, errMethod)
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.models)
+	ctx.SetBody(s.models.list[modelShapeOf(&ctx.Request.Header)])
+}
+
+// handleModel serves GET /v1/models/{id}: one model, by catalog id or alias.
+func (s *Server) handleModel(ctx *fasthttp.RequestCtx, id []byte) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		s.writeError(ctx, errMethod)
+		return
+	}
+	m, ok := s.catalog.LookupBytes(id)
+	if !ok {
+		s.writeError(ctx, pricing.ErrUnknownModel)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(s.models.one[m][modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleGeneration serves GET /v1/generation?id=…: a past call's cost record,

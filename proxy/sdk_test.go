@@ -85,5 +85,18 @@ func TestOpenAISDK(t *testing.T) {
 	if !asError(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "model_not_found" {
 		t.Fatalf("unknown model error: %v", err)
 	}
+
+	// GET /v1/models/{id}, by alias, and an unknown id.
+	m, err := client.Models.Get(ctx, "mini")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != "gpt-4o-mini" || m.Object != "model" || m.OwnedBy != "openai" {
+		t.Fatalf("model %+v", m)
+	}
+	_, err = client.Models.Get(ctx, "no-such-model")
+	if !asError(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "model_not_found" {
+		t.Fatalf("unknown model: %v", err)
+	}
 	e.assertLedger("acme")
 }

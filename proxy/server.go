@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -81,7 +82,7 @@ type Server struct {
 	upstreams map[string]*upstream
 	ids       *idGen
 	srv       *fasthttp.Server
-	models    []byte // pre-rendered GET /v1/models body
+	models    modelBodies // pre-rendered GET /v1/models and /v1/models/{id} bodies
 
 	draining atomic.Bool
 	overHold atomic.Int64 // calls charged past their holds
@@ -292,6 +293,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		s.metered(ctx, epResponses, post)
 	case "/v1/messages":
 		s.metered(ctx, epMessages, post)
+	case "/v1/messages/count_tokens":
+		s.handleCountTokens(ctx)
 	case "/v1/models":
 		s.handleModels(ctx)
 	case "/v1/generation":
@@ -302,9 +305,15 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	case "/readyz":
 		s.handleReady(ctx)
 	default:
+		if id, ok := bytes.CutPrefix(path, modelsPrefix); ok {
+			s.handleModel(ctx, id)
+			return
+		}
 		s.writeError(ctx, errNotFound)
 	}
 }
+
+var modelsPrefix = []byte("/v1/models/")
 
 func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")

@@ -1,5 +1,7 @@
 package mockllm
 
+import "github.com/valyala/fasthttp"
+
 // Body and event builders for the native Anthropic Messages API
 // (/v1/messages). Anthropic reports input_tokens without cache reads, so
 // input_tokens is P-X and cache_read_input_tokens is X.
@@ -88,4 +90,14 @@ func appendMessageDelta(b []byte, u *usage, i int) []byte {
 	b = append(b, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\""...)
 	b = appendDelta(b, i, u.completion)
 	return append(b, "\"}}\n\n"...)
+}
+
+// writeTokenCount answers POST /v1/messages/count_tokens: {"input_tokens":P},
+// the prompt counted as for /v1/messages (cache reads included).
+func writeTokenCount(ctx *fasthttp.RequestCtx, req *request) {
+	var nb [48]byte
+	b := append(nb[:0], `{"input_tokens":`...)
+	b = appendInt(b, int64(req.prompt))
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '}'))
 }

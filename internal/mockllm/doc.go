@@ -22,11 +22,12 @@
 //	POST /v1/embeddings         OpenAI embeddings (8 dimensions; encoding_format "base64" honoured)
 //	POST /v1/responses          OpenAI Responses API (stream and non-stream)
 //	POST /v1/messages           Anthropic Messages API (stream and non-stream)
+//	POST /v1/messages/count_tokens  Anthropic token count: {"input_tokens":P}
 //	GET  /v1/models             OpenAI model list (GET /v1/models/{id} echoes a model object)
 //
 // Unknown paths answer 404 and invalid JSON answers 400, both with an OpenAI
 // error body {"error":{"message":..,"type":..,"param":null,"code":..}}.
-// Errors on /v1/messages use the Anthropic shape
+// Errors on /v1/messages and /v1/messages/count_tokens use the Anthropic shape
 // {"type":"error","error":{"type":..,"message":..}} instead, since that is
 // what an Anthropic client expects.
 //

@@ -12,7 +12,7 @@ import (
 func writeError(ctx *fasthttp.RequestCtx, k kind, status int, msg string) {
 	bp := getBuf()
 	b := (*bp)[:0]
-	if k == kindMessages {
+	if k.anthropic() {
 		b = append(b, `{"type":"error","error":{"type":"`...)
 		b = append(b, anthropicErrorType(status)...)
 		b = append(b, `","message":`...)

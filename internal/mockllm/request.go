@@ -21,9 +21,13 @@ const (
 	kindMessages
 	kindModels
 	kindModel
+	kindCountTokens // Anthropic /v1/messages/count_tokens
 )
 
 func (k kind) isGet() bool { return k == kindModels || k == kindModel }
+
+// anthropic reports whether k is answered in Anthropic's shapes.
+func (k kind) anthropic() bool { return k == kindMessages || k == kindCountTokens }
 
 // perMessageTokens is the prompt-token overhead of every message / input item.
 const perMessageTokens = 3
@@ -76,11 +80,11 @@ func (r *request) parse(k kind, body []byte) error {
 				}
 			}
 		case "messages":
-			if k == kindChat || k == kindMessages {
+			if k == kindChat || k.anthropic() {
 				r.prompt += countMessages(v)
 			}
 		case "system":
-			if k == kindMessages {
+			if k.anthropic() {
 				r.prompt += contentWords(v)
 			}
 		case "instructions":

@@ -159,6 +159,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		k = kindResponses
 	case "/v1/messages":
 		k = kindMessages
+	case "/v1/messages/count_tokens":
+		k = kindCountTokens
 	case "/v1/models":
 		k = kindModels
 	default:
@@ -218,8 +220,12 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, k, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
-	if k == kindEmbeddings {
+	switch k {
+	case kindEmbeddings:
 		s.embeddings(ctx, n, &req, &d)
+		return
+	case kindCountTokens:
+		writeTokenCount(ctx, &req)
 		return
 	}
 	s.generate(ctx, n, k, &req, &d)

@@ -325,6 +325,26 @@ func TestModels(t *testing.T) {
 	checkPaths(t, r.body, map[string]any{"id": "anything", "object": "model"})
 }
 
+// TestCountTokens: /v1/messages/count_tokens reports the prompt a
+// /v1/messages call with the same body would count (system and messages).
+func TestCountTokens(t *testing.T) {
+	_, base := startTest(t, Config{})
+	for _, tc := range []struct {
+		name, body string
+		want       int
+	}{
+		{"messages", `{"model":"m","messages":[{"role":"user","content":"one two three"}]}`, 3 + 3},
+		{"system and blocks", `{"model":"m","system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"a b"}]},{"role":"assistant","content":"c"}]}`, 2 + 3 + 2 + 3 + 1},
+		{"empty", `{"model":"m","messages":[]}`, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := do(t, http.MethodPost, base+"/messages/count_tokens", tc.body, nil)
+			mustOK(t, r)
+			checkPaths(t, r.body, map[string]any{"input_tokens": tc.want})
+		})
+	}
+}
+
 func TestErrors(t *testing.T) {
 	_, base := startTest(t, Config{})
 	tests := []struct {
@@ -353,6 +373,8 @@ func TestErrors(t *testing.T) {
 		{name: "anthropic 429", method: "POST", path: "/messages", body: `{"messages":[{"role":"user","content":"[mock:status=429]"}]}`, status: 429, typ: "rate_limit_error", anthropic: true, retryAfter: "1"},
 		{name: "anthropic 529", method: "POST", path: "/messages", body: `{}`, hdr: map[string]string{"X-Mock": "status=529"}, status: 529, typ: "overloaded_error", anthropic: true},
 		{name: "anthropic invalid json", method: "POST", path: "/messages", body: `{`, status: 400, typ: "invalid_request_error", anthropic: true},
+		{name: "count_tokens invalid json", method: "POST", path: "/messages/count_tokens", body: `{`, status: 400, typ: "invalid_request_error", anthropic: true},
+		{name: "count_tokens wrong method", method: "GET", path: "/messages/count_tokens", status: 405, typ: "invalid_request_error", anthropic: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
