@@ -21,6 +21,10 @@
 //	POST /v1/completions        OpenAI legacy completions (stream and non-stream)
 //	POST /v1/embeddings         OpenAI embeddings (8 dimensions; encoding_format "base64" honoured)
 //	POST /v1/responses          OpenAI Responses API (stream and non-stream)
+//	GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items
+//	                            stored responses: every resp_mock_N exists until deleted
+//	                            (retrieved completed, without output; input_items empty);
+//	                            other ids 404. No directives, no request count by kind.
 //	POST /v1/messages           Anthropic Messages API (stream and non-stream)
 //	POST /v1/messages/count_tokens  Anthropic token count: {"input_tokens":P}
 //	GET  /v1/models             OpenAI model list (GET /v1/models/{id} echoes a model object)

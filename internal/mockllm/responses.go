@@ -2,6 +2,13 @@ package mockllm
 
 // Body and event builders for the OpenAI Responses API (/v1/responses).
 
+import (
+	"bytes"
+
+	"github.com/tidwall/gjson"
+	"github.com/valyala/fasthttp"
+)
+
 func appendResponsesUsage(b []byte, u *usage) []byte {
 	b = append(b, `"usage":{"input_tokens":`...)
 	b = appendInt(b, int64(u.prompt))
@@ -144,4 +151,54 @@ func appendRespDelta(b []byte, n int64, u *usage, i, seq int) []byte {
 	b = append(b, `"delta":"`...)
 	b = appendDelta(b, i, u.completion)
 	return append(b, "\"}\n\n"...)
+}
+
+var (
+	responsesPrefix = []byte("/v1/responses/")
+	strInputItems   = []byte("/input_items")
+	strMockRespID   = []byte("resp_mock_")
+)
+
+// storedResponse answers the stored-response routes: GET and DELETE
+// /v1/responses/{id} and GET /v1/responses/{id}/input_items. Every id the
+// mock issued (resp_mock_N) exists until it is deleted; other ids are 404.
+// The retrieved response is completed, with no output or usage (the mock
+// keeps no bodies); input_items is an empty list.
+func (s *Server) storedResponse(ctx *fasthttp.RequestCtx, rest []byte) {
+	id, items := rest, false
+	if cut, ok := bytes.CutSuffix(rest, strInputItems); ok {
+		id, items = cut, true
+	}
+	switch {
+	case ctx.IsGet():
+	case ctx.IsDelete() && !items:
+	default:
+		writeError(ctx, kindResponses, fasthttp.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+	if _, gone := s.deleted.Load(string(id)); gone || !bytes.HasPrefix(id, strMockRespID) || bytes.IndexByte(id, '/') >= 0 {
+		writeError(ctx, kindResponses, fasthttp.StatusNotFound, "Response with id '"+string(id)+"' not found.")
+		return
+	}
+	bp := getBuf()
+	b := (*bp)[:0]
+	switch {
+	case items:
+		b = append(b, `{"object":"list","data":[],"first_id":null,"last_id":null,"has_more":false}`...)
+	case ctx.IsDelete():
+		s.deleted.Store(string(id), struct{}{})
+		b = append(b, `{"id":`...)
+		b = gjson.AppendJSONString(b, string(id))
+		b = append(b, `,"object":"response","deleted":true}`...)
+	default:
+		b = append(b, `{"id":`...)
+		b = gjson.AppendJSONString(b, string(id))
+		b = append(b, `,"object":"response","created_at":`...)
+		b = appendInt(b, mockCreated)
+		b = append(b, `,"status":"completed","model":"mock-gpt","output":[],"usage":null}`...)
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+	*bp = b
+	putBuf(bp)
 }

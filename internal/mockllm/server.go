@@ -1,6 +1,7 @@
 package mockllm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,8 @@ type Server struct {
 	hangs     sync.WaitGroup
 
 	last lastRequest
+
+	deleted sync.Map // stored response ids deleted (DELETE /v1/responses/{id})
 }
 
 // New returns a Server with cfg. It does not listen; see Start and StartAt.
@@ -167,6 +170,10 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if len(path) > len("/v1/models/") && string(path[:len("/v1/models/")]) == "/v1/models/" {
 			k = kindModel
 			break
+		}
+		if id, ok := bytes.CutPrefix(path, responsesPrefix); ok {
+			s.storedResponse(ctx, id)
+			return
 		}
 		writeError(ctx, kindUnknown, fasthttp.StatusNotFound,
 			"Invalid URL ("+string(ctx.Method())+" "+string(path)+")")

@@ -345,6 +345,38 @@ func TestCountTokens(t *testing.T) {
 	}
 }
 
+// TestStoredResponses: a response the mock issued can be retrieved, its
+// input items listed, and deleted, after which it is 404 like an id the
+// mock never issued.
+func TestStoredResponses(t *testing.T) {
+	_, base := startTest(t, Config{})
+	r := post(t, base+"/responses", `{"model":"m","input":"hi"}`)
+	mustOK(t, r)
+	id := gjson.GetBytes(r.body, "id").String()
+	for _, tc := range []struct {
+		name, method, path string
+		status             int
+		want               map[string]any
+	}{
+		{"get", http.MethodGet, "/responses/" + id, 200, map[string]any{"id": id, "object": "response", "status": "completed"}},
+		{"input items", http.MethodGet, "/responses/" + id + "/input_items", 200, map[string]any{"object": "list", "data.#": 0, "first_id": nil}},
+		{"post", http.MethodPost, "/responses/" + id, 405, nil},
+		{"delete items", http.MethodDelete, "/responses/" + id + "/input_items", 405, nil},
+		{"unknown", http.MethodGet, "/responses/resp_other", 404, map[string]any{"error.code": "unknown_url"}},
+		{"delete", http.MethodDelete, "/responses/" + id, 200, map[string]any{"id": id, "deleted": true}},
+		{"get deleted", http.MethodGet, "/responses/" + id, 404, nil},
+		{"items deleted", http.MethodGet, "/responses/" + id + "/input_items", 404, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := do(t, tc.method, base+tc.path, "", nil)
+			if r.err != nil || r.status != tc.status {
+				t.Fatalf("status %d (%v), want %d: %s", r.status, r.err, tc.status, r.body)
+			}
+			checkPaths(t, r.body, tc.want)
+		})
+	}
+}
+
 func TestErrors(t *testing.T) {
 	_, base := startTest(t, Config{})
 	tests := []struct {
