@@ -23,6 +23,8 @@ type Ledger interface {
 	Settle(ctx context.Context, s metering.Settlement) (metering.Charge, error)
 	Release(ctx context.Context, account, keyID, holdID string, rec *metering.Record) error
 	Generation(ctx context.Context, account, requestID string) (metering.Generation, error)
+	RecordResponse(ctx context.Context, account, responseID, provider string) error
+	ResponseProvider(ctx context.Context, account, responseID string) (string, error)
 	HoldTTL() time.Duration
 }
 
@@ -271,6 +273,17 @@ func New(st Store, opts Options) *Leaser {
 // Authenticate is Store.Authenticate.
 func (l *Leaser) Authenticate(ctx context.Context, secret []byte) (metering.Identity, error) {
 	return l.st.Authenticate(ctx, secret)
+}
+
+// RecordResponse is Store.RecordResponse: a stored response's owner is not
+// leased, it is written through (bounded by ctx).
+func (l *Leaser) RecordResponse(ctx context.Context, account, responseID, provider string) error {
+	return l.st.RecordResponse(ctx, account, responseID, provider)
+}
+
+// ResponseProvider is Store.ResponseProvider.
+func (l *Leaser) ResponseProvider(ctx context.Context, account, responseID string) (string, error) {
+	return l.st.ResponseProvider(ctx, account, responseID)
 }
 
 // Ping is Store.Ping.

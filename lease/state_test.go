@@ -50,6 +50,11 @@ func (f *fakeStore) Generation(context.Context, string, string) (metering.Genera
 	return metering.Generation{}, metering.ErrNotFound
 }
 
+func (f *fakeStore) RecordResponse(context.Context, string, string, string) error { return nil }
+func (f *fakeStore) ResponseProvider(context.Context, string, string) (string, error) {
+	return "", metering.ErrNotFound
+}
+
 func (f *fakeStore) Reserve(_ context.Context, r metering.HoldRequest) (metering.Hold, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

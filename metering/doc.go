@@ -26,6 +26,9 @@
 //	                            its ledger entry id (a failed call: the whole record); its
 //	                            settled field makes a retried settle (hold id = request id) a no-op;
 //	                            admitted = period when Admit counted the call as a request
+//	{a:ID}:resp:<id>     string provider that served the account's stored Responses API
+//	                            response <id> (the provider's id), TTL RecordTTL: GET/DELETE
+//	                            /v1/responses/<id> and previous_response_id are only for it
 //	{a:ID}:keys          hash   key id → key metadata (JSON); a key is added by create_key.lua,
 //	                            which counts the active ones against a cap in the same step
 //	{a:ID}:keys:hash     hash   key id → SHA-256 of the secret (for revocation)

@@ -91,6 +91,10 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, errNotNative(m, ep))
 		return
 	}
+	if err := s.checkPrevious(c.ident.Account, c.req.prevResponse); err != nil { // responses.go
+		s.writeError(ctx, err)
+		return
+	}
 	c.model = m
 	c.req.limitField = m.OutputLimitField
 	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
@@ -323,6 +327,10 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
 	body := resp.Body()
 	u, v := usageFromBody(c.parser, c.ep.dialect, body)
+	var stored []byte // a Responses response's id, recorded for the account once settled
+	if c.ep.dialect == dialectResponses {
+		stored = v.GetStringBytes("id")
+	}
 	estimated := false
 	if !u.seen {
 		u = c.estimateBody(v, body) // tokenize.go: off the path when usage is present
@@ -336,6 +344,9 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 		// rather than give it away.
 		c.s.writeError(ctx, errUnsettled)
 		return
+	}
+	if len(stored) > 0 {
+		c.s.recordResponse(c.ident.Account, string(stored), up.name) // responses.go
 	}
 	h := &ctx.Response.Header
 	var nb [24]byte

@@ -24,6 +24,7 @@ var (
 	errProvider     = errors.New("proxy: provider not configured")
 	errDraining     = errors.New("proxy: shutting down")
 	errUnsettled    = errors.New("proxy: served, but the meter refused the charge")
+	errNoResponse   = errors.New("proxy: no such stored response for this account")
 )
 
 // badRequest is a client error with a message safe to show.
@@ -104,6 +105,10 @@ func classify(err error) apiError {
 		return apiError{404, "invalid_request_error", "not_found", "", "No such endpoint."}
 	case errors.Is(err, errMethod):
 		return apiError{405, "invalid_request_error", "method_not_allowed", "", "Method not allowed."}
+	case errors.Is(err, errNoResponse):
+		// The same answer whether the id is unknown, expired, or another
+		// account's: an id is never confirmed to exist.
+		return apiError{404, "invalid_request_error", "response_not_found", "response_id", "No response with this id was created with this account's keys."}
 	case errors.Is(err, metering.ErrNotFound):
 		return apiError{404, "invalid_request_error", "not_found", "id", "No such generation for this account."}
 	}

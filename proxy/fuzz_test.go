@@ -52,7 +52,11 @@ func (m *fuzzMeter) Release(_ context.Context, _, _, _ string, rec *metering.Rec
 func (m *fuzzMeter) Generation(context.Context, string, string) (metering.Generation, error) {
 	return metering.Generation{}, metering.ErrNotFound
 }
-func (m *fuzzMeter) Ping(context.Context) error { return nil }
+func (m *fuzzMeter) Ping(context.Context) error                                   { return nil }
+func (m *fuzzMeter) RecordResponse(context.Context, string, string, string) error { return nil }
+func (m *fuzzMeter) ResponseProvider(context.Context, string, string) (string, error) {
+	return "", metering.ErrNotFound
+}
 
 var _ Meter = (*fuzzMeter)(nil)
 

@@ -60,7 +60,11 @@ func (m *fakeMeter) Generation(context.Context, string, string) (metering.Genera
 	return metering.Generation{}, metering.ErrNotFound
 }
 
-func (m *fakeMeter) Ping(context.Context) error { return nil }
+func (m *fakeMeter) Ping(context.Context) error                                   { return nil }
+func (m *fakeMeter) RecordResponse(context.Context, string, string, string) error { return nil }
+func (m *fakeMeter) ResponseProvider(context.Context, string, string) (string, error) {
+	return "", metering.ErrNotFound
+}
 
 var _ Meter = (*fakeMeter)(nil)
 

@@ -59,6 +59,10 @@ type request struct {
 	// not bound (a stored conversation, images or files, provider-side
 	// tools); "" when it will not. See remote.go.
 	remote string
+	// prevResponse is a Responses call's previous_response_id (nil when
+	// absent or null): the stored response it continues, which must be the
+	// account's own (responses.go).
+	prevResponse []byte
 	// limitField is the chat field to use when the gateway sets an output
 	// limit the client did not (the model's catalog setting; "" = max_tokens).
 	limitField string
@@ -130,6 +134,17 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		// A background response comes back queued, without usage; its
 		// output would be generated with nothing to meter it by.
 		return r, invalid("background", "Background responses are not supported by this gateway: their usage cannot be metered. Send the request without 'background' (streaming works).")
+	}
+	if ep.dialect == dialectResponses {
+		switch pv := t[namePreviousResponseID]; {
+		case !pv.present():
+		case pv.kind != kindString:
+			return r, invalid("previous_response_id", "Parameter 'previous_response_id' must be a string.")
+		case pv.escaped:
+			r.prevResponse = unescapeJSON(nil, body[pv.start+1:pv.end-1])
+		default:
+			r.prevResponse = body[pv.start+1 : pv.end-1]
+		}
 	}
 	switch mv := t[nameModel]; {
 	case mv.kind == kindNone:

@@ -23,6 +23,12 @@ type Meter interface {
 	Settle(ctx context.Context, s metering.Settlement) (metering.Charge, error)
 	Release(ctx context.Context, account, keyID, holdID string, rec *metering.Record) error
 	Generation(ctx context.Context, account, requestID string) (metering.Generation, error)
+	// RecordResponse records that account created the provider's stored
+	// response (Responses API) responseID, served by provider;
+	// ResponseProvider returns that provider, or metering.ErrNotFound when
+	// account did not create it (responses.go).
+	RecordResponse(ctx context.Context, account, responseID, provider string) error
+	ResponseProvider(ctx context.Context, account, responseID string) (string, error)
 	Ping(ctx context.Context) error
 }
 

@@ -87,7 +87,10 @@ type Server struct {
 	draining atomic.Bool
 	overHold atomic.Int64 // calls charged past their holds
 	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
-	inflight sync.WaitGroup
+	// recording: stored responses whose owner is being recorded
+	// (account+"\x00"+id → provider), until the record is written.
+	recording sync.Map
+	inflight  sync.WaitGroup
 }
 
 // New validates opts and builds a Server.
@@ -307,6 +310,10 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	default:
 		if id, ok := bytes.CutPrefix(path, modelsPrefix); ok {
 			s.handleModel(ctx, id)
+			return
+		}
+		if rest, ok := bytes.CutPrefix(path, responsesPrefix); ok {
+			s.handleStoredResponse(ctx, rest)
 			return
 		}
 		s.writeError(ctx, errNotFound)

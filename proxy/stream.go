@@ -32,6 +32,7 @@ var (
 	evMessageDelta  = []byte("message_delta")
 	evMessageStop   = []byte("message_stop")
 	evError         = []byte("error")
+	evRespCreated   = []byte("response.created")
 	evRespCompleted = []byte("response.completed")
 	evRespIncomplet = []byte("response.incomplete")
 	evRespFailed    = []byte("response.failed")
@@ -77,6 +78,7 @@ type streamBody struct {
 	reqBody   []byte // a copy of the client's body (its size, not a pooled 4 KiB): read only for an estimate
 	firstByte time.Duration
 	terminal  bool // the provider's end marker was seen
+	stored    bool // the Responses response's id was recorded (responses.go)
 	settled   bool
 	charged   bool  // settled with a charge (charge is valid)
 	finished  bool  // nothing more to send
@@ -290,7 +292,10 @@ func (sb *streamBody) dispatch() {
 		}
 	case dialectResponses:
 		switch {
+		case bytes.Equal(name, evRespCreated):
+			sb.recordStored(data)
 		case bytes.Equal(name, evRespCompleted) || bytes.Equal(name, evRespIncomplet):
+			sb.recordStored(data) // when response.created was missed
 			if u, ok, _ := chunkUsage(data, parseResponsesUsage, "", "response", "usage"); ok {
 				sb.u, sb.outFinal = u, true
 			}
@@ -352,6 +357,24 @@ func (sb *streamBody) dispatch() {
 		sb.out = append(sb.out, '\n')
 	}
 	sb.ev, sb.data, sb.name = sb.ev[:0], sb.data[:0], sb.name[:0]
+}
+
+// recordStored records the id of the response a Responses event carries
+// (response.id) for the account, once per stream.
+func (sb *streamBody) recordStored(data []byte) {
+	if sb.stored {
+		return
+	}
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return
+	}
+	if id := v.GetStringBytes("response", "id"); len(id) > 0 {
+		sb.stored = true
+		sb.c.s.recordResponse(sb.c.ident.Account, string(id), sb.up.name)
+	}
 }
 
 // collect counts the generated text of a delta event and keeps a sample of

@@ -175,6 +175,35 @@ func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
 	}
 }
 
+// prepareStored fills req for a stored response's route (responses.go):
+// method (GET, DELETE) on /responses/{id}, or its /input_items, below the
+// provider's base, with the client's query string.
+func (u *upstream) prepareStored(req *fasthttp.Request, method, id []byte, items bool, query []byte) {
+	req.Header.SetMethodBytes(method)
+	bp := getBuf()
+	b := append((*bp)[:0], u.base...)
+	b = append(b, "/responses/"...)
+	b = append(b, id...)
+	if items {
+		b = append(b, "/input_items"...)
+	}
+	if len(query) > 0 {
+		b = append(b, '?')
+		b = append(b, query...)
+	}
+	req.SetRequestURIBytes(b) // copied
+	*bp = b
+	putBuf(bp)
+	req.Header.SetCanonical(hdrAccept, strJSON)
+	req.Header.SetUserAgentBytes(strUserAgent)
+	if len(u.auth) > 0 {
+		req.Header.SetCanonical(hdrAuthorization, u.auth)
+	}
+	for _, h := range u.headers {
+		req.Header.SetCanonical(h[0], h[1])
+	}
+}
+
 // idleConn bounds each read: from the moment a request is written until its
 // response headers are complete (the blank line that ends them), reads share
 // one deadline, firstByte after the write — so headers trickled a byte at a

@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+// Stored responses. A Responses API response the provider stores (by
+// default it does) can be read back, listed and deleted by its id, and
+// continued with previous_response_id. Those ids are the provider's, and the
+// provider's key is shared by every account: without a check any account
+// could read any other's conversation by its id. So the id of every
+// response a metered POST /v1/responses created is recorded for its account
+// (metering's {a:ID}:resp:<id>, with the provider that served it), and only
+// that account may use it:
+//
+//	GET    /v1/responses/{id}              forwarded, free
+//	DELETE /v1/responses/{id}              forwarded, free
+//	GET    /v1/responses/{id}/input_items  forwarded, free
+//	POST   /v1/responses previous_response_id: 400 unless the account's
+//
+// Anything else — an unknown id, an expired record, another account's id —
+// is 404 (400 for previous_response_id), alike.
+
+var (
+	responsesPrefix = []byte("/v1/responses/")
+	strInputItems   = []byte("/input_items")
+)
+
+// recordTimeout bounds writing a stored response's owner.
+const recordTimeout = 5 * time.Second
+
+// recordResponse records, off the caller's path, that account created the
+// stored response id at provider. Until the write is done the record is
+// kept here, so that this replica finds it at once; a failed write is
+// logged (the call itself is not failed: the response stays unreachable
+// through the gateway).
+func (s *Server) recordResponse(account, id, provider string) {
+	if id == "" || len(id) > metering.MaxResponseIDLen {
+		s.log.Warn("not recording a stored response: bad id", zap.String("account", account), zap.Int("id_len", len(id)))
+		return
+	}
+	k := account + "\x00" + id
+	s.recording.Store(k, provider)
+	s.inflight.Add(1) // Shutdown waits for the write
+	go func() {
+		defer s.inflight.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+		err := s.meter.RecordResponse(ctx, account, id, provider)
+		cancel()
+		s.recording.Delete(k)
+		if err != nil {
+			s.log.Warn("recording stored response", zap.String("account", account), zap.String("response_id", id), zap.Error(err))
+		}
+	}()
+}
+
+// responseProvider returns the provider of account's stored response id,
+// or an error matching metering.ErrNotFound.
+func (s *Server) responseProvider(account string, id []byte) (string, error) {
+	if !validResponseID(id) {
+		return "", fmt.Errorf("response id: %w", metering.ErrNotFound)
+	}
+	if p, ok := s.recording.Load(account + "\x00" + string(id)); ok {
+		return p.(string), nil
+	}
+	return s.meter.ResponseProvider(context.Background(), account, string(id))
+}
+
+// validResponseID: what a provider's id looks like (resp_<hex> at OpenAI),
+// safe as a path segment.
+func validResponseID(id []byte) bool {
+	if len(id) == 0 || len(id) > metering.MaxResponseIDLen {
+		return false
+	}
+	for _, c := range id {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkPrevious refuses a previous_response_id the account did not create.
+func (s *Server) checkPrevious(account string, id []byte) error {
+	if len(id) == 0 {
+		return nil
+	}
+	_, err := s.responseProvider(account, id)
+	if errors.Is(err, metering.ErrNotFound) {
+		return &badRequest{param: "previous_response_id", code: "previous_response_not_found",
+			msg: "Previous response not found: no response with this id was created with this account's keys."}
+	}
+	return err
+}
+
+// handleStoredResponse serves GET and DELETE /v1/responses/{id} and GET
+// /v1/responses/{id}/input_items (rest is what follows /v1/responses/):
+// for the account that created the response, forwarded to the provider that
+// served it with the provider's key, and the answer (or refusal) relayed.
+// The provider does not bill these, so neither does the gateway.
+func (s *Server) handleStoredResponse(ctx *fasthttp.RequestCtx, rest []byte) {
+	id, items := rest, false
+	if i := len(rest) - len(strInputItems); i > 0 && string(rest[i:]) == string(strInputItems) {
+		id, items = rest[:i], true
+	}
+	switch {
+	case ctx.IsGet():
+	case ctx.IsDelete() && !items:
+	default:
+		s.writeError(ctx, errMethod)
+		return
+	}
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+		s.writeError(ctx, errDraining)
+		return
+	}
+	start, reqID := time.Now(), s.ids.next()
+	ctx.Response.Header.SetCanonical(keyRequestID, []byte(reqID))
+	ident, err := s.authenticate(ctx)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	provider, err := s.responseProvider(ident.Account, id)
+	if err != nil {
+		if errors.Is(err, metering.ErrNotFound) {
+			err = errNoResponse
+		}
+		s.writeError(ctx, err)
+		return
+	}
+	u := s.upstreams[provider]
+	if u == nil {
+		s.log.Warn("stored response's provider is no longer configured", zap.String("request_id", reqID), zap.String("provider", provider))
+		s.writeError(ctx, errNoResponse)
+		return
+	}
+	req := fasthttp.AcquireRequest()
+	u.prepareStored(req, ctx.Method(), id, items, ctx.URI().QueryString())
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	err = u.plain.DoDeadline(req, resp, start.Add(s.opts.Timeouts.Request))
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		s.writeError(ctx, upstreamErr(err))
+		return
+	}
+	ctx.Response.Header.SetCanonical(keyProvider, []byte(u.name))
+	switch status := resp.StatusCode(); {
+	case status == fasthttp.StatusNotFound:
+		// The provider no longer has it (deleted, expired): the same
+		// answer as for an id the account never created.
+		s.writeError(ctx, errNoResponse)
+	case status < 200 || status > 299:
+		s.relayRefusal(ctx, resp, reqID)
+	default:
+		ctx.SetStatusCode(status)
+		if ct := resp.Header.ContentType(); len(ct) > 0 {
+			ctx.Response.Header.SetContentTypeBytes(ct)
+		}
+		ctx.SetBody(resp.Body())
+	}
+	if ce := s.log.Check(zap.DebugLevel, "stored response"); ce != nil {
+		ce.Write(zap.String("request_id", reqID), zap.String("account", ident.Account), zap.ByteString("method", ctx.Method()),
+			zap.String("provider", u.name), zap.Int("status", resp.StatusCode()), zap.Duration("latency", time.Since(start)))
+	}
+}
