@@ -51,6 +51,9 @@ type call struct {
 	req    request
 	body   []byte           // the client's body (valid until the handler returns)
 	parser *fastjson.Parser // for the provider's answer (usage.go)
+	// only is the one provider that may serve the call ("" = any): the one
+	// storing its previous_response_id (responses.go).
+	only string
 }
 
 // metered serves one metered endpoint: auth → inspect → price → reserve →
@@ -91,7 +94,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, errNotNative(m, ep))
 		return
 	}
-	if err := s.checkPrevious(c.ident.Account, c.req.prevResponse); err != nil { // responses.go
+	if c.only, err = s.checkPrevious(c.ident.Account, c.req.prevResponse, m); err != nil { // responses.go
 		s.writeError(ctx, err)
 		return
 	}
@@ -186,7 +189,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 	deps := c.model.Deployments
 	for i, d := range deps {
 		u := s.upstreams[d.Provider]
-		if c.ep.native && u.kind != "anthropic" {
+		if c.ep.native && u.kind != "anthropic" || c.only != "" && d.Provider != c.only {
 			continue
 		}
 		out, rewritten := rewrite(*bp, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)

@@ -20,6 +20,11 @@
 // owns and releases. Pooled buffers larger than maxPooledBuf (and scanner
 // tables grown for huge objects) are dropped instead of pooled.
 //
+// The Server keeps one piece of state past a request: the owners of stored
+// responses (Responses API) whose record is being written (responses.go),
+// each dropped when its write ends (at most recordTimeout); Shutdown waits
+// for those writes as for calls in flight.
+//
 // Redis calls use context.Background(): they are bounded by the client's own
 // read/write timeouts (proxy.redis_timeout), which costs no allocation per
 // call. Upstream calls are bounded with DoDeadline and, for streams, by a

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
 )
 
 // Stored responses. A Responses API response the provider stores (by
@@ -88,17 +89,28 @@ func validResponseID(id []byte) bool {
 	return true
 }
 
-// checkPrevious refuses a previous_response_id the account did not create.
-func (s *Server) checkPrevious(account string, id []byte) error {
+// checkPrevious refuses a previous_response_id the account did not create,
+// or one stored by a provider that serves no deployment of m (no other has
+// it). It returns the provider the call must go to ("" = any).
+func (s *Server) checkPrevious(account string, id []byte, m *pricing.Model) (string, error) {
 	if len(id) == 0 {
-		return nil
+		return "", nil
 	}
-	_, err := s.responseProvider(account, id)
+	provider, err := s.responseProvider(account, id)
 	if errors.Is(err, metering.ErrNotFound) {
-		return &badRequest{param: "previous_response_id", code: "previous_response_not_found",
+		return "", &badRequest{param: "previous_response_id", code: "previous_response_not_found",
 			msg: "Previous response not found: no response with this id was created with this account's keys."}
 	}
-	return err
+	if err != nil {
+		return "", err
+	}
+	for _, d := range m.Deployments {
+		if d.Provider == provider {
+			return provider, nil
+		}
+	}
+	return "", &badRequest{param: "previous_response_id", code: "previous_response_not_found",
+		msg: fmt.Sprintf("The previous response was stored by a provider that does not serve the model '%s'; continue it with the model that created it.", m.ID)}
 }
 
 // handleStoredResponse serves GET and DELETE /v1/responses/{id} and GET

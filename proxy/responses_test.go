@@ -130,20 +130,31 @@ func TestStoredResponses(t *testing.T) {
 	}
 
 	t.Run("previous_response_id", func(t *testing.T) {
+		// Responses stored by other providers (the mock serves them all):
+		// one no deployment of gpt-4o-mini reaches, one at fallback-model's
+		// dead first deployment, which alone may then serve the call.
+		for id, p := range map[string]string{"resp_at_anthropic": "anthropic", "resp_at_down": "down"} {
+			if err := e.store.RecordResponse(context.Background(), "acct-a", id, p); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, tc := range []struct {
-			name, key, prev string
-			status          int
-			code            string
+			name, key, model, prev string
+			status                 int
+			code                   string
 		}{
-			{"own", keyA, `"` + live + `"`, 200, ""},
-			{"other account's", keyB, `"` + live + `"`, 400, "previous_response_not_found"},
-			{"unknown", keyA, `"resp_mock_999999"`, 400, "previous_response_not_found"},
-			{"not a string", keyA, `42`, 400, "invalid_request"},
-			{"null", keyB, `null`, 200, ""},
+			{"own", keyA, "gpt-4o-mini", `"` + live + `"`, 200, ""},
+			{"other account's", keyB, "gpt-4o-mini", `"` + live + `"`, 400, "previous_response_not_found"},
+			{"unknown", keyA, "gpt-4o-mini", `"resp_mock_999999"`, 400, "previous_response_not_found"},
+			{"not a string", keyA, "gpt-4o-mini", `42`, 400, "invalid_request"},
+			{"null", keyB, "gpt-4o-mini", `null`, 200, ""},
+			{"own, at a provider the model lacks", keyA, "gpt-4o-mini", `"resp_at_anthropic"`, 400, "previous_response_not_found"},
+			{"own, at the storing deployment only", keyA, "fallback-model", `"resp_at_down"`, 502, "upstream_error"},
+			{"own, fallback model skips to the storing one", keyA, "fallback-model", `"` + live + `"`, 200, ""},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				n := e.mock.Requests()
-				r := e.post("/v1/responses", tc.key, `{"model":"gpt-4o-mini","input":"more","max_output_tokens":8,"previous_response_id":`+tc.prev+`}`)
+				r := e.post("/v1/responses", tc.key, `{"model":"`+tc.model+`","input":"more","max_output_tokens":8,"previous_response_id":`+tc.prev+`}`)
 				if r.status != tc.status {
 					t.Fatalf("status %d, want %d: %s", r.status, tc.status, r.body)
 				}
@@ -152,7 +163,7 @@ func TestStoredResponses(t *testing.T) {
 						t.Fatalf("code %q, want %q", got, tc.code)
 					}
 					if e.mock.Requests() != n {
-						t.Fatal("a refused call was forwarded")
+						t.Fatal("a refused call was forwarded (or sent past the storing provider)")
 					}
 				}
 			})
