@@ -170,7 +170,8 @@ func (s *Server) transactions(ctx context.Context, account, before string, limit
 				}
 				g.calls++
 				g.amount += e.Amount
-				g.in += atoi64(e.Fields["input_tokens"]) + atoi64(e.Fields["cached_input_tokens"])
+				g.in += atoi64(e.Fields["input_tokens"]) + atoi64(e.Fields["cached_input_tokens"]) +
+					atoi64(e.Fields["cache_write_tokens"]) + atoi64(e.Fields["cache_write_1h_tokens"])
 				g.out += atoi64(e.Fields["output_tokens"])
 			} else {
 				if len(out) == limit {

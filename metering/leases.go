@@ -103,7 +103,7 @@ func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, err
 	keys := make([]string, 0, 9+len(b.Calls))
 	keys = append(keys, acctKey(a), holdExpKey(a), holdValKey(a), ledgerKey(a), planKey(a), usageKey(a),
 		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a))
-	args := make([]any, 0, 6+len(b.Calls)*46)
+	args := make([]any, 0, 6+len(b.Calls)*50)
 	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix(),
 		b.GiveBack, b.GiveBackSeq)
 	for i := range b.Calls {
@@ -114,7 +114,7 @@ func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, err
 		}
 		keys = append(keys, genKey(a, c.Record.RequestID))
 		args = append(args, kind, c.Record.RequestID, c.KeyID, c.Cost, c.Held,
-			max(c.Record.Input, 0)+max(c.Record.CachedInput, 0), max(c.Record.Output, 0), 0)
+			c.Record.InputTokens(), max(c.Record.Output, 0), 0)
 		at := len(args) - 1
 		args = c.Record.args(args)
 		args[at] = len(args) - at - 1

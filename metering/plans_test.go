@@ -64,6 +64,18 @@ func TestSettleCountsBillingPeriodUsage(t *testing.T) {
 		t.Fatalf("usage = %+v, want 2 requests, 130 in, 55 out, 1000 mc", u)
 	}
 
+	// Cache writes are input tokens too (plan limits count every input token).
+	if _, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "u", HoldID: "cw", Fixed: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Settle(ctx, metering.Settlement{Account: "u", HoldID: "cw", Cost: 10,
+		Record: metering.Record{RequestID: "cw", Input: 1, CachedInput: 2, CacheWrite: 40, CacheWrite1h: 300, Output: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, u = usageOf(t, e.st, "u"); u.Requests != 3 || u.InputTokens != 130+343 || u.OutputTokens != 56 {
+		t.Fatalf("usage after cache writes = %+v, want 3 requests, %d in, 56 out", u, 130+343)
+	}
+
 	// A subscription starts a new period: its counters start at zero.
 	start := time.Now().Add(-time.Hour).Truncate(time.Second)
 	if ok, err := e.st.SaveSubscription(ctx, "u", liveSub("sub_1", start), time.Now()); err != nil || !ok {

@@ -14,7 +14,7 @@ import (
 func sampleRecord(reqID string) metering.Record {
 	return metering.Record{
 		RequestID: reqID, Model: "claude-sonnet", Provider: "anthropic", Endpoint: "chat.completions",
-		Input: 1200, CachedInput: 300, Output: 456, Reasoning: 56,
+		Input: 1200, CachedInput: 300, Output: 456, Reasoning: 56, CacheWrite: 188, CacheWrite1h: 100,
 		Estimated: true, Streamed: true, Cancelled: false, Failed: false, Status: 200, Reason: "stop",
 		Latency: 1234567 * time.Microsecond, TTFT: 89 * time.Millisecond,
 		CreatedAt: time.UnixMilli(1_760_000_000_123).UTC(),
@@ -79,6 +79,7 @@ func TestSettle(t *testing.T) {
 			wantFields := map[string]string{
 				"request_id": rec.RequestID, "model": rec.Model, "provider": rec.Provider, "endpoint": rec.Endpoint,
 				"input_tokens": "1200", "cached_input_tokens": "300", "output_tokens": "456", "reasoning_tokens": "56",
+				"cache_write_tokens": "188", "cache_write_1h_tokens": "100",
 				"estimated": "1", "streamed": "1", "cancelled": "0", "failed": "0", "status": "200", "reason": "stop",
 				"latency_us": "1234567", "ttft_us": "89000", "capped": "0", "over_hold": strconv.FormatInt(tt.wantOver, 10),
 			}

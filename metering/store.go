@@ -304,15 +304,25 @@ type Record struct {
 	CachedInput int64
 	Output      int64 // output tokens, reasoning included
 	Reasoning   int64
-	Estimated   bool // usage estimated by a tokenizer, not reported by the provider
-	Streamed    bool
-	Cancelled   bool // the client went away mid-stream
-	Failed      bool // the call failed and is not charged
-	Status      int  // HTTP status the caller saw
-	Reason      string
-	Latency     time.Duration
-	TTFT        time.Duration
-	CreatedAt   time.Time
+	// CacheWrite and CacheWrite1h are input tokens written to the provider's
+	// prompt cache for 5 minutes and for 1 hour (not in Input).
+	CacheWrite   int64
+	CacheWrite1h int64
+	Estimated    bool // usage estimated by a tokenizer, not reported by the provider
+	Streamed     bool
+	Cancelled    bool // the client went away mid-stream
+	Failed       bool // the call failed and is not charged
+	Status       int  // HTTP status the caller saw
+	Reason       string
+	Latency      time.Duration
+	TTFT         time.Duration
+	CreatedAt    time.Time
+}
+
+// InputTokens is every input token of the call, however priced (uncached,
+// read from the cache, written to it): what plan limits on input count.
+func (r *Record) InputTokens() int64 {
+	return max(r.Input, 0) + max(r.CachedInput, 0) + max(r.CacheWrite, 0) + max(r.CacheWrite1h, 0)
 }
 
 func (r *Record) args(dst []any) []any {
@@ -325,7 +335,8 @@ func (r *Record) args(dst []any) []any {
 	dst = append(dst,
 		"request_id", r.RequestID, "model", r.Model, "provider", r.Provider, "endpoint", r.Endpoint,
 		"input_tokens", r.Input, "cached_input_tokens", r.CachedInput, "output_tokens", r.Output,
-		"reasoning_tokens", r.Reasoning, "estimated", b(r.Estimated), "streamed", b(r.Streamed),
+		"reasoning_tokens", r.Reasoning, "cache_write_tokens", r.CacheWrite, "cache_write_1h_tokens", r.CacheWrite1h,
+		"estimated", b(r.Estimated), "streamed", b(r.Streamed),
 		"cancelled", b(r.Cancelled), "failed", b(r.Failed), "status", r.Status,
 		"latency_us", r.Latency.Microseconds(), "ttft_us", r.TTFT.Microseconds(),
 		"created_at", r.CreatedAt.UnixMilli(),
@@ -387,9 +398,9 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Record.CreatedAt.IsZero() {
 		st.Record.CreatedAt = time.Now()
 	}
-	args := make([]any, 0, 48)
+	args := make([]any, 0, 52)
 	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.RecordTTL/time.Second),
-		MonthStart(time.Now()).Unix(), max(st.Record.Input, 0)+max(st.Record.CachedInput, 0), max(st.Record.Output, 0))
+		MonthStart(time.Now()).Unix(), st.Record.InputTokens(), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
@@ -410,7 +421,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 // the call's cost record is stored (charged 0) for /v1/generation. Releasing
 // twice is harmless.
 func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec *Record) error {
-	args := make([]any, 0, 40)
+	args := make([]any, 0, 44)
 	args = append(args, holdID, keyID, int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix())
 	reqID := holdID
 	if rec != nil {

@@ -29,6 +29,13 @@ type TierSpec struct {
 	// CachedInput defaults to Input when absent.
 	CachedInput *int64 `yaml:"cached_input"`
 	Output      int64  `yaml:"output"`
+	// CacheWrite prices input written to a provider's prompt cache for 5
+	// minutes (Anthropic: 1.25 × input). Absent, it is ⌈1.25 × Input⌉: rates
+	// are whole credits per 1K tokens, so a fractional multiple rounds up.
+	CacheWrite *int64 `yaml:"cache_write"`
+	// CacheWrite1h prices input cached for 1 hour (Anthropic: 2 × input).
+	// Absent, it is 2 × Input.
+	CacheWrite1h *int64 `yaml:"cache_write_1h"`
 }
 
 // ModelSpec is one public model.
@@ -45,6 +52,11 @@ type ModelSpec struct {
 	Deployments      []DeploymentSpec `yaml:"deployments"`
 	// PriceUSD, when set, overrides the tier rates with the provider's price.
 	PriceUSD *USDPriceSpec `yaml:"price_usd"`
+	// CacheWrite and CacheWrite1h, when set, override the tier's cache-write
+	// rates (credits per 1K tokens) for this model. A model priced by
+	// PriceUSD states them in price_usd instead.
+	CacheWrite   *int64 `yaml:"cache_write"`
+	CacheWrite1h *int64 `yaml:"cache_write_1h"`
 }
 
 // DeploymentSpec names a provider and the provider's own model name.
@@ -59,6 +71,10 @@ type USDPriceSpec struct {
 	Input       string `yaml:"input"`
 	CachedInput string `yaml:"cached_input"`
 	Output      string `yaml:"output"`
+	// CacheWrite defaults to 1.25 × Input (rounded up to a micro-USD per 1M
+	// tokens), CacheWrite1h to 2 × Input: Anthropic's multipliers.
+	CacheWrite   string `yaml:"cache_write"`
+	CacheWrite1h string `yaml:"cache_write_1h"`
 }
 
 // PackSpec is one credit pack.
@@ -75,9 +91,18 @@ type PackSpec struct {
 
 // Rates are milli-credits per token (= credits per 1K tokens).
 type Rates struct {
-	Input       int64 `json:"input"`
-	CachedInput int64 `json:"cached_input"`
-	Output      int64 `json:"output"`
+	Input        int64 `json:"input"`
+	CachedInput  int64 `json:"cached_input"`
+	Output       int64 `json:"output"`
+	CacheWrite   int64 `json:"cache_write"`    // input written to the prompt cache (5 minutes)
+	CacheWrite1h int64 `json:"cache_write_1h"` // input written to the prompt cache for 1 hour
+}
+
+// MaxInput is the dearest input-side rate: what an input token may cost
+// before the provider says whether it was read, cached or written to a cache.
+// Holds price their input estimate at it.
+func (r Rates) MaxInput() int64 {
+	return max(r.Input, r.CachedInput, r.CacheWrite, r.CacheWrite1h)
 }
 
 // Tier is a named rate card.
@@ -108,15 +133,17 @@ type Model struct {
 }
 
 type usdRates struct {
-	input, cachedInput, output uint64 // micro-USD per 1M tokens
-	creditsPerUSD              uint64
+	input, cachedInput, output, cacheWrite, cacheWrite1h uint64 // micro-USD per 1M tokens
+	creditsPerUSD                                        uint64
 }
 
 // Usage is what a call consumed, normalised across providers.
 type Usage struct {
-	Input       int64 // uncached input tokens (including cache writes)
-	CachedInput int64 // input tokens read from the provider's prompt cache
-	Output      int64 // output tokens, reasoning tokens included
+	Input        int64 // uncached input tokens, cache writes excluded
+	CachedInput  int64 // input tokens read from the provider's prompt cache
+	Output       int64 // output tokens, reasoning tokens included
+	CacheWrite   int64 // input tokens written to the prompt cache (5 minutes)
+	CacheWrite1h int64 // input tokens written to the prompt cache for 1 hour
 }
 
 // Pack is a credit pack on sale.
@@ -148,6 +175,10 @@ var (
 	ErrUnknownPack  = errors.New("pricing: unknown pack")
 )
 
+// maxRate caps a tier rate (credits per 1K tokens = mc per token): five
+// kinds of at most maxTokens tokens at it sum inside 63 bits.
+const maxRate = 1e6
+
 // maxUSDMicros caps a provider price (1000 USD per 1M tokens) so that cost
 // sums stay inside 64 bits.
 const maxUSDMicros = 1000 * 1_000_000
@@ -177,13 +208,20 @@ func New(spec Spec) (*Catalog, error) {
 	}
 	for _, name := range sortedKeys(spec.Tiers) {
 		t := spec.Tiers[name]
-		r := Rates{Input: t.Input, CachedInput: t.Input, Output: t.Output}
+		r := Rates{Input: t.Input, CachedInput: t.Input, Output: t.Output,
+			CacheWrite: (5*t.Input + 3) / 4, CacheWrite1h: 2 * t.Input}
 		if t.CachedInput != nil {
 			r.CachedInput = *t.CachedInput
 		}
-		for field, v := range map[string]int64{"input": r.Input, "cached_input": r.CachedInput, "output": r.Output} {
-			if v < 0 || v > 1e6 {
-				bad("tiers."+name+"."+field, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", v)
+		if t.CacheWrite != nil {
+			r.CacheWrite = *t.CacheWrite
+		}
+		if t.CacheWrite1h != nil {
+			r.CacheWrite1h = *t.CacheWrite1h
+		}
+		for _, f := range r.fields() {
+			if f.v < 0 || f.v > maxRate {
+				bad("tiers."+name+"."+f.name, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", f.v)
 			}
 		}
 		c.tiers[name] = Tier{Name: name, Rates: r}
@@ -211,6 +249,21 @@ func New(spec Spec) (*Catalog, error) {
 			bad(path+".tier", "unknown tier %q (have %s)", ms.Tier, strings.Join(sortedKeys(spec.Tiers), ", "))
 		}
 		m.Rates = tier.Rates
+		for _, o := range []struct {
+			name string
+			v    *int64
+			dst  *int64
+		}{{"cache_write", ms.CacheWrite, &m.Rates.CacheWrite}, {"cache_write_1h", ms.CacheWrite1h, &m.Rates.CacheWrite1h}} {
+			switch {
+			case o.v == nil:
+			case ms.PriceUSD != nil:
+				bad(path+"."+o.name, "a model priced by price_usd states it in price_usd")
+			case *o.v < 0 || *o.v > maxRate:
+				bad(path+"."+o.name, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", *o.v)
+			default:
+				*o.dst = *o.v
+			}
+		}
 		if ms.ContextWindow <= 0 || ms.ContextWindow > maxTokens {
 			bad(path+".context_window", "must be positive, got %d", ms.ContextWindow)
 		}
@@ -337,7 +390,7 @@ func parseUSD(s USDPriceSpec, creditsPerUSD int64) (*usdRates, error) {
 		return uint64(n), nil
 	}
 	u := &usdRates{creditsPerUSD: uint64(creditsPerUSD)}
-	var err1, err2, err3 error
+	var err1, err2, err3, err4, err5 error
 	u.input, err1 = parse("input", s.Input)
 	u.output, err3 = parse("output", s.Output)
 	if s.CachedInput == "" {
@@ -345,7 +398,17 @@ func parseUSD(s USDPriceSpec, creditsPerUSD int64) (*usdRates, error) {
 	} else {
 		u.cachedInput, err2 = parse("cached_input", s.CachedInput)
 	}
-	if err := errors.Join(err1, err2, err3); err != nil {
+	if s.CacheWrite == "" {
+		u.cacheWrite = (5*u.input + 3) / 4 // ≤ 1.25e9: fits
+	} else {
+		u.cacheWrite, err4 = parse("cache_write", s.CacheWrite)
+	}
+	if s.CacheWrite1h == "" {
+		u.cacheWrite1h = 2 * u.input
+	} else {
+		u.cacheWrite1h, err5 = parse("cache_write_1h", s.CacheWrite1h)
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -358,20 +421,36 @@ func (u *usdRates) ceilRates() Rates {
 		v, _ := mulDivCeil(micros, u.creditsPerUSD*MilliPerCredit, 1e12)
 		return v
 	}
-	return Rates{Input: r(u.input), CachedInput: r(u.cachedInput), Output: r(u.output)}
+	return Rates{Input: r(u.input), CachedInput: r(u.cachedInput), Output: r(u.output),
+		CacheWrite: r(u.cacheWrite), CacheWrite1h: r(u.cacheWrite1h)}
+}
+
+type rateField struct {
+	name string
+	v    int64
+}
+
+// fields lists the rates by their YAML names, for validation.
+func (r Rates) fields() [5]rateField {
+	return [5]rateField{{"input", r.Input}, {"cached_input", r.CachedInput}, {"output", r.Output},
+		{"cache_write", r.CacheWrite}, {"cache_write_1h", r.CacheWrite1h}}
 }
 
 // Cost returns the exact price of u in milli-credits. Negative counts are
 // treated as zero.
 func (m *Model) Cost(u Usage) int64 {
 	in, cached, out := clampTokens(u.Input), clampTokens(u.CachedInput), clampTokens(u.Output)
+	cw, cw1h := clampTokens(u.CacheWrite), clampTokens(u.CacheWrite1h)
 	if m.usd == nil {
-		return in*m.Rates.Input + cached*m.Rates.CachedInput + out*m.Rates.Output
+		// ≤ 5 × 2^40 × 1e6 < 2^63: exact.
+		return in*m.Rates.Input + cached*m.Rates.CachedInput + out*m.Rates.Output +
+			cw*m.Rates.CacheWrite + cw1h*m.Rates.CacheWrite1h
 	}
-	// Σ tokens × µUSD/1M needs up to 72 bits (≤ 3 × 2^40 × 1e9): sum it in 128
+	// Σ tokens × µUSD/1M needs up to 74 bits (≤ 5 × 2^40 × 2e9): sum it in 128
 	// bits, convert once and round the call's total up to a whole milli-credit.
 	var hi, lo uint64
-	for _, t := range [3][2]uint64{{uint64(in), m.usd.input}, {uint64(cached), m.usd.cachedInput}, {uint64(out), m.usd.output}} {
+	for _, t := range [5][2]uint64{{uint64(in), m.usd.input}, {uint64(cached), m.usd.cachedInput}, {uint64(out), m.usd.output},
+		{uint64(cw), m.usd.cacheWrite}, {uint64(cw1h), m.usd.cacheWrite1h}} {
 		h, l := bits.Mul64(t[0], t[1])
 		var carry uint64
 		lo, carry = bits.Add64(lo, l, 0)

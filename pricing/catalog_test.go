@@ -81,18 +81,23 @@ func TestTierRatesAreMilliCreditsPerToken(t *testing.T) {
 		creditsPer1KIn     int64
 		creditsPer1KCached int64
 		creditsPer1KOut    int64
+		creditsPer1KCW     int64 // cache write, 5 minutes
+		creditsPer1KCW1h   int64
 	}{
-		{"core", "gpt-4o-mini", 1, 1, 2},
-		{"pro", "gemini-2.5-flash", 3, 3, 6},
-		{"ultra", "claude-sonnet", 8, 8, 16},
-		{"cache", "cached-model", 8, 1, 16},
+		// Unstated cache-write rates: ⌈1.25 × input⌉ and 2 × input.
+		{"core", "gpt-4o-mini", 1, 1, 2, 2, 2},
+		{"pro", "gemini-2.5-flash", 3, 3, 6, 4, 6},
+		{"ultra", "claude-sonnet", 8, 8, 16, 10, 16},
+		{"cache", "cached-model", 8, 1, 16, 10, 16},
 	}
 	for _, tt := range tests {
 		t.Run(tt.tier, func(t *testing.T) {
 			want := pricing.Rates{
-				Input:       tt.creditsPer1KIn * pricing.MilliPerCredit / 1000,
-				CachedInput: tt.creditsPer1KCached * pricing.MilliPerCredit / 1000,
-				Output:      tt.creditsPer1KOut * pricing.MilliPerCredit / 1000,
+				Input:        tt.creditsPer1KIn * pricing.MilliPerCredit / 1000,
+				CachedInput:  tt.creditsPer1KCached * pricing.MilliPerCredit / 1000,
+				Output:       tt.creditsPer1KOut * pricing.MilliPerCredit / 1000,
+				CacheWrite:   tt.creditsPer1KCW * pricing.MilliPerCredit / 1000,
+				CacheWrite1h: tt.creditsPer1KCW1h * pricing.MilliPerCredit / 1000,
 			}
 			tier, ok := c.Tier(tt.tier)
 			if !ok {
@@ -113,6 +118,8 @@ func TestTierRatesAreMilliCreditsPerToken(t *testing.T) {
 				{pricing.Usage{Input: 1000}, tt.creditsPer1KIn},
 				{pricing.Usage{CachedInput: 1000}, tt.creditsPer1KCached},
 				{pricing.Usage{Output: 1000}, tt.creditsPer1KOut},
+				{pricing.Usage{CacheWrite: 1000}, tt.creditsPer1KCW},
+				{pricing.Usage{CacheWrite1h: 1000}, tt.creditsPer1KCW1h},
 			} {
 				if got := m.Cost(u.usage); got != u.credits*pricing.MilliPerCredit {
 					t.Errorf("Cost(%+v) = %d mc, want %d credits", u.usage, got, u.credits)
@@ -270,11 +277,13 @@ func TestUSDOverrideWorkedExamples(t *testing.T) {
 	// Per-token ceiling rates (used to size holds) are the exact per-token
 	// price rounded up to a whole mc.
 	rates := map[string]pricing.Rates{
-		"usd-mini":   {Input: 15, CachedInput: 15, Output: 60},
-		"usd-cached": {Input: 200, CachedInput: 50, Output: 800},
-		"usd-opus":   {Input: 1500, CachedInput: 1500, Output: 7500},
-		"usd-tiny":   {Input: 1, CachedInput: 1, Output: 1},
-		"usd-odd":    {Input: 13, CachedInput: 13, Output: 101}, // 12.3456 and 100.0001 mc
+		// Cache writes default to 1.25 × and 2 × input: usd-mini 18.75 and
+		// 30 mc, usd-odd 15.432 (0.15432 USD) and 24.6912 mc.
+		"usd-mini":   {Input: 15, CachedInput: 15, Output: 60, CacheWrite: 19, CacheWrite1h: 30},
+		"usd-cached": {Input: 200, CachedInput: 50, Output: 800, CacheWrite: 250, CacheWrite1h: 400},
+		"usd-opus":   {Input: 1500, CachedInput: 1500, Output: 7500, CacheWrite: 1875, CacheWrite1h: 3000},
+		"usd-tiny":   {Input: 1, CachedInput: 1, Output: 1, CacheWrite: 1, CacheWrite1h: 1},
+		"usd-odd":    {Input: 13, CachedInput: 13, Output: 101, CacheWrite: 16, CacheWrite1h: 25}, // 12.3456 and 100.0001 mc
 	}
 	for name, want := range rates {
 		if got := mustModel(t, c, name).Rates; got != want {
@@ -311,8 +320,10 @@ func TestUSDCostSaturates(t *testing.T) {
 func TestUSDCostNeverExceedsCeilingRates(t *testing.T) {
 	c := mustCatalog(t, defaultSpec())
 	for _, m := range c.Models() {
-		for _, u := range []pricing.Usage{{Input: 1}, {Input: 7, CachedInput: 3, Output: 11}, {Input: 100_000, CachedInput: 50_000, Output: 32_000}} {
-			ceil := u.Input*m.Rates.Input + u.CachedInput*m.Rates.CachedInput + u.Output*m.Rates.Output
+		for _, u := range []pricing.Usage{{Input: 1}, {Input: 7, CachedInput: 3, Output: 11}, {Input: 100_000, CachedInput: 50_000, Output: 32_000},
+			{CacheWrite: 1}, {CacheWrite1h: 1}, {Input: 3, CachedInput: 5, Output: 7, CacheWrite: 11, CacheWrite1h: 13}} {
+			ceil := u.Input*m.Rates.Input + u.CachedInput*m.Rates.CachedInput + u.Output*m.Rates.Output +
+				u.CacheWrite*m.Rates.CacheWrite + u.CacheWrite1h*m.Rates.CacheWrite1h
 			if got := m.Cost(u); got > ceil {
 				t.Errorf("%s: Cost(%+v) = %d > ceiling %d", m.ID, u, got, ceil)
 			}

@@ -138,7 +138,7 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 		return hr, err
 	}
 	batch := c.batch()
-	fixed, ok := mulHold(in, max(m.Rates.Input, m.Rates.CachedInput))
+	fixed, ok := mulHold(in, m.Rates.MaxInput())
 	if !ok {
 		return hr, errTooLargeToHold(batch, c.req.choices)
 	}
@@ -322,6 +322,7 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 	return metering.Record{
 		RequestID: c.id, Model: c.model.ID, Endpoint: c.ep.name,
 		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
+		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h,
 		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
 	}
 }
@@ -362,7 +363,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	ctx.SetBody(body)
 	if ce := c.s.log.Check(zap.DebugLevel, "call"); ce != nil {
 		ce.Write(zap.String("request_id", c.id), zap.String("account", c.ident.Account), zap.String("key", c.ident.KeyID),
-			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput), zap.Int64("output", u.Output),
+			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput+u.CacheWrite+u.CacheWrite1h), zap.Int64("output", u.Output),
 			zap.Int64("charged_mc", ch.Charged), zap.Duration("latency", rec.Latency))
 	}
 }

@@ -49,14 +49,21 @@ type fixture struct {
 }
 
 type fixtureExpect struct {
-	Input       int64  `json:"input"`
-	CachedInput int64  `json:"cached_input"`
-	Output      int64  `json:"output"`
-	Reasoning   int64  `json:"reasoning"`
-	MC          int64  `json:"mc"`
-	Estimated   bool   `json:"estimated"`
-	Failed      bool   `json:"failed"`
-	Reason      string `json:"reason"`
+	Input        int64  `json:"input"`
+	CachedInput  int64  `json:"cached_input"`
+	CacheWrite   int64  `json:"cache_write"`
+	CacheWrite1h int64  `json:"cache_write_1h"`
+	Output       int64  `json:"output"`
+	Reasoning    int64  `json:"reasoning"`
+	MC           int64  `json:"mc"`
+	Estimated    bool   `json:"estimated"`
+	Failed       bool   `json:"failed"`
+	Reason       string `json:"reason"`
+}
+
+// price is x's tokens at rates r (fixtureRates), in mc.
+func (x fixtureExpect) price(r [5]int64) int64 {
+	return x.Input*r[0] + x.CachedInput*r[1] + x.Output*r[2] + x.CacheWrite*r[3] + x.CacheWrite1h*r[4]
 }
 
 func loadFixtures(t testing.TB) []fixture {
@@ -233,8 +240,9 @@ func splitEvents(b []byte) [][]byte {
 
 // fixtureSpec is the catalog of the fixture tests: tiers with cached-input
 // rates below the input rate (pro, ultra) and one without (core: cached
-// input at the input rate), every provider kind, and models whose first
-// deployments fail.
+// input at the input rate), stated cache-write rates (pro, ultra) and the
+// defaults (core), every provider kind, and models whose first deployments
+// fail.
 func fixtureSpec() pricing.Spec {
 	i64 := func(v int64) *int64 { return &v }
 	dep := func(p, m string) []pricing.DeploymentSpec { return []pricing.DeploymentSpec{{Provider: p, Model: m}} }
@@ -242,8 +250,8 @@ func fixtureSpec() pricing.Spec {
 		CreditsPerUSD: 100000, FeeBps: 500,
 		Tiers: map[string]pricing.TierSpec{
 			"core":  {Input: 1, Output: 2},
-			"pro":   {Input: 3, CachedInput: i64(1), Output: 6},
-			"ultra": {Input: 8, CachedInput: i64(2), Output: 16},
+			"pro":   {Input: 3, CachedInput: i64(1), Output: 6, CacheWrite: i64(4), CacheWrite1h: i64(6)},
+			"ultra": {Input: 8, CachedInput: i64(2), Output: 16, CacheWrite: i64(10), CacheWrite1h: i64(16)},
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-2024-08-06")},
@@ -268,8 +276,10 @@ func fixtureSpec() pricing.Spec {
 	}
 }
 
-// fixtureRates mirrors fixtureSpec's tiers: input, cached input, output (mc per token).
-var fixtureRates = map[string][3]int64{"core": {1, 1, 2}, "pro": {3, 1, 6}, "ultra": {8, 2, 16}}
+// fixtureRates mirrors fixtureSpec's tiers: input, cached input, output,
+// cache write, 1-hour cache write (mc per token; core's cache writes are the
+// defaults, ⌈1.25 × 1⌉ and 2 × 1).
+var fixtureRates = map[string][5]int64{"core": {1, 1, 2, 2, 2}, "pro": {3, 1, 6, 4, 6}, "ultra": {8, 2, 16, 10, 16}}
 
 func replayProviders(base string) []proxy.Provider {
 	p := func(name, kind, path string) proxy.Provider {
@@ -393,9 +403,10 @@ func checkFixtureCall(t *testing.T, e *env, rp *replay, f fixture, key, model, p
 	}
 	rec := g.json(t)
 	tok := rec["tokens"].(map[string]any)
-	gotTok := [4]int64{int64(tok["input"].(float64)), int64(tok["cached_input"].(float64)), int64(tok["output"].(float64)), int64(tok["reasoning"].(float64))}
-	if want := [4]int64{x.Input, x.CachedInput, x.Output, x.Reasoning}; gotTok != want {
-		t.Fatalf("record tokens (input, cached, output, reasoning) = %v, want %v", gotTok, want)
+	gotTok := [6]int64{int64(tok["input"].(float64)), int64(tok["cached_input"].(float64)), int64(tok["output"].(float64)),
+		int64(tok["reasoning"].(float64)), int64(tok["cache_write"].(float64)), int64(tok["cache_write_1h"].(float64))}
+	if want := [6]int64{x.Input, x.CachedInput, x.Output, x.Reasoning, x.CacheWrite, x.CacheWrite1h}; gotTok != want {
+		t.Fatalf("record tokens (input, cached, output, reasoning, cache write, 1h) = %v, want %v", gotTok, want)
 	}
 	if rec["estimated"] != x.Estimated || rec["failed"] != x.Failed || rec["streamed"] != f.Stream || rec["cancelled"] != false ||
 		rec["model"] != model || rec["provider"] != provider || credits(t, rec["credits_charged"].(string)) != wantMC {
@@ -437,6 +448,7 @@ func checkUsageEntry(t *testing.T, en metering.Entry, id, model, provider string
 		"request_id": id, "model": model, "provider": provider,
 		"input_tokens": strconv.FormatInt(x.Input, 10), "cached_input_tokens": strconv.FormatInt(x.CachedInput, 10),
 		"output_tokens": strconv.FormatInt(x.Output, 10), "reasoning_tokens": strconv.FormatInt(x.Reasoning, 10),
+		"cache_write_tokens": strconv.FormatInt(x.CacheWrite, 10), "cache_write_1h_tokens": strconv.FormatInt(x.CacheWrite1h, 10),
 		"estimated": b(x.Estimated), "streamed": b(streamed), "cancelled": b(cancelled), "failed": "0", "capped": "0",
 	}
 	for k, v := range want {
@@ -565,7 +577,7 @@ func TestFallbackOnStatusBeforeFirstByte(t *testing.T) {
 			f := byName[tc.fixture]
 			r := fixtureRates[tc.tier]
 			x := f.Expect
-			want := x.Input*r[0] + x.CachedInput*r[1] + x.Output*r[2]
+			want := x.price(r)
 			if want == x.MC {
 				t.Fatal("the fallback model's rate must differ from the fixture's own to show whose rate applies")
 			}
@@ -609,7 +621,7 @@ func TestClientDisconnectExactCharge(t *testing.T) {
 			ctx := context.Background()
 			x := f.Expect
 			tier := fixtureRates[map[string]string{"/v1/messages": "ultra", "/v1/chat/completions": "pro"}[f.Endpoint]]
-			wantMC := x.Input*tier[0] + x.CachedInput*tier[1] + x.Output*tier[2]
+			wantMC := x.price(tier)
 			if wantMC != x.MC {
 				t.Fatalf("fixtures.json: mc %d is not the price of its tokens (%d)", x.MC, wantMC)
 			}
@@ -698,7 +710,11 @@ func TestFixtureManifest(t *testing.T) {
 			t.Fatalf("%s: model %q: %v", f.Name, f.Model, err)
 		}
 		x := f.Expect
-		want := m.Cost(pricing.Usage{Input: x.Input, CachedInput: x.CachedInput, Output: x.Output})
+		want := m.Cost(pricing.Usage{Input: x.Input, CachedInput: x.CachedInput, Output: x.Output,
+			CacheWrite: x.CacheWrite, CacheWrite1h: x.CacheWrite1h})
+		if byHand := x.price(fixtureRates[m.Tier]); want != byHand {
+			t.Errorf("%s: the catalog prices its tokens at %d, fixtureRates at %d", f.Name, want, byHand)
+		}
 		if x.Failed {
 			want = 0
 		}
@@ -728,24 +744,31 @@ func TestModelsListCachedRates(t *testing.T) {
 			ID      string `json:"id"`
 			Tier    string `json:"tier"`
 			Pricing struct {
-				Input       int64 `json:"input"`
-				CachedInput int64 `json:"cached_input"`
-				Output      int64 `json:"output"`
+				Input        int64  `json:"input"`
+				CachedInput  int64  `json:"cached_input"`
+				Output       int64  `json:"output"`
+				CacheWrite   *int64 `json:"cache_write"`
+				CacheWrite1h *int64 `json:"cache_write_1h"`
 			} `json:"pricing"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(r.body, &list); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][3]int64{"gpt-4o": fixtureRates["pro"], "gpt-4o-mini": fixtureRates["core"], "claude-sonnet-4-5": fixtureRates["ultra"]}
+	want := map[string][5]int64{"gpt-4o": fixtureRates["pro"], "gpt-4o-mini": fixtureRates["core"], "claude-sonnet-4-5": fixtureRates["ultra"]}
 	seen := 0
 	for _, m := range list.Data {
+		if m.Pricing.CacheWrite == nil || m.Pricing.CacheWrite1h == nil {
+			t.Errorf("%s: no cache_write or cache_write_1h in its pricing: %s", m.ID, r.body)
+			continue
+		}
 		w, ok := want[m.ID]
 		if !ok {
 			continue
 		}
 		seen++
-		if got := [3]int64{m.Pricing.Input, m.Pricing.CachedInput, m.Pricing.Output}; got != w {
+		got := [5]int64{m.Pricing.Input, m.Pricing.CachedInput, m.Pricing.Output, *m.Pricing.CacheWrite, *m.Pricing.CacheWrite1h}
+		if got != w {
 			t.Errorf("%s (%s): rates %v, want %v", m.ID, m.Tier, got, w)
 		}
 	}

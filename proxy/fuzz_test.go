@@ -203,16 +203,16 @@ func tail(b []byte) []byte {
 	return b
 }
 
-// checkUsageBounds: nothing negative; input plus cached within inputs
-// reports (a provider reports at most maxReportedTokens per field);
+// checkUsageBounds: nothing negative; input, cached and cache writes within
+// inputs reports (a provider reports at most maxReportedTokens per field);
 // reasoning within output.
 func checkUsageBounds(t testing.TB, u usage, inputFields int64) {
 	t.Helper()
-	if u.Input < 0 || u.CachedInput < 0 || u.Output < 0 || u.Reasoning < 0 {
+	if u.Input < 0 || u.CachedInput < 0 || u.Output < 0 || u.Reasoning < 0 || u.CacheWrite < 0 || u.CacheWrite1h < 0 {
 		t.Fatalf("negative usage %+v", u)
 	}
-	if u.Input+u.CachedInput > inputFields*maxReportedTokens {
-		t.Fatalf("input %d + cached %d past any report", u.Input, u.CachedInput)
+	if u.Input+u.CachedInput+u.CacheWrite+u.CacheWrite1h > inputFields*maxReportedTokens {
+		t.Fatalf("input %d + cached %d + cache writes %d, %d past any report", u.Input, u.CachedInput, u.CacheWrite, u.CacheWrite1h)
 	}
 	if u.Reasoning > u.Output {
 		t.Fatalf("reasoning %d > output %d", u.Reasoning, u.Output)
@@ -249,6 +249,7 @@ func usageSeeds(f *testing.F) {
 		`{"usage":{"prompt_tokens":5,"completion_tokens":-3,"completion_tokens_details":{"reasoning_tokens":99999999999999}}}`,
 		`{"input_tokens":328,"input_tokens_details":{"cached_tokens":256},"output_tokens":52,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":380}`,
 		`{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":2048,"output_tokens":393,"output_tokens_details":{"thinking_tokens":400}}`,
+		`{"input_tokens":40,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":120}`,
 		`{"prompt_tokens":1e3,"completion_tokens":"5","total_tokens":null}`,
 	} {
 		f.Add([]byte(s))
@@ -267,7 +268,9 @@ func FuzzParseResponsesUsage(f *testing.F) {
 
 func FuzzParseAnthropicUsage(f *testing.F) {
 	usageSeeds(f)
-	f.Fuzz(func(t *testing.T, data []byte) { fuzzUsage(t, data, parseAnthropicUsage, 3) })
+	// input, cache reads, and cache writes: the larger of their total and
+	// the 5m + 1h split (at most two fields).
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzUsage(t, data, parseAnthropicUsage, 4) })
 }
 
 // FuzzInspect runs the request inspector on every endpoint, then what

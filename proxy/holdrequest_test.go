@@ -16,6 +16,13 @@ func holdModel(window, maxOut int64) *pricing.Model {
 		ContextWindow: window, MaxOutputTokens: maxOut}
 }
 
+// cacheModel is holdModel (5000-token window) with cache-write rates.
+func cacheModel(cw, cw1h int64) *pricing.Model {
+	m := holdModel(5000, 100)
+	m.Rates.CacheWrite, m.Rates.CacheWrite1h = cw, cw1h
+	return m
+}
+
 // holdFor inspects body on ep and sizes its hold for model m.
 func holdFor(t *testing.T, s *Server, m *pricing.Model, ep *endpoint, body string) (metering.HoldRequest, error) {
 	t.Helper()
@@ -79,6 +86,14 @@ func TestHoldRequestBoundsWhatCanBeBilled(t *testing.T) {
 			func(string) want { return want{err: "no context window"} }},
 		{"no window, inline input: from its bytes", holdModel(0, 100), epChat, `{"model":"m","max_tokens":7,"messages":[]}`,
 			func(b string) want { return want{fixed: bodyOf(b), perOut: 2, minOut: 7, maxOut: 7} }},
+		// The input estimate is held at the dearest input-side rate: a
+		// provider may bill any of it as a cache write.
+		{"5-minute cache write is the dearest input", cacheModel(3, 2), epMessages, `{"model":"m","max_tokens":7,"messages":[{"role":"user","content":"hello"}]}`,
+			func(b string) want { return want{fixed: 3 * bodyOf(b), perOut: 2, minOut: 7, maxOut: 7} }},
+		{"1-hour cache write is the dearest input", cacheModel(3, 5), epMessages, `{"model":"m","max_tokens":7,"messages":[{"role":"user","content":"hello"}]}`,
+			func(b string) want { return want{fixed: 5 * bodyOf(b), perOut: 2, minOut: 7, maxOut: 7} }},
+		{"window held at the 1-hour write rate", cacheModel(3, 5), epMessages, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}`,
+			func(b string) want { return want{fixed: 5 * 5000, perOut: 2, minOut: 7, maxOut: 7} }},
 		{"past any balance: refused", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1 << 30, Output: 1 << 30}, ContextWindow: 1 << 40, MaxOutputTokens: 1 << 20},
 			epChat, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_search"}]}`,
 			func(string) want { return want{err: "more than any balance"} }},

@@ -79,6 +79,10 @@ func appendOpenAIModel(b []byte, m *pricing.Model) []byte {
 	b = strconv.AppendInt(b, m.Rates.CachedInput, 10)
 	b = append(b, `,"output":`...)
 	b = strconv.AppendInt(b, m.Rates.Output, 10)
+	b = append(b, `,"cache_write":`...)
+	b = strconv.AppendInt(b, m.Rates.CacheWrite, 10)
+	b = append(b, `,"cache_write_1h":`...)
+	b = strconv.AppendInt(b, m.Rates.CacheWrite1h, 10)
 	if m.PricedByUSD() {
 		b = append(b, `,"passthrough_usd":true`...)
 	}
@@ -180,6 +184,10 @@ func (s *Server) handleGeneration(ctx *fasthttp.RequestCtx) {
 	b = strconv.AppendInt(b, g.Output, 10)
 	b = append(b, `,"reasoning":`...)
 	b = strconv.AppendInt(b, g.Reasoning, 10)
+	b = append(b, `,"cache_write":`...)
+	b = strconv.AppendInt(b, g.CacheWrite, 10)
+	b = append(b, `,"cache_write_1h":`...)
+	b = strconv.AppendInt(b, g.CacheWrite1h, 10)
 	b = append(b, `},"credits_charged":"`...)
 	b = pricing.AppendCredits(b, g.Charged)
 	b = append(b, `","balance_after":`...)

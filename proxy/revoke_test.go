@@ -120,6 +120,13 @@ func TestChargebackStopsEveryReplica(t *testing.T) {
 	}
 	mu.Unlock()
 	wg.Wait()
+	// A leased call's charge and cost record reach Redis with its lease's
+	// next batch: flush both before reading the records.
+	for _, l := range []interface{ Flush(context.Context) error }{e.lease, secondLease} {
+		if err := l.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, s := range streams {
 		// The whole answer (80 tokens), charged in full: its usage at the
 		// core rates (1 mc per input token, 2 per output token).

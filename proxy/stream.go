@@ -325,11 +325,12 @@ func (sb *streamBody) dispatch() {
 		case bytes.Equal(name, evMessageDelta):
 			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
 				// message_delta carries the cumulative output; newer API
-				// versions restate the input figures too.
+				// versions restate the input figures too (cumulative as
+				// well: the larger of the two readings of each is the
+				// count, never their sum).
 				sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
-				if u.Input > 0 || u.CachedInput > 0 {
-					sb.u.Input, sb.u.CachedInput = u.Input, u.CachedInput
-				}
+				sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
+				sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
 				sb.u.seen, sb.outFinal = true, true
 			}
 			// Held until message_stop so that it can carry the charge.

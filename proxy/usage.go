@@ -101,19 +101,40 @@ func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
 }
 
 // parseAnthropicUsage reads an Anthropic Messages usage object: input_tokens
-// excludes cache reads and writes; writes are priced as input, reads at the
-// cached rate. output_tokens includes thinking; output_tokens_details
-// .thinking_tokens, when present, says how much of it was reasoning.
+// excludes cache reads and writes; reads (cache_read_input_tokens) are priced
+// at the cached rate, writes (cache_creation_input_tokens) at the cache-write
+// rates, split by cache_creation.ephemeral_5m_input_tokens and
+// ephemeral_1h_input_tokens when present (see cacheWrites). output_tokens
+// includes thinking; output_tokens_details.thinking_tokens, when present, says
+// how much of it was reasoning.
 func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
 	}
 	r := usage{seen: true}
-	r.Input = tokenField(u, "input_tokens") + tokenField(u, "cache_creation_input_tokens")
+	r.Input = tokenField(u, "input_tokens")
+	r.CacheWrite, r.CacheWrite1h = cacheWrites(u)
 	r.CachedInput = tokenField(u, "cache_read_input_tokens")
 	r.Output = tokenField(u, "output_tokens")
 	r.Reasoning = min(tokenField(u, "output_tokens_details", "thinking_tokens"), r.Output)
 	return r, true
+}
+
+// cacheWrites splits an Anthropic usage object's cache writes into 5-minute
+// and 1-hour ones. cache_creation_input_tokens is their total; the
+// cache_creation object, when present, says how many were written for an
+// hour. Each token is counted once: the 1-hour ones are those the split
+// names, the rest of the total is 5-minute. Should the split name more
+// 5-minute tokens than the total leaves (the figures disagree), the split is
+// billed: never less than either reading.
+func cacheWrites(u *fastjson.Value) (w5m, w1h int64) {
+	total := tokenField(u, "cache_creation_input_tokens")
+	cc := u.Get("cache_creation")
+	if cc == nil || cc.Type() != fastjson.TypeObject {
+		return total, 0
+	}
+	w1h = tokenField(cc, "ephemeral_1h_input_tokens")
+	return max(total-w1h, tokenField(cc, "ephemeral_5m_input_tokens")), w1h
 }
 
 // usageFromBody extracts usage from a complete (non-streamed) response body.

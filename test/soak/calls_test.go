@@ -243,7 +243,7 @@ func (r *callResult) event(ep, name, data string) {
 			r.respID = ev.Message.ID
 			if ev.Message.Usage != nil {
 				u := ev.Message.Usage.normalise(ep)
-				r.usage.in, r.usage.cached, r.usage.seen = u.in, u.cached, true
+				r.usage.in, r.usage.cached, r.usage.cw, r.usage.cw1h, r.usage.seen = u.in, u.cached, u.cw, u.cw1h, true
 			}
 		case "message_delta":
 			var ev struct {
@@ -270,8 +270,13 @@ type wireUsage struct {
 	InputDetails *struct {
 		Cached int64 `json:"cached_tokens"`
 	} `json:"input_tokens_details"`
-	CacheRead int64  `json:"cache_read_input_tokens"`
-	Credits   string `json:"credits"`
+	CacheRead     int64 `json:"cache_read_input_tokens"`
+	CacheCreation int64 `json:"cache_creation_input_tokens"`
+	CacheSplit    *struct {
+		W5m int64 `json:"ephemeral_5m_input_tokens"`
+		W1h int64 `json:"ephemeral_1h_input_tokens"`
+	} `json:"cache_creation"`
+	Credits string `json:"credits"`
 }
 
 func (w *wireUsage) normalise(ep string) usage {
@@ -287,8 +292,12 @@ func (w *wireUsage) normalise(ep string) usage {
 			u.cached = w.InputDetails.Cached
 		}
 		u.in, u.out = w.InputTokens-u.cached, w.OutputTokens
-	case epMessages: // Anthropic reports uncached input only
-		u.in, u.cached, u.out = w.InputTokens, w.CacheRead, w.OutputTokens
+	case epMessages: // Anthropic reports uncached input only; cache writes beside it
+		u.in, u.cached, u.out, u.cw = w.InputTokens, w.CacheRead, w.OutputTokens, w.CacheCreation
+		if w.CacheSplit != nil {
+			u.cw1h = w.CacheSplit.W1h
+			u.cw = max(w.CacheCreation-u.cw1h, w.CacheSplit.W5m)
+		}
 	}
 	return u
 }

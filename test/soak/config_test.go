@@ -62,14 +62,16 @@ func writeConfig(t testing.TB, edits map[string]any) string {
 	return path
 }
 
-// rates are a tier's prices in milli-credits per token.
-type rates struct{ in, cached, out int64 }
+// rates are a tier's prices in milli-credits per token: uncached input,
+// cached input (cache reads), output, and input written to the prompt cache
+// for 5 minutes (cw) and for 1 hour (cw1h).
+type rates struct{ in, cached, out, cw, cw1h int64 }
 
 // price list of the shipped catalog, read from the file (not from the pricing
 // package): the tests price usage independently of the code under test.
 type priceList struct {
 	tiers  map[string]rates
-	models map[string]string // model id or alias → tier
+	models map[string]rates // model id or alias → its tier's rates, with the model's overrides
 }
 
 func loadPrices(t testing.TB) priceList {
@@ -94,7 +96,7 @@ func readPrices() (priceList, error) {
 }
 
 func parsePrices() (priceList, error) {
-	p := priceList{tiers: map[string]rates{}, models: map[string]string{}}
+	p := priceList{tiers: map[string]rates{}, models: map[string]rates{}}
 	data, err := os.ReadFile(filepath.Join("..", "..", "configs", "tollgate.yaml"))
 	if err != nil {
 		return p, err
@@ -119,22 +121,41 @@ func parsePrices() (priceList, error) {
 	for name, v := range pr["tiers"].(map[string]any) {
 		tv := v.(map[string]any)
 		r := rates{in: num(tv["input"]), out: num(tv["output"])}
-		r.cached = r.in
+		// Unstated rates, as documented in configs/tollgate.yaml: cache reads
+		// at input, cache writes at ⌈1.25 × input⌉ and 2 × input.
+		r.cached, r.cw, r.cw1h = r.in, (5*r.in+3)/4, 2*r.in
 		if c, ok := tv["cached_input"]; ok {
 			r.cached = num(c)
+		}
+		if c, ok := tv["cache_write"]; ok {
+			r.cw = num(c)
+		}
+		if c, ok := tv["cache_write_1h"]; ok {
+			r.cw1h = num(c)
 		}
 		p.tiers[name] = r
 	}
 	for _, v := range pr["models"].([]any) {
 		mv := v.(map[string]any)
-		tier := mv["tier"].(string)
-		if _, own := mv["price"]; own {
-			err = fmt.Errorf("model %v has its own price: the soak's price list knows tiers only", mv["id"])
+		r, ok := p.tiers[mv["tier"].(string)]
+		if !ok && err == nil {
+			err = fmt.Errorf("model %v: unknown tier %v", mv["id"], mv["tier"])
 		}
-		p.models[mv["id"].(string)] = tier
+		for _, own := range []string{"price", "price_usd"} {
+			if _, has := mv[own]; has {
+				err = fmt.Errorf("model %v has its own price: the soak's price list knows tiers only", mv["id"])
+			}
+		}
+		if c, ok := mv["cache_write"]; ok {
+			r.cw = num(c)
+		}
+		if c, ok := mv["cache_write_1h"]; ok {
+			r.cw1h = num(c)
+		}
+		p.models[mv["id"].(string)] = r
 		if al, ok := mv["aliases"].([]any); ok {
 			for _, a := range al {
-				p.models[a.(string)] = tier
+				p.models[a.(string)] = r
 			}
 		}
 	}
@@ -142,18 +163,23 @@ func parsePrices() (priceList, error) {
 }
 
 // usage is what a provider reported, normalised: uncached input, cached
-// input and output (reasoning included) tokens.
+// input, output (reasoning included), and cache-write (5 minutes, 1 hour)
+// tokens.
 type usage struct {
-	in, cached, out int64
-	seen            bool
+	in, cached, out, cw, cw1h int64
+	seen                      bool
 }
 
-// cost is usage × rate of model, in mc: exact integers (docs/architecture.md §3).
+// price is u at rates r, in mc: exact integers (docs/architecture.md §3).
+func (r rates) price(u usage) int64 {
+	return u.in*r.in + u.cached*r.cached + u.out*r.out + u.cw*r.cw + u.cw1h*r.cw1h
+}
+
+// cost is usage × rate of model, in mc.
 func (p priceList) cost(t testing.TB, model string, u usage) int64 {
-	tier, ok := p.models[model]
+	r, ok := p.models[model]
 	if !ok {
 		t.Fatalf("model %q is not in the shipped catalog", model)
 	}
-	r := p.tiers[tier]
-	return u.in*r.in + u.cached*r.cached + u.out*r.out
+	return r.price(u)
 }

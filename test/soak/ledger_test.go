@@ -152,13 +152,13 @@ func ledgerInvariant(st *metering.Store, id string) (metering.Account, []meterin
 // pricedProblem says what is wrong with a usage entry's charge against its
 // tokens at the shipped prices ("" when nothing is).
 func pricedProblem(p priceList, e metering.Entry) string {
-	tier, ok := p.models[e.Fields["model"]]
+	r, ok := p.models[e.Fields["model"]]
 	if !ok {
 		return fmt.Sprintf("model %q not in the shipped catalog", e.Fields["model"])
 	}
 	n := func(k string) int64 { v, _ := strconv.ParseInt(e.Fields[k], 10, 64); return v }
-	r := p.tiers[tier]
-	cost := n("input_tokens")*r.in + n("cached_input_tokens")*r.cached + n("output_tokens")*r.out
+	cost := r.price(usage{in: n("input_tokens"), cached: n("cached_input_tokens"), out: n("output_tokens"),
+		cw: n("cache_write_tokens"), cw1h: n("cache_write_1h_tokens")})
 	switch {
 	case e.Fields["capped"] == "1" && -e.Amount > cost:
 		return fmt.Sprintf("capped charge %d above its priced usage %d", -e.Amount, cost)

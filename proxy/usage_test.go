@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/valyala/fastjson"
+
+	"github.com/tollgate/tollgate/pricing"
+)
+
+// Anthropic usage shapes with cache reads and writes: each input token is
+// counted once, at the kind it was billed as.
+func TestParseAnthropicUsageCacheWrites(t *testing.T) {
+	tests := []struct {
+		name string
+		json string
+		want pricing.Usage
+	}{
+		{"no cache", `{"input_tokens":25,"output_tokens":15}`,
+			pricing.Usage{Input: 25, Output: 15}},
+		{"read only", `{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":1800,"output_tokens":15}`,
+			pricing.Usage{Input: 25, CachedInput: 1800, Output: 15}},
+		{"write without split: 5 minutes", `{"input_tokens":9,"cache_creation_input_tokens":640,"output_tokens":30}`,
+			pricing.Usage{Input: 9, CacheWrite: 640, Output: 30}},
+		{"split, all 5 minutes", `{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":2048,"cache_creation":{"ephemeral_5m_input_tokens":188,"ephemeral_1h_input_tokens":0},"output_tokens":393}`,
+			pricing.Usage{Input: 21, CachedInput: 2048, CacheWrite: 188, Output: 393}},
+		{"split 5m and 1h", `{"input_tokens":40,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":120}`,
+			pricing.Usage{Input: 40, CachedInput: 500, CacheWrite: 1000, CacheWrite1h: 2000, Output: 120}},
+		{"split, all 1 hour", `{"input_tokens":1,"cache_creation_input_tokens":50,"cache_creation":{"ephemeral_1h_input_tokens":50},"output_tokens":2}`,
+			pricing.Usage{Input: 1, CacheWrite1h: 50, Output: 2}},
+		// Figures that disagree are billed at the larger reading, never summed twice.
+		{"split short of the total", `{"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":30}}`,
+			pricing.Usage{CacheWrite: 70, CacheWrite1h: 30}},
+		{"split past the total", `{"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":90,"ephemeral_1h_input_tokens":30}}`,
+			pricing.Usage{CacheWrite: 90, CacheWrite1h: 30}},
+		{"1h past the total", `{"cache_creation_input_tokens":10,"cache_creation":{"ephemeral_1h_input_tokens":30}}`,
+			pricing.Usage{CacheWrite1h: 30}},
+		{"split without a total", `{"input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":7,"ephemeral_1h_input_tokens":11}}`,
+			pricing.Usage{Input: 3, CacheWrite: 7, CacheWrite1h: 11}},
+		{"cache_creation not an object", `{"cache_creation_input_tokens":12,"cache_creation":[1,2]}`,
+			pricing.Usage{CacheWrite: 12}},
+		{"negative and garbled counts", `{"input_tokens":-4,"cache_creation_input_tokens":"5","cache_read_input_tokens":-1,"cache_creation":{"ephemeral_1h_input_tokens":-9}}`,
+			pricing.Usage{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p fastjson.Parser
+			v, err := p.Parse(tt.json)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, ok := parseAnthropicUsage(v)
+			if !ok || u.Usage != tt.want {
+				t.Fatalf("parseAnthropicUsage = %+v, %v; want %+v", u.Usage, ok, tt.want)
+			}
+		})
+	}
+}
+
+// OpenAI-shaped usage has no cache-write field: cached tokens stay cached
+// input, the rest input.
+func TestParseOpenAIUsageHasNoCacheWrites(t *testing.T) {
+	var p fastjson.Parser
+	v, err := p.Parse(`{"prompt_tokens":1117,"completion_tokens":46,"prompt_tokens_details":{"cached_tokens":1024},"cache_creation_input_tokens":50}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := parseOpenAIUsage(v)
+	if want := (pricing.Usage{Input: 93, CachedInput: 1024, Output: 46}); u.Usage != want {
+		t.Fatalf("parseOpenAIUsage = %+v, want %+v", u.Usage, want)
+	}
+}
