@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
+	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 )
 
@@ -22,15 +23,8 @@ func (s *Server) handleCountTokens(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, errMethod)
 		return
 	}
-	if s.draining.Load() {
-		ctx.SetConnectionClose()
-		s.writeError(ctx, errDraining)
-		return
-	}
-	start, id := time.Now(), s.ids.next()
-	ctx.Response.Header.SetCanonical(keyRequestID, []byte(id))
-	if _, err := s.authenticate(ctx); err != nil {
-		s.writeError(ctx, err)
+	start, id, _, ok := s.beginFree(ctx)
+	if !ok {
 		return
 	}
 	body := ctx.PostBody()
@@ -108,4 +102,23 @@ func (s *Server) nativeAfter(m *pricing.Model, i int) bool {
 		}
 	}
 	return false
+}
+
+// beginFree starts a free (unmetered) forwarded call: refused while the
+// server drains, given a request id, authenticated. ok is false when the
+// caller has been answered.
+func (s *Server) beginFree(ctx *fasthttp.RequestCtx) (start time.Time, id string, ident metering.Identity, ok bool) {
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+		s.writeError(ctx, errDraining)
+		return start, id, ident, false
+	}
+	start, id = time.Now(), s.ids.next()
+	ctx.Response.Header.SetCanonical(keyRequestID, []byte(id))
+	ident, err := s.authenticate(ctx)
+	if err != nil {
+		s.writeError(ctx, err)
+		return start, id, ident, false
+	}
+	return start, id, ident, true
 }

@@ -130,16 +130,8 @@ func (s *Server) handleStoredResponse(ctx *fasthttp.RequestCtx, rest []byte) {
 		s.writeError(ctx, errMethod)
 		return
 	}
-	if s.draining.Load() {
-		ctx.SetConnectionClose()
-		s.writeError(ctx, errDraining)
-		return
-	}
-	start, reqID := time.Now(), s.ids.next()
-	ctx.Response.Header.SetCanonical(keyRequestID, []byte(reqID))
-	ident, err := s.authenticate(ctx)
-	if err != nil {
-		s.writeError(ctx, err)
+	start, reqID, ident, ok := s.beginFree(ctx)
+	if !ok {
 		return
 	}
 	provider, err := s.responseProvider(ident.Account, id)
