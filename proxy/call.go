@@ -51,6 +51,8 @@ type call struct {
 	req    request
 	body   []byte           // the client's body (valid until the handler returns)
 	parser *fastjson.Parser // for the provider's answer (usage.go)
+	// inTokens is the input estimate the hold covers (set by holdRequest).
+	inTokens int64
 	// only is the one provider that may serve the call ("" = any): the one
 	// storing its previous_response_id (responses.go).
 	only string
@@ -137,6 +139,7 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 	if err != nil {
 		return hr, err
 	}
+	c.inTokens = in // the Limiter holds the same estimate (limit.go)
 	batch := c.batch()
 	fixed, ok := mulHold(in, m.Rates.MaxInput())
 	if !ok {

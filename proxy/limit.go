@@ -18,11 +18,7 @@ func (c *call) admit(hr metering.HoldRequest) (_ metering.HoldRequest, held bool
 	if l == nil {
 		return hr, false, nil
 	}
-	in, err := c.inputTokens()
-	if err != nil {
-		return hr, false, err
-	}
-	g, err := l.Admit(context.Background(), LimitedCall{Hold: hr, InputTokens: in, Choices: max(c.req.choices, 1) * c.batch()})
+	g, err := l.Admit(context.Background(), LimitedCall{Hold: hr, InputTokens: c.inTokens, Choices: max(c.req.choices, 1) * c.batch()})
 	if err != nil {
 		return hr, false, err
 	}

@@ -85,8 +85,7 @@ type Server struct {
 	models    modelBodies // pre-rendered GET /v1/models and /v1/models/{id} bodies
 
 	draining atomic.Bool
-	overHold atomic.Int64 // calls charged past their holds
-	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
+	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
 	// recording: stored responses whose owner is being recorded
 	// (account+"\x00"+id → provider), until the record is written.
 	recording sync.Map

@@ -12,8 +12,9 @@ import (
 // settle charges a served call its whole cost. By the Meter contract it
 // cannot fail once Reserve succeeded; ok is false only when the Meter
 // refused the settlement itself (a bug, logged). A charge past the call's
-// hold is logged and counted: the hold should have bounded it, so each one
-// is a hole in the hold's sizing that the operator must see.
+// hold is logged (the account counts it in Redis): the hold should have
+// bounded it, so each one is a hole in the hold's sizing that the operator
+// must see.
 func (c *call) settle(cost int64, rec metering.Record) (metering.Charge, bool) {
 	s := c.s
 	ch, err := s.meter.Settle(context.Background(), metering.Settlement{
@@ -24,7 +25,6 @@ func (c *call) settle(cost int64, rec metering.Record) (metering.Charge, bool) {
 		return ch, false
 	}
 	if ch.OverHold > 0 {
-		s.overHold.Add(1)
 		s.log.Warn("call cost more than its hold", zap.String("request_id", c.id), zap.String("account", c.ident.Account),
 			zap.String("model", c.model.ID), zap.String("endpoint", c.ep.name), zap.Int64("hold_mc", c.hold.Amount),
 			zap.Int64("charged_mc", ch.Charged), zap.Int64("over_hold_mc", ch.OverHold))
@@ -38,6 +38,3 @@ func (c *call) settle(cost int64, rec metering.Record) (metering.Charge, bool) {
 	}
 	return ch, true
 }
-
-// OverHoldCalls is how many calls this server charged past their holds.
-func (s *Server) OverHoldCalls() int64 { return s.overHold.Load() }
