@@ -268,7 +268,7 @@ func (s *Store) FulfilCheckout(ctx context.Context, f Fulfilment) (Fulfilled, er
 	if err != nil {
 		return Fulfilled{}, unavailable("fulfilling checkout", err)
 	}
-	out, err := fulfilled(res, "fulfilling checkout", f.SessionID, f.AmountMinor, f.Currency, a)
+	out, err := fulfilled(s, res, "fulfilling checkout", f.SessionID, f.AmountMinor, f.Currency, a)
 	if err != nil {
 		return Fulfilled{}, err
 	}
@@ -395,6 +395,7 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	switch toInt(res[0]) {
 	case 1:
 		id, _ := res[2].(string)
+		s.markDirty(a)
 		return Reversed{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id, Removed: toInt(res[3])}, nil
 	case 0:
 		return Reversed{BalanceAfter: toInt(res[1])}, nil
@@ -464,10 +465,13 @@ func (s *Store) BillingHistory(ctx context.Context, account string, q LedgerQuer
 // fulfilled decodes the answer of fulfil.lua and recharge_credit.lua:
 // {1, balance, entry id, credits} applied, {0, balance} already applied,
 // {-1} no account, {-2} no sale record, else {-3, expected minor, expected currency}.
-func fulfilled(res []any, what, id string, paidMinor int64, currency, account string) (Fulfilled, error) {
+func fulfilled(d *Store, res []any, what, id string, paidMinor int64, currency, account string) (Fulfilled, error) {
 	switch toInt(res[0]) {
 	case 1:
 		eid, _ := res[2].(string)
+		if d != nil {
+			d.markDirty(account)
+		}
 		return Fulfilled{Applied: true, BalanceAfter: toInt(res[1]), EntryID: eid, Credits: toInt(res[3])}, nil
 	case 0:
 		return Fulfilled{BalanceAfter: toInt(res[1])}, nil

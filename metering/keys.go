@@ -221,6 +221,13 @@ type Identity struct {
 // keys fail with ErrBadKey. Results (hits and misses) are cached in process for
 // Options.KeyCacheTTL.
 func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, error) {
+	if s.epoch.lost.Load() {
+		// Redis lost its data: every key is unknown there, and 503 (not
+		// 401) says so until the restore. (epoch.go)
+		s.epochTick()
+		return Identity{}, lostErr("authenticating")
+	}
+	s.epochTick()
 	hash := hashKey(secret)
 	if id, err, ok := s.keys.get(hash); ok {
 		return id, err
@@ -234,6 +241,12 @@ func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, erro
 	acct, _ := vals[0].(string)
 	kid, _ := vals[1].(string)
 	if acct == "" {
+		// Unknown key: is it unknown because Redis lost its data?
+		if s.epoch.seen.Load() {
+			if err := s.CheckEpoch(ctx); errors.Is(err, ErrStoreLost) {
+				return Identity{}, err
+			}
+		}
 		s.keys.put(hash, Identity{}, ErrBadKey)
 		return Identity{}, ErrBadKey
 	}
@@ -290,6 +303,12 @@ func (c *keyCache) put(h [32]byte, id Identity, err error) {
 		c.m = make(map[[32]byte]cachedKey)
 	}
 	c.m[h] = cachedKey{id: id, err: err, expires: time.Now().Add(c.ttl).UnixNano()}
+	c.mu.Unlock()
+}
+
+func (c *keyCache) clear() {
+	c.mu.Lock()
+	clear(c.m)
 	c.mu.Unlock()
 }
 

@@ -124,7 +124,10 @@ func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, err
 		return LeaseApplied{}, unavailable("applying settled calls", err)
 	}
 	if len(res) == 1 && res[0] == -1 {
-		return LeaseApplied{}, fmt.Errorf("applying settled calls of %q: %w", a, ErrNoAccount)
+		return LeaseApplied{}, s.missingAccount(ctx, "applying settled calls", a)
+	}
+	if res[3] != 0 {
+		s.markDirty(a)
 	}
 	return LeaseApplied{Balance: res[0], Lease: res[1], Available: res[2], Charged: res[3]}, nil
 }

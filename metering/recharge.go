@@ -371,7 +371,7 @@ func (s *Store) CompleteRecharge(ctx context.Context, p RechargePayment) (Fulfil
 	if err != nil {
 		return Fulfilled{}, unavailable("crediting a recharge", err)
 	}
-	out, err := fulfilled(res, "crediting recharge", p.ID, p.AmountMinor, p.Currency, a)
+	out, err := fulfilled(s, res, "crediting recharge", p.ID, p.AmountMinor, p.Currency, a)
 	if err != nil {
 		return Fulfilled{}, err
 	}

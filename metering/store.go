@@ -77,6 +77,10 @@ type Store struct {
 	opts Options
 	keys keyCache
 	pipe pipeliner
+	// Durable books (journal.go, epoch.go): ledger marks for the shipper,
+	// and what the store knows of the epoch marker.
+	dirty dirtyMarks
+	epoch epochState
 }
 
 // New returns a Store over rdb (standalone, Sentinel or Cluster client).
@@ -93,12 +97,10 @@ func (s *Store) Client() redis.UniversalClient { return s.rdb }
 // HoldTTL is the configured hold lifetime.
 func (s *Store) HoldTTL() time.Duration { return s.opts.HoldTTL }
 
-// Ping reports whether Redis answers.
+// Ping reports whether Redis answers, and has not lost its data (the epoch
+// marker, see epoch.go): ErrStoreLost is an ErrUnavailable too.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return unavailable("pinging redis", err)
-	}
-	return nil
+	return s.CheckEpoch(ctx)
 }
 
 // LoadScripts loads every script into Redis so that the first calls use
@@ -411,7 +413,10 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 		return Charge{}, unavailable("settling", err)
 	}
 	if res[0] == -1 && len(res) == 1 {
-		return Charge{}, fmt.Errorf("settling for %q: %w", a, ErrNoAccount)
+		return Charge{}, s.missingAccount(ctx, "settling", a)
+	}
+	if res[3] != 1 {
+		s.markDirty(a)
 	}
 	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1, OverHold: res[4]}, nil
 }
@@ -544,6 +549,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	switch toInt(res[0]) {
 	case 1:
 		id, _ := res[2].(string)
+		s.markDirty(a)
 		return Credited{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id}, nil
 	case 0:
 		return Credited{Applied: false, BalanceAfter: toInt(res[1])}, nil

@@ -30,6 +30,8 @@ type Config struct {
 	Pricing   pricing.Spec        `yaml:"pricing"`
 	Plans     []Plan              `yaml:"plans"`
 	Log       Log                 `yaml:"log"`
+	Database  Database            `yaml:"database"` // durable books (books.go)
+	Ledger    Ledger              `yaml:"ledger"`
 }
 
 // Proxy configures the metering proxy.
@@ -403,6 +405,7 @@ func (c *Config) SetDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	c.setBooksDefaults()
 }
 
 // Validate reports every problem at once, each with its YAML path.
@@ -411,6 +414,7 @@ func (c *Config) Validate() error {
 	bad := func(path, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
 	}
+	c.validateBooks(bad)
 	p := c.Proxy
 	if p.MaxBodyBytes < 1024 {
 		bad("proxy.max_body_bytes", "must be at least 1024, got %d", p.MaxBodyBytes)

@@ -1,0 +1,40 @@
+// Package books keeps Tollgate's durable books in PostgreSQL, the system of
+// record: accounts, their control-plane records (API keys — metadata and the
+// hash of the secret, never the secret —, Stripe customer, subscription,
+// auto-recharge settings, payments), and an append-only journal of every
+// ledger entry, in integer milli-credits. Redis (package metering) stays the
+// hot store; PostgreSQL is never on a call's path.
+//
+// It imports metering for its value types and declares the small interfaces
+// it needs of the Redis store (Ledger, and what restore and reconcile read);
+// it never builds a Redis command. It must not import proxy, lease or billing.
+//
+// # Schema
+//
+// Versioned migrations (migrations/*.sql) are embedded and applied by goose
+// (Migrate: `tollgate migrate`, and the billing process at start with
+// database.migrate), under a session advisory lock so that several processes
+// may migrate at once. The journal is range-partitioned by month on the
+// entry id's time; partitions are created ahead (EnsurePartitions) by migrate
+// and the shipper, and a default partition catches older entries.
+//
+// # Shipping: exactly once
+//
+// A ledger entry's identity is (account, its id in the account's Redis
+// stream). The Shipper copies entries after each account's cursor in one
+// transaction per batch of accounts: it takes a transaction-scoped advisory
+// lock per account (another shipper skips the account and marks it again),
+// reads the cursor, reads the entries after it from Redis, COPYs them into a
+// staging table, inserts them ON CONFLICT DO NOTHING, adds the usage of the
+// rows really inserted to usage_daily, and moves the cursor — all committed
+// together, or not at all (a killed shipper leaves nothing half-done). The
+// accounts to ship come from metering's dirty marks (taken before reading, so
+// an entry written meanwhile marks the account again) and from a periodic
+// full sweep of the ledgers (the backstop for marks lost with a process).
+//
+// # Lifetimes
+//
+// A *Books (a pgx pool) is safe for concurrent use and lives as long as its
+// process. A Shipper's Run returns when its context ends; what it had not
+// committed is shipped by the next run (or another process).
+package books

@@ -1,0 +1,40 @@
+-- restore_account: rebuild one account from the durable books into a Redis
+-- that lost it (tollgate admin restore). Every key is the account's own slot;
+-- the global lookups (tg:key:…, tg:cus:…, tg:pay:…) are written by the caller
+-- afterwards, so a key is never usable before its account exists.
+-- KEYS[1] account hash {a:<id>}:acct
+-- KEYS[2] ledger       {a:<id>}:ledger
+-- KEYS[3] history      {a:<id>}:billing
+-- KEYS[4] references   {a:<id>}:refs
+-- KEYS[5] keys         {a:<id>}:keys
+-- KEYS[6] key hashes   {a:<id>}:keys:hash
+-- KEYS[7] active keys  {a:<id>}:keys:active
+-- KEYS[8…] the account's other records, in the order of ARGV's "records"
+-- ARGV[1] JSON: {"acct": [field, value, …], "last": [id, field, value, …] | [],
+--   "history": [[id, field, value, …], …], "refs": [ref, …],
+--   "keys": [[id, meta, hash, active "1"|"0", limit], …], "records": [[field, value, …], …]}
+-- Every number is a string: cjson would turn it into a double.
+-- Returns 1 when restored, 0 when the account already exists (left alone).
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local img = cjson.decode(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(img.acct))
+redis.call('HSET', KEYS[1], 'keys_indexed', '1')
+if #img.last > 0 then
+  -- The newest entry, with its id: the stream's next ids come after it, so
+  -- the shipper's cursor stays valid.
+  redis.call('XADD', KEYS[2], img.last[1], unpack(img.last, 2))
+end
+for _, e in ipairs(img.history) do redis.call('XADD', KEYS[3], e[1], unpack(e, 2)) end
+for _, r in ipairs(img.refs) do redis.call('SADD', KEYS[4], r) end
+for _, k in ipairs(img.keys) do
+  redis.call('HSET', KEYS[5], k[1], k[2])
+  redis.call('HSET', KEYS[6], k[1], k[3])
+  if k[4] == '1' then redis.call('SADD', KEYS[7], k[1]) end
+  if k[5] ~= '0' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':limit', k[5]) end
+end
+for i, r in ipairs(img.records) do
+  if #r > 0 then
+    if r[1] == '' then redis.call('SET', KEYS[7 + i], r[2]) else redis.call('HSET', KEYS[7 + i], unpack(r)) end
+  end
+end
+return 1
