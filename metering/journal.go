@@ -219,3 +219,36 @@ func (e EntryID) String() string { return strconv.FormatInt(e.Ms, 10) + "-" + st
 
 // Less orders entry ids.
 func (e EntryID) Less(o EntryID) bool { return e.Ms < o.Ms || e.Ms == o.Ms && e.Seq < o.Seq }
+
+// BalanceAfter reads, atomically (one MULTI on the account's slot), an
+// account's balance and its ledger entries after the entry id after ("":
+// all): what reconcile compares with the books. ErrNoAccount when the
+// account is not in Redis.
+func (s *Store) BalanceAfter(ctx context.Context, account, after string) (int64, []Entry, error) {
+	lo := "-"
+	if after != "" && after != "0-0" {
+		lo = "(" + after
+	}
+	var bal *redis.StringCmd
+	var msgs *redis.XMessageSliceCmd
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		bal = p.HGet(ctx, acctKey(account), "balance")
+		msgs = p.XRange(ctx, ledgerKey(account), lo, "+")
+		return nil
+	})
+	if err != nil && !isNil(err) {
+		return 0, nil, unavailable("reading balance and ledger", err)
+	}
+	b, err := bal.Int64()
+	if err != nil {
+		if isNil(err) {
+			return 0, nil, fmt.Errorf("reading %q: %w", account, ErrNoAccount)
+		}
+		return 0, nil, unavailable("reading balance", err)
+	}
+	out := make([]Entry, 0, len(msgs.Val()))
+	for _, m := range msgs.Val() {
+		out = append(out, entryFrom(m))
+	}
+	return b, out, nil
+}
