@@ -2,7 +2,7 @@ package metering
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,7 +215,9 @@ func ParseEntryID(id string) (EntryID, error) {
 	return EntryID{a, b}, nil
 }
 
-func (e EntryID) String() string { return strconv.FormatInt(e.Ms, 10) + "-" + strconv.FormatInt(e.Seq, 10) }
+func (e EntryID) String() string {
+	return strconv.FormatInt(e.Ms, 10) + "-" + strconv.FormatInt(e.Seq, 10)
+}
 
 // Less orders entry ids.
 func (e EntryID) Less(o EntryID) bool { return e.Ms < o.Ms || e.Ms == o.Ms && e.Seq < o.Seq }

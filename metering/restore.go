@@ -97,7 +97,7 @@ type AccountImage struct {
 	// Totals, each the sum of its entry types in the journal (see Books in
 	// the package doc): Balance = Purchased + Granted + Adjusted − Consumed.
 	Balance, Purchased, Granted, Adjusted, Consumed int64
-	OverHoldCalls, OverHold                          int64
+	OverHoldCalls, OverHold                         int64
 	// Last is the newest journal entry, written back with its id so that new
 	// entries follow it (nil: the account never had one).
 	Last *Entry

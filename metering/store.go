@@ -197,6 +197,13 @@ func (s *Store) ensureAccount(ctx context.Context, id string) (bool, error) {
 	if !ValidAccountID(id) {
 		return false, fmt.Errorf("creating account %q: %w", id, ErrNoAccount)
 	}
+	if s.epoch.seen.Load() {
+		// Never an empty account in a Redis that lost its data: the restore
+		// would leave it as it is, and its credits would be gone.
+		if err := s.CheckEpoch(ctx); err != nil && errors.Is(err, ErrStoreLost) {
+			return false, err
+		}
+	}
 	n, err := createAccountScript.Run(ctx, s.rdb, []string{acctKey(id)}, time.Now().Unix()).Int()
 	if err != nil {
 		return false, unavailable("creating account", err)

@@ -24,7 +24,14 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
                                             the same reference as the admin API's is the same credit
   ledger <account> [limit]                  newest ledger entries
 
-Works against Redis directly (REDIS_URL or the config's redis section).
+  reconcile [--account ID]                  the books (PostgreSQL) against Redis; one line per
+                                            mismatch, then accounts=N mismatches=M (exit 1 if M > 0)
+  restore                                   rebuild a Redis that lost its data from the books;
+                                            last line unshipped=K (entries lost)
+  journal status                            how far journal shipping stands (lag, backlog)
+
+Works against Redis directly (REDIS_URL or the config's redis section); the
+last three also need the books (DATABASE_URL).
 `
 
 // runAdmin performs control-plane operations directly in Redis.
@@ -36,7 +43,7 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	rest := fs.Args()
-	if len(rest) < 2 {
+	if len(rest) < 2 && !booksVerb(rest) {
 		fmt.Fprint(stderr, adminUsage)
 		return errors.New("admin: missing command")
 	}
@@ -50,6 +57,9 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer rdb.Close()
 	st := metering.New(rdb, metering.Options{HoldTTL: l.cfg.Proxy.HoldTTL.D(), KeyCacheTTL: -1})
+	if booksVerb(rest) {
+		return booksCommand(ctx, l.cfg, st, rest, stdout)
+	}
 	return adminCommand(ctx, st, rest, stdout)
 }
 

@@ -37,8 +37,10 @@ func newBillingServer(l *loaded, store *metering.Store) (*http.Server, error) {
 	if l.cfg.Billing.AdminToken == "" {
 		l.log.Warn("TOLLGATE_ADMIN_TOKEN is not set: the admin API is off")
 	}
-	b, err := billing.New(billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: store, Logger: l.log, Plans: l.cfg.Plans})
+	bstore, stopBooks := startBooks(l, store)
+	b, err := billing.New(billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans})
 	if err != nil {
+		stopBooks()
 		return nil, err
 	}
 	srv := &http.Server{
@@ -49,6 +51,8 @@ func newBillingServer(l *loaded, store *metering.Store) (*http.Server, error) {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+	// The shipper and the scheduled reconcile stop with the server.
+	srv.RegisterOnShutdown(stopBooks)
 	// The auto-recharge worker lives as long as the server: it starts now and
 	// stops when the server shuts down (a request it was working on stays
 	// pending in Redis and is taken over by the next worker).

@@ -41,7 +41,8 @@ commands:
   proxy     run the metering proxy (OpenAI-compatible API)
   billing   run the billing sidecar and admin API
   dev       run proxy + billing in one process with an embedded Redis and mock providers
-  admin     manage accounts, keys and credits directly in Redis
+  admin     manage accounts, keys and credits directly in Redis; reconcile and restore the books
+  migrate   create or update the durable books' schema in PostgreSQL (DATABASE_URL)
 
 Run 'tollgate <command> -h' for a command's flags.
 `
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "admin":
 		return runAdmin(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		return runMigrate(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -69,6 +69,7 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	if err != nil {
 		l.log.Warn("starting without Redis; requests get 503 until it answers", zap.Error(err))
 	}
+	armEpoch(l, store)
 	return l, store, nil
 }
 

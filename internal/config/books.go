@@ -21,6 +21,9 @@ type Ledger struct {
 	// Retention: entries already in the books and older than this are
 	// trimmed from Redis. Default 7 days (168h). Only with a database.
 	Retention Duration `yaml:"retention"`
+	// ReconcileEvery is how often the billing process reconciles the books
+	// with Redis (a loud error on any mismatch). Default 15m.
+	ReconcileEvery Duration `yaml:"reconcile_every"`
 }
 
 // DefaultRetention is ledger.retention's default.
@@ -29,6 +32,9 @@ const DefaultRetention = 7 * 24 * time.Hour
 func (c *Config) setBooksDefaults() {
 	if c.Ledger.Retention == 0 {
 		c.Ledger.Retention = Duration(DefaultRetention)
+	}
+	if c.Ledger.ReconcileEvery == 0 {
+		c.Ledger.ReconcileEvery = Duration(15 * time.Minute)
 	}
 	if c.Database.MaxConns == 0 {
 		c.Database.MaxConns = 8

@@ -1,0 +1,252 @@
+package books
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+// Store is a *metering.Store whose control-plane writes — accounts, API
+// keys, Stripe customers, subscriptions, auto-recharge settings, payments —
+// reach the books before they are acknowledged: each is applied in Redis and
+// then copied into PostgreSQL, and an error from either is the caller's
+// error (the caller retries; every write is idempotent or harmless twice).
+// Accounts are written to the books first, so that a restore knows every
+// account Redis ever had. Everything else (calls, credits: the ledger) goes
+// straight to Redis and reaches the books through the shipper. The billing
+// process serves its API over a Store when a database is configured.
+type Store struct {
+	*metering.Store
+	b *Books
+}
+
+// NewStore wraps st.
+func (b *Books) NewStore(st *metering.Store) *Store { return &Store{Store: st, b: b} }
+
+// CreateAccount records the account in the books, then creates it in Redis.
+func (s *Store) CreateAccount(ctx context.Context, id string) (metering.Account, error) {
+	if !metering.ValidAccountID(id) {
+		return s.Store.CreateAccount(ctx, id) // its error
+	}
+	if err := s.b.AddAccount(ctx, id); err != nil {
+		return metering.Account{}, err
+	}
+	return s.Store.CreateAccount(ctx, id)
+}
+
+// EnsureAccount records the account in the books, then in Redis.
+func (s *Store) EnsureAccount(ctx context.Context, id string) (bool, error) {
+	if !metering.ValidAccountID(id) {
+		return s.Store.EnsureAccount(ctx, id)
+	}
+	if err := s.b.AddAccount(ctx, id); err != nil {
+		return false, err
+	}
+	return s.Store.EnsureAccount(ctx, id)
+}
+
+// IssueKey issues the key in Redis and records it (metadata and hash) in
+// the books; should the books fail, the key is revoked again and never
+// handed out.
+func (s *Store) IssueKey(ctx context.Context, nk metering.NewKey) (metering.Key, string, error) {
+	k, secret, err := s.Store.IssueKey(ctx, nk)
+	if err != nil {
+		return k, secret, err
+	}
+	if err := s.b.SaveRecords(ctx, s.Store, nk.Account); err != nil {
+		_ = s.Store.RevokeKey(context.WithoutCancel(ctx), nk.Account, k.ID)
+		return metering.Key{}, "", err
+	}
+	return k, secret, nil
+}
+
+// CreateKey is IssueKey without a cap.
+func (s *Store) CreateKey(ctx context.Context, account, name string, limit int64) (metering.Key, string, error) {
+	return s.IssueKey(ctx, metering.NewKey{Account: account, Name: name, CreditLimit: limit})
+}
+
+// RevokeKey revokes in Redis and records it in the books.
+func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
+	if err := s.Store.RevokeKey(ctx, account, keyID); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
+// RememberStripeCustomer records the customer in the books too.
+func (s *Store) RememberStripeCustomer(ctx context.Context, account, customer string) (string, error) {
+	c, err := s.Store.RememberStripeCustomer(ctx, account, customer)
+	if err != nil {
+		return c, err
+	}
+	return c, s.b.SaveRecords(ctx, s.Store, account)
+}
+
+// FulfilCheckout credits the sale in Redis, then records the payment.
+func (s *Store) FulfilCheckout(ctx context.Context, f metering.Fulfilment) (metering.Fulfilled, error) {
+	out, err := s.Store.FulfilCheckout(ctx, f)
+	if err != nil {
+		return out, err
+	}
+	return out, s.b.savePayment(ctx, s.Store, f.Account, metering.CheckoutReference(f.SessionID), f.SessionID, f.PaymentID)
+}
+
+// CompleteRecharge credits the recharge in Redis, then records the payment.
+func (s *Store) CompleteRecharge(ctx context.Context, p metering.RechargePayment) (metering.Fulfilled, error) {
+	out, err := s.Store.CompleteRecharge(ctx, p)
+	if err != nil {
+		return out, err
+	}
+	return out, s.b.savePayment(ctx, s.Store, p.Account, metering.RechargeReference(p.ID), p.ID, p.PaymentID)
+}
+
+// ReversePurchase applies the refund or dispute in Redis, then records what
+// the payment has left.
+func (s *Store) ReversePurchase(ctx context.Context, r metering.Reversal) (metering.Reversed, error) {
+	out, err := s.Store.ReversePurchase(ctx, r)
+	if err != nil {
+		return out, err
+	}
+	return out, s.b.SaveRecords(ctx, s.Store, r.Account, r.PaymentID)
+}
+
+// SaveSubscription records the subscription in the books too.
+func (s *Store) SaveSubscription(ctx context.Context, account string, sub metering.Subscription, at time.Time) (bool, error) {
+	return s.after(ctx, account)(s.Store.SaveSubscription(ctx, account, sub, at))
+}
+
+// EndSubscription records the end in the books too.
+func (s *Store) EndSubscription(ctx context.Context, account, sub string, endedAt, at time.Time) (bool, error) {
+	return s.after(ctx, account)(s.Store.EndSubscription(ctx, account, sub, endedAt, at))
+}
+
+// SubscriptionPaid records the new period in the books too.
+func (s *Store) SubscriptionPaid(ctx context.Context, account, sub string, start, end, at time.Time) (bool, error) {
+	return s.after(ctx, account)(s.Store.SubscriptionPaid(ctx, account, sub, start, end, at))
+}
+
+// SubscriptionPaymentFailed records the failure in the books too.
+func (s *Store) SubscriptionPaymentFailed(ctx context.Context, account, sub, reason string, at time.Time) (bool, error) {
+	return s.after(ctx, account)(s.Store.SubscriptionPaymentFailed(ctx, account, sub, reason, at))
+}
+
+// ScheduleCancel records the cancellation in the books too.
+func (s *Store) ScheduleCancel(ctx context.Context, account, sub string, cancelAt time.Time) (bool, error) {
+	return s.after(ctx, account)(s.Store.ScheduleCancel(ctx, account, sub, cancelAt))
+}
+
+// SetAutoRecharge records the settings in the books too.
+func (s *Store) SetAutoRecharge(ctx context.Context, account string, st metering.AutoRechargeSettings) error {
+	if err := s.Store.SetAutoRecharge(ctx, account, st); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
+func (s *Store) after(ctx context.Context, account string) func(bool, error) (bool, error) {
+	return func(ok bool, err error) (bool, error) {
+		if err != nil {
+			return ok, err
+		}
+		return ok, s.b.SaveRecords(ctx, s.Store, account)
+	}
+}
+
+// AddAccount records an account in the books (once).
+func (b *Books) AddAccount(ctx context.Context, id string) error {
+	if _, err := b.pool.Exec(ctx, `INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, id); err != nil {
+		return unavailable("recording account", err)
+	}
+	return nil
+}
+
+// Recorder is what SaveRecords reads of Redis. *metering.Store implements it.
+type Recorder interface {
+	StateRecords(ctx context.Context, account string, payments ...string) ([]metering.StateRecord, error)
+}
+
+// SaveRecords copies an account's control-plane records (and the payments
+// named) from Redis into the books.
+func (b *Books) SaveRecords(ctx context.Context, r Recorder, account string, payments ...string) error {
+	recs, err := r.StateRecords(ctx, account, payments...)
+	if err != nil {
+		return err
+	}
+	return b.saveRecords(ctx, account, recs, nil)
+}
+
+// payment is a payments row.
+type payment struct {
+	ref, id, currency       string
+	credits, minor, removed int64
+}
+
+func (b *Books) savePayment(ctx context.Context, st *metering.Store, account, ref, session, paymentID string) error {
+	recs, err := st.StateRecords(ctx, account, paymentID)
+	if err != nil {
+		return err
+	}
+	p := &payment{ref: ref, id: paymentID}
+	found := false
+	for _, r := range recs {
+		if r.Name == "pay:"+paymentID {
+			p.credits, p.minor, p.removed = num(r.Fields["credits_mc"]), num(r.Fields["amount_minor"]), num(r.Fields["removed_mc"])
+			p.currency, found = r.Fields["currency"], true
+		}
+	}
+	if !found { // no payment id (nothing to refund): the checkout as sold
+		c, err := st.Checkout(ctx, account, session)
+		if err != nil {
+			return fmt.Errorf("recording payment %s: %w", ref, err)
+		}
+		p.credits, p.minor, p.currency = c.Credits, c.PriceMinor, c.Currency
+	}
+	return b.saveRecords(ctx, account, recs, p)
+}
+
+func num(s string) int64 {
+	var n int64
+	_, _ = fmt.Sscan(s, &n)
+	return n
+}
+
+func (b *Books) saveRecords(ctx context.Context, account string, recs []metering.StateRecord, p *payment) error {
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		batch := &pgx.Batch{}
+		batch.Queue(`INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, account)
+		for _, r := range recs {
+			fields, _ := json.Marshal(r.Fields)
+			batch.Queue(`INSERT INTO account_records (account, name, fields) VALUES ($1, $2, $3)
+				ON CONFLICT (account, name) DO UPDATE SET fields = excluded.fields, updated_at = now()`, account, r.Name, fields)
+			if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
+				var k metering.Key
+				if json.Unmarshal([]byte(r.Fields["meta"]), &k) == nil {
+					batch.Queue(`INSERT INTO api_keys (account, id, hash, name, credit_limit, created_at, revoked)
+						VALUES ($1, $2, $3, $4, $5, $6, $7)
+						ON CONFLICT (account, id) DO UPDATE SET revoked = excluded.revoked, name = excluded.name`,
+						account, id, r.Fields["hash"], k.Name, k.CreditLimit, k.CreatedAt, k.Revoked)
+				}
+			}
+			if id, ok := strings.CutPrefix(r.Name, "pay:"); ok && p == nil {
+				batch.Queue(`UPDATE payments SET removed = $3 WHERE account = $1 AND payment_id = $2`, account, id, num(r.Fields["removed_mc"]))
+			}
+		}
+		if p != nil {
+			batch.Queue(`INSERT INTO payments (account, ref, payment_id, credits, amount_minor, currency, removed)
+				VALUES ($1, $2, $3, $4, $5, $6, $7)
+				ON CONFLICT (account, ref) DO UPDATE SET removed = excluded.removed`,
+				account, p.ref, p.id, p.credits, p.minor, p.currency, p.removed)
+		}
+		return tx.SendBatch(ctx, batch).Close()
+	})
+	if err != nil {
+		return unavailable("recording "+account, err)
+	}
+	return nil
+}
