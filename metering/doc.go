@@ -51,6 +51,10 @@
 //	tg:pay:<intent>      string Stripe payment intent → account
 //	tg:recharge          stream auto-recharge requests (consumer group "billing")
 //	tg:leases:revoked    Pub/Sub channel: accounts whose leases a debit shrank
+//	tg:ledger:dirty      set    accounts whose ledger grew since a shipper last took them
+//	                            (journal.go; written after the script, never inside one)
+//	tg:epoch             string the epoch marker: its absence, once seen, means Redis lost its
+//	                            data (epoch.go); written at setup and by restore
 //
 // # Scripts and preludes
 //

@@ -54,7 +54,7 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	pipe := s.rdb.Pipeline()
 	plan := pipe.HGetAll(ctx, planKey(account))
 	ar := pipe.HGetAll(ctx, rechargeKey(account))
-	cus := pipe.Get(ctx, stripeKey(account))
+	cus := pipe.HGetAll(ctx, stripeKey(account))
 	keys := pipe.HGetAll(ctx, keysKey(account))
 	hashes := pipe.HGetAll(ctx, keysKey(account)+":hash")
 	pays := make([]*redis.MapStringStringCmd, 0, len(payments))
@@ -75,8 +75,8 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	if m := ar.Val(); len(m) > 0 {
 		out = append(out, StateRecord{Name: "ar", Fields: m})
 	}
-	if c := cus.Val(); c != "" {
-		out = append(out, StateRecord{Name: "stripe", Fields: map[string]string{"": c}})
+	if m := cus.Val(); len(m) > 0 {
+		out = append(out, StateRecord{Name: "stripe", Fields: m})
 	}
 	for id, meta := range keys.Val() {
 		out = append(out, StateRecord{Name: "key:" + id, Fields: map[string]string{"meta": meta, "hash": hashes.Val()[id]}})
@@ -180,13 +180,11 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 			continue
 		}
 		var flat []string
+		for _, f := range sortedKeys(r.Fields) {
+			flat = append(flat, f, r.Fields[f])
+		}
 		if r.Name == "stripe" {
-			customer = r.Fields[""]
-			flat = []string{"", customer}
-		} else {
-			for _, f := range sortedKeys(r.Fields) {
-				flat = append(flat, f, r.Fields[f])
-			}
+			customer = r.Fields["customer"]
 		}
 		if strings.HasPrefix(r.Name, "pay:") {
 			payments = append(payments, r.Name[4:])

@@ -33,8 +33,6 @@ for _, k in ipairs(img.keys) do
   if k[5] ~= '0' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':limit', k[5]) end
 end
 for i, r in ipairs(img.records) do
-  if #r > 0 then
-    if r[1] == '' then redis.call('SET', KEYS[7 + i], r[2]) else redis.call('HSET', KEYS[7 + i], unpack(r)) end
-  end
+  if #r > 0 then redis.call('HSET', KEYS[7 + i], unpack(r)) end
 end
 return 1
