@@ -2,6 +2,7 @@ package books
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -89,5 +90,27 @@ func (e *env) assertShipped(t testing.TB, account string) {
 	}
 	if bal := e.Acct(t, account).Balance; bal != sum {
 		t.Fatalf("%s: journal sums to %d, balance %d", account, sum, bal)
+	}
+}
+
+func errorsIsLost(err error) bool { return errors.Is(err, metering.ErrStoreLost) }
+
+// account creates id through the books' Store (the account recorded first)
+// and sells it fund mc (the payment recorded as billing records it).
+func (e *env) account(t testing.TB, id string, fund int64) {
+	t.Helper()
+	ctx := context.Background()
+	bs := e.b.NewStore(e.St)
+	if _, err := bs.CreateAccount(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	session := "fund-" + id
+	if err := e.St.SaveCheckout(ctx, metering.Checkout{SessionID: session, Account: id, Pack: "test",
+		Credits: fund, PriceMinor: 100, Currency: "usd"}); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := bs.FulfilCheckout(ctx, metering.Fulfilment{Account: id, SessionID: session, PaymentID: "pi_" + session,
+		AmountMinor: 100, Currency: "usd"}); err != nil || !f.Applied {
+		t.Fatalf("funding %s: %+v %v", id, f, err)
 	}
 }
