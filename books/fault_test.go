@@ -58,6 +58,22 @@ func (e *env) load(t *testing.T, accounts, workers int, stop chan struct{}) (wai
 	return func() (int64, int64) { wg.Wait(); return ok.Load(), failed.Load() }
 }
 
+// waitShipped waits until Redis holds no entry the journal lacks.
+func (e *env) waitShipped(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := e.b.Status(context.Background(), e.St)
+		if err == nil && st.Unshipped == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backlog not shipped: %+v %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (e *env) reconcileClean(t *testing.T, within time.Duration) ReconcileResult {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -101,6 +117,7 @@ func TestFaultPostgresDown(t *testing.T) {
 		t.Fatalf("calls while PostgreSQL was down: %d ok, %d failed", ok, failed)
 	}
 	res := e.reconcileClean(t, 20*time.Second)
+	e.waitShipped(t, 20*time.Second)
 	cancel()
 	<-done
 	for i := range accounts {

@@ -2,7 +2,6 @@ package books
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -426,5 +425,3 @@ func minus(all, some []string) []string {
 	}
 	return out
 }
-
-var errStop = errors.New("stop")
