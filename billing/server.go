@@ -228,6 +228,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("POST /admin/v1/accounts/{id}/credits", s.admin(s.adminCredit))
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 	}
+	s.consoleRoutes(mux)
 	// Everything else, including the admin API when it is off: an OpenAI-shaped 404.
 	mux.Handle("/", h(func(http.ResponseWriter, *http.Request) error { return errNoRoute }))
 	return mux
