@@ -181,14 +181,18 @@ try {
     pack = packs.find((p) => p.key === 'growth') || packs[0];
     await page.getByText(/processing fee/).first().waitFor();
     await page.screenshot({ path: join(OUT, 'buy-credits.png'), fullPage: true });
-    const [res] = await Promise.all([
-      page.waitForResponse((r) => r.url().endsWith('/v1/billing/checkout')),
-      page.getByRole('button', { name: `Buy ${pack.name}` }).click(),
-    ]);
-    const body = await res.json();
+    // Read the checkout answer on its way to the page (the page leaves at once).
+    let body = null;
+    await page.route('**/v1/billing/checkout', async (route) => {
+      const res = await route.fetch();
+      body = await res.json();
+      await route.fulfill({ response: res });
+    });
+    await page.getByRole('button', { name: `Buy ${pack.name}` }).click();
+    await page.waitForURL(/^https:\/\/checkout\.stripe\.com\//);
+    await page.unroute('**/v1/billing/checkout');
     session = body.id;
     assert.ok(session, 'a checkout session id');
-    await page.waitForURL(/^https:\/\/checkout\.stripe\.com\//);
     assert.equal(page.url(), body.url);
   });
 

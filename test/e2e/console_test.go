@@ -67,11 +67,15 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	bin := filepath.Join(t.TempDir(), "tollgate")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/tollgate")
-	build.Dir = root
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building tollgate: %v\n%s", err, b)
+	// make e2e builds bin/tollgate first and names it; otherwise build one.
+	bin := os.Getenv("TOLLGATE_BIN")
+	if bin == "" {
+		bin = filepath.Join(t.TempDir(), "tollgate")
+		build := exec.Command("go", "build", "-o", bin, "./cmd/tollgate")
+		build.Dir = root
+		if b, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("building tollgate: %v\n%s", err, b)
+		}
 	}
 
 	rs := testredis.Start(t)
