@@ -67,7 +67,7 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// make e2e builds bin/tollgate first and names it; otherwise build one.
+	// TOLLGATE_BIN names a built tollgate; otherwise build one.
 	bin := os.Getenv("TOLLGATE_BIN")
 	if bin == "" {
 		bin = filepath.Join(t.TempDir(), "tollgate")
@@ -88,7 +88,7 @@ func TestConsole(t *testing.T) {
 	helper := httptest.NewServer(helperHandler(t, metering.New(rdb, metering.Options{}), billingURL))
 	t.Cleanup(helper.Close)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
 	defer cancel()
 	node := exec.CommandContext(ctx, "node", "console.test.mjs")
 	node.Dir = filepath.Join(root, "e2e")
