@@ -68,6 +68,9 @@ const context = await chromium.launchPersistentContext(profile, {
   viewport: { width: 1280, height: 900 },
   deviceScaleFactor: 1,
 });
+// Generous waits: CI shares its cores; a step still fails when the page never gets there.
+context.setDefaultTimeout(60000);
+context.setDefaultNavigationTimeout(90000);
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BILLING });
 
 // Every response and console message of the whole run, to check that nothing failed.
