@@ -31,7 +31,7 @@ test-short: tools ## the tests without the race detector (faster)
 
 e2e: tools ## browser tests of the console: real billing, redis-server, stripe-mock, Debian chromium (npm ci in e2e/ first); screenshots in e2e/out
 	@test -d e2e/node_modules/playwright-core || (cd e2e && npm ci --no-audit --no-fund)
-	TOLLGATE_E2E=1 $(GO) test -count=1 -timeout 5m -run '^TestConsole$$' -v ./test/e2e/
+	TOLLGATE_E2E=1 $(GO) test -count=1 -timeout 8m -run '^TestConsole$$' -v ./test/e2e/
 
 bench: build ## hot-path Go benchmarks, then the load harness on loopback: table + bench/results.json + bench/latency.svg
 	$(GO) test -run '^$$' -bench 'Handler|Inspect|Rewrite|UsageParse' -benchmem ./proxy/

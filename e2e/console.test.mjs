@@ -249,7 +249,7 @@ try {
     await page.getByRole('link', { name: 'Overview' }).focus();
     await page.keyboard.press('Tab');
     await page.keyboard.press('Enter');
-    await page.getByRole('heading', { name: 'Buy credits' }).waitFor();
+    await page.getByRole('heading', { name: 'Buy credits', level: 2 }).waitFor();
   });
 
   await step('fits a 375 px phone', async () => {

@@ -88,7 +88,7 @@ func TestConsole(t *testing.T) {
 	helper := httptest.NewServer(helperHandler(t, metering.New(rdb, metering.Options{}), billingURL))
 	t.Cleanup(helper.Close)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	node := exec.CommandContext(ctx, "node", "console.test.mjs")
 	node.Dir = filepath.Join(root, "e2e")
