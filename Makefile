@@ -11,7 +11,7 @@ FUZZTIME    ?= 60s
 CONFIG      ?= configs/tollgate.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run build test test-short bench fuzz soak lint cover tools clean
+.PHONY: help run build test test-short e2e bench fuzz soak lint cover tools clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,10 @@ test: tools ## run every test with the race detector (starts its own redis-serve
 
 test-short: tools ## the tests without the race detector (faster)
 	$(GO) test -count=1 -timeout 10m ./...
+
+e2e: tools ## browser tests of the console: real billing, redis-server, stripe-mock, Debian chromium (npm ci in e2e/ first); screenshots in e2e/out
+	@test -d e2e/node_modules/playwright-core || (cd e2e && npm ci --no-audit --no-fund)
+	TOLLGATE_E2E=1 $(GO) test -count=1 -timeout 8m -run '^TestConsole$$' -v ./test/e2e/
 
 bench: build ## hot-path Go benchmarks, then the load harness on loopback: table + bench/results.json + bench/latency.svg
 	$(GO) test -run '^$$' -bench 'Handler|Inspect|Rewrite|UsageParse' -benchmem ./proxy/
@@ -60,4 +64,4 @@ $(STRIPE_MOCK):
 	$(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)
 
 clean: ## remove build output
-	rm -rf $(BIN) cover.out cover.html
+	rm -rf $(BIN) cover.out cover.html e2e/out

@@ -17,6 +17,12 @@
 //     portal, cancel at period end, usage against the plan's limits (the
 //     counters the proxy enforces), credits with their transactions, direct
 //     purchases on the saved card and the auto-recharge setting;
+//   - the web console under /console/ (package console's embedded files) with
+//     its settings at /console/config.json, GET /api/billing/usage/daily (the
+//     usage chart, from the DailyUsage source: metering's per-day counters
+//     today, a PostgreSQL aggregate later), and the OpenAPI document at
+//     /openapi.json (package api), which openapi_test.go checks against real
+//     responses and against every route registered here;
 //   - the subscription webhooks (customer.subscription.*, invoice.paid,
 //     invoice.payment_failed), which keep plan, seats, status and period in
 //     Redis, and payment_intent.* for the off-session charges made here.
@@ -45,8 +51,9 @@
 //
 // # Imports
 //
-// billing imports pricing, internal/config and metering (through the Store
-// interface it declares, which *metering.Store satisfies) and stripe-go. It
+// billing imports pricing, internal/config, console, api and metering
+// (through the Store and DailyUsage interfaces it declares, which
+// *metering.Store satisfies) and stripe-go. It
 // never builds a Redis command: every key and script belongs to metering. It
 // must not import proxy or cmd (its tests run a real proxy, with limits, in
 // front of internal/mockllm).

@@ -53,6 +53,9 @@ type Options struct {
 	// MaxFailures is how many failed auto-recharge charges in a row turn
 	// auto-recharge off. Default Config.AutoRecharge.MaxFailures, else 3.
 	MaxFailures int
+	// Daily is the source of the usage chart (GET /api/billing/usage/daily).
+	// Default: Store, when it implements DailyUsage (*metering.Store does).
+	Daily DailyUsage
 }
 
 func (o *Options) init() {
@@ -84,6 +87,7 @@ type Server struct {
 	payments Payments     // nil when payments are off
 	jwt      *jwtVerifier // nil: JWT routes answer 503
 	plans    []config.Plan
+	daily    DailyUsage // nil: the daily usage route answers 503
 
 	adminHash  [32]byte // sha256 of the admin token
 	adminOn    bool
@@ -142,6 +146,10 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	s.plans = opts.Plans
+	s.daily = opts.Daily
+	if d, ok := opts.Store.(DailyUsage); ok && s.daily == nil {
+		s.daily = d
+	}
 	s.origins, s.redirects = make(map[string]bool), make(map[string]bool)
 	for _, o := range s.cfg.AllowedOrigins {
 		o = strings.TrimRight(o, "/")
@@ -206,6 +214,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /api/billing/portal", s.user(s.portal))
 	mux.Handle("POST /api/billing/cancel", s.user(s.cancel))
 	mux.Handle("GET /api/billing/usage", s.user(s.usage))
+	mux.Handle("GET /api/billing/usage/daily", s.user(s.dailyUsage))
 	mux.Handle("GET /api/billing/credits", s.user(s.credits))
 	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
 	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))
@@ -219,6 +228,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("POST /admin/v1/accounts/{id}/credits", s.admin(s.adminCredit))
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 	}
+	s.consoleRoutes(mux)
 	// Everything else, including the admin API when it is off: an OpenAI-shaped 404.
 	mux.Handle("/", h(func(http.ResponseWriter, *http.Request) error { return errNoRoute }))
 	return mux

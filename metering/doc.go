@@ -41,6 +41,9 @@
 //	{a:ID}:plan          hash   subscription: plan, seats, status, period, cancel_at …
 //	{a:ID}:usage         hash   this billing period's requests, tokens and credits, and the sums
 //	                            of the live period holds (see plans.go)
+//	{a:ID}:day:<date>    hash   one UTC day's charged calls per model (r:/i:/o:/c:<model>:
+//	                            requests, input and output tokens, mc), TTL 40 days after
+//	                            its last write; settle.lua and lease_flush.lua (debit.lua)
 //	{a:ID}:phexp         zset   period hold (request id) → expiry (ms)
 //	{a:ID}:phval         hash   period hold (request id) → "mc:in:out": a call's worst case
 //	                            against its plan's period limits, from Admit to its end

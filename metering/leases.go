@@ -100,11 +100,12 @@ type LeaseApplied struct {
 // ErrNoAccount or ErrUnavailable.
 func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, error) {
 	a := b.Account
-	keys := make([]string, 0, 9+len(b.Calls))
+	now := time.Now()
+	keys := make([]string, 0, 10+len(b.Calls))
 	keys = append(keys, acctKey(a), holdExpKey(a), holdValKey(a), ledgerKey(a), planKey(a), usageKey(a),
-		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a))
+		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now))
 	args := make([]any, 0, 6+len(b.Calls)*50)
-	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(time.Now()).Unix(),
+	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(now).Unix(),
 		b.GiveBack, b.GiveBackSeq)
 	for i := range b.Calls {
 		c := &b.Calls[i]

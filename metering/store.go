@@ -407,13 +407,14 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	if st.Record.CreatedAt.IsZero() {
 		st.Record.CreatedAt = time.Now()
 	}
+	now := time.Now()
 	args := make([]any, 0, 52)
 	args = append(args, st.HoldID, st.KeyID, st.Cost, int64(s.opts.RecordTTL/time.Second),
-		MonthStart(time.Now()).Unix(), st.Record.InputTokens(), max(st.Record.Output, 0))
+		MonthStart(now).Unix(), st.Record.InputTokens(), max(st.Record.Output, 0))
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now)},
 		args...,
 	).Int64Slice()
 	if err != nil {

@@ -104,8 +104,8 @@ func Start(t testing.TB) *Server {
 	select {
 	case a := <-addr:
 		s.URL = "http://" + a
-	case <-time.After(20 * time.Second):
-		t.Fatalf("stripe-mock did not start within 20s")
+	case <-time.After(60 * time.Second): // a loaded machine starts it slowly
+		t.Fatalf("stripe-mock did not start within 60s")
 	}
 	if err := waitReady(s.URL, 10*time.Second); err != nil {
 		t.Fatalf("stripe-mock at %s: %v", s.URL, err)

@@ -34,3 +34,26 @@ local function tg_write_charge(ledger, gen, recTTL, ref, charge, balance, over, 
   redis.call('EXPIRE', gen, recTTL)
   return eid
 end
+
+-- tg_rec_model is the model named in a call's record (field/value strings).
+local function tg_rec_model(rec)
+  for j = 1, #rec - 1, 2 do
+    if rec[j] == 'model' then return rec[j + 1] end
+  end
+  return ''
+end
+
+-- tg_count_day adds n charged calls of one model to the account's usage of
+-- the day (UTC): one hash per day, {a:<id>}:day:<YYYY-MM-DD>, fields
+-- "<counter>:<model>" with counter r (requests), i (input tokens, cached and
+-- cache writes included), o (output tokens) and c (mc charged); it expires 40
+-- days after its last write. Only charged calls come here: failed calls are
+-- released, never counted.
+local TG_DAY_TTL = 40 * 86400
+local function tg_count_day(day, model, n, inTok, outTok, charge)
+  redis.call('HINCRBY', day, 'r:' .. model, n)
+  redis.call('HINCRBY', day, 'i:' .. model, inTok)
+  redis.call('HINCRBY', day, 'o:' .. model, outTok)
+  redis.call('HINCRBY', day, 'c:' .. model, charge)
+  redis.call('EXPIRE', day, TG_DAY_TTL)
+end

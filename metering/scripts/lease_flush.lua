@@ -11,7 +11,8 @@
 -- KEYS[7] give-back mark {a:<id>}:gb:<lease id> (the last give-back applied)
 -- KEYS[8] period hold expiry {a:<id>}:phexp
 -- KEYS[9] period hold values {a:<id>}:phval
--- KEYS[9+i] cost record of the i-th call {a:<id>}:gen:<request id>
+-- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the flush's day)
+-- KEYS[10+i] cost record of the i-th call {a:<id>}:gen:<request id>
 -- ARGV: lease id, ttl ms, record ttl s, calendar month start (unix s),
 --       mc to give back, give-back sequence number, then per call:
 --       kind ("s" settle | "r" release), request id, key id, cost mc, hold mc,
@@ -29,7 +30,7 @@
 -- Returns {balance, lease after, available after, charged in all}, or {-1}
 -- when the account does not exist.
 local acct, hexp, hval, ledger, plan, usage, gbMark = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local phexp, phval = KEYS[8], KEYS[9]
+local phexp, phval, day = KEYS[8], KEYS[9], KEYS[10]
 local id, ttl, recTTL, month = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local giveBack, gbSeq = tonumber(ARGV[5]), ARGV[6]
 if giveBack > 0 then
@@ -49,7 +50,9 @@ if v then lease = tg_parse_hold(v) end
 -- Per key: {charged, over-hold mc, over-hold calls}.
 local leaseUsed, total, served, requests, inSum, outSum = 0, 0, 0, 0, 0, 0
 local perKey = {}
-local i, k = 7, 10
+-- Per model: {calls, input tokens, output tokens, charged}, for the day's usage.
+local perModel = {}
+local i, k = 7, 11
 while i <= #ARGV do
   local kind, req, kid, cost, held = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local inTok, outTok, n = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
@@ -79,7 +82,15 @@ while i <= #ARGV do
       end
       t[1] = t[1] + cost
       if over > 0 then t[2], t[3] = t[2] + over, t[3] + 1 end
-      tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, {unpack(ARGV, first, last)})
+      local rec = {unpack(ARGV, first, last)}
+      tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, rec)
+      local model = tg_rec_model(rec)
+      local d = perModel[model]
+      if not d then
+        d = {0, 0, 0, 0}
+        perModel[model] = d
+      end
+      d[1], d[2], d[3], d[4] = d[1] + 1, d[2] + inTok, d[3] + outTok, d[4] + cost
     end
   end
 end
@@ -87,6 +98,7 @@ end
 -- The batch's totals, once: balance, consumed, the keys' spend, the lease and
 -- the period's counters.
 for kid, t in pairs(perKey) do tg_debit(acct, kid, t[1], t[2], t[3]) end
+for model, d in pairs(perModel) do tg_count_day(day, model, d[1], d[2], d[3], d[4]) end
 lease = lease - leaseUsed
 if giveBack > lease then giveBack = lease end
 lease = lease - giveBack

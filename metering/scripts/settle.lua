@@ -10,6 +10,7 @@
 -- KEYS[7] usage        {a:<id>}:usage          (hash: the period's counters)
 -- KEYS[8] period hold expiry {a:<id>}:phexp     (the call's period hold, if admitted under a plan)
 -- KEYS[9] period hold values {a:<id>}:phval
+-- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the settle's day)
 -- ARGV: hold id, key id, cost mc, record ttl s, calendar month start (unix s),
 --       input tokens, output tokens, then field/value pairs of the usage record.
 -- The call is charged its whole cost, even past its hold (the excess is
@@ -19,7 +20,7 @@
 -- Returns {balance after, charged, capped (0/1), replay (0/1), over hold mc},
 -- or {-1} when the account does not exist.
 local acct, hexp, hval, gen, ledger, plan, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local phexp, phval = KEYS[8], KEYS[9]
+local phexp, phval, day = KEYS[8], KEYS[9], KEYS[10]
 local id, kid, cost, recTTL = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local month, inTok, outTok = ARGV[5], ARGV[6], ARGV[7]
 
@@ -45,7 +46,9 @@ end
 local overCalls = 0
 if over > 0 then overCalls = 1 end
 local balance = tg_debit(acct, kid, charge, over, overCalls)
-tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, {unpack(ARGV, 8)})
+local rec = {unpack(ARGV, 8)}
+tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
+tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)
 -- The period's counters, which the plan limits and the usage API read; the
 -- call's period hold is dropped.
 tg_count(plan, usage, month, tg_end_call(plan, usage, phexp, phval, gen, id, month, true), inTok, outTok, charge)

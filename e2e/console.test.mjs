@@ -1,0 +1,286 @@
+// Browser tests of the Tollgate console: playwright-core drives Debian's
+// chromium (never a downloaded browser) against a real billing process,
+// redis-server and stripe-mock started by test/e2e (go test, TOLLGATE_E2E=1).
+// Screenshots land in OUT_DIR for a person to look at.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BILLING = need('BILLING_URL');
+const HELPER = need('HELPER_URL');
+const ADMIN = need('ADMIN_TOKEN');
+const OUT = need('OUT_DIR');
+const EXE = process.env.CHROMIUM || '/usr/bin/chromium';
+const ACCOUNT = 'cust_e2e_' + Date.now().toString(36);
+const HOSTILE = '<img src=x onerror=alert(1)>';
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run through make e2e`);
+  return v;
+}
+
+const steps = [];
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    steps.push(name);
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (err) {
+    console.log(`FAIL ${name}: ${err.stack || err}`);
+    throw err;
+  }
+}
+
+async function helper(path, body) {
+  const res = await fetch(HELPER + path, body === undefined ? {} : { method: 'POST', body: JSON.stringify(body) });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`helper ${path}: ${res.status} ${text}`);
+  return text;
+}
+
+async function api(path, token, init = {}) {
+  const res = await fetch(BILLING + path, { ...init, headers: { Authorization: 'Bearer ' + token, ...(init.headers || {}) } });
+  const text = await res.text();
+  assert.ok(res.ok, `${path}: ${res.status} ${text}`);
+  return text;
+}
+
+// rawNumber reads a JSON number's text as the API wrote it ("12.345").
+function rawNumber(text, field) {
+  const m = new RegExp(`"${field}":(-?[0-9.]+)`).exec(text);
+  assert.ok(m, `${field} in ${text}`);
+  return m[1];
+}
+
+const grouped = (s) => s.replace(/^(-?)(\d+)/, (_, sign, d) => sign + d.replace(/\B(?=(\d{3})+(?!\d))/g, ','));
+
+const profile = mkdtempSync(join(tmpdir(), 'tollgate-e2e-profile-'));
+mkdirSync(OUT, { recursive: true });
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: EXE,
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run'],
+  viewport: { width: 1280, height: 900 },
+  deviceScaleFactor: 1,
+});
+// Generous waits: CI shares its cores; a step still fails when the page never gets there.
+context.setDefaultTimeout(60000);
+context.setDefaultNavigationTimeout(90000);
+await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BILLING });
+
+// Every response and console message of the whole run, to check that nothing failed.
+const failures = [];
+const requestURLs = [];
+const dialogs = [];
+function watch(page) {
+  page.on('response', (r) => {
+    if (r.status() >= 400) failures.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  page.on('request', (r) => requestURLs.push(r.url()));
+  page.on('console', (m) => { if (m.type() === 'error') failures.push('console: ' + m.text()); });
+  page.on('pageerror', (e) => failures.push('page error: ' + e.message));
+  page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+  return page;
+}
+// Stripe's hosted Checkout is not reachable here: answer it with a stand-in page.
+await context.route('https://checkout.stripe.com/**', (route) => route.fulfill({
+  status: 200, contentType: 'text/html', body: '<!doctype html><title>Stripe Checkout</title><h1>Stripe Checkout (stand-in)</h1>',
+}));
+
+let exitCode = 0;
+try {
+  const token = (await helper('/token?sub=' + ACCOUNT)).trim();
+  const page = watch(context.pages()[0] || await context.newPage());
+
+  await step('GET /console/ is HTML with a strict CSP; /openapi.json is OpenAPI 3', async () => {
+    const res = await fetch(BILLING + '/console/');
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /text\/html/);
+    const csp = res.headers.get('content-security-policy');
+    assert.match(csp, /script-src 'self'/);
+    assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+    assert.match(csp, new RegExp(`frame-ancestors ${BILLING.replace(/[.]/g, '\\.')}`));
+    const doc = await (await fetch(BILLING + '/openapi.json')).json();
+    assert.match(doc.openapi, /^3\./);
+  });
+
+  await step('handoff shows the balance the API reports, and drops the token from the address bar', async () => {
+    await page.goto(`${BILLING}/console/#token=${encodeURIComponent(token)}`);
+    const credits = await api('/api/billing/credits?limit=1', token);
+    const want = grouped(rawNumber(credits, 'balance'));
+    await page.getByTestId('balance').filter({ hasText: want }).waitFor();
+    assert.equal(new URL(page.url()).hash, '#overview');
+    assert.ok(!page.url().includes(token));
+    await page.getByRole('link', { name: 'Overview' }).waitFor();
+    await page.getByText('You are out of credits').waitFor();
+  });
+
+  await step('operator grants credits (admin token sign-in)', async () => {
+    const op = watch(await context.newPage());
+    await op.goto(`${BILLING}/console/`);
+    await op.getByLabel('Admin token').fill(ADMIN);
+    await op.getByRole('button', { name: 'Sign in' }).click();
+    await op.getByLabel('Account id').fill(ACCOUNT);
+    await op.getByRole('button', { name: 'Find account' }).click();
+    await op.getByTestId('op-balance').filter({ hasText: '0.000' }).waitFor();
+    await op.getByLabel('Credits', { exact: true }).fill('1500.5');
+    await op.getByLabel('Reference').fill('e2e-grant-1');
+    await op.getByLabel('Description (optional)').fill('Welcome credits');
+    await op.getByRole('button', { name: 'Grant credits' }).click();
+    await op.getByText('Applied. New balance: 1,500.500 credits.').waitFor();
+    await op.getByTestId('op-balance').filter({ hasText: '1,500.500' }).waitFor();
+    await op.getByRole('cell', { name: 'admin:e2e-grant-1' }).waitFor();
+    // The same reference again credits nothing.
+    await op.getByRole('button', { name: 'Grant credits' }).click();
+    await op.getByText('Reference already used').waitFor();
+    await op.screenshot({ path: join(OUT, 'operator-account.png'), fullPage: true });
+    await op.close();
+  });
+
+  await step('a key is created with a credit limit, copied and revoked', async () => {
+    await page.reload();
+    await page.getByTestId('balance').filter({ hasText: '1,500.500' }).waitFor();
+    await page.getByRole('link', { name: 'API keys' }).click();
+    await page.getByText('No API keys yet').waitFor();
+    await page.getByLabel('Name').fill('ci server');
+    await page.getByLabel('Credit limit (optional)').fill('250');
+    await page.getByRole('button', { name: 'Create key' }).click();
+    const secret = (await page.getByTestId('new-key').textContent()).trim();
+    assert.match(secret, /^tg-/);
+    await page.getByRole('button', { name: 'Copy the new key' }).click();
+    await page.getByText('Key copied to the clipboard').waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
+    const row = page.getByRole('row').filter({ hasText: 'ci server' });
+    await row.getByText('250.000').waitFor();
+    await page.screenshot({ path: join(OUT, 'keys-created.png'), fullPage: true });
+    await row.getByRole('button', { name: 'Revoke key ci server' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Revoke key' }).click();
+    await row.getByText('Revoked').waitFor();
+    const keys = JSON.parse(await api('/v1/keys', token));
+    assert.equal(keys.data.length, 1);
+    assert.equal(keys.data[0].revoked, true);
+  });
+
+  await step('a hostile key name renders as text', async () => {
+    await page.getByLabel('Name').fill(HOSTILE);
+    await page.getByRole('button', { name: 'Create key' }).click();
+    await page.getByRole('row').filter({ hasText: HOSTILE }).waitFor();
+    assert.equal(await page.locator('main img').count(), 0);
+    assert.equal(await page.locator('.keyname', { hasText: HOSTILE }).first().textContent(), HOSTILE);
+    assert.deepEqual(dialogs, []);
+    await page.screenshot({ path: join(OUT, 'keys-hostile-name.png'), fullPage: true });
+  });
+
+  let session = '';
+  let pack = null;
+  await step('a pack purchase shows the fee and reaches a Checkout URL from stripe-mock', async () => {
+    await page.getByRole('link', { name: 'Buy credits' }).click();
+    const packs = JSON.parse(await (await fetch(BILLING + '/v1/billing/packs')).text()).data;
+    pack = packs.find((p) => p.key === 'growth') || packs[0];
+    await page.getByText(/processing fee/).first().waitFor();
+    await page.screenshot({ path: join(OUT, 'buy-credits.png'), fullPage: true });
+    // Read the checkout answer on its way to the page (the page leaves at once).
+    let body = null;
+    await page.route('**/v1/billing/checkout', async (route) => {
+      const res = await route.fetch();
+      body = await res.json();
+      await route.fulfill({ response: res });
+    });
+    await page.getByRole('button', { name: `Buy ${pack.name}` }).click();
+    await page.waitForURL(/^https:\/\/checkout\.stripe\.com\//);
+    await page.unroute('**/v1/billing/checkout');
+    session = body.id;
+    assert.ok(session, 'a checkout session id');
+    assert.equal(page.url(), body.url);
+  });
+
+  await step('a signed webhook later shows the new balance and the purchase in the history', async () => {
+    await helper('/paid', { account: ACCOUNT, session, pack: pack.key, amount: pack.price_minor, currency: pack.currency });
+    await page.goto(`${BILLING}/console/?billing=success#overview`);
+    await page.getByText('Thank you — payment received.').waitFor();
+    const want = grouped(rawNumber(await api('/api/billing/credits?limit=1', token), 'balance'));
+    assert.equal(want, '2,375,550.500');
+    await page.getByTestId('balance').filter({ hasText: want }).waitFor();
+    assert.ok(!page.url().includes('billing=success'));
+    await page.screenshot({ path: join(OUT, 'overview-after-purchase.png'), fullPage: true });
+    await page.getByRole('link', { name: 'History' }).click();
+    await page.getByRole('region', { name: 'Purchases' }).getByText('2,374,050.000').waitFor();
+    await page.getByRole('region', { name: 'Transactions' }).getByText('1,500.500').waitFor();
+    await page.screenshot({ path: join(OUT, 'history.png'), fullPage: true });
+  });
+
+  await step('auto-recharge is edited', async () => {
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.getByLabel('Recharge automatically when my balance runs low').check();
+    await page.getByLabel('When the balance falls below (credits)').fill('1000');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText('Auto-recharge is on').waitFor();
+    const cr = await api('/api/billing/credits?limit=1', token);
+    assert.match(cr, /"enabled":true/);
+    assert.equal(rawNumber(cr, 'threshold'), '1000.000');
+  });
+
+  await step('the usage chart draws with data, and the table sums per model', async () => {
+    await helper('/usage', { account: ACCOUNT });
+    await page.getByRole('link', { name: 'Usage' }).click();
+    await page.locator('svg.chart rect').first().waitFor();
+    assert.ok(await page.locator('svg.chart rect').count() >= 3);
+    const row = page.getByRole('row').filter({ hasText: 'claude-sonnet' });
+    await row.getByText('19.600').waitFor();
+    await page.getByRole('radio', { name: 'Tokens' }).click();
+    await page.locator('svg.chart[aria-label^="Tokens"]').waitFor();
+    await page.getByRole('radio', { name: 'Credits' }).click();
+    await page.screenshot({ path: join(OUT, 'usage.png'), fullPage: true });
+  });
+
+  await step('the plan view shows usage against limits', async () => {
+    await page.getByRole('link', { name: 'Plan' }).click();
+    await page.getByText('No plan').waitFor();
+    await page.getByText('Requests', { exact: true }).waitFor();
+    await page.screenshot({ path: join(OUT, 'plan.png'), fullPage: true });
+  });
+
+  await step('keyboard: tabs are reachable and followed with Enter', async () => {
+    await page.getByRole('link', { name: 'Overview' }).focus();
+    await page.keyboard.press('Tab');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Buy credits', level: 2 }).waitFor();
+  });
+
+  await step('fits a 375 px phone', async () => {
+    await page.setViewportSize({ width: 375, height: 800 });
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.getByTestId('balance').waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+    await page.screenshot({ path: join(OUT, 'phone-overview.png'), fullPage: true });
+    await page.getByRole('link', { name: 'API keys' }).click();
+    await page.getByRole('row').filter({ hasText: HOSTILE }).waitFor();
+    const overflowKeys = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflowKeys <= 0, `keys page is ${overflowKeys}px wider than the phone`);
+    await page.screenshot({ path: join(OUT, 'phone-keys.png'), fullPage: true });
+  });
+
+  await step('no request failed, no console error, and the token never appeared in a URL', async () => {
+    assert.deepEqual(failures, []);
+    const leaked = requestURLs.filter((u) => u.includes(token));
+    assert.deepEqual(leaked, []);
+    assert.deepEqual(dialogs, []);
+  });
+} catch (err) {
+  exitCode = 1;
+  try {
+    for (const p of context.pages()) await p.screenshot({ path: join(OUT, `failure-${context.pages().indexOf(p)}.png`), fullPage: true });
+  } catch { /* the browser may be gone */ }
+  if (failures.length) console.log('failed requests and console errors:\n  ' + failures.join('\n  '));
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+console.log(`${steps.length} steps passed; screenshots in ${OUT}`);
+process.exit(exitCode);
