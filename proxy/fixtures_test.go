@@ -244,14 +244,14 @@ func splitEvents(b []byte) [][]byte {
 // defaults (core), every provider kind, and models whose first deployments
 // fail.
 func fixtureSpec() pricing.Spec {
-	i64 := func(v int64) *int64 { return &v }
+	rp := func(v int64) *pricing.Rate { r := pricing.Per1K(v); return &r }
 	dep := func(p, m string) []pricing.DeploymentSpec { return []pricing.DeploymentSpec{{Provider: p, Model: m}} }
 	return pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
 		Tiers: map[string]pricing.TierSpec{
-			"core":  {Input: 1, Output: 2},
-			"pro":   {Input: 3, CachedInput: i64(1), Output: 6, CacheWrite: i64(4), CacheWrite1h: i64(6)},
-			"ultra": {Input: 8, CachedInput: i64(2), Output: 16, CacheWrite: i64(10), CacheWrite1h: i64(16)},
+			"core":  {Input: pricing.Per1K(1), Output: pricing.Per1K(2)},
+			"pro":   {Input: pricing.Per1K(3), CachedInput: rp(1), Output: pricing.Per1K(6), CacheWrite: rp(4), CacheWrite1h: rp(6)},
+			"ultra": {Input: pricing.Per1K(8), CachedInput: rp(2), Output: pricing.Per1K(16), CacheWrite: rp(10), CacheWrite1h: rp(16)},
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-2024-08-06")},
@@ -711,7 +711,7 @@ func TestFixtureManifest(t *testing.T) {
 		}
 		x := f.Expect
 		want := m.Cost(pricing.Usage{Input: x.Input, CachedInput: x.CachedInput, Output: x.Output,
-			CacheWrite: x.CacheWrite, CacheWrite1h: x.CacheWrite1h})
+			CacheWrite: x.CacheWrite, CacheWrite1h: x.CacheWrite1h}, time.Now())
 		if byHand := x.price(fixtureRates[m.Tier]); want != byHand {
 			t.Errorf("%s: the catalog prices its tokens at %d, fixtureRates at %d", f.Name, want, byHand)
 		}

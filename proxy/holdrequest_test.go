@@ -12,14 +12,14 @@ import (
 // holdModel is a tier-priced model for holdRequest tests: 1 mc per input
 // token, 2 per output token.
 func holdModel(window, maxOut int64) *pricing.Model {
-	return &pricing.Model{ID: "m", Tier: "core", Rates: pricing.Rates{Input: 1, CachedInput: 1, Output: 2},
+	return &pricing.Model{ID: "m", Tier: "core", Hold: pricing.HoldRates{Input: 1, Output: 2},
 		ContextWindow: window, MaxOutputTokens: maxOut}
 }
 
 // cacheModel is holdModel (5000-token window) with cache-write rates.
 func cacheModel(cw, cw1h int64) *pricing.Model {
 	m := holdModel(5000, 100)
-	m.Rates.CacheWrite, m.Rates.CacheWrite1h = cw, cw1h
+	m.Hold.Input = max(m.Hold.Input, cw, cw1h) // the dearest input kind
 	return m
 }
 
@@ -94,13 +94,13 @@ func TestHoldRequestBoundsWhatCanBeBilled(t *testing.T) {
 			func(b string) want { return want{fixed: 5 * bodyOf(b), perOut: 2, minOut: 7, maxOut: 7} }},
 		{"window held at the 1-hour write rate", cacheModel(3, 5), epMessages, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}`,
 			func(b string) want { return want{fixed: 5 * 5000, perOut: 2, minOut: 7, maxOut: 7} }},
-		{"past any balance: refused", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1 << 30, Output: 1 << 30}, ContextWindow: 1 << 40, MaxOutputTokens: 1 << 20},
+		{"past any balance: refused", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1 << 30, Output: 1 << 30}, ContextWindow: 1 << 40, MaxOutputTokens: 1 << 20},
 			epChat, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_search"}]}`,
 			func(string) want { return want{err: "more than any balance"} }},
-		{"output past any balance: refused", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
+		{"output past any balance: refused", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
 			epCompletions, `{"model":"m","max_tokens":1073741824,"n":128,"prompt":["a","b"]}`,
 			func(string) want { return want{err: "more than any balance"} }},
-		{"gateway limit kept holdable", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
+		{"gateway limit kept holdable", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
 			epCompletions, `{"model":"m","n":128,"prompt":["a","b"]}`,
 			func(b string) want {
 				per := int64(1<<30) * 128 * 2

@@ -59,6 +59,9 @@ type request struct {
 	// not bound (a stored conversation, images or files, provider-side
 	// tools); "" when it will not. See remote.go.
 	remote string
+	// tools: the provider may run a tool of its own (web search and the
+	// like) that it bills per use; the hold covers heldToolUses of them.
+	tools bool
 	// prevResponse is a Responses call's previous_response_id (nil when
 	// absent or null): the stored response it continues, which must be the
 	// account's own (responses.go).
@@ -193,6 +196,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		r.maxOut, r.maxField = n, f
 	}
 	r.remote = s.remote
+	r.tools = providerTools(ep.dialect, s) // remote.go
 	if r.remote == "" {
 		r.remote = remoteParams(ep.dialect, s)
 	}

@@ -562,7 +562,7 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = "stream_timeout"
 		}
 	}
-	ch, ok := c.settle(c.model.Cost(u.Usage), rec)
+	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
 	if !ok {
 		return // logged; the trailers stay empty
 	}
