@@ -46,6 +46,9 @@ func Per1K(n int64) Rate {
 	return Rate{n: min(uint64(n), maxRate/rateScale) * rateScale}
 }
 
+// Ptr returns a pointer to a copy of r, for the optional rates of a Spec.
+func (r Rate) Ptr() *Rate { return &r }
+
 // ParseRate parses a decimal number of credits per 1K tokens with at most
 // nine decimals ("8", "0.1", "3.75"). It never goes through a float.
 func ParseRate(s string) (Rate, error) {

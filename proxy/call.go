@@ -332,7 +332,7 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 	return metering.Record{
 		RequestID: c.id, Model: c.model.ID, Endpoint: c.ep.name,
 		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
-		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h,
+		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h, WebSearch: u.WebSearch,
 		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
 	}
 }

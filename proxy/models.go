@@ -200,7 +200,9 @@ func (s *Server) handleGeneration(ctx *fasthttp.RequestCtx) {
 	b = strconv.AppendInt(b, g.CacheWrite, 10)
 	b = append(b, `,"cache_write_1h":`...)
 	b = strconv.AppendInt(b, g.CacheWrite1h, 10)
-	b = append(b, `},"credits_charged":"`...)
+	b = append(b, `},"web_search_requests":`...)
+	b = strconv.AppendInt(b, g.WebSearch, 10)
+	b = append(b, `,"credits_charged":"`...)
 	b = pricing.AppendCredits(b, g.Charged)
 	b = append(b, `","balance_after":`...)
 	if g.Failed {
