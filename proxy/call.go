@@ -163,6 +163,9 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 		return hr, errTooLargeToHold(batch, c.req.choices)
 	}
 	hr.PerOutput = per
+	if c.req.noOutput {
+		return hr, nil // input only: no output is granted or held
+	}
 	room := maxHold - fixed // output mc a hold may still take
 	if c.req.maxOut > 0 {
 		if c.req.maxOut > m.MaxOutputTokens {

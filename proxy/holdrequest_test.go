@@ -130,3 +130,37 @@ func TestHoldRequestBoundsWhatCanBeBilled(t *testing.T) {
 		})
 	}
 }
+
+// TestNoOutputPrewarm: /v1/messages with max_tokens 0 (a prompt-cache
+// pre-warm) holds its input only and is forwarded unchanged; elsewhere a
+// zero output limit stays a 400.
+func TestNoOutputPrewarm(t *testing.T) {
+	s, _, _ := fuzzServer(t)
+	body := `{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"warm"}]}`
+	hr, err := holdFor(t, s, holdModel(5000, 100), epMessages, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hr.Fixed != inputEstimate(len(body), 0) || hr.MinOutput != 0 || hr.MaxOutput != 0 {
+		t.Fatalf("hold %+v: want the input estimate and no output", hr)
+	}
+	r, err := inspect(epMessages, []byte(body))
+	if err != nil || !r.noOutput {
+		t.Fatalf("inspect: %+v %v", r, err)
+	}
+	if out, changed := rewrite(nil, &r, epMessages, []byte(body), "m", 0); changed {
+		t.Fatalf("rewritten: %s", out)
+	}
+	for _, tc := range []struct {
+		ep   *endpoint
+		body string
+	}{
+		{epChat, `{"model":"m","max_tokens":0,"messages":[]}`},
+		{epResponses, `{"model":"m","max_output_tokens":0,"input":"x"}`},
+		{epMessages, `{"model":"m","max_tokens":-1,"messages":[]}`},
+	} {
+		if _, err := inspect(tc.ep, []byte(tc.body)); err == nil {
+			t.Errorf("%s %s accepted", tc.ep.name, tc.body)
+		}
+	}
+}
