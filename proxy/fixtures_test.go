@@ -298,8 +298,8 @@ const nano = 1_000_000_000
 // web searches at 10 and 25 USD per 1K (1,000 and 2,500 credits each).
 var fixtureRates = map[string]fixtureRate{
 	"core": {1 * nano, 1 * nano, 2 * nano, 2 * nano, 2 * nano, 0}, "pro": {3 * nano, 1 * nano, 6 * nano, 4 * nano, 6 * nano, 0},
-	"ultra":         {8 * nano, 2 * nano, 16 * nano, 10 * nano, 16 * nano, 0},
-	"claude-search": {8 * nano, nano * 8 / 10, 16 * nano, 10 * nano, 16 * nano, 1_000_000 * nano},
+	"ultra":          {8 * nano, 2 * nano, 16 * nano, 10 * nano, 16 * nano, 0},
+	"claude-search":  {8 * nano, nano * 8 / 10, 16 * nano, 10 * nano, 16 * nano, 1_000_000 * nano},
 	"gpt-4.1-search": {3 * nano, nano * 3 / 4, 6 * nano, 4 * nano, 6 * nano, 2_500_000 * nano},
 }
 
@@ -480,7 +480,7 @@ func checkUsageEntry(t *testing.T, en metering.Entry, id, model, provider string
 		"output_tokens": strconv.FormatInt(x.Output, 10), "reasoning_tokens": strconv.FormatInt(x.Reasoning, 10),
 		"cache_write_tokens": strconv.FormatInt(x.CacheWrite, 10), "cache_write_1h_tokens": strconv.FormatInt(x.CacheWrite1h, 10),
 		"web_search_requests": strconv.FormatInt(x.WebSearch, 10),
-		"estimated": b(x.Estimated), "streamed": b(streamed), "cancelled": b(cancelled), "failed": "0", "capped": "0",
+		"estimated":           b(x.Estimated), "streamed": b(streamed), "cancelled": b(cancelled), "failed": "0", "capped": "0",
 	}
 	for k, v := range want {
 		if en.Fields[k] != v {

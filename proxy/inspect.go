@@ -47,13 +47,13 @@ var (
 type request struct {
 	model     []byte
 	stream    bool
-	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
-	maxOut    int64  // the client's output limit; 0 when absent
+	wantUsage bool  // the client asked for the usage chunk (chat/completions streams)
+	maxOut    int64 // the client's output limit; 0 when absent
 	// noOutput: the client asked for no output at all (Anthropic's
 	// max_tokens: 0, a prompt-cache pre-warm): held and charged for input.
 	noOutput bool
-	maxField  string // which field carried it
-	choices   int64  // completions generated per prompt ("n", "best_of"); the output limit applies to each
+	maxField string // which field carried it
+	choices  int64  // completions generated per prompt ("n", "best_of"); the output limit applies to each
 	// prompts is the batch size: a completions "prompt" or embeddings "input"
 	// given as a list of prompts is that many calls in one, each with its own
 	// window and its own choices. 1 otherwise.
