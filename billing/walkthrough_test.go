@@ -3,8 +3,10 @@ package billing
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/tollgate/tollgate/internal/teststripe"
+	"github.com/tollgate/tollgate/pricing"
 )
 
 // TestWalkthroughBillingHalf is the billing half of issue 3's walkthrough:
@@ -60,7 +62,7 @@ func TestWalkthroughBillingHalf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cost := m.Rates.Input*1234 + m.Rates.Output*567
+	cost := m.Cost(pricing.Usage{Input: 1234, Output: 567}, time.Now())
 	e.spend("walker", "call_1", cost)
 	final := e.do("GET", "/v1/api-credits", tok, nil)
 	if final.num("balance") != "2374047.632" || final.num("total_consumed") != "2.368" {

@@ -418,7 +418,7 @@ func TestLargePurchaseIsExact(t *testing.T) {
 	huge := int64(987_654_321_123) // credits, stated outright: 987,654,321,123,000 mc
 	cat, err := pricing.New(pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
-		Tiers:  map[string]pricing.TierSpec{"core": {Input: 1, Output: 2}},
+		Tiers:  map[string]pricing.TierSpec{"core": {Input: pricing.Per1K(1), Output: pricing.Per1K(2)}},
 		Models: []pricing.ModelSpec{{ID: "m", Tier: "core", ContextWindow: 1000, MaxOutputTokens: 100, Deployments: []pricing.DeploymentSpec{{Provider: "p", Model: "m"}}}},
 		Packs:  []pricing.PackSpec{{Key: "whale", Price: "9999.99", Currency: "eur", Credits: &huge}},
 	})

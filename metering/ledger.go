@@ -158,6 +158,7 @@ func (s *Store) Generation(ctx context.Context, account, requestID string) (Gene
 			RequestID: m["request_id"], Model: m["model"], Provider: m["provider"], Endpoint: m["endpoint"],
 			Input: n("input_tokens"), CachedInput: n("cached_input_tokens"), Output: n("output_tokens"),
 			Reasoning: n("reasoning_tokens"), CacheWrite: n("cache_write_tokens"), CacheWrite1h: n("cache_write_1h_tokens"),
+			WebSearch: n("web_search_requests"),
 			Estimated: m["estimated"] == "1", Streamed: m["streamed"] == "1",
 			Cancelled: m["cancelled"] == "1", Failed: m["failed"] == "1", Status: int(n("status")),
 			Reason: m["reason"], Latency: time.Duration(n("latency_us")) * time.Microsecond,

@@ -317,15 +317,18 @@ type Record struct {
 	// prompt cache for 5 minutes and for 1 hour (not in Input).
 	CacheWrite   int64
 	CacheWrite1h int64
-	Estimated    bool // usage estimated by a tokenizer, not reported by the provider
-	Streamed     bool
-	Cancelled    bool // the client went away mid-stream
-	Failed       bool // the call failed and is not charged
-	Status       int  // HTTP status the caller saw
-	Reason       string
-	Latency      time.Duration
-	TTFT         time.Duration
-	CreatedAt    time.Time
+	// WebSearch is the provider-side web searches the call ran, each
+	// charged its per-use fee.
+	WebSearch int64
+	Estimated bool // usage estimated by a tokenizer, not reported by the provider
+	Streamed  bool
+	Cancelled bool // the client went away mid-stream
+	Failed    bool // the call failed and is not charged
+	Status    int  // HTTP status the caller saw
+	Reason    string
+	Latency   time.Duration
+	TTFT      time.Duration
+	CreatedAt time.Time
 }
 
 // InputTokens is every input token of the call, however priced (uncached,
@@ -345,6 +348,7 @@ func (r *Record) args(dst []any) []any {
 		"request_id", r.RequestID, "model", r.Model, "provider", r.Provider, "endpoint", r.Endpoint,
 		"input_tokens", r.Input, "cached_input_tokens", r.CachedInput, "output_tokens", r.Output,
 		"reasoning_tokens", r.Reasoning, "cache_write_tokens", r.CacheWrite, "cache_write_1h_tokens", r.CacheWrite1h,
+		"web_search_requests", r.WebSearch,
 		"estimated", b(r.Estimated), "streamed", b(r.Streamed),
 		"cancelled", b(r.Cancelled), "failed", b(r.Failed), "status", r.Status,
 		"latency_us", r.Latency.Microseconds(), "ttft_us", r.TTFT.Microseconds(),

@@ -16,7 +16,7 @@ func BenchmarkCost(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				sinkInt += m.Cost(u)
+				sinkInt += m.Cost(u, t0)
 			}
 		})
 	}

@@ -17,12 +17,12 @@ func cacheWriteSpec() pricing.Spec {
 	return pricing.Spec{
 		CreditsPerUSD: 100_000,
 		Tiers: map[string]pricing.TierSpec{
-			"stated":   {Input: 8, CachedInput: i64(1), Output: 16, CacheWrite: i64(10), CacheWrite1h: i64(16)},
-			"odd":      {Input: 3, Output: 6},                                                                // defaults: ⌈3.75⌉ = 4, 6
-			"one":      {Input: 1, Output: 2},                                                                // defaults: ⌈1.25⌉ = 2, 2
-			"free":     {Input: 0, Output: 1},                                                                // defaults: 0, 0
-			"explicit": {Input: 5, Output: 9, CacheWrite: i64(0), CacheWrite1h: i64(7)},                      // a stated 0 is kept
-			"cheap":    {Input: 4, CachedInput: i64(4), Output: 8, CacheWrite: i64(3), CacheWrite1h: i64(2)}, // writes below input
+			"stated":   {Input: pricing.Per1K(8), CachedInput: rp(1), Output: pricing.Per1K(16), CacheWrite: rp(10), CacheWrite1h: rp(16)},
+			"odd":      {Input: pricing.Per1K(3), Output: pricing.Per1K(6)},                                                             // defaults: ⌈3.75⌉ = 4, 6
+			"one":      {Input: pricing.Per1K(1), Output: pricing.Per1K(2)},                                                             // defaults: ⌈1.25⌉ = 2, 2
+			"free":     {Input: pricing.Per1K(0), Output: pricing.Per1K(1)},                                                             // defaults: 0, 0
+			"explicit": {Input: pricing.Per1K(5), Output: pricing.Per1K(9), CacheWrite: rp(0), CacheWrite1h: rp(7)},                     // a stated 0 is kept
+			"cheap":    {Input: pricing.Per1K(4), CachedInput: rp(4), Output: pricing.Per1K(8), CacheWrite: rp(3), CacheWrite1h: rp(2)}, // writes below input
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "sonnet", Tier: "stated", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep},
@@ -32,8 +32,8 @@ func cacheWriteSpec() pricing.Spec {
 			{ID: "explicit", Tier: "explicit", ContextWindow: 1000, MaxOutputTokens: 1000, Deployments: dep},
 			{ID: "cheap", Tier: "cheap", ContextWindow: 1000, MaxOutputTokens: 1000, Deployments: dep},
 			{ID: "override", Tier: "stated", ContextWindow: 1000, MaxOutputTokens: 1000, Deployments: dep,
-				CacheWrite: i64(12), CacheWrite1h: i64(20)},
-			{ID: "override-5m", Tier: "odd", ContextWindow: 1000, MaxOutputTokens: 1000, Deployments: dep, CacheWrite: i64(5)},
+				CacheWrite: rp(12), CacheWrite1h: rp(20)},
+			{ID: "override-5m", Tier: "odd", ContextWindow: 1000, MaxOutputTokens: 1000, Deployments: dep, CacheWrite: rp(5)},
 			// Anthropic's Sonnet 4.5 list price: 3 / 3.75 / 6 / 0.30 / 15 USD per 1M.
 			{ID: "usd-sonnet", Tier: "stated", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep,
 				PriceUSD: &pricing.USDPriceSpec{Input: "3", CachedInput: "0.30", Output: "15", CacheWrite: "3.75", CacheWrite1h: "6"}},
@@ -53,32 +53,33 @@ func TestCacheWriteRates(t *testing.T) {
 		want  pricing.Rates // mc per token = credits per 1K tokens
 		max   int64         // the dearest input-side rate, which holds use
 	}{
-		{"sonnet", pricing.Rates{Input: 8, CachedInput: 1, Output: 16, CacheWrite: 10, CacheWrite1h: 16}, 16},
-		{"odd", pricing.Rates{Input: 3, CachedInput: 3, Output: 6, CacheWrite: 4, CacheWrite1h: 6}, 6},
-		{"one", pricing.Rates{Input: 1, CachedInput: 1, Output: 2, CacheWrite: 2, CacheWrite1h: 2}, 2},
-		{"free", pricing.Rates{Input: 0, CachedInput: 0, Output: 1, CacheWrite: 0, CacheWrite1h: 0}, 0},
-		{"explicit", pricing.Rates{Input: 5, CachedInput: 5, Output: 9, CacheWrite: 0, CacheWrite1h: 7}, 7},
-		{"cheap", pricing.Rates{Input: 4, CachedInput: 4, Output: 8, CacheWrite: 3, CacheWrite1h: 2}, 4},
-		{"override", pricing.Rates{Input: 8, CachedInput: 1, Output: 16, CacheWrite: 12, CacheWrite1h: 20}, 20},
-		{"override-5m", pricing.Rates{Input: 3, CachedInput: 3, Output: 6, CacheWrite: 5, CacheWrite1h: 6}, 6},
-		// Passthrough ceilings: 3 USD/1M at 100,000 credits per USD = 300 mc a token.
-		{"usd-sonnet", pricing.Rates{Input: 300, CachedInput: 30, Output: 1500, CacheWrite: 375, CacheWrite1h: 600}, 600},
-		{"usd-default", pricing.Rates{Input: 13, CachedInput: 13, Output: 100, CacheWrite: 16, CacheWrite1h: 25}, 25},
-		{"usd-tiny", pricing.Rates{Input: 1, CachedInput: 1, Output: 1, CacheWrite: 1, CacheWrite1h: 1}, 1},
+		{"sonnet", pricing.Rates{Input: pricing.Per1K(8), CachedInput: pricing.Per1K(1), Output: pricing.Per1K(16), CacheWrite: pricing.Per1K(10), CacheWrite1h: pricing.Per1K(16)}, 16},
+		{"odd", pricing.Rates{Input: pricing.Per1K(3), CachedInput: pricing.Per1K(3), Output: pricing.Per1K(6), CacheWrite: pricing.Per1K(4), CacheWrite1h: pricing.Per1K(6)}, 6},
+		{"one", pricing.Rates{Input: pricing.Per1K(1), CachedInput: pricing.Per1K(1), Output: pricing.Per1K(2), CacheWrite: pricing.Per1K(2), CacheWrite1h: pricing.Per1K(2)}, 2},
+		{"free", pricing.Rates{Input: pricing.Per1K(0), CachedInput: pricing.Per1K(0), Output: pricing.Per1K(1), CacheWrite: pricing.Per1K(0), CacheWrite1h: pricing.Per1K(0)}, 0},
+		{"explicit", pricing.Rates{Input: pricing.Per1K(5), CachedInput: pricing.Per1K(5), Output: pricing.Per1K(9), CacheWrite: pricing.Per1K(0), CacheWrite1h: pricing.Per1K(7)}, 7},
+		{"cheap", pricing.Rates{Input: pricing.Per1K(4), CachedInput: pricing.Per1K(4), Output: pricing.Per1K(8), CacheWrite: pricing.Per1K(3), CacheWrite1h: pricing.Per1K(2)}, 4},
+		{"override", pricing.Rates{Input: pricing.Per1K(8), CachedInput: pricing.Per1K(1), Output: pricing.Per1K(16), CacheWrite: pricing.Per1K(12), CacheWrite1h: pricing.Per1K(20)}, 20},
+		{"override-5m", pricing.Rates{Input: pricing.Per1K(3), CachedInput: pricing.Per1K(3), Output: pricing.Per1K(6), CacheWrite: pricing.Per1K(5), CacheWrite1h: pricing.Per1K(6)}, 6},
+		// Passthrough rates: 3 USD/1M at 100,000 credits per USD = 300 mc a token.
+		{"usd-sonnet", pricing.Rates{Input: pricing.Per1K(300), CachedInput: pricing.Per1K(30), Output: pricing.Per1K(1500), CacheWrite: pricing.Per1K(375), CacheWrite1h: pricing.Per1K(600)}, 600},
+		// Exact rates; the hold's ceiling is the dearest rounded up to a whole mc.
+		{"usd-default", pricing.Rates{Input: pricing.MustRate("12.3457"), CachedInput: pricing.MustRate("12.3457"), Output: pricing.Per1K(100), CacheWrite: pricing.MustRate("15.4322"), CacheWrite1h: pricing.MustRate("24.6914")}, 25},
+		{"usd-tiny", pricing.Rates{Input: pricing.MustRate("0.0001"), CachedInput: pricing.MustRate("0.0001"), Output: pricing.MustRate("0.0001"), CacheWrite: pricing.MustRate("0.0002"), CacheWrite1h: pricing.MustRate("0.0003")}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.model, func(t *testing.T) {
 			m := mustModel(t, c, tt.model)
-			if m.Rates != tt.want {
-				t.Errorf("Rates = %+v, want %+v", m.Rates, tt.want)
+			if m.Prices[0].Rates != tt.want {
+				t.Errorf("Rates = %+v, want %+v", m.Prices[0].Rates, tt.want)
 			}
-			if got := m.Rates.MaxInput(); got != tt.max {
+			if got := m.Hold.Input; got != tt.max {
 				t.Errorf("MaxInput = %d, want %d", got, tt.max)
 			}
 		})
 	}
 	// The tier itself carries the defaults.
-	if tier, _ := c.Tier("odd"); tier.Rates.CacheWrite != 4 || tier.Rates.CacheWrite1h != 6 {
+	if tier, _ := c.Tier("odd"); tier.Rates.CacheWrite != pricing.Per1K(4) || tier.Rates.CacheWrite1h != pricing.Per1K(6) {
 		t.Errorf("Tier(odd) = %+v, want cache writes 4 and 6", tier.Rates)
 	}
 }
@@ -127,7 +128,7 @@ func TestCacheWriteCost(t *testing.T) {
 	for _, tt := range tests {
 		u := tt.u
 		t.Run(fmt.Sprintf("%s/%d_%d_%d_%d_%d", tt.model, u.Input, u.CachedInput, u.CacheWrite, u.CacheWrite1h, u.Output), func(t *testing.T) {
-			if got := mustModel(t, c, tt.model).Cost(u); got != tt.want {
+			if got := mustModel(t, c, tt.model).Cost(u, t0); got != tt.want {
 				t.Errorf("Cost(%+v) = %d mc, want %d", u, got, tt.want)
 			}
 		})
@@ -139,16 +140,21 @@ func TestCacheWriteCost(t *testing.T) {
 func TestCacheWriteCostLargest(t *testing.T) {
 	const n = 1 << 40
 	u := pricing.Usage{Input: n, CachedInput: n, Output: n, CacheWrite: n, CacheWrite1h: n}
+	const half = n / 2 // at the largest tier rates, 2^40 of each is past the ledger's range
+	uHalf := pricing.Usage{Input: half, CachedInput: half, Output: half, CacheWrite: half, CacheWrite1h: half}
 	spec := cacheWriteSpec()
-	spec.Tiers["max"] = pricing.TierSpec{Input: 1e6, Output: 1e6, CacheWrite: i64(1e6), CacheWrite1h: i64(1e6)}
+	spec.Tiers["max"] = pricing.TierSpec{Input: pricing.Per1K(1e6), Output: pricing.Per1K(1e6), CacheWrite: rp(1e6), CacheWrite1h: rp(1e6)}
 	spec.Models = append(spec.Models,
 		pricing.ModelSpec{ID: "max", Tier: "max", ContextWindow: 1, MaxOutputTokens: 1, Deployments: spec.Models[0].Deployments},
 		pricing.ModelSpec{ID: "usd-big", Tier: "max", ContextWindow: 1, MaxOutputTokens: 1, Deployments: spec.Models[0].Deployments,
 			PriceUSD: &pricing.USDPriceSpec{Input: "0.000007", Output: "0.000011", CacheWrite: "0.000013", CacheWrite1h: "0.000017"}})
 	c := mustCatalog(t, spec)
-	want := new(big.Int).Mul(big.NewInt(5*1e6), big.NewInt(n))
-	if got := mustModel(t, c, "max").Cost(u); !want.IsInt64() || got != want.Int64() {
+	want := new(big.Int).Mul(big.NewInt(5*1e6), big.NewInt(half))
+	if got := mustModel(t, c, "max").Cost(uHalf, t0); !want.IsInt64() || got != want.Int64() {
 		t.Errorf("tier: Cost = %d, want %s", got, want)
+	}
+	if got := mustModel(t, c, "max").Cost(u, t0); got != 1<<62 {
+		t.Errorf("tier: Cost past the ledger's range = %d, want it saturated at 2^62", got)
 	}
 	// (7 + 7 + 11 + 13 + 17) µUSD/1M × 2^40 at 100,000 credits per USD.
 	micros := new(big.Int).Mul(big.NewInt(55), big.NewInt(n))
@@ -157,7 +163,7 @@ func TestCacheWriteCostLargest(t *testing.T) {
 	if r.Sign() > 0 {
 		q.Add(q, big.NewInt(1))
 	}
-	if got := mustModel(t, c, "usd-big").Cost(u); got != q.Int64() {
+	if got := mustModel(t, c, "usd-big").Cost(u, t0); got != q.Int64() {
 		t.Errorf("usd: Cost = %d, want %s", got, q)
 	}
 }
@@ -168,18 +174,14 @@ func TestCacheWriteRejects(t *testing.T) {
 		mutate func(*pricing.Spec)
 		paths  []string
 	}{
-		{"negative tier cache write", func(s *pricing.Spec) {
-			s.Tiers["odd"] = pricing.TierSpec{Input: 3, Output: 6, CacheWrite: i64(-1)}
-		}, []string{"pricing.tiers.odd.cache_write:"}},
 		{"huge tier cache write 1h", func(s *pricing.Spec) {
-			s.Tiers["odd"] = pricing.TierSpec{Input: 3, Output: 6, CacheWrite1h: i64(1e6 + 1)}
+			s.Tiers["odd"] = pricing.TierSpec{Input: pricing.Per1K(3), Output: pricing.Per1K(6), CacheWrite1h: rp(1e6 + 1)}
 		}, []string{"pricing.tiers.odd.cache_write_1h:"}},
 		{"default past the bound", func(s *pricing.Spec) {
-			s.Tiers["odd"] = pricing.TierSpec{Input: 900_000, Output: 6} // 2 × input > 1e6
+			s.Tiers["odd"] = pricing.TierSpec{Input: pricing.Per1K(900_000), Output: pricing.Per1K(6)} // 2 × input > 1e6
 		}, []string{"pricing.tiers.odd.cache_write_1h:", "pricing.tiers.odd.cache_write:"}},
-		{"negative model override", func(s *pricing.Spec) { s.Models[1].CacheWrite = i64(-3) }, []string{"pricing.models[1].cache_write:"}},
-		{"huge model override", func(s *pricing.Spec) { s.Models[1].CacheWrite1h = i64(2e6) }, []string{"pricing.models[1].cache_write_1h:"}},
-		{"override on a passthrough model", func(s *pricing.Spec) { s.Models[8].CacheWrite = i64(5) }, []string{"pricing.models[8].cache_write:", "price_usd"}},
+		{"huge model override", func(s *pricing.Spec) { s.Models[1].CacheWrite1h = rp(2e6) }, []string{"pricing.models[1].cache_write_1h:"}},
+		{"override on a passthrough model", func(s *pricing.Spec) { s.Models[8].CacheWrite = rp(5) }, []string{"pricing.models[8].cache_write:", "price_usd"}},
 		{"bad usd cache write", func(s *pricing.Spec) { s.Models[8].PriceUSD.CacheWrite = "3.7.5" }, []string{"pricing.models[8].price_usd", "cache_write"}},
 		{"usd cache write 1h above 1000", func(s *pricing.Spec) { s.Models[8].PriceUSD.CacheWrite1h = "1000.5" }, []string{"pricing.models[8].price_usd", "cache_write_1h"}},
 		{"negative usd cache write", func(s *pricing.Spec) { s.Models[8].PriceUSD.CacheWrite = "-1" }, []string{"pricing.models[8].price_usd", "cache_write"}},

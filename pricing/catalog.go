@@ -3,7 +3,6 @@ package pricing
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"sort"
 	"strings"
 )
@@ -15,6 +14,9 @@ type Spec struct {
 	CreditsPerUSD int64 `yaml:"credits_per_usd"`
 	// FeeBps is the processing fee on purchases, in basis points (500 = 5%).
 	FeeBps int64 `yaml:"fee_bps"`
+	// Mode is how models are priced unless they say otherwise: "tiers"
+	// (default) or "passthrough" (each model's price book).
+	Mode string `yaml:"mode"`
 	// Tiers maps a tier name to its rates in credits per 1K tokens.
 	Tiers map[string]TierSpec `yaml:"tiers"`
 	// Models lists the public models, in the order /v1/models shows them.
@@ -23,19 +25,38 @@ type Spec struct {
 	Packs []PackSpec `yaml:"packs"`
 }
 
-// TierSpec holds a tier's rates in whole credits per 1K tokens.
+// TierSpec holds a tier's rates in credits per 1K tokens (decimals allowed:
+// 0.8 is 0.8 credits per 1K tokens, exactly).
 type TierSpec struct {
-	Input int64 `yaml:"input"`
-	// CachedInput defaults to Input when absent.
-	CachedInput *int64 `yaml:"cached_input"`
-	Output      int64  `yaml:"output"`
+	Input Rate `yaml:"input"`
+	// CachedInput (input read from a prompt cache) defaults to Input.
+	CachedInput *Rate `yaml:"cached_input"`
+	Output      Rate  `yaml:"output"`
 	// CacheWrite prices input written to a provider's prompt cache for 5
-	// minutes (Anthropic: 1.25 × input). Absent, it is ⌈1.25 × Input⌉: rates
-	// are whole credits per 1K tokens, so a fractional multiple rounds up.
-	CacheWrite *int64 `yaml:"cache_write"`
+	// minutes (Anthropic: 1.25 × input). Absent, it is 1.25 × Input, rounded
+	// up to a whole credit per 1K when Input is whole (as catalogs with whole
+	// rates always priced it).
+	CacheWrite *Rate `yaml:"cache_write"`
 	// CacheWrite1h prices input cached for 1 hour (Anthropic: 2 × input).
 	// Absent, it is 2 × Input.
-	CacheWrite1h *int64 `yaml:"cache_write_1h"`
+	CacheWrite1h *Rate `yaml:"cache_write_1h"`
+	// WebSearch is the fee per provider-side web search, in credits per 1K
+	// searches. Absent, searches are free.
+	WebSearch *Rate `yaml:"web_search"`
+	// LongContext, when set, prices calls whose prompt is long.
+	LongContext *LongContextSpec `yaml:"long_context"`
+}
+
+// LongContextSpec prices a call whose prompt (every input token) is more than
+// Above tokens, as a whole. Unstated rates default as a tier's do, from this
+// Input.
+type LongContextSpec struct {
+	Above        int64 `yaml:"above"`
+	Input        Rate  `yaml:"input"`
+	CachedInput  *Rate `yaml:"cached_input"`
+	Output       Rate  `yaml:"output"`
+	CacheWrite   *Rate `yaml:"cache_write"`
+	CacheWrite1h *Rate `yaml:"cache_write_1h"`
 }
 
 // ModelSpec is one public model.
@@ -50,31 +71,29 @@ type ModelSpec struct {
 	// "max_completion_tokens" (OpenAI reasoning models refuse max_tokens).
 	OutputLimitField string           `yaml:"output_limit_field"`
 	Deployments      []DeploymentSpec `yaml:"deployments"`
-	// PriceUSD, when set, overrides the tier rates with the provider's price.
+	// Mode overrides the catalog's: "tiers" or "passthrough". Unset, a model
+	// with price_usd is passthrough and any other follows the catalog.
+	Mode string `yaml:"mode"`
+	// PriceBook is the provider's published prices, with their source and
+	// effective dates; a passthrough model is charged them.
+	PriceBook *PriceBookSpec `yaml:"price_book"`
+	// PriceUSD is a single undated provider price (the older form of a
+	// price book with one price).
 	PriceUSD *USDPriceSpec `yaml:"price_usd"`
-	// CacheWrite and CacheWrite1h, when set, override the tier's cache-write
-	// rates (credits per 1K tokens) for this model. A model priced by
-	// PriceUSD states them in price_usd instead.
-	CacheWrite   *int64 `yaml:"cache_write"`
-	CacheWrite1h *int64 `yaml:"cache_write_1h"`
+	// CachedInput, CacheWrite, CacheWrite1h, WebSearch and LongContext, when
+	// set, override the tier's for this model (credits per 1K tokens or
+	// searches). A passthrough model states them in its price book instead.
+	CachedInput  *Rate            `yaml:"cached_input"`
+	CacheWrite   *Rate            `yaml:"cache_write"`
+	CacheWrite1h *Rate            `yaml:"cache_write_1h"`
+	WebSearch    *Rate            `yaml:"web_search"`
+	LongContext  *LongContextSpec `yaml:"long_context"`
 }
 
 // DeploymentSpec names a provider and the provider's own model name.
 type DeploymentSpec struct {
 	Provider string `yaml:"provider"`
 	Model    string `yaml:"model"`
-}
-
-// USDPriceSpec is a provider price in USD per 1M tokens, as decimal strings
-// with at most six decimals ("0.15").
-type USDPriceSpec struct {
-	Input       string `yaml:"input"`
-	CachedInput string `yaml:"cached_input"`
-	Output      string `yaml:"output"`
-	// CacheWrite defaults to 1.25 × Input (rounded up to a micro-USD per 1M
-	// tokens), CacheWrite1h to 2 × Input: Anthropic's multipliers.
-	CacheWrite   string `yaml:"cache_write"`
-	CacheWrite1h string `yaml:"cache_write_1h"`
 }
 
 // PackSpec is one credit pack.
@@ -89,61 +108,17 @@ type PackSpec struct {
 	Note    string `yaml:"note"`
 }
 
-// Rates are milli-credits per token (= credits per 1K tokens).
-type Rates struct {
-	Input        int64 `json:"input"`
-	CachedInput  int64 `json:"cached_input"`
-	Output       int64 `json:"output"`
-	CacheWrite   int64 `json:"cache_write"`    // input written to the prompt cache (5 minutes)
-	CacheWrite1h int64 `json:"cache_write_1h"` // input written to the prompt cache for 1 hour
-}
-
-// MaxInput is the dearest input-side rate: what an input token may cost
-// before the provider says whether it was read, cached or written to a cache.
-// Holds price their input estimate at it.
-func (r Rates) MaxInput() int64 {
-	return max(r.Input, r.CachedInput, r.CacheWrite, r.CacheWrite1h)
-}
-
 // Tier is a named rate card.
 type Tier struct {
 	Name  string
 	Rates Rates
+	Long  *LongContext
 }
 
 // Deployment is where a model is served: a provider and its model name.
 type Deployment struct {
 	Provider string
 	Model    string
-}
-
-// Model is a priced public model. It is immutable once built.
-type Model struct {
-	ID              string
-	Aliases         []string
-	Tier            string
-	Rates           Rates // effective per-token ceiling rates (tier, or USD converted, rounded up)
-	ContextWindow   int64
-	MaxOutputTokens int64
-	// OutputLimitField is the chat field for a gateway-set output limit ("" = max_tokens).
-	OutputLimitField string
-	Deployments      []Deployment
-
-	usd *usdRates // nil: priced by tier
-}
-
-type usdRates struct {
-	input, cachedInput, output, cacheWrite, cacheWrite1h uint64 // micro-USD per 1M tokens
-	creditsPerUSD                                        uint64
-}
-
-// Usage is what a call consumed, normalised across providers.
-type Usage struct {
-	Input        int64 // uncached input tokens, cache writes excluded
-	CachedInput  int64 // input tokens read from the provider's prompt cache
-	Output       int64 // output tokens, reasoning tokens included
-	CacheWrite   int64 // input tokens written to the prompt cache (5 minutes)
-	CacheWrite1h int64 // input tokens written to the prompt cache for 1 hour
 }
 
 // Pack is a credit pack on sale.
@@ -162,6 +137,7 @@ type Pack struct {
 type Catalog struct {
 	creditsPerUSD int64
 	feeBps        int64
+	mode          string
 	tiers         map[string]Tier
 	models        []*Model
 	byName        map[string]*Model
@@ -175,24 +151,22 @@ var (
 	ErrUnknownPack  = errors.New("pricing: unknown pack")
 )
 
-// maxRate caps a tier rate (credits per 1K tokens = mc per token): five
-// kinds of at most maxTokens tokens at it sum inside 63 bits.
-const maxRate = 1e6
+// problems collects what is wrong with a spec, each with its YAML path.
+type problems []error
 
-// maxUSDMicros caps a provider price (1000 USD per 1M tokens) so that cost
-// sums stay inside 64 bits.
-const maxUSDMicros = 1000 * 1_000_000
+func (p *problems) add(path, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("pricing.%s: %s", path, fmt.Sprintf(format, args...)))
+}
 
 // New validates spec and builds a Catalog. It reports every problem at once,
 // each prefixed with its YAML path below `pricing`.
 func New(spec Spec) (*Catalog, error) {
-	var errs []error
-	bad := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("pricing.%s: %s", path, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.add
 	c := &Catalog{
 		creditsPerUSD: spec.CreditsPerUSD,
 		feeBps:        spec.FeeBps,
+		mode:          spec.Mode,
 		tiers:         make(map[string]Tier, len(spec.Tiers)),
 		byName:        make(map[string]*Model),
 		byPack:        make(map[string]*Pack),
@@ -203,91 +177,35 @@ func New(spec Spec) (*Catalog, error) {
 	if spec.FeeBps < 0 || spec.FeeBps >= 10000 {
 		bad("fee_bps", "must be in [0, 10000), got %d", spec.FeeBps)
 	}
+	switch spec.Mode {
+	case "":
+		c.mode = ModeTiers
+	case ModeTiers, ModePassthrough:
+	default:
+		bad("mode", "must be tiers or passthrough, got %q", spec.Mode)
+	}
 	if len(spec.Tiers) == 0 {
 		bad("tiers", "at least one tier is required")
 	}
 	for _, name := range sortedKeys(spec.Tiers) {
 		t := spec.Tiers[name]
-		r := Rates{Input: t.Input, CachedInput: t.Input, Output: t.Output,
-			CacheWrite: (5*t.Input + 3) / 4, CacheWrite1h: 2 * t.Input}
-		if t.CachedInput != nil {
-			r.CachedInput = *t.CachedInput
+		path := "tiers." + name
+		r := tierRates(&errs, path, t.Input, t.Output, t.CachedInput, t.CacheWrite, t.CacheWrite1h)
+		if t.WebSearch != nil {
+			r.WebSearch = *t.WebSearch
 		}
-		if t.CacheWrite != nil {
-			r.CacheWrite = *t.CacheWrite
+		tier := Tier{Name: name, Rates: r}
+		if t.LongContext != nil {
+			tier.Long = longContext(&errs, path+".long_context", t.LongContext, r.WebSearch)
 		}
-		if t.CacheWrite1h != nil {
-			r.CacheWrite1h = *t.CacheWrite1h
-		}
-		for _, f := range r.fields() {
-			if f.v < 0 || f.v > maxRate {
-				bad("tiers."+name+"."+f.name, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", f.v)
-			}
-		}
-		c.tiers[name] = Tier{Name: name, Rates: r}
+		c.tiers[name] = tier
 	}
 	if len(spec.Models) == 0 {
 		bad("models", "at least one model is required")
 	}
 	for i, ms := range spec.Models {
 		path := fmt.Sprintf("models[%d]", i)
-		m := &Model{
-			ID: ms.ID, Aliases: ms.Aliases, Tier: ms.Tier,
-			ContextWindow: ms.ContextWindow, MaxOutputTokens: ms.MaxOutputTokens,
-			OutputLimitField: ms.OutputLimitField,
-		}
-		switch ms.OutputLimitField {
-		case "", "max_tokens", "max_completion_tokens":
-		default:
-			bad(path+".output_limit_field", "must be max_tokens or max_completion_tokens, got %q", ms.OutputLimitField)
-		}
-		if ms.ID == "" {
-			bad(path+".id", "is required")
-		}
-		tier, ok := c.tiers[ms.Tier]
-		if !ok {
-			bad(path+".tier", "unknown tier %q (have %s)", ms.Tier, strings.Join(sortedKeys(spec.Tiers), ", "))
-		}
-		m.Rates = tier.Rates
-		for _, o := range []struct {
-			name string
-			v    *int64
-			dst  *int64
-		}{{"cache_write", ms.CacheWrite, &m.Rates.CacheWrite}, {"cache_write_1h", ms.CacheWrite1h, &m.Rates.CacheWrite1h}} {
-			switch {
-			case o.v == nil:
-			case ms.PriceUSD != nil:
-				bad(path+"."+o.name, "a model priced by price_usd states it in price_usd")
-			case *o.v < 0 || *o.v > maxRate:
-				bad(path+"."+o.name, "rate must be between 0 and 1e6 credits per 1K tokens, got %d", *o.v)
-			default:
-				*o.dst = *o.v
-			}
-		}
-		if ms.ContextWindow <= 0 || ms.ContextWindow > maxTokens {
-			bad(path+".context_window", "must be positive, got %d", ms.ContextWindow)
-		}
-		if ms.MaxOutputTokens <= 0 || ms.MaxOutputTokens > maxTokens {
-			bad(path+".max_output_tokens", "must be positive, got %d", ms.MaxOutputTokens)
-		}
-		if len(ms.Deployments) == 0 {
-			bad(path+".deployments", "at least one deployment is required")
-		}
-		for j, d := range ms.Deployments {
-			if d.Provider == "" || d.Model == "" {
-				bad(fmt.Sprintf("%s.deployments[%d]", path, j), "provider and model are required")
-			}
-			m.Deployments = append(m.Deployments, Deployment(d))
-		}
-		if ms.PriceUSD != nil {
-			u, err := parseUSD(*ms.PriceUSD, spec.CreditsPerUSD)
-			if err != nil {
-				bad(path+".price_usd", "%v", err)
-			} else {
-				m.usd = u
-				m.Rates = u.ceilRates()
-			}
-		}
+		m := c.buildModel(&errs, path, &ms)
 		for _, name := range append([]string{ms.ID}, ms.Aliases...) {
 			if name == "" {
 				continue
@@ -321,6 +239,172 @@ func New(spec Spec) (*Catalog, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// tierRates fills a rate card's unstated rates from its input rate and
+// checks each stated one; path is its YAML path.
+func tierRates(errs *problems, path string, in, out Rate, cached, cw, cw1h *Rate) Rates {
+	r := Rates{Input: in, CachedInput: in, Output: out, CacheWrite1h: Rate{n: 2 * in.n}}
+	r.CacheWrite, _ = in.mulCeil(5, 4) // ≤ 1.25 × maxTierRate: fits
+	if in.Whole() {
+		r.CacheWrite = r.CacheWrite.ceilWhole()
+	}
+	for _, o := range [...]struct {
+		v   *Rate
+		dst *Rate
+	}{{cached, &r.CachedInput}, {cw, &r.CacheWrite}, {cw1h, &r.CacheWrite1h}} {
+		if o.v != nil {
+			*o.dst = *o.v
+		}
+	}
+	for _, f := range r.fields() {
+		if err := checkTierRate(f.v); err != nil {
+			errs.add(path+"."+f.name, "%v", err)
+		}
+	}
+	return r
+}
+
+// longContext builds a tier-priced long-context card.
+func longContext(errs *problems, path string, s *LongContextSpec, webSearch Rate) *LongContext {
+	if s.Above <= 0 || s.Above > maxTokens {
+		errs.add(path+".above", "must be a positive number of input tokens, got %d", s.Above)
+	}
+	r := tierRates(errs, path, s.Input, s.Output, s.CachedInput, s.CacheWrite, s.CacheWrite1h)
+	r.WebSearch = webSearch
+	return &LongContext{Above: s.Above, Rates: r}
+}
+
+// buildModel builds one model; its problems go to errs under path.
+func (c *Catalog) buildModel(errs *problems, path string, ms *ModelSpec) *Model {
+	bad := errs.add
+	m := &Model{
+		ID: ms.ID, Aliases: ms.Aliases, Tier: ms.Tier,
+		ContextWindow: ms.ContextWindow, MaxOutputTokens: ms.MaxOutputTokens,
+		OutputLimitField: ms.OutputLimitField,
+	}
+	switch ms.OutputLimitField {
+	case "", "max_tokens", "max_completion_tokens":
+	default:
+		bad(path+".output_limit_field", "must be max_tokens or max_completion_tokens, got %q", ms.OutputLimitField)
+	}
+	if ms.ID == "" {
+		bad(path+".id", "is required")
+	}
+	tier, ok := c.tiers[ms.Tier]
+	if !ok {
+		bad(path+".tier", "unknown tier %q (have %s)", ms.Tier, strings.Join(sortedKeys(c.tiers), ", "))
+	}
+	if ms.ContextWindow <= 0 || ms.ContextWindow > maxTokens {
+		bad(path+".context_window", "must be positive, got %d", ms.ContextWindow)
+	}
+	if ms.MaxOutputTokens <= 0 || ms.MaxOutputTokens > maxTokens {
+		bad(path+".max_output_tokens", "must be positive, got %d", ms.MaxOutputTokens)
+	}
+	if len(ms.Deployments) == 0 {
+		bad(path+".deployments", "at least one deployment is required")
+	}
+	for j, d := range ms.Deployments {
+		if d.Provider == "" || d.Model == "" {
+			bad(fmt.Sprintf("%s.deployments[%d]", path, j), "provider and model are required")
+		}
+		m.Deployments = append(m.Deployments, Deployment(d))
+	}
+
+	// The mode: the model's, else passthrough for a price_usd, else the catalog's.
+	switch {
+	case ms.Mode == ModeTiers || ms.Mode == ModePassthrough:
+		m.Mode = ms.Mode
+	case ms.Mode != "":
+		bad(path+".mode", "must be tiers or passthrough, got %q", ms.Mode)
+		m.Mode = ModeTiers
+	case ms.PriceUSD != nil:
+		m.Mode = ModePassthrough
+	default:
+		m.Mode = c.mode
+	}
+	// The book is validated whatever the mode: a bad one fails at load.
+	var book []Price
+	switch {
+	case ms.PriceBook != nil && ms.PriceUSD != nil:
+		bad(path+".price_usd", "a model has a price_book or a price_usd, not both")
+	case ms.PriceBook != nil:
+		book = c.priceBook(errs, path+".price_book", ms.PriceBook)
+		m.Source, m.Checked = ms.PriceBook.Source, ms.PriceBook.Checked
+	case ms.PriceUSD != nil:
+		if ms.PriceUSD.Effective != "" {
+			bad(path+".price_usd.effective", "an undated price; dated prices go in a price_book")
+		}
+		if p, ok := c.usdPrice(errs, path+".price_usd", ms.PriceUSD); ok {
+			book = []Price{p}
+		}
+	}
+
+	overrides := [...]struct {
+		name string
+		v    *Rate
+	}{{"cached_input", ms.CachedInput}, {"cache_write", ms.CacheWrite}, {"cache_write_1h", ms.CacheWrite1h}, {"web_search", ms.WebSearch}}
+	if m.Mode == ModePassthrough {
+		if ms.PriceBook == nil && ms.PriceUSD == nil {
+			bad(path+".price_book", "a passthrough model needs its provider's prices (price_book)")
+		}
+		for _, o := range overrides {
+			if o.v != nil {
+				bad(path+"."+o.name, "a passthrough model states it in its price book (price_usd)")
+			}
+		}
+		if ms.LongContext != nil {
+			bad(path+".long_context", "a passthrough model states it in its price book (price_usd)")
+		}
+		if len(book) == 0 { // already reported; keep the model usable for further checks
+			book = []Price{{Rates: tier.Rates, Long: tier.Long}}
+		}
+		m.Prices = book
+		m.Hold = holdRates(m.Prices)
+		return m
+	}
+	p := Price{Rates: tier.Rates, Long: tier.Long}
+	for _, o := range overrides {
+		if o.v == nil {
+			continue
+		}
+		if err := checkTierRate(*o.v); err != nil && o.name != "web_search" { // a fee may be dearer
+			bad(path+"."+o.name, "%v", err)
+			continue
+		}
+		switch o.name {
+		case "cached_input":
+			p.Rates.CachedInput = *o.v
+		case "cache_write":
+			p.Rates.CacheWrite = *o.v
+		case "cache_write_1h":
+			p.Rates.CacheWrite1h = *o.v
+		case "web_search":
+			p.Rates.WebSearch = *o.v
+		}
+	}
+	if p.Long != nil && p.Rates.WebSearch != tier.Rates.WebSearch {
+		long := *p.Long
+		long.Rates.WebSearch = p.Rates.WebSearch
+		p.Long = &long
+	}
+	if ms.LongContext != nil {
+		p.Long = longContext(errs, path+".long_context", ms.LongContext, p.Rates.WebSearch)
+	}
+	m.Prices = []Price{p}
+	m.Hold = holdRates(m.Prices)
+	return m
+}
+
+type rateField struct {
+	name string
+	v    Rate
+}
+
+// fields lists the token rates by their YAML names, for validation.
+func (r Rates) fields() [5]rateField {
+	return [5]rateField{{"input", r.Input}, {"cached_input", r.CachedInput}, {"output", r.Output},
+		{"cache_write", r.CacheWrite}, {"cache_write_1h", r.CacheWrite1h}}
 }
 
 func (c *Catalog) buildPack(ps PackSpec) (Pack, error) {
@@ -376,104 +460,6 @@ func feeNote(bps int64) string {
 		return fmt.Sprintf("%d%% fee applied", whole)
 	}
 	return strings.TrimRight(fmt.Sprintf("%d.%02d", whole, frac), "0") + "% fee applied"
-}
-
-func parseUSD(s USDPriceSpec, creditsPerUSD int64) (*usdRates, error) {
-	parse := func(field, v string) (uint64, error) {
-		n, err := parseDecimal(v, 6)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %q: %w", field, v, err)
-		}
-		if n < 0 || n > maxUSDMicros {
-			return 0, fmt.Errorf("%s: %q out of range [0, 1000]", field, v)
-		}
-		return uint64(n), nil
-	}
-	u := &usdRates{creditsPerUSD: uint64(creditsPerUSD)}
-	var err1, err2, err3, err4, err5 error
-	u.input, err1 = parse("input", s.Input)
-	u.output, err3 = parse("output", s.Output)
-	if s.CachedInput == "" {
-		u.cachedInput = u.input
-	} else {
-		u.cachedInput, err2 = parse("cached_input", s.CachedInput)
-	}
-	if s.CacheWrite == "" {
-		u.cacheWrite = (5*u.input + 3) / 4 // ≤ 1.25e9: fits
-	} else {
-		u.cacheWrite, err4 = parse("cache_write", s.CacheWrite)
-	}
-	if s.CacheWrite1h == "" {
-		u.cacheWrite1h = 2 * u.input
-	} else {
-		u.cacheWrite1h, err5 = parse("cache_write_1h", s.CacheWrite1h)
-	}
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
-		return nil, err
-	}
-	return u, nil
-}
-
-// ceilRates is the per-token price rounded up to whole milli-credits: an upper
-// bound used to size holds.
-func (u *usdRates) ceilRates() Rates {
-	r := func(micros uint64) int64 {
-		v, _ := mulDivCeil(micros, u.creditsPerUSD*MilliPerCredit, 1e12)
-		return v
-	}
-	return Rates{Input: r(u.input), CachedInput: r(u.cachedInput), Output: r(u.output),
-		CacheWrite: r(u.cacheWrite), CacheWrite1h: r(u.cacheWrite1h)}
-}
-
-type rateField struct {
-	name string
-	v    int64
-}
-
-// fields lists the rates by their YAML names, for validation.
-func (r Rates) fields() [5]rateField {
-	return [5]rateField{{"input", r.Input}, {"cached_input", r.CachedInput}, {"output", r.Output},
-		{"cache_write", r.CacheWrite}, {"cache_write_1h", r.CacheWrite1h}}
-}
-
-// Cost returns the exact price of u in milli-credits. Negative counts are
-// treated as zero.
-func (m *Model) Cost(u Usage) int64 {
-	in, cached, out := clampTokens(u.Input), clampTokens(u.CachedInput), clampTokens(u.Output)
-	cw, cw1h := clampTokens(u.CacheWrite), clampTokens(u.CacheWrite1h)
-	if m.usd == nil {
-		// ≤ 5 × 2^40 × 1e6 < 2^63: exact.
-		return in*m.Rates.Input + cached*m.Rates.CachedInput + out*m.Rates.Output +
-			cw*m.Rates.CacheWrite + cw1h*m.Rates.CacheWrite1h
-	}
-	// Σ tokens × µUSD/1M needs up to 74 bits (≤ 5 × 2^40 × 2e9): sum it in 128
-	// bits, convert once and round the call's total up to a whole milli-credit.
-	var hi, lo uint64
-	for _, t := range [5][2]uint64{{uint64(in), m.usd.input}, {uint64(cached), m.usd.cachedInput}, {uint64(out), m.usd.output},
-		{uint64(cw), m.usd.cacheWrite}, {uint64(cw1h), m.usd.cacheWrite1h}} {
-		h, l := bits.Mul64(t[0], t[1])
-		var carry uint64
-		lo, carry = bits.Add64(lo, l, 0)
-		hi += h + carry
-	}
-	v, ok := mulDivCeil128(hi, lo, m.usd.creditsPerUSD*MilliPerCredit, 1e12)
-	if !ok {
-		return maxCost // never a free call: saturate instead of wrapping
-	}
-	return v
-}
-
-// PricedByUSD reports whether the model uses a passthrough provider price.
-func (m *Model) PricedByUSD() bool { return m.usd != nil }
-
-func clampTokens(n int64) int64 {
-	switch {
-	case n < 0:
-		return 0
-	case n > maxTokens:
-		return maxTokens
-	}
-	return n
 }
 
 // Lookup finds a model by its public name or an alias.

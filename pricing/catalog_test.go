@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tollgate/tollgate/pricing"
 )
@@ -20,10 +21,10 @@ func defaultSpec() pricing.Spec {
 		CreditsPerUSD: 100_000,
 		FeeBps:        500,
 		Tiers: map[string]pricing.TierSpec{
-			"core":  {Input: 1, Output: 2},
-			"pro":   {Input: 3, Output: 6},
-			"ultra": {Input: 8, Output: 16},
-			"cache": {Input: 8, CachedInput: i64(1), Output: 16},
+			"core":  {Input: pricing.Per1K(1), Output: pricing.Per1K(2)},
+			"pro":   {Input: pricing.Per1K(3), Output: pricing.Per1K(6)},
+			"ultra": {Input: pricing.Per1K(8), Output: pricing.Per1K(16)},
+			"cache": {Input: pricing.Per1K(8), CachedInput: rp(1), Output: pricing.Per1K(16)},
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o-mini", Aliases: []string{"gpt-4o-mini-2024-07-18"}, Tier: "core", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-mini")},
@@ -93,11 +94,11 @@ func TestTierRatesAreMilliCreditsPerToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.tier, func(t *testing.T) {
 			want := pricing.Rates{
-				Input:        tt.creditsPer1KIn * pricing.MilliPerCredit / 1000,
-				CachedInput:  tt.creditsPer1KCached * pricing.MilliPerCredit / 1000,
-				Output:       tt.creditsPer1KOut * pricing.MilliPerCredit / 1000,
-				CacheWrite:   tt.creditsPer1KCW * pricing.MilliPerCredit / 1000,
-				CacheWrite1h: tt.creditsPer1KCW1h * pricing.MilliPerCredit / 1000,
+				Input:        pricing.Per1K(tt.creditsPer1KIn),
+				CachedInput:  pricing.Per1K(tt.creditsPer1KCached),
+				Output:       pricing.Per1K(tt.creditsPer1KOut),
+				CacheWrite:   pricing.Per1K(tt.creditsPer1KCW),
+				CacheWrite1h: pricing.Per1K(tt.creditsPer1KCW1h),
 			}
 			tier, ok := c.Tier(tt.tier)
 			if !ok {
@@ -107,8 +108,8 @@ func TestTierRatesAreMilliCreditsPerToken(t *testing.T) {
 				t.Errorf("Tier(%q) = %+v, want rates %+v", tt.tier, tier, want)
 			}
 			m := mustModel(t, c, tt.model)
-			if m.Tier != tt.tier || m.Rates != want || m.PricedByUSD() {
-				t.Errorf("model %s: tier %q rates %+v usd %v, want %q %+v false", tt.model, m.Tier, m.Rates, m.PricedByUSD(), tt.tier, want)
+			if m.Tier != tt.tier || m.Prices[0].Rates != want || m.PricedByUSD() {
+				t.Errorf("model %s: tier %q rates %+v usd %v, want %q %+v false", tt.model, m.Tier, m.Prices[0].Rates, m.PricedByUSD(), tt.tier, want)
 			}
 			// 1K tokens of each kind cost exactly the stated credits.
 			for _, u := range []struct {
@@ -121,7 +122,7 @@ func TestTierRatesAreMilliCreditsPerToken(t *testing.T) {
 				{pricing.Usage{CacheWrite: 1000}, tt.creditsPer1KCW},
 				{pricing.Usage{CacheWrite1h: 1000}, tt.creditsPer1KCW1h},
 			} {
-				if got := m.Cost(u.usage); got != u.credits*pricing.MilliPerCredit {
+				if got := m.Cost(u.usage, t0); got != u.credits*pricing.MilliPerCredit {
 					t.Errorf("Cost(%+v) = %d mc, want %d credits", u.usage, got, u.credits)
 				}
 			}
@@ -158,7 +159,7 @@ func TestTierCost(t *testing.T) {
 				want := new(big.Int).Mul(big.NewInt(u.Input), big.NewInt(r[0]))
 				want.Add(want, new(big.Int).Mul(big.NewInt(u.CachedInput), big.NewInt(r[1])))
 				want.Add(want, new(big.Int).Mul(big.NewInt(u.Output), big.NewInt(r[2])))
-				if got := m.Cost(u); !want.IsInt64() || got != want.Int64() {
+				if got := m.Cost(u, t0); !want.IsInt64() || got != want.Int64() {
 					t.Errorf("Cost(%+v) = %d, want %s", u, got, want)
 				}
 			})
@@ -170,10 +171,10 @@ func TestCostNegativeCountsAreZero(t *testing.T) {
 	c := mustCatalog(t, defaultSpec())
 	for _, name := range []string{"claude-sonnet", "usd-mini", "usd-opus"} {
 		m := mustModel(t, c, name)
-		if got := m.Cost(pricing.Usage{Input: -5, CachedInput: -1, Output: -1 << 62}); got != 0 {
+		if got := m.Cost(pricing.Usage{Input: -5, CachedInput: -1, Output: -1 << 62}, t0); got != 0 {
 			t.Errorf("%s: Cost(negative) = %d, want 0", name, got)
 		}
-		if got, want := m.Cost(pricing.Usage{Input: -5, Output: 10}), m.Cost(pricing.Usage{Output: 10}); got != want {
+		if got, want := m.Cost(pricing.Usage{Input: -5, Output: 10}, t0), m.Cost(pricing.Usage{Output: 10}, t0); got != want {
 			t.Errorf("%s: Cost with negative input = %d, want %d", name, got, want)
 		}
 	}
@@ -230,7 +231,7 @@ func TestUSDOverrideCost(t *testing.T) {
 		for _, u := range usages {
 			t.Run(fmt.Sprintf("%s/%d_%d_%d", name, u.Input, u.CachedInput, u.Output), func(t *testing.T) {
 				want := usdCost(u, p.in, p.cached, p.out, c.CreditsPerUSD())
-				got := m.Cost(u)
+				got := m.Cost(u, t0)
 				if !want.IsInt64() || got != want.Int64() {
 					t.Errorf("Cost(%+v) = %d mc, want %s mc", u, got, want)
 				}
@@ -269,25 +270,33 @@ func TestUSDOverrideWorkedExamples(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d_%d_%d", tt.model, tt.u.Input, tt.u.CachedInput, tt.u.Output), func(t *testing.T) {
-			if got := mustModel(t, c, tt.model).Cost(tt.u); got != tt.want {
+			if got := mustModel(t, c, tt.model).Cost(tt.u, t0); got != tt.want {
 				t.Errorf("Cost(%+v) = %d, want %d", tt.u, got, tt.want)
 			}
 		})
 	}
-	// Per-token ceiling rates (used to size holds) are the exact per-token
-	// price rounded up to a whole mc.
-	rates := map[string]pricing.Rates{
+	// The exact rates, and the hold's per-token ceilings (the dearest input
+	// kind and the output rate, rounded up to a whole mc).
+	mr := pricing.MustRate
+	rates := map[string]struct {
+		r    pricing.Rates
+		hold pricing.HoldRates
+	}{
 		// Cache writes default to 1.25 × and 2 × input: usd-mini 18.75 and
 		// 30 mc, usd-odd 15.432 (0.15432 USD) and 24.6912 mc.
-		"usd-mini":   {Input: 15, CachedInput: 15, Output: 60, CacheWrite: 19, CacheWrite1h: 30},
-		"usd-cached": {Input: 200, CachedInput: 50, Output: 800, CacheWrite: 250, CacheWrite1h: 400},
-		"usd-opus":   {Input: 1500, CachedInput: 1500, Output: 7500, CacheWrite: 1875, CacheWrite1h: 3000},
-		"usd-tiny":   {Input: 1, CachedInput: 1, Output: 1, CacheWrite: 1, CacheWrite1h: 1},
-		"usd-odd":    {Input: 13, CachedInput: 13, Output: 101, CacheWrite: 16, CacheWrite1h: 25}, // 12.3456 and 100.0001 mc
+		"usd-mini":   {pricing.Rates{Input: mr("15"), CachedInput: mr("15"), Output: mr("60"), CacheWrite: mr("18.75"), CacheWrite1h: mr("30")}, pricing.HoldRates{Input: 30, Output: 60}},
+		"usd-cached": {pricing.Rates{Input: mr("200"), CachedInput: mr("50"), Output: mr("800"), CacheWrite: mr("250"), CacheWrite1h: mr("400")}, pricing.HoldRates{Input: 400, Output: 800}},
+		"usd-opus":   {pricing.Rates{Input: mr("1500"), CachedInput: mr("1500"), Output: mr("7500"), CacheWrite: mr("1875"), CacheWrite1h: mr("3000")}, pricing.HoldRates{Input: 3000, Output: 7500}},
+		"usd-tiny":   {pricing.Rates{Input: mr("0.0001"), CachedInput: mr("0.0001"), Output: mr("0.0003"), CacheWrite: mr("0.0002"), CacheWrite1h: mr("0.0002")}, pricing.HoldRates{Input: 1, Output: 1}},
+		"usd-odd":    {pricing.Rates{Input: mr("12.3456"), CachedInput: mr("12.3456"), Output: mr("100.0001"), CacheWrite: mr("15.432"), CacheWrite1h: mr("24.6912")}, pricing.HoldRates{Input: 25, Output: 101}},
 	}
 	for name, want := range rates {
-		if got := mustModel(t, c, name).Rates; got != want {
-			t.Errorf("%s Rates = %+v, want %+v", name, got, want)
+		m := mustModel(t, c, name)
+		if got := m.Prices[0].Rates; got != want.r {
+			t.Errorf("%s Rates = %+v, want %+v", name, got, want.r)
+		}
+		if m.Hold != want.hold {
+			t.Errorf("%s Hold = %+v, want %+v", name, m.Hold, want.hold)
 		}
 	}
 }
@@ -304,13 +313,13 @@ func TestUSDCostSaturates(t *testing.T) {
 	if exact.Cmp(big.NewInt(1<<62)) <= 0 {
 		t.Fatalf("test needs a price above 2^62 mc, have %s", exact)
 	}
-	if got := m.Cost(u); got < 1<<62 {
+	if got := m.Cost(u, t0); got < 1<<62 {
 		t.Errorf("Cost = %d, exact price %s mc does not fit: want a saturated cost ≥ 2^62", got, exact)
 	}
 	// Just below the limit it is still exact.
 	u = pricing.Usage{Output: 4_000_000_000}
 	want := usdCost(u, 1e9, 1e9, 1e9, spec.CreditsPerUSD)
-	if got := m.Cost(u); !want.IsInt64() || got != want.Int64() {
+	if got := m.Cost(u, t0); !want.IsInt64() || got != want.Int64() {
 		t.Errorf("Cost(%+v) = %d, want %s", u, got, want)
 	}
 }
@@ -322,9 +331,8 @@ func TestUSDCostNeverExceedsCeilingRates(t *testing.T) {
 	for _, m := range c.Models() {
 		for _, u := range []pricing.Usage{{Input: 1}, {Input: 7, CachedInput: 3, Output: 11}, {Input: 100_000, CachedInput: 50_000, Output: 32_000},
 			{CacheWrite: 1}, {CacheWrite1h: 1}, {Input: 3, CachedInput: 5, Output: 7, CacheWrite: 11, CacheWrite1h: 13}} {
-			ceil := u.Input*m.Rates.Input + u.CachedInput*m.Rates.CachedInput + u.Output*m.Rates.Output +
-				u.CacheWrite*m.Rates.CacheWrite + u.CacheWrite1h*m.Rates.CacheWrite1h
-			if got := m.Cost(u); got > ceil {
+			ceil := (u.Input+u.CachedInput+u.CacheWrite+u.CacheWrite1h)*m.Hold.Input + u.Output*m.Hold.Output
+			if got := m.Cost(u, t0); got > ceil {
 				t.Errorf("%s: Cost(%+v) = %d > ceiling %d", m.ID, u, got, ceil)
 			}
 		}
@@ -554,8 +562,9 @@ func TestNewRejects(t *testing.T) {
 		{"negative fee", func(s *pricing.Spec) { s.FeeBps = -1 }, []string{"pricing.fee_bps"}},
 		{"fee 100%", func(s *pricing.Spec) { s.FeeBps = 10000 }, []string{"pricing.fee_bps"}},
 		{"no tiers", func(s *pricing.Spec) { s.Tiers = nil }, []string{"pricing.tiers", "pricing.models[0].tier"}},
-		{"negative tier rate", func(s *pricing.Spec) { s.Tiers["core"] = pricing.TierSpec{Input: -1, Output: 2} }, []string{"pricing.tiers.core.input"}},
-		{"huge cached rate", func(s *pricing.Spec) { s.Tiers["pro"] = pricing.TierSpec{Input: 1, CachedInput: i64(2e6), Output: 2} }, []string{"pricing.tiers.pro.cached_input"}},
+		{"huge cached rate", func(s *pricing.Spec) {
+			s.Tiers["pro"] = pricing.TierSpec{Input: pricing.Per1K(1), CachedInput: rp(2e6), Output: pricing.Per1K(2)}
+		}, []string{"pricing.tiers.pro.cached_input"}},
 		{"no models", func(s *pricing.Spec) { s.Models = nil }, []string{"pricing.models"}},
 		{"unknown tier", func(s *pricing.Spec) { s.Models[1].Tier = "gold" }, []string{"pricing.models[1].tier", `"gold"`}},
 		{"missing id", func(s *pricing.Spec) { s.Models[2].ID = "" }, []string{"pricing.models[2].id"}},
@@ -657,3 +666,9 @@ func TestNewReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// rp is a stated rate of n whole credits per 1K tokens.
+func rp(n int64) *pricing.Rate { r := pricing.Per1K(n); return &r }
+
+// t0 is when test calls are priced: models with one price charge it always.
+var t0 time.Time

@@ -28,10 +28,10 @@ func TestAnthropicSDK(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mock.Close() })
-	i64 := func(v int64) *int64 { return &v }
+	rp := func(v int64) *pricing.Rate { r := pricing.Per1K(v); return &r }
 	spec := pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
-		Tiers: map[string]pricing.TierSpec{"ultra": {Input: 8, CachedInput: i64(2), Output: 16}},
+		Tiers: map[string]pricing.TierSpec{"ultra": {Input: pricing.Per1K(8), CachedInput: rp(2), Output: pricing.Per1K(16)}},
 		Models: []pricing.ModelSpec{{ID: "claude-sonnet", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 64000,
 			Deployments: []pricing.DeploymentSpec{{Provider: "anthropic", Model: "claude-sonnet-4-5"}}}},
 	}

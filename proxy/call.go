@@ -141,9 +141,16 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 	}
 	c.inTokens = in // the Limiter holds the same estimate (limit.go)
 	batch := c.batch()
-	fixed, ok := mulHold(in, m.Rates.MaxInput())
+	fixed, ok := mulHold(in, m.Hold.Input)
 	if !ok {
 		return hr, errTooLargeToHold(batch, c.req.choices)
+	}
+	if c.req.tools {
+		// Per-use fees of the provider's tools: heldToolUses of them per prompt.
+		fees, ok := mulHold(m.Hold.WebSearch, heldToolUses*batch)
+		if fixed += fees; !ok || fixed > maxHold {
+			return hr, errTooLargeToHold(batch, c.req.choices)
+		}
 	}
 	hr.Fixed = fixed
 	if c.ep.maxField == "" {
@@ -151,11 +158,14 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 	}
 	// Every choice ("n", "best_of") of every prompt may use the output limit,
 	// and the provider bills them all.
-	per, ok := mulHold(m.Rates.Output, max(c.req.choices, 1)*batch)
+	per, ok := mulHold(m.Hold.Output, max(c.req.choices, 1)*batch)
 	if !ok {
 		return hr, errTooLargeToHold(batch, c.req.choices)
 	}
 	hr.PerOutput = per
+	if c.req.noOutput {
+		return hr, nil // input only: no output is granted or held
+	}
 	room := maxHold - fixed // output mc a hold may still take
 	if c.req.maxOut > 0 {
 		if c.req.maxOut > m.MaxOutputTokens {
@@ -325,7 +335,7 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 	return metering.Record{
 		RequestID: c.id, Model: c.model.ID, Endpoint: c.ep.name,
 		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
-		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h,
+		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h, WebSearch: u.WebSearch,
 		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
 	}
 }
@@ -345,7 +355,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	}
 	rec := c.record(u, false)
 	rec.Provider, rec.Estimated, rec.TTFT = up.name, estimated, rec.Latency
-	ch, ok := c.settle(c.model.Cost(u.Usage), rec)
+	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
 	if !ok {
 		// A bug (the Meter refused the settlement itself): refuse the answer
 		// rather than give it away.

@@ -28,7 +28,7 @@ func testSpec() pricing.Spec {
 	return pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
 		Tiers: map[string]pricing.TierSpec{
-			"core": {Input: 1, Output: 2}, "pro": {Input: 3, Output: 6}, "ultra": {Input: 8, Output: 16},
+			"core": {Input: pricing.Per1K(1), Output: pricing.Per1K(2)}, "pro": {Input: pricing.Per1K(3), Output: pricing.Per1K(6)}, "ultra": {Input: pricing.Per1K(8), Output: pricing.Per1K(16)},
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o-mini", Aliases: []string{"mini"}, Tier: "core", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-mini")},

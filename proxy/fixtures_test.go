@@ -55,15 +55,18 @@ type fixtureExpect struct {
 	CacheWrite1h int64  `json:"cache_write_1h"`
 	Output       int64  `json:"output"`
 	Reasoning    int64  `json:"reasoning"`
+	WebSearch    int64  `json:"web_search"` // provider-side web searches
 	MC           int64  `json:"mc"`
 	Estimated    bool   `json:"estimated"`
 	Failed       bool   `json:"failed"`
 	Reason       string `json:"reason"`
 }
 
-// price is x's tokens at rates r (fixtureRates), in mc.
-func (x fixtureExpect) price(r [5]int64) int64 {
-	return x.Input*r[0] + x.CachedInput*r[1] + x.Output*r[2] + x.CacheWrite*r[3] + x.CacheWrite1h*r[4]
+// price is x's tokens and searches at rates r (fixtureRates), in mc: the
+// exact sum in 10⁻⁹ mc, rounded up once.
+func (x fixtureExpect) price(r fixtureRate) int64 {
+	n := x.Input*r[0] + x.CachedInput*r[1] + x.Output*r[2] + x.CacheWrite*r[3] + x.CacheWrite1h*r[4] + x.WebSearch*r[5]
+	return (n + nano - 1) / nano
 }
 
 func loadFixtures(t testing.TB) []fixture {
@@ -244,20 +247,27 @@ func splitEvents(b []byte) [][]byte {
 // defaults (core), every provider kind, and models whose first deployments
 // fail.
 func fixtureSpec() pricing.Spec {
-	i64 := func(v int64) *int64 { return &v }
+	rp := func(v int64) *pricing.Rate { return pricing.Per1K(v).Ptr() }
+	rate := func(s string) *pricing.Rate { return pricing.MustRate(s).Ptr() }
 	dep := func(p, m string) []pricing.DeploymentSpec { return []pricing.DeploymentSpec{{Provider: p, Model: m}} }
 	return pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
 		Tiers: map[string]pricing.TierSpec{
-			"core":  {Input: 1, Output: 2},
-			"pro":   {Input: 3, CachedInput: i64(1), Output: 6, CacheWrite: i64(4), CacheWrite1h: i64(6)},
-			"ultra": {Input: 8, CachedInput: i64(2), Output: 16, CacheWrite: i64(10), CacheWrite1h: i64(16)},
+			"core":  {Input: pricing.Per1K(1), Output: pricing.Per1K(2)},
+			"pro":   {Input: pricing.Per1K(3), CachedInput: rp(1), Output: pricing.Per1K(6), CacheWrite: rp(4), CacheWrite1h: rp(6)},
+			"ultra": {Input: pricing.Per1K(8), CachedInput: rp(2), Output: pricing.Per1K(16), CacheWrite: rp(10), CacheWrite1h: rp(16)},
 		},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-2024-08-06")},
 			{ID: "gpt-4o-mini", Tier: "core", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("openai", "gpt-4o-mini-2024-07-18")},
 			{ID: "o3-mini", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 100000, Deployments: dep("openai", "o3-mini-2025-01-31")},
 			{ID: "claude-sonnet-4-5", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep("anthropic", "claude-sonnet-4-5-20250929")},
+			// Cache reads at a tenth and a quarter of input, web searches
+			// at 10 and 25 USD per 1K (100,000 credits per USD).
+			{ID: "claude-search", Tier: "ultra", ContextWindow: 200000, MaxOutputTokens: 64000, Deployments: dep("anthropic", "claude-sonnet-4-5-20250929"),
+				CachedInput: rate("0.8"), WebSearch: pricing.Per1K(1_000_000).Ptr()},
+			{ID: "gpt-4.1-search", Tier: "pro", ContextWindow: 1047576, MaxOutputTokens: 32768, Deployments: dep("openai", "gpt-4.1-2025-04-14"),
+				CachedInput: rate("0.75"), WebSearch: pricing.Per1K(2_500_000).Ptr()},
 			{ID: "gemini-2.5-flash", Tier: "pro", ContextWindow: 1048576, MaxOutputTokens: 65536, Deployments: dep("gemini", "gemini-2.5-flash")},
 			{ID: "deepseek-chat", Tier: "pro", ContextWindow: 65536, MaxOutputTokens: 8192, Deployments: dep("deepseek", "deepseek-chat")},
 			{ID: "deepseek-reasoner", Tier: "pro", ContextWindow: 65536, MaxOutputTokens: 65536, Deployments: dep("deepseek", "deepseek-reasoner")},
@@ -276,10 +286,30 @@ func fixtureSpec() pricing.Spec {
 	}
 }
 
-// fixtureRates mirrors fixtureSpec's tiers: input, cached input, output,
-// cache write, 1-hour cache write (mc per token; core's cache writes are the
-// defaults, ⌈1.25 × 1⌉ and 2 × 1).
-var fixtureRates = map[string][5]int64{"core": {1, 1, 2, 2, 2}, "pro": {3, 1, 6, 4, 6}, "ultra": {8, 2, 16, 10, 16}}
+// fixtureRate is input, cached input, output, cache write, 1-hour cache
+// write (10⁻⁹ mc per token) and web search (10⁻⁹ mc per search).
+type fixtureRate [6]int64
+
+const nano = 1_000_000_000
+
+// fixtureRates mirrors fixtureSpec's tiers (core's cache writes are the
+// defaults, ⌈1.25 × 1⌉ and 2 × 1) and the models with rates of their own:
+// a cache read at a tenth of input (0.8 mc a token) and a quarter (0.75),
+// web searches at 10 and 25 USD per 1K (1,000 and 2,500 credits each).
+var fixtureRates = map[string]fixtureRate{
+	"core": {1 * nano, 1 * nano, 2 * nano, 2 * nano, 2 * nano, 0}, "pro": {3 * nano, 1 * nano, 6 * nano, 4 * nano, 6 * nano, 0},
+	"ultra":          {8 * nano, 2 * nano, 16 * nano, 10 * nano, 16 * nano, 0},
+	"claude-search":  {8 * nano, nano * 8 / 10, 16 * nano, 10 * nano, 16 * nano, 1_000_000 * nano},
+	"gpt-4.1-search": {3 * nano, nano * 3 / 4, 6 * nano, 4 * nano, 6 * nano, 2_500_000 * nano},
+}
+
+// ratesOf is a fixture model's rates: its own, else its tier's.
+func ratesOf(m *pricing.Model) fixtureRate {
+	if r, ok := fixtureRates[m.ID]; ok {
+		return r
+	}
+	return fixtureRates[m.Tier]
+}
 
 func replayProviders(base string) []proxy.Provider {
 	p := func(name, kind, path string) proxy.Provider {
@@ -319,7 +349,7 @@ func TestFixtures(t *testing.T) {
 	fixtures := loadFixtures(t)
 	rp := startReplay(t, fixtures)
 	e := newEnvWith(t, fixtureSpec(), replayProviders(rp.url))
-	key := e.account("acme", 10_000)
+	key := e.account("acme", 100_000) // a web-search call holds ten searches
 	for _, f := range fixtures {
 		if f.Hangup {
 			continue
@@ -449,7 +479,8 @@ func checkUsageEntry(t *testing.T, en metering.Entry, id, model, provider string
 		"input_tokens": strconv.FormatInt(x.Input, 10), "cached_input_tokens": strconv.FormatInt(x.CachedInput, 10),
 		"output_tokens": strconv.FormatInt(x.Output, 10), "reasoning_tokens": strconv.FormatInt(x.Reasoning, 10),
 		"cache_write_tokens": strconv.FormatInt(x.CacheWrite, 10), "cache_write_1h_tokens": strconv.FormatInt(x.CacheWrite1h, 10),
-		"estimated": b(x.Estimated), "streamed": b(streamed), "cancelled": b(cancelled), "failed": "0", "capped": "0",
+		"web_search_requests": strconv.FormatInt(x.WebSearch, 10),
+		"estimated":           b(x.Estimated), "streamed": b(streamed), "cancelled": b(cancelled), "failed": "0", "capped": "0",
 	}
 	for k, v := range want {
 		if en.Fields[k] != v {
@@ -711,8 +742,8 @@ func TestFixtureManifest(t *testing.T) {
 		}
 		x := f.Expect
 		want := m.Cost(pricing.Usage{Input: x.Input, CachedInput: x.CachedInput, Output: x.Output,
-			CacheWrite: x.CacheWrite, CacheWrite1h: x.CacheWrite1h})
-		if byHand := x.price(fixtureRates[m.Tier]); want != byHand {
+			CacheWrite: x.CacheWrite, CacheWrite1h: x.CacheWrite1h, WebSearch: x.WebSearch}, time.Now())
+		if byHand := x.price(ratesOf(m)); want != byHand {
 			t.Errorf("%s: the catalog prices its tokens at %d, fixtureRates at %d", f.Name, want, byHand)
 		}
 		if x.Failed {
@@ -741,35 +772,39 @@ func TestModelsListCachedRates(t *testing.T) {
 	}
 	var list struct {
 		Data []struct {
-			ID      string `json:"id"`
-			Tier    string `json:"tier"`
-			Pricing struct {
-				Input        int64  `json:"input"`
-				CachedInput  int64  `json:"cached_input"`
-				Output       int64  `json:"output"`
-				CacheWrite   *int64 `json:"cache_write"`
-				CacheWrite1h *int64 `json:"cache_write_1h"`
-			} `json:"pricing"`
+			ID      string                     `json:"id"`
+			Tier    string                     `json:"tier"`
+			Pricing map[string]json.RawMessage `json:"pricing"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(r.body, &list); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][5]int64{"gpt-4o": fixtureRates["pro"], "gpt-4o-mini": fixtureRates["core"], "claude-sonnet-4-5": fixtureRates["ultra"]}
+	// Exact decimals, credits per 1K tokens (web search: per 1K searches).
+	want := map[string]string{
+		"gpt-4o":            "3 1 6 4 6 0",
+		"gpt-4o-mini":       "1 1 2 2 2 0",
+		"claude-sonnet-4-5": "8 2 16 10 16 0",
+		"claude-search":     "8 0.8 16 10 16 1000000",
+		"gpt-4.1-search":    "3 0.75 6 4 6 2500000",
+	}
 	seen := 0
 	for _, m := range list.Data {
-		if m.Pricing.CacheWrite == nil || m.Pricing.CacheWrite1h == nil {
-			t.Errorf("%s: no cache_write or cache_write_1h in its pricing: %s", m.ID, r.body)
-			continue
+		var got []string
+		for _, k := range []string{"input", "cached_input", "output", "cache_write", "cache_write_1h", "web_search"} {
+			v, ok := m.Pricing[k]
+			if !ok {
+				t.Errorf("%s: no %s in its pricing: %s", m.ID, k, r.body)
+			}
+			got = append(got, string(v))
 		}
 		w, ok := want[m.ID]
 		if !ok {
 			continue
 		}
 		seen++
-		got := [5]int64{m.Pricing.Input, m.Pricing.CachedInput, m.Pricing.Output, *m.Pricing.CacheWrite, *m.Pricing.CacheWrite1h}
-		if got != w {
-			t.Errorf("%s (%s): rates %v, want %v", m.ID, m.Tier, got, w)
+		if g := strings.Join(got, " "); g != w {
+			t.Errorf("%s (%s): rates %s, want %s", m.ID, m.Tier, g, w)
 		}
 	}
 	if seen != len(want) {

@@ -64,7 +64,7 @@ func fuzzServer(t testing.TB) (*Server, *pricing.Model, *fuzzMeter) {
 	t.Helper()
 	cat, err := pricing.New(pricing.Spec{
 		CreditsPerUSD: 100000,
-		Tiers:         map[string]pricing.TierSpec{"pro": {Input: 3, Output: 6}},
+		Tiers:         map[string]pricing.TierSpec{"pro": {Input: pricing.Per1K(3), Output: pricing.Per1K(6)}},
 		Models: []pricing.ModelSpec{{ID: "gpt-4o", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 16384,
 			Deployments: []pricing.DeploymentSpec{{Provider: "p", Model: "gpt-4o"}}}},
 	})

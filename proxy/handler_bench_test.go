@@ -88,7 +88,7 @@ func benchCatalog(tb testing.TB) *pricing.Catalog {
 	}
 	c, err := pricing.New(pricing.Spec{
 		CreditsPerUSD: 100000, FeeBps: 500,
-		Tiers: map[string]pricing.TierSpec{"core": {Input: 1, Output: 2}, "pro": {Input: 3, Output: 6}},
+		Tiers: map[string]pricing.TierSpec{"core": {Input: pricing.Per1K(1), Output: pricing.Per1K(2)}, "pro": {Input: pricing.Per1K(3), Output: pricing.Per1K(6)}},
 		Models: []pricing.ModelSpec{
 			{ID: "gpt-4o-mini", Tier: "core", ContextWindow: 128000, MaxOutputTokens: 16384, Deployments: dep("gpt-4o-mini")},
 			{ID: "gpt-4.1-mini", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 32768, Deployments: dep("gpt-4.1-mini-2025")},

@@ -5,6 +5,11 @@ package proxy
 // holds stay exact in Redis's Lua numbers (doubles, exact to 2^53).
 const maxHold = 1 << 50
 
+// heldToolUses is how many per-use fees (web searches) a call that declares a
+// provider-side tool holds for each prompt. A provider may run more; they are
+// charged in full at settle, past the hold (over_hold) like any excess.
+const heldToolUses = 10
+
 // mulHold is a × b for non-negative a and b, and whether it is at most
 // maxHold (when it is not, the product returned is maxHold).
 func mulHold(a, b int64) (int64, bool) {

@@ -12,14 +12,14 @@ import (
 // holdModel is a tier-priced model for holdRequest tests: 1 mc per input
 // token, 2 per output token.
 func holdModel(window, maxOut int64) *pricing.Model {
-	return &pricing.Model{ID: "m", Tier: "core", Rates: pricing.Rates{Input: 1, CachedInput: 1, Output: 2},
+	return &pricing.Model{ID: "m", Tier: "core", Hold: pricing.HoldRates{Input: 1, Output: 2},
 		ContextWindow: window, MaxOutputTokens: maxOut}
 }
 
 // cacheModel is holdModel (5000-token window) with cache-write rates.
 func cacheModel(cw, cw1h int64) *pricing.Model {
 	m := holdModel(5000, 100)
-	m.Rates.CacheWrite, m.Rates.CacheWrite1h = cw, cw1h
+	m.Hold.Input = max(m.Hold.Input, cw, cw1h) // the dearest input kind
 	return m
 }
 
@@ -94,13 +94,13 @@ func TestHoldRequestBoundsWhatCanBeBilled(t *testing.T) {
 			func(b string) want { return want{fixed: 5 * bodyOf(b), perOut: 2, minOut: 7, maxOut: 7} }},
 		{"window held at the 1-hour write rate", cacheModel(3, 5), epMessages, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}`,
 			func(b string) want { return want{fixed: 5 * 5000, perOut: 2, minOut: 7, maxOut: 7} }},
-		{"past any balance: refused", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1 << 30, Output: 1 << 30}, ContextWindow: 1 << 40, MaxOutputTokens: 1 << 20},
+		{"past any balance: refused", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1 << 30, Output: 1 << 30}, ContextWindow: 1 << 40, MaxOutputTokens: 1 << 20},
 			epChat, `{"model":"m","max_tokens":7,"messages":[],"tools":[{"type":"web_search"}]}`,
 			func(string) want { return want{err: "more than any balance"} }},
-		{"output past any balance: refused", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
+		{"output past any balance: refused", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
 			epCompletions, `{"model":"m","max_tokens":1073741824,"n":128,"prompt":["a","b"]}`,
 			func(string) want { return want{err: "more than any balance"} }},
-		{"gateway limit kept holdable", &pricing.Model{ID: "m", Rates: pricing.Rates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
+		{"gateway limit kept holdable", &pricing.Model{ID: "m", Hold: pricing.HoldRates{Input: 1, Output: 1 << 30}, ContextWindow: 1000, MaxOutputTokens: 1 << 30},
 			epCompletions, `{"model":"m","n":128,"prompt":["a","b"]}`,
 			func(b string) want {
 				per := int64(1<<30) * 128 * 2
@@ -128,5 +128,39 @@ func TestHoldRequestBoundsWhatCanBeBilled(t *testing.T) {
 				t.Fatalf("worst case %d past maxHold", worst)
 			}
 		})
+	}
+}
+
+// TestNoOutputPrewarm: /v1/messages with max_tokens 0 (a prompt-cache
+// pre-warm) holds its input only and is forwarded unchanged; elsewhere a
+// zero output limit stays a 400.
+func TestNoOutputPrewarm(t *testing.T) {
+	s, _, _ := fuzzServer(t)
+	body := `{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"warm"}]}`
+	hr, err := holdFor(t, s, holdModel(5000, 100), epMessages, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hr.Fixed != inputEstimate(len(body), 0) || hr.MinOutput != 0 || hr.MaxOutput != 0 {
+		t.Fatalf("hold %+v: want the input estimate and no output", hr)
+	}
+	r, err := inspect(epMessages, []byte(body))
+	if err != nil || !r.noOutput {
+		t.Fatalf("inspect: %+v %v", r, err)
+	}
+	if out, changed := rewrite(nil, &r, epMessages, []byte(body), "m", 0); changed {
+		t.Fatalf("rewritten: %s", out)
+	}
+	for _, tc := range []struct {
+		ep   *endpoint
+		body string
+	}{
+		{epChat, `{"model":"m","max_tokens":0,"messages":[]}`},
+		{epResponses, `{"model":"m","max_output_tokens":0,"input":"x"}`},
+		{epMessages, `{"model":"m","max_tokens":-1,"messages":[]}`},
+	} {
+		if _, err := inspect(tc.ep, []byte(tc.body)); err == nil {
+			t.Errorf("%s %s accepted", tc.ep.name, tc.body)
+		}
 	}
 }

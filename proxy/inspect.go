@@ -47,10 +47,13 @@ var (
 type request struct {
 	model     []byte
 	stream    bool
-	wantUsage bool   // the client asked for the usage chunk (chat/completions streams)
-	maxOut    int64  // the client's output limit; 0 when absent
-	maxField  string // which field carried it
-	choices   int64  // completions generated per prompt ("n", "best_of"); the output limit applies to each
+	wantUsage bool  // the client asked for the usage chunk (chat/completions streams)
+	maxOut    int64 // the client's output limit; 0 when absent
+	// noOutput: the client asked for no output at all (Anthropic's
+	// max_tokens: 0, a prompt-cache pre-warm): held and charged for input.
+	noOutput bool
+	maxField string // which field carried it
+	choices  int64  // completions generated per prompt ("n", "best_of"); the output limit applies to each
 	// prompts is the batch size: a completions "prompt" or embeddings "input"
 	// given as a list of prompts is that many calls in one, each with its own
 	// window and its own choices. 1 otherwise.
@@ -59,6 +62,9 @@ type request struct {
 	// not bound (a stored conversation, images or files, provider-side
 	// tools); "" when it will not. See remote.go.
 	remote string
+	// tools: the provider may run a tool of its own (web search and the
+	// like) that it bills per use; the hold covers heldToolUses of them.
+	tools bool
 	// prevResponse is a Responses call's previous_response_id (nil when
 	// absent or null): the stored response it continues, which must be the
 	// account's own (responses.go).
@@ -183,6 +189,10 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		if mt.kind != kindNumber || !ok {
 			return r, invalid(f, "Parameter '%s' must be an integer.", f)
 		}
+		if n == 0 && ep.dialect == dialectMessages && !r.noOutput {
+			r.noOutput, r.maxField = true, f
+			continue
+		}
 		if n < 1 {
 			return r, invalid(f, "Parameter '%s' must be at least 1.", f)
 		}
@@ -193,6 +203,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		r.maxOut, r.maxField = n, f
 	}
 	r.remote = s.remote
+	r.tools = providerTools(ep.dialect, s) // remote.go
 	if r.remote == "" {
 		r.remote = remoteParams(ep.dialect, s)
 	}
@@ -216,7 +227,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 			r.choices = max(r.choices, n)
 		}
 	}
-	if ep.dialect == dialectMessages && ep.maxField != "" && r.maxOut == 0 {
+	if ep.dialect == dialectMessages && ep.maxField != "" && r.maxOut == 0 && !r.noOutput {
 		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
 	return r, nil
@@ -240,7 +251,7 @@ func inputEstimate(n int, contextWindow int64) int64 {
 func rewrite(dst []byte, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
 	setModel := string(r.model) != upstreamModel
 	setUsage := r.stream && !r.wantUsage && (ep.dialect == dialectChat || ep.dialect == dialectCompletions)
-	setMax := ep.maxField != "" && (r.maxOut == 0 || grantOut < r.maxOut)
+	setMax := ep.maxField != "" && !r.noOutput && (r.maxOut == 0 || grantOut < r.maxOut)
 	if !setModel && !setUsage && !setMax {
 		return body, false
 	}

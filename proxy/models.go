@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"strconv"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -27,22 +28,32 @@ const (
 // catalog has no release dates (the OpenAI shape says "created":0).
 const anthropicCreatedAt = "1970-01-01T00:00:00Z"
 
-// modelBodies are the pre-rendered answers, by shape.
+// modelBodies are the pre-rendered answers, by shape, with the prices in
+// force when they were rendered; next is when a scheduled price comes into
+// force (zero: none), and the bodies must be rendered again.
 type modelBodies struct {
 	list [numShapes][]byte
 	one  map[*pricing.Model]*[numShapes][]byte
+	next time.Time
 }
 
-func renderModels(c *pricing.Catalog) modelBodies {
+func renderModels(c *pricing.Catalog, at time.Time) *modelBodies {
 	ms := c.Models()
-	mb := modelBodies{one: make(map[*pricing.Model]*[numShapes][]byte, len(ms))}
+	mb := &modelBodies{one: make(map[*pricing.Model]*[numShapes][]byte, len(ms))}
+	for _, m := range ms {
+		for _, p := range m.Prices {
+			if p.From.After(at) && (mb.next.IsZero() || p.From.Before(mb.next)) {
+				mb.next = p.From
+			}
+		}
+	}
 	oa := []byte(`{"object":"list","data":[`)
 	an := []byte(`{"data":[`)
 	for i, m := range ms {
 		if i > 0 {
 			oa, an = append(oa, ','), append(an, ',')
 		}
-		one := &[numShapes][]byte{appendOpenAIModel(nil, m), appendAnthropicModel(nil, m)}
+		one := &[numShapes][]byte{appendOpenAIModel(nil, m, at), appendAnthropicModel(nil, m)}
 		mb.one[m] = one
 		oa = append(oa, one[shapeOpenAI]...)
 		an = append(an, one[shapeAnthropic]...)
@@ -60,9 +71,10 @@ func renderModels(c *pricing.Catalog) modelBodies {
 	return mb
 }
 
-// appendOpenAIModel appends m in the OpenAI model shape plus its tier, rates
-// (credits per 1K tokens), limits and aliases.
-func appendOpenAIModel(b []byte, m *pricing.Model) []byte {
+// appendOpenAIModel appends m in the OpenAI model shape plus its tier, its
+// pricing (the rates in force at at, every kind; see appendPricing), limits
+// and aliases.
+func appendOpenAIModel(b []byte, m *pricing.Model, at time.Time) []byte {
 	owner := ""
 	if len(m.Deployments) > 0 {
 		owner = m.Deployments[0].Provider
@@ -73,20 +85,9 @@ func appendOpenAIModel(b []byte, m *pricing.Model) []byte {
 	b = appendJSONString(b, owner)
 	b = append(b, `,"tier":`...)
 	b = appendJSONString(b, m.Tier)
-	b = append(b, `,"pricing":{"unit":"credits per 1K tokens","input":`...)
-	b = strconv.AppendInt(b, m.Rates.Input, 10)
-	b = append(b, `,"cached_input":`...)
-	b = strconv.AppendInt(b, m.Rates.CachedInput, 10)
-	b = append(b, `,"output":`...)
-	b = strconv.AppendInt(b, m.Rates.Output, 10)
-	b = append(b, `,"cache_write":`...)
-	b = strconv.AppendInt(b, m.Rates.CacheWrite, 10)
-	b = append(b, `,"cache_write_1h":`...)
-	b = strconv.AppendInt(b, m.Rates.CacheWrite1h, 10)
-	if m.PricedByUSD() {
-		b = append(b, `,"passthrough_usd":true`...)
-	}
-	b = append(b, `},"context_window":`...)
+	b = append(b, `,"pricing":`...)
+	b = appendPricing(b, m, at)
+	b = append(b, `,"context_window":`...)
 	b = strconv.AppendInt(b, m.ContextWindow, 10)
 	b = append(b, `,"max_output_tokens":`...)
 	b = strconv.AppendInt(b, m.MaxOutputTokens, 10)
@@ -119,6 +120,17 @@ func modelShapeOf(h *fasthttp.RequestHeader) modelShape {
 	return shapeOpenAI
 }
 
+// modelBodies returns the rendered models, rendered again once a scheduled
+// price has come into force.
+func (s *Server) modelBodies() *modelBodies {
+	mb := s.models.Load()
+	if now := time.Now(); !mb.next.IsZero() && !now.Before(mb.next) {
+		mb = renderModels(s.catalog, now)
+		s.models.Store(mb) // racing renders store equal bodies
+	}
+	return mb
+}
+
 // handleModels serves GET /v1/models.
 func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
@@ -126,7 +138,7 @@ func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.models.list[modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(s.modelBodies().list[modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleModel serves GET /v1/models/{id}: one model, by catalog id or alias.
@@ -141,7 +153,7 @@ func (s *Server) handleModel(ctx *fasthttp.RequestCtx, id []byte) {
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.models.one[m][modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(s.modelBodies().one[m][modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleGeneration serves GET /v1/generation?id=…: a past call's cost record,
@@ -188,7 +200,9 @@ func (s *Server) handleGeneration(ctx *fasthttp.RequestCtx) {
 	b = strconv.AppendInt(b, g.CacheWrite, 10)
 	b = append(b, `,"cache_write_1h":`...)
 	b = strconv.AppendInt(b, g.CacheWrite1h, 10)
-	b = append(b, `},"credits_charged":"`...)
+	b = append(b, `},"web_search_requests":`...)
+	b = strconv.AppendInt(b, g.WebSearch, 10)
+	b = append(b, `,"credits_charged":"`...)
 	b = pricing.AppendCredits(b, g.Charged)
 	b = append(b, `","balance_after":`...)
 	if g.Failed {
@@ -226,4 +240,76 @@ func (s *Server) handleGeneration(ctx *fasthttp.RequestCtx) {
 	*bp = b
 	ctx.SetContentType("application/json")
 	ctx.Response.SetBody(b)
+}
+
+// appendPricing appends m's pricing object: its mode, the rates in force at
+// at (credits per 1K tokens, as exact decimals; web_search per 1K searches),
+// their long-context rates, and, when m has dated prices, every price with
+// the day it applies from and the book's source.
+func appendPricing(b []byte, m *pricing.Model, at time.Time) []byte {
+	b = append(b, `{"unit":"credits per 1K tokens","mode":`...)
+	b = appendJSONString(b, m.Mode)
+	p := m.PriceAt(at)
+	b = appendPrice(b, p)
+	if m.PricedByUSD() {
+		b = append(b, `,"passthrough_usd":true`...)
+	}
+	if m.Source != "" {
+		b = append(b, `,"source":`...)
+		b = appendJSONString(b, m.Source)
+		b = append(b, `,"checked":`...)
+		b = appendJSONString(b, m.Checked)
+	}
+	if len(m.Prices) > 1 || !m.Prices[0].From.IsZero() {
+		b = append(b, `,"prices":[`...)
+		for i := range m.Prices {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '{')
+			b = appendPrice(b, &m.Prices[i])
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
+}
+
+// appendPrice appends a price's members (after a member already written, or
+// at an object's start when b ends with '{').
+func appendPrice(b []byte, p *pricing.Price) []byte {
+	if b[len(b)-1] != '{' {
+		b = append(b, ',')
+	}
+	if !p.From.IsZero() {
+		b = append(b, `"effective":"`...)
+		b = p.From.AppendFormat(b, "2006-01-02")
+		b = append(b, `",`...)
+	}
+	b = appendRates(b, &p.Rates)
+	if p.Long != nil {
+		b = append(b, `,"long_context":{"above_input_tokens":`...)
+		b = strconv.AppendInt(b, p.Long.Above, 10)
+		b = append(b, ',')
+		b = appendRates(b, &p.Long.Rates)
+		b = append(b, '}')
+	}
+	return b
+}
+
+func appendRates(b []byte, r *pricing.Rates) []byte {
+	b = append(b, `"input":`...)
+	b = r.Input.AppendDecimal(b)
+	b = append(b, `,"cached_input":`...)
+	b = r.CachedInput.AppendDecimal(b)
+	b = append(b, `,"output":`...)
+	b = r.Output.AppendDecimal(b)
+	b = append(b, `,"cache_write":`...)
+	b = r.CacheWrite.AppendDecimal(b)
+	b = append(b, `,"cache_write_1h":`...)
+	b = r.CacheWrite1h.AppendDecimal(b)
+	b = append(b, `,"web_search":`...)
+	b = r.WebSearch.AppendDecimal(b)
+	b = append(b, `,"web_search_unit":"credits per 1K searches"`...)
+	return b
 }

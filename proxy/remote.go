@@ -303,3 +303,17 @@ func remoteParams(d dialect, s *scanner) string {
 	}
 	return ""
 }
+
+// providerTools reports whether the body declares a tool the provider runs
+// (and may bill per use), as the dialect counts them.
+func providerTools(d dialect, s *scanner) bool {
+	switch d {
+	case dialectMessages:
+		return s.toolAnthropic
+	case dialectChat:
+		return s.toolOpenAI || s.top[nameWebSearchOptions].present()
+	case dialectResponses:
+		return s.toolOpenAI
+	}
+	return false
+}

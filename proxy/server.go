@@ -82,7 +82,7 @@ type Server struct {
 	upstreams map[string]*upstream
 	ids       *idGen
 	srv       *fasthttp.Server
-	models    modelBodies // pre-rendered GET /v1/models and /v1/models/{id} bodies
+	models    atomic.Pointer[modelBodies] // pre-rendered GET /v1/models and /v1/models/{id} bodies
 
 	draining atomic.Bool
 	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
@@ -116,7 +116,7 @@ func New(opts Options) (*Server, error) {
 			}
 		}
 	}
-	s.models = renderModels(opts.Catalog)
+	s.models.Store(renderModels(opts.Catalog, time.Now()))
 	s.srv = &fasthttp.Server{
 		Handler:                       s.Handler,
 		Name:                          "tollgate",

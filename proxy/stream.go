@@ -296,7 +296,7 @@ func (sb *streamBody) dispatch() {
 			sb.recordStored(data)
 		case bytes.Equal(name, evRespCompleted) || bytes.Equal(name, evRespIncomplet):
 			sb.recordStored(data) // when response.created was missed
-			if u, ok, _ := chunkUsage(data, parseResponsesUsage, "", "response", "usage"); ok {
+			if u, ok, _ := chunkUsage(data, parseResponse, "", "response"); ok {
 				sb.u, sb.outFinal = u, true
 			}
 			sb.terminal = true
@@ -331,6 +331,7 @@ func (sb *streamBody) dispatch() {
 				sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
 				sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
 				sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
+				sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
 				sb.u.seen, sb.outFinal = true, true
 			}
 			// Held until message_stop so that it can carry the charge.
@@ -562,7 +563,7 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = "stream_timeout"
 		}
 	}
-	ch, ok := c.settle(c.model.Cost(u.Usage), rec)
+	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
 	if !ok {
 		return // logged; the trailers stay empty
 	}

@@ -86,6 +86,31 @@ func reconcileOutput(in, out, reasoning, total int64) (output, reasoningOut int6
 	return out, min(reasoning, out)
 }
 
+// parseResponse reads a whole Responses API response object: its usage, and
+// the web searches it ran — OpenAI bills each web_search_call output item,
+// and reports them there rather than in usage.
+func parseResponse(resp *fastjson.Value) (usage, bool) {
+	u, ok := parseResponsesUsage(resp.Get("usage"))
+	if ok {
+		u.WebSearch = countItems(resp.Get("output"), "web_search_call")
+	}
+	return u, ok
+}
+
+// countItems counts the objects of an array whose "type" is typ.
+func countItems(a *fastjson.Value, typ string) int64 {
+	if a == nil || a.Type() != fastjson.TypeArray {
+		return 0
+	}
+	var n int64
+	for _, it := range a.GetArray() {
+		if string(it.GetStringBytes("type")) == typ {
+			n++
+		}
+	}
+	return n
+}
+
 // parseResponsesUsage reads an OpenAI Responses API usage object.
 func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject || u.Get("input_tokens") == nil {
@@ -117,6 +142,7 @@ func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
 	r.CachedInput = tokenField(u, "cache_read_input_tokens")
 	r.Output = tokenField(u, "output_tokens")
 	r.Reasoning = min(tokenField(u, "output_tokens_details", "thinking_tokens"), r.Output)
+	r.WebSearch = tokenField(u, "server_tool_use", "web_search_requests")
 	return r, true
 }
 
@@ -146,7 +172,7 @@ func usageFromBody(p *fastjson.Parser, d dialect, body []byte) (usage, *fastjson
 	var u usage
 	switch d {
 	case dialectResponses:
-		u, _ = parseResponsesUsage(v.Get("usage"))
+		u, _ = parseResponse(v)
 	case dialectMessages:
 		u, _ = parseAnthropicUsage(v.Get("usage"))
 	default:

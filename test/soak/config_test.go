@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -62,16 +63,28 @@ func writeConfig(t testing.TB, edits map[string]any) string {
 	return path
 }
 
-// rates are a tier's prices in milli-credits per token: uncached input,
-// cached input (cache reads), output, and input written to the prompt cache
-// for 5 minutes (cw) and for 1 hour (cw1h).
-type rates struct{ in, cached, out, cw, cw1h int64 }
+// nano is the price lists' unit per milli-credit: rates are read exactly,
+// as 10⁻⁹ mc per token (= 10⁻⁹ credits per 1K tokens; web search per search).
+const nano = 1_000_000_000
+
+// rates are a tier's prices in 10⁻⁹ mc per token: uncached input, cached
+// input (cache reads), output, input written to the prompt cache for 5
+// minutes (cw) and for 1 hour (cw1h), and web searches (ws, per search).
+type rates struct{ in, cached, out, cw, cw1h, ws int64 }
+
+// card is a price with its long-context rates (above: prompt tokens past
+// which long applies to the whole call; 0 = none).
+type card struct {
+	rates
+	above int64
+	long  rates
+}
 
 // price list of the shipped catalog, read from the file (not from the pricing
 // package): the tests price usage independently of the code under test.
 type priceList struct {
-	tiers  map[string]rates
-	models map[string]rates // model id or alias → its tier's rates, with the model's overrides
+	tiers  map[string]card
+	models map[string]card // model id or alias → its tier's rates, with the model's overrides
 }
 
 func loadPrices(t testing.TB) priceList {
@@ -95,67 +108,125 @@ func readPrices() (priceList, error) {
 	return shipped.p, shipped.err
 }
 
+// decimalNano reads a YAML scalar's text (credits per 1K, decimals allowed)
+// exactly, as 10⁻⁹ credits per 1K.
+func decimalNano(text string) (int64, error) {
+	whole, frac, _ := strings.Cut(text, ".")
+	if len(frac) > 9 {
+		return 0, fmt.Errorf("rate %q has more than 9 decimals", text)
+	}
+	w, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || w < 0 {
+		return 0, fmt.Errorf("rate %q is not a non-negative decimal", text)
+	}
+	f := int64(0)
+	if frac != "" {
+		if f, err = strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 64); err != nil {
+			return 0, fmt.Errorf("rate %q is not a decimal", text)
+		}
+	}
+	return w*nano + f, nil
+}
+
+type node = map[string]yaml.Node
+
 func parsePrices() (priceList, error) {
-	p := priceList{tiers: map[string]rates{}, models: map[string]rates{}}
+	p := priceList{tiers: map[string]card{}, models: map[string]card{}}
 	data, err := os.ReadFile(filepath.Join("..", "..", "configs", "tollgate.yaml"))
 	if err != nil {
 		return p, err
 	}
-	var m map[string]any
-	if err := yaml.Unmarshal(data, &m); err != nil {
+	// Scalars are kept as text (yaml.Node): rates are read without a float.
+	var doc struct {
+		Pricing struct {
+			Mode   string          `yaml:"mode"`
+			Tiers  map[string]node `yaml:"tiers"`
+			Models []node          `yaml:"models"`
+		} `yaml:"pricing"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return p, fmt.Errorf("parsing the shipped config: %w", err)
 	}
-	pr := m["pricing"].(map[string]any)
-	num := func(v any) int64 {
-		switch n := v.(type) {
-		case int:
-			return int64(n)
-		case int64:
-			return n
-		}
-		if err == nil {
-			err = fmt.Errorf("pricing: %v is not an integer", v)
-		}
-		return 0
+	if m := doc.Pricing.Mode; m != "" && m != "tiers" {
+		return p, fmt.Errorf("pricing.mode %q: the soak's price list knows tiers only", m)
 	}
-	for name, v := range pr["tiers"].(map[string]any) {
-		tv := v.(map[string]any)
-		r := rates{in: num(tv["input"]), out: num(tv["output"])}
-		// Unstated rates, as documented in configs/tollgate.yaml: cache reads
-		// at input, cache writes at ⌈1.25 × input⌉ and 2 × input.
+	num := func(n node, k string, dst *int64) {
+		v, ok := n[k]
+		if !ok {
+			return
+		}
+		r, e := decimalNano(v.Value)
+		if e != nil && err == nil {
+			err = fmt.Errorf("%s: %w", k, e)
+		}
+		*dst = r
+	}
+	// Unstated rates, as documented in configs/tollgate.yaml: cache reads
+	// at input, cache writes at 1.25 × input (rounded up to a whole credit
+	// per 1K when input is whole) and 2 × input.
+	rateCard := func(n node) rates {
+		var r rates
+		num(n, "input", &r.in)
+		num(n, "output", &r.out)
 		r.cached, r.cw, r.cw1h = r.in, (5*r.in+3)/4, 2*r.in
-		if c, ok := tv["cached_input"]; ok {
-			r.cached = num(c)
+		if r.in%nano == 0 {
+			r.cw = (r.cw + nano - 1) / nano * nano
 		}
-		if c, ok := tv["cache_write"]; ok {
-			r.cw = num(c)
-		}
-		if c, ok := tv["cache_write_1h"]; ok {
-			r.cw1h = num(c)
-		}
-		p.tiers[name] = r
+		num(n, "cached_input", &r.cached)
+		num(n, "cache_write", &r.cw)
+		num(n, "cache_write_1h", &r.cw1h)
+		return r
 	}
-	for _, v := range pr["models"].([]any) {
-		mv := v.(map[string]any)
-		r, ok := p.tiers[mv["tier"].(string)]
+	long := func(c *card, n node) {
+		lc, ok := n["long_context"]
+		if !ok {
+			return
+		}
+		var ln node
+		if e := lc.Decode(&ln); e != nil && err == nil {
+			err = e
+		}
+		num(ln, "above", &c.above)
+		c.above /= nano
+		c.long = rateCard(ln)
+		c.long.ws = c.ws
+	}
+	for name, tv := range doc.Pricing.Tiers {
+		c := card{rates: rateCard(tv)}
+		num(tv, "web_search", &c.ws)
+		long(&c, tv)
+		p.tiers[name] = c
+	}
+	for _, mv := range doc.Pricing.Models {
+		id, tier := mv["id"].Value, mv["tier"].Value
+		c, ok := p.tiers[tier]
 		if !ok && err == nil {
-			err = fmt.Errorf("model %v: unknown tier %v", mv["id"], mv["tier"])
+			err = fmt.Errorf("model %v: unknown tier %v", id, tier)
 		}
 		for _, own := range []string{"price", "price_usd"} {
 			if _, has := mv[own]; has {
-				err = fmt.Errorf("model %v has its own price: the soak's price list knows tiers only", mv["id"])
+				err = fmt.Errorf("model %v has its own price: the soak's price list knows tiers only", id)
 			}
 		}
-		if c, ok := mv["cache_write"]; ok {
-			r.cw = num(c)
+		if m, has := mv["mode"]; has && m.Value != "tiers" {
+			err = fmt.Errorf("model %v is priced %s: the soak's price list knows tiers only", id, m.Value)
 		}
-		if c, ok := mv["cache_write_1h"]; ok {
-			r.cw1h = num(c)
+		num(mv, "cached_input", &c.cached)
+		num(mv, "cache_write", &c.cw)
+		num(mv, "cache_write_1h", &c.cw1h)
+		num(mv, "web_search", &c.ws)
+		if c.above > 0 {
+			c.long.ws = c.ws
 		}
-		p.models[mv["id"].(string)] = r
-		if al, ok := mv["aliases"].([]any); ok {
-			for _, a := range al {
-				p.models[a.(string)] = r
+		long(&c, mv)
+		p.models[id] = c
+		if al, ok := mv["aliases"]; ok {
+			var names []string
+			if e := al.Decode(&names); e != nil && err == nil {
+				err = e
+			}
+			for _, a := range names {
+				p.models[a] = c
 			}
 		}
 	}
@@ -163,16 +234,23 @@ func parsePrices() (priceList, error) {
 }
 
 // usage is what a provider reported, normalised: uncached input, cached
-// input, output (reasoning included), and cache-write (5 minutes, 1 hour)
-// tokens.
+// input, output (reasoning included), cache-write (5 minutes, 1 hour)
+// tokens, and web searches.
 type usage struct {
-	in, cached, out, cw, cw1h int64
-	seen                      bool
+	in, cached, out, cw, cw1h, ws int64
+	seen                          bool
 }
 
-// price is u at rates r, in mc: exact integers (docs/architecture.md §3).
-func (r rates) price(u usage) int64 {
-	return u.in*r.in + u.cached*r.cached + u.out*r.out + u.cw*r.cw + u.cw1h*r.cw1h
+// price is u at card c, in mc: the exact sum in 10⁻⁹ mc, rounded up once
+// (docs/architecture.md §3); the long-context rates for the whole call when
+// its prompt is past their threshold.
+func (c card) price(u usage) int64 {
+	r := c.rates
+	if c.above > 0 && u.in+u.cached+u.cw+u.cw1h > c.above {
+		r = c.long
+	}
+	n := u.in*r.in + u.cached*r.cached + u.out*r.out + u.cw*r.cw + u.cw1h*r.cw1h + u.ws*r.ws
+	return (n + nano - 1) / nano
 }
 
 // cost is usage × rate of model, in mc.

@@ -305,7 +305,7 @@ func TestFaultProxySIGTERM(t *testing.T) {
 				bad(r, "no cost record: %v", err)
 				continue
 			}
-			want := prices.cost(t, r.spec.model, usage{in: g.Input, cached: g.CachedInput, out: g.Output, cw: g.CacheWrite, cw1h: g.CacheWrite1h})
+			want := prices.cost(t, r.spec.model, usage{in: g.Input, cached: g.CachedInput, out: g.Output, cw: g.CacheWrite, cw1h: g.CacheWrite1h, ws: g.WebSearch})
 			if g.Failed || !g.Cancelled || g.Reason != "gateway_shutdown" || g.Charged != want || g.Charged == 0 {
 				bad(r, "record %+v, usage priced %d", g, want)
 			}

@@ -158,7 +158,7 @@ func pricedProblem(p priceList, e metering.Entry) string {
 	}
 	n := func(k string) int64 { v, _ := strconv.ParseInt(e.Fields[k], 10, 64); return v }
 	cost := r.price(usage{in: n("input_tokens"), cached: n("cached_input_tokens"), out: n("output_tokens"),
-		cw: n("cache_write_tokens"), cw1h: n("cache_write_1h_tokens")})
+		cw: n("cache_write_tokens"), cw1h: n("cache_write_1h_tokens"), ws: n("web_search_requests")})
 	switch {
 	case e.Fields["capped"] == "1" && -e.Amount > cost:
 		return fmt.Sprintf("capped charge %d above its priced usage %d", -e.Amount, cost)

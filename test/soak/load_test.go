@@ -243,7 +243,7 @@ func auditLoad(t *testing.T, st *metering.Store, prices priceList, mock *mockUps
 					bad(r, "hung-up call has no cost record: %v", err)
 					continue
 				}
-				want := prices.cost(t, r.spec.model, usage{in: g.Input, cached: g.CachedInput, out: g.Output, cw: g.CacheWrite, cw1h: g.CacheWrite1h})
+				want := prices.cost(t, r.spec.model, usage{in: g.Input, cached: g.CachedInput, out: g.Output, cw: g.CacheWrite, cw1h: g.CacheWrite1h, ws: g.WebSearch})
 				switch {
 				case g.Failed && len(charges) != 0:
 					bad(r, "failed call charged %v", amounts(charges))
