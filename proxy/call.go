@@ -56,11 +56,20 @@ type call struct {
 	// only is the one provider that may serve the call ("" = any): the one
 	// storing its previous_response_id (responses.go).
 	only string
+	// What the call's log line and metrics are told (observe.go).
+	clientID, traceparent, tracestate string // the caller's, validated
+	provider, upstreamID              string // the provider that answered, its request id
+	ttfb                              time.Duration
+	rec                               metering.Record // its cost record, once ended
+	ch                                metering.Charge // its charge, once settled
+	recorded, charged, handedOff      bool
 }
 
 // metered serves one metered endpoint: auth → inspect → price → reserve →
 // forward → settle. Every path after a successful reserve settles or releases.
 func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
+	c := call{s: s, ep: ep, start: time.Now()}
+	defer c.observe(ctx) // observe.go: metrics and the call's log line
 	if !post {
 		s.writeError(ctx, errMethod)
 		return
@@ -70,8 +79,9 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, errDraining)
 		return
 	}
-	c := call{s: s, ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
+	c.id, c.body = s.ids.next(), ctx.PostBody()
 	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
+	c.clientContext(ctx)
 
 	var err error
 	if c.ident, err = s.authenticate(ctx); err != nil {
@@ -121,7 +131,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	s.inflight.Add(1)
-	if handedOff := c.forward(ctx); !handedOff {
+	if c.handedOff = c.forward(ctx); !c.handedOff {
 		s.inflight.Done()
 	}
 }
@@ -204,6 +214,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		if c.ep.native {
 			forwardNativeHeaders(req, &ctx.Request.Header) // anthropic.go
 		}
+		c.forwardTrace(req) // observe.go
 		req.SetBodyRaw(out)
 		r := fasthttp.AcquireResponse()
 		var err error
@@ -216,6 +227,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		if err != nil {
 			fasthttp.ReleaseResponse(r)
 			lastErr = upstreamErr(err)
+			c.upstreamFailed(u, upstreamReason(err, 0))
 			if errors.Is(lastErr, errTimeout) {
 				break // the provider may be working on it: never send it twice
 			}
@@ -223,6 +235,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		}
 		status := r.StatusCode()
 		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && i < len(deps)-1 {
+			c.upstreamFailed(u, upstreamReason(nil, status))
 			_ = r.CloseBodyStream()
 			fasthttp.ReleaseResponse(r)
 			lastErr = errUpstream
@@ -239,8 +252,10 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		return false
 	}
 	ctx.Response.Header.SetCanonical(keyProvider, []byte(up.name))
+	c.answered(resp, up) // observe.go
 	status := resp.StatusCode()
 	if status < 200 || status > 299 {
+		c.upstreamFailed(up, upstreamReason(nil, status))
 		c.upstreamError(ctx, resp)
 		fasthttp.ReleaseResponse(resp)
 		return false
@@ -316,6 +331,7 @@ func (c *call) fail(ctx *fasthttp.RequestCtx, err error, upstreamStatus int) {
 func (c *call) release(reason string, status int) {
 	rec := c.record(usage{}, c.req.stream)
 	rec.Failed, rec.Reason, rec.Status = true, reason, status
+	c.ended(&rec, nil)
 	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
 		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
 	}
@@ -327,6 +343,7 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
 		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h,
 		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
+		ClientRequestID: c.clientID, UpstreamRequestID: c.upstreamID, Traceparent: c.traceparent, Tracestate: c.tracestate,
 	}
 }
 
