@@ -380,12 +380,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	if ct := resp.Header.ContentType(); len(ct) > 0 {
 		ctx.Response.Header.SetContentTypeBytes(ct)
 	}
-	ctx.SetBody(body)
-	if ce := c.s.log.Check(zap.DebugLevel, "call"); ce != nil {
-		ce.Write(zap.String("request_id", c.id), zap.String("account", c.ident.Account), zap.String("key", c.ident.KeyID),
-			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput+u.CacheWrite+u.CacheWrite1h), zap.Int64("output", u.Output),
-			zap.Int64("charged_mc", ch.Charged), zap.Duration("latency", rec.Latency))
-	}
+	ctx.SetBody(body) // the call's log line is written when it ends (observe.go)
 }
 
 var _ io.Reader = (*streamBody)(nil)

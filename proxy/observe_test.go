@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -162,8 +163,11 @@ func TestCallLogLine(t *testing.T) {
 				t.Fatalf("statuses %d %d", bad.status, unknown.status)
 			}
 			e.sync()
-			lines := logs.callLines(t)
 			want := map[string]int{"": 4, proxy.LogCallsAll: 4, proxy.LogCallsErrors: 2, proxy.LogCallsNone: 0}[mode]
+			lines := logs.callLines(t)
+			for deadline := time.Now().Add(5 * time.Second); len(lines) < want && time.Now().Before(deadline); lines = logs.callLines(t) {
+				time.Sleep(5 * time.Millisecond) // a stream's line comes as its body is closed
+			}
 			if len(lines) != want {
 				t.Fatalf("%d call lines, want %d:\n%s", len(lines), want, logs)
 			}
@@ -266,6 +270,11 @@ func TestObserverEveryCall(t *testing.T) {
 		}
 		e.sync()
 		calls := obs.snapshot()
+		// A stream is observed when fasthttp closes its body, just after
+		// the client has read the end.
+		for deadline := time.Now().Add(5 * time.Second); len(calls) == before && time.Now().Before(deadline); calls = obs.snapshot() {
+			time.Sleep(5 * time.Millisecond)
+		}
 		if len(calls) != before+1 {
 			t.Fatalf("%s: %d events, want 1", c.name, len(calls)-before)
 		}

@@ -691,10 +691,6 @@ func (sb *streamBody) CloseWithError(err error) error {
 		fasthttp.ReleaseResponse(sb.resp)
 		sb.br.Reset(nil)
 		readerPool.Put(sb.br)
-		if ce := s.log.Check(zap.DebugLevel, "stream"); ce != nil {
-			ce.Write(zap.String("request_id", sb.c.id), zap.String("account", sb.c.ident.Account),
-				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))
-		}
 		s.inflight.Done()
 	})
 	return nil
