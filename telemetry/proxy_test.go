@@ -226,16 +226,25 @@ func TestStoreFailure(t *testing.T) {
 		{nil, false},
 		{redis.Nil, false},
 		{context.Canceled, false},
-		{errors.New("NOSCRIPT No matching script. Please use EVAL."), false},
+		{replyErr("NOSCRIPT No matching script. Please use EVAL."), false},
+		{replyErr("BUSYGROUP Consumer Group name already exists"), false},
+		{replyErr("ERR credit: entry type x is not an operator credit"), false},
+		{replyErr("READONLY You can't write against a read only replica."), true},
 		{errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), true},
 		{context.DeadlineExceeded, true},
-		{errors.New("OOM command not allowed when used memory > 'maxmemory'."), true},
+		{replyErr("OOM command not allowed when used memory > 'maxmemory'."), true},
 	} {
 		if got := storeFailure(c.err); got != c.want {
 			t.Errorf("storeFailure(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }
+
+// replyErr is an error reply of the server, as go-redis returns it.
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
 
 func TestListenTaken(t *testing.T) {
 	reg := New()

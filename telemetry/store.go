@@ -11,8 +11,9 @@ import (
 // StoreHook is a go-redis hook that counts failed commands in
 // tollgate_store_errors_total: the store unreachable or timing out, or the
 // server refusing a command (OOM, READONLY, LOADING…). Not counted: a missing
-// key (redis.Nil), a script not cached yet (NOSCRIPT, which go-redis answers
-// with EVAL) and a caller that gave up (context cancelled).
+// key (redis.Nil), replies that are answers rather than failures (NOSCRIPT,
+// which go-redis answers with EVAL; BUSYGROUP; a script's own refusal) and
+// a caller that gave up (context cancelled).
 func (r *Registry) StoreHook() redis.Hook { return storeHook{r} }
 
 type storeHook struct{ r *Registry }
@@ -45,5 +46,21 @@ func storeFailure(err error) bool {
 	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
 		return false
 	}
-	return !strings.HasPrefix(err.Error(), "NOSCRIPT")
+	var reply redis.Error
+	if !errors.As(err, &reply) {
+		return true // unreachable, timed out, pool exhausted, closed
+	}
+	// A reply error is the store's failure only when it says the server
+	// cannot serve (others — NOSCRIPT, BUSYGROUP, a script's own refusal —
+	// are answers the caller handles).
+	msg := err.Error()
+	for _, p := range storeDown {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
+
+// storeDown are the reply prefixes of a server that cannot serve.
+var storeDown = []string{"OOM", "READONLY", "LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF", "BUSY "}
