@@ -45,6 +45,11 @@ type Options struct {
 	// itself (the admin API is not capped). Default 100. A plan's api_keys
 	// limit caps them further.
 	MaxKeysPerAccount int
+	// OnWebhook is told of each Stripe webhook delivery: its event type (a
+	// type Tollgate acts on, "other", or "unknown" before the signature is
+	// verified) and the result ("processed", "ignored", "bad_signature",
+	// "invalid", "error", "disabled"). Optional; for metrics.
+	OnWebhook func(eventType, result string)
 	// Plans are the subscription plans on sale (config.Config.Plans).
 	Plans []config.Plan
 	// Payments charges saved cards off session (direct purchases and

@@ -27,9 +27,14 @@ var errIgnored = errors.New("billing: event ignored")
 // POST /v1/billing/webhook — Stripe-signed. 400 on a bad or stale signature;
 // 2xx only once the event's effect is stored; non-2xx (Stripe retries) when
 // the store is unavailable.
-func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) webhook(w http.ResponseWriter, r *http.Request) (err error) {
+	typ, result := "unknown", "processed"
+	if s.opts.OnWebhook != nil {
+		defer func() { s.opts.OnWebhook(typ, webhookResult(result, err)) }()
+	}
 	secret := s.cfg.Stripe.WebhookSecret
 	if secret == "" {
+		result = "disabled"
 		return errWebhooksOff
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
@@ -47,8 +52,10 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
 		webhook.ConstructEventOptions{IgnoreAPIVersionMismatch: true})
 	if err != nil {
 		s.log.Warn("webhook refused", zap.String("request_id", infoFrom(r.Context()).id), zap.Error(err))
+		result = "bad_signature"
 		return errBadSignature
 	}
+	typ = "other"
 	if ev.Data == nil || len(ev.Data.Raw) == 0 {
 		return badRequest("invalid_event", "", "event without data.object")
 	}
@@ -71,7 +78,13 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
 	default:
 		err = errIgnored
 	}
+	if knownEvent(ev.Type) {
+		typ = string(ev.Type) // one of the few types handled above
+	}
 	ignored := errors.Is(err, errIgnored)
+	if ignored {
+		result = "ignored"
+	}
 	if err != nil && !ignored {
 		return fmt.Errorf("handling %s %s: %w", ev.Type, ev.ID, err)
 	}
@@ -272,4 +285,32 @@ func (s *Server) paymentAccount(ctx context.Context, payment, hint string) (stri
 		return hint, nil // ReversePurchase answers ErrPending until the purchase is credited
 	}
 	return "", fmt.Errorf("payment %q is not a purchase of ours: %w", payment, errIgnored)
+}
+
+// knownEvent: a type the webhook acts on (the switch in webhook), which
+// metrics name; any other is counted as "other", so that a label stays a
+// short fixed set whatever Stripe sends.
+func knownEvent(t stripe.EventType) bool {
+	switch t {
+	case stripe.EventTypeCheckoutSessionCompleted, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded,
+		stripe.EventTypeChargeRefunded, stripe.EventTypeChargeDisputeCreated, stripe.EventTypeChargeDisputeClosed,
+		stripe.EventTypeCustomerSubscriptionCreated, stripe.EventTypeCustomerSubscriptionUpdated,
+		stripe.EventTypeCustomerSubscriptionDeleted, stripe.EventTypeInvoicePaid, stripe.EventTypeInvoicePaymentFailed,
+		stripe.EventTypePaymentIntentSucceeded, stripe.EventTypePaymentIntentPaymentFailed:
+		return true
+	}
+	return false
+}
+
+// webhookResult is a delivery's result once answered: an error that is no
+// signature or switch-off turns it into "invalid" (400) or "error".
+func webhookResult(result string, err error) string {
+	if err == nil || result != "processed" {
+		return result
+	}
+	var ae *apiError
+	if errors.As(err, &ae) && ae.status < 500 {
+		return "invalid"
+	}
+	return "error"
 }

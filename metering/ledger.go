@@ -163,6 +163,8 @@ func (s *Store) Generation(ctx context.Context, account, requestID string) (Gene
 			Cancelled: m["cancelled"] == "1", Failed: m["failed"] == "1", Status: int(n("status")),
 			Reason: m["reason"], Latency: time.Duration(n("latency_us")) * time.Microsecond,
 			TTFT: time.Duration(n("ttft_us")) * time.Microsecond, CreatedAt: time.UnixMilli(n("created_at")).UTC(),
+			ClientRequestID: m["client_request_id"], UpstreamRequestID: m["upstream_request_id"],
+			Traceparent: m["traceparent"], Tracestate: m["tracestate"],
 		},
 		Charged: n("charged"), BalanceAfter: n("balance_after"), OverHold: n("over_hold"), Capped: m["capped"] == "1",
 	}

@@ -329,6 +329,13 @@ type Record struct {
 	Latency   time.Duration
 	TTFT      time.Duration
 	CreatedAt time.Time
+	// ClientRequestID is the caller's own request id (its X-Request-Id),
+	// UpstreamRequestID the provider's; Traceparent and Tracestate the
+	// caller's W3C trace context. Empty when there was none.
+	ClientRequestID   string
+	UpstreamRequestID string
+	Traceparent       string
+	Tracestate        string
 }
 
 // InputTokens is every input token of the call, however priced (uncached,
@@ -356,6 +363,14 @@ func (r *Record) args(dst []any) []any {
 	)
 	if r.Reason != "" {
 		dst = append(dst, "reason", r.Reason)
+	}
+	for _, f := range [...]struct{ k, v string }{
+		{"client_request_id", r.ClientRequestID}, {"upstream_request_id", r.UpstreamRequestID},
+		{"traceparent", r.Traceparent}, {"tracestate", r.Tracestate},
+	} {
+		if f.v != "" {
+			dst = append(dst, f.k, f.v)
+		}
 	}
 	return dst
 }

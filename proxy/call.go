@@ -56,11 +56,20 @@ type call struct {
 	// only is the one provider that may serve the call ("" = any): the one
 	// storing its previous_response_id (responses.go).
 	only string
+	// What the call's log line and metrics are told (observe.go).
+	clientID, traceparent, tracestate string // the caller's, validated
+	provider, upstreamID              string // the provider that answered, its request id
+	ttfb                              time.Duration
+	rec                               metering.Record // its cost record, once ended
+	ch                                metering.Charge // its charge, once settled
+	recorded, charged, handedOff      bool
 }
 
 // metered serves one metered endpoint: auth → inspect → price → reserve →
 // forward → settle. Every path after a successful reserve settles or releases.
 func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
+	c := call{s: s, ep: ep, start: time.Now()}
+	defer c.observe(ctx) // observe.go: metrics and the call's log line
 	if !post {
 		s.writeError(ctx, errMethod)
 		return
@@ -70,8 +79,9 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, errDraining)
 		return
 	}
-	c := call{s: s, ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
+	c.id, c.body = s.ids.next(), ctx.PostBody()
 	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
+	c.clientContext(ctx)
 
 	var err error
 	if c.ident, err = s.authenticate(ctx); err != nil {
@@ -121,7 +131,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		return
 	}
 	s.inflight.Add(1)
-	if handedOff := c.forward(ctx); !handedOff {
+	if c.handedOff = c.forward(ctx); !c.handedOff {
 		s.inflight.Done()
 	}
 }
@@ -214,6 +224,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		if c.ep.native {
 			forwardNativeHeaders(req, &ctx.Request.Header) // anthropic.go
 		}
+		c.forwardTrace(req) // observe.go
 		req.SetBodyRaw(out)
 		r := fasthttp.AcquireResponse()
 		var err error
@@ -226,6 +237,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		if err != nil {
 			fasthttp.ReleaseResponse(r)
 			lastErr = upstreamErr(err)
+			c.upstreamFailed(u, upstreamReason(err, 0))
 			if errors.Is(lastErr, errTimeout) {
 				break // the provider may be working on it: never send it twice
 			}
@@ -233,6 +245,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		}
 		status := r.StatusCode()
 		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && i < len(deps)-1 {
+			c.upstreamFailed(u, upstreamReason(nil, status))
 			_ = r.CloseBodyStream()
 			fasthttp.ReleaseResponse(r)
 			lastErr = errUpstream
@@ -249,8 +262,10 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		return false
 	}
 	ctx.Response.Header.SetCanonical(keyProvider, []byte(up.name))
+	c.answered(resp, up) // observe.go
 	status := resp.StatusCode()
 	if status < 200 || status > 299 {
+		c.upstreamFailed(up, upstreamReason(nil, status))
 		c.upstreamError(ctx, resp)
 		fasthttp.ReleaseResponse(resp)
 		return false
@@ -326,6 +341,7 @@ func (c *call) fail(ctx *fasthttp.RequestCtx, err error, upstreamStatus int) {
 func (c *call) release(reason string, status int) {
 	rec := c.record(usage{}, c.req.stream)
 	rec.Failed, rec.Reason, rec.Status = true, reason, status
+	c.ended(&rec, nil)
 	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
 		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
 	}
@@ -337,6 +353,7 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 		Input: u.Input, CachedInput: u.CachedInput, Output: u.Output, Reasoning: u.Reasoning,
 		CacheWrite: u.CacheWrite, CacheWrite1h: u.CacheWrite1h, WebSearch: u.WebSearch,
 		Streamed: streamed, Latency: time.Since(c.start), CreatedAt: c.start, Status: 200,
+		ClientRequestID: c.clientID, UpstreamRequestID: c.upstreamID, Traceparent: c.traceparent, Tracestate: c.tracestate,
 	}
 }
 
@@ -373,12 +390,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	if ct := resp.Header.ContentType(); len(ct) > 0 {
 		ctx.Response.Header.SetContentTypeBytes(ct)
 	}
-	ctx.SetBody(body)
-	if ce := c.s.log.Check(zap.DebugLevel, "call"); ce != nil {
-		ce.Write(zap.String("request_id", c.id), zap.String("account", c.ident.Account), zap.String("key", c.ident.KeyID),
-			zap.String("model", c.model.ID), zap.Int64("input", u.Input+u.CachedInput+u.CacheWrite+u.CacheWrite1h), zap.Int64("output", u.Output),
-			zap.Int64("charged_mc", ch.Charged), zap.Duration("latency", rec.Latency))
-	}
+	ctx.SetBody(body) // the call's log line is written when it ends (observe.go)
 }
 
 var _ io.Reader = (*streamBody)(nil)

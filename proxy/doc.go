@@ -29,4 +29,11 @@
 // read/write timeouts (proxy.redis_timeout), which costs no allocation per
 // call. Upstream calls are bounded with DoDeadline and, for streams, by a
 // per-read idle deadline on the connection.
+//
+// How a call ended is told once, when its caller has been answered (a
+// stream: when it ends), to the optional Observer (metrics) and in one Info
+// log line (observe.go). The caller's request id and trace context, and the
+// provider's request id, are copied out of the request and response into
+// the request-id slabs (ids.go): strings that outlive the handler without
+// an allocation per call. The Observer keeps nothing of an event.
 package proxy

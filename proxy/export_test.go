@@ -1,7 +1,21 @@
 package proxy
 
+import "testing"
+
 // Test helpers shared with the external proxy_test package.
 
 // MembersAt reads a JSON document with an independent strict parser and
 // returns the values of every member at path, duplicates included.
 var MembersAt = membersAt
+
+// BenchCatalog is the handler benchmarks' catalog.
+var BenchCatalog = benchCatalog
+
+// BenchCall returns one metered non-streaming chat call through the
+// handler benchmarks' proxy (in-memory mock provider, fake Meter), built
+// with with applied to its Options; the call fails tb unless answered 200.
+func BenchCall(tb testing.TB, with func(*Options)) func() {
+	e := newBenchEnv(tb, with)
+	ctx := newHandlerCtx(benchChatBody)
+	return func() { callHandler(tb, e.srv, ctx) }
+}

@@ -100,7 +100,7 @@ func benchCatalog(tb testing.TB) *pricing.Catalog {
 	return c
 }
 
-func newBenchEnv(tb testing.TB) *benchEnv {
+func newBenchEnv(tb testing.TB, with ...func(*Options)) *benchEnv {
 	tb.Helper()
 	e := &benchEnv{meter: &fakeMeter{}, mockLn: fasthttputil.NewInmemoryListener(), ln: fasthttputil.NewInmemoryListener()}
 	e.meter.balance.Store(1 << 60)
@@ -110,11 +110,15 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 	go func() { _ = e.mock.Serve(e.mockLn) }()
 
 	var err error
-	e.srv, err = New(Options{
+	opts := Options{
 		Catalog:   benchCatalog(tb),
 		Meter:     e.meter,
 		Providers: []Provider{{Name: "openai", Kind: "openai", BaseURL: "http://mock.invalid/v1", APIKey: "sk-upstream"}},
-	})
+	}
+	for _, w := range with {
+		w(&opts)
+	}
+	e.srv, err = New(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

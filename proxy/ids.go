@@ -50,3 +50,24 @@ func (g *idGen) next() string {
 	g.slabs.Put(sl)
 	return id
 }
+
+// intern copies b (an id from a request or a response, a credits figure)
+// into a slab, as next does: a string that outlives the handler without an
+// allocation per call. Longer ones than a quarter slab are copied on their own.
+func (g *idGen) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) > idSlabSize/4 {
+		return string(b)
+	}
+	sl, _ := g.slabs.Get().(*idSlab)
+	if sl == nil || cap(sl.b)-len(sl.b) < max(len(b), maxIDLen) {
+		sl = &idSlab{b: make([]byte, 0, idSlabSize)}
+	}
+	start := len(sl.b)
+	sl.b = append(sl.b, b...)
+	s := unsafe.String(&sl.b[start], len(b))
+	g.slabs.Put(sl)
+	return s
+}

@@ -236,6 +236,7 @@ func (s *Server) handleGeneration(ctx *fasthttp.RequestCtx) {
 	b = strconv.AppendFloat(b, float64(g.TTFT.Microseconds())/1000, 'f', 3, 64)
 	b = append(b, `,"created_at":`...)
 	b = strconv.AppendInt(b, g.CreatedAt.Unix(), 10)
+	b = appendTraceFields(b, &g.Record) // observe.go
 	b = append(b, '}')
 	*bp = b
 	ctx.SetContentType("application/json")

@@ -25,6 +25,10 @@ type Options struct {
 	Limiter   Limiter          // optional plan/rate limits
 	OnSettle  SettleHook       // optional
 	Logger    *zap.Logger      // default: no logging
+	Observer  Observer         // optional: told how each call ended (metrics)
+	// LogCalls is which calls get an Info line when they end: LogCallsAll
+	// (default), LogCallsErrors (status ≥ 400 or failed) or LogCallsNone.
+	LogCalls string
 
 	MaxBodyBytes     int           // request body limit (413 past it); default 8 MiB
 	MaxResponseBytes int           // non-streamed upstream body limit; default 64 MiB

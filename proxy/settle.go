@@ -24,6 +24,7 @@ func (c *call) settle(cost int64, rec metering.Record) (metering.Charge, bool) {
 		s.log.Error("settling call", zap.String("request_id", c.id), zap.String("account", c.ident.Account), zap.Error(err))
 		return ch, false
 	}
+	c.ended(&rec, &ch) // observe.go
 	if ch.OverHold > 0 {
 		s.log.Warn("call cost more than its hold", zap.String("request_id", c.id), zap.String("account", c.ident.Account),
 			zap.String("model", c.model.ID), zap.String("endpoint", c.ep.name), zap.Int64("hold_mc", c.hold.Amount),

@@ -591,6 +591,8 @@ func (sb *streamBody) failed(reason string) {
 	rec := c.record(u, true)
 	rec.Provider, rec.Failed, rec.Reason, rec.Status = sb.up.name, true, reason, 502
 	rec.Estimated, rec.TTFT = estimated, max(sb.firstByte, 0)
+	c.ended(&rec, nil) // observe.go
+	c.upstreamFailed(sb.up, streamFailReason(reason))
 	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
 		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
 	}
@@ -684,15 +686,12 @@ func (sb *streamBody) CloseWithError(err error) error {
 			sb.finished = true
 		}
 		s := sb.c.s
+		sb.c.finish(fasthttp.StatusOK) // observe.go: the stream's metrics and log line
 		s.streams.Delete(sb)
 		_ = sb.resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(sb.resp)
 		sb.br.Reset(nil)
 		readerPool.Put(sb.br)
-		if ce := s.log.Check(zap.DebugLevel, "stream"); ce != nil {
-			ce.Write(zap.String("request_id", sb.c.id), zap.String("account", sb.c.ident.Account),
-				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))
-		}
 		s.inflight.Done()
 	})
 	return nil

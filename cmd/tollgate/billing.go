@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/tollgate/tollgate/billing"
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
@@ -19,12 +21,17 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	defer l.log.Sync() //nolint:errcheck
+	defer l.log.Sync()                                                  //nolint:errcheck
+	m, err := startMetrics(l, l.cfg.Metrics.BillingAddr, store, stdout) // telemetry.go
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	ln, err := net.Listen("tcp", l.cfg.Billing.Addr)
 	if err != nil {
 		return fmt.Errorf("listening: %w", err)
 	}
-	srv, err := newBillingServer(l, store)
+	srv, err := newBillingServer(l, store, m)
 	if err != nil {
 		ln.Close()
 		return err
@@ -33,12 +40,14 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return serveHTTP(ctx, l, srv, ln)
 }
 
-func newBillingServer(l *loaded, store *metering.Store) (*http.Server, error) {
+func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Server, error) {
 	if l.cfg.Billing.AdminToken == "" {
 		l.log.Warn("TOLLGATE_ADMIN_TOKEN is not set: the admin API is off")
 	}
 	bstore, stopBooks := startBooks(l, store)
-	b, err := billing.New(billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans})
+	opts := billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans}
+	m.instrumentBilling(&opts)
+	b, err := billing.New(opts)
 	if err != nil {
 		stopBooks()
 		return nil, err
@@ -50,6 +59,7 @@ func newBillingServer(l *loaded, store *metering.Store) (*http.Server, error) {
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(l.log.Named("http")),
 	}
 	// The shipper and the scheduled reconcile stop with the server.
 	srv.RegisterOnShutdown(stopBooks)

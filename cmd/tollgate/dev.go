@@ -45,6 +45,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *billingAddr != "" {
 		cfg.Billing.Addr = *billingAddr
 	}
+	setMetricsAddr(cfg, "dev", f.metrics)
 
 	embedded := cfg.Redis.URL == "" && len(cfg.Redis.Addrs) == 0
 	if embedded {
@@ -106,7 +107,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
+	// One /metrics for both: the proxy's families and billing's.
+	m, err := startMetrics(l, cfg.Metrics.Addr, store, stdout)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	popts, stopMeter := proxyOptions(l, store)
+	m.instrumentProxy(l, &popts)
 	psrv, err := proxy.New(popts)
 	if err != nil {
 		return err
@@ -115,7 +123,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("proxy listen: %w", err)
 	}
-	bsrv, err := newBillingServer(l, store)
+	bsrv, err := newBillingServer(l, store, m)
 	if err != nil {
 		pln.Close()
 		return err

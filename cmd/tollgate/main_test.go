@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +48,10 @@ func start(t *testing.T, args ...string) *syncBuffer {
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
 	done := make(chan error, 1)
+	if sub := args[0]; (sub == "proxy" || sub == "billing" || sub == "dev") && !slices.Contains(args, "--metrics-addr") {
+		// Tests run side by side: each process its own metrics port.
+		args = append(slices.Clone(args), "--metrics-addr", "127.0.0.1:0")
+	}
 	go func() { done <- run(ctx, args, out, out) }()
 	t.Cleanup(func() {
 		cancel()

@@ -21,7 +21,14 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer l.log.Sync() //nolint:errcheck
+	// Metrics (telemetry.go) on their own address, never the public one.
+	m, err := startMetrics(l, l.cfg.Metrics.Addr, store, stdout)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	opts, stopMeter := proxyOptions(l, store)
+	m.instrumentProxy(l, &opts)
 	srv, err := proxy.New(opts)
 	if err != nil {
 		return err

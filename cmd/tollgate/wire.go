@@ -23,13 +23,15 @@ import (
 
 // common flags of the serving subcommands.
 type commonFlags struct {
-	config string
-	addr   string
+	config  string
+	addr    string
+	metrics string
 }
 
 func (f *commonFlags) register(fs *flag.FlagSet, addrHelp string) {
 	fs.StringVar(&f.config, "config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
 	fs.StringVar(&f.addr, "addr", "", addrHelp+" (overrides the config)")
+	fs.StringVar(&f.metrics, "metrics-addr", "", metricsFlagHelp) // telemetry.go
 }
 
 func envOr(k, def string) string {
@@ -62,6 +64,7 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	if f.addr != "" {
 		setAddr(l.cfg, f.addr)
 	}
+	setMetricsAddr(l.cfg, name, f.metrics)
 	store, err := newStore(l.cfg)
 	if store == nil {
 		return nil, nil, err
@@ -93,6 +96,7 @@ func load(path string, stderr io.Writer) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	routeLibraryLogs(log) // telemetry.go
 	return &loaded{cfg: cfg, catalog: catalog, log: log}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -32,6 +33,14 @@ type Config struct {
 	Log       Log                 `yaml:"log"`
 	Database  Database            `yaml:"database"` // durable books (books.go)
 	Ledger    Ledger              `yaml:"ledger"`
+	Metrics   Metrics             `yaml:"metrics"`
+}
+
+// Metrics configures the Prometheus /metrics listeners: never the public
+// ports. "off" turns one off.
+type Metrics struct {
+	Addr        string `yaml:"addr"`         // the proxy's (and dev's); default 127.0.0.1:9464
+	BillingAddr string `yaml:"billing_addr"` // billing's; default 127.0.0.1:9465
 }
 
 // Proxy configures the metering proxy.
@@ -230,6 +239,9 @@ type Provider struct {
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info, warn, error; default info
 	Format string `yaml:"format"` // json or console; default json
+	// Calls is which calls get an Info line when they end: all (default),
+	// errors (status ≥ 400 or failed) or none.
+	Calls string `yaml:"calls"`
 }
 
 // Duration is a time.Duration written as a string ("30s").
@@ -406,6 +418,15 @@ func (c *Config) SetDefaults() {
 		c.Log.Format = "json"
 	}
 	c.setBooksDefaults()
+	if c.Log.Calls == "" {
+		c.Log.Calls = "all"
+	}
+	if c.Metrics.Addr == "" {
+		c.Metrics.Addr = "127.0.0.1:9464"
+	}
+	if c.Metrics.BillingAddr == "" {
+		c.Metrics.BillingAddr = "127.0.0.1:9465"
+	}
 }
 
 // Validate reports every problem at once, each with its YAML path.
@@ -513,6 +534,16 @@ func (c *Config) Validate() error {
 	case "json", "console":
 	default:
 		bad("log.format", "must be json or console, got %q", c.Log.Format)
+	}
+	switch c.Log.Calls {
+	case "all", "errors", "none":
+	default:
+		bad("log.calls", "must be all, errors or none, got %q", c.Log.Calls)
+	}
+	for _, m := range [...]struct{ path, addr string }{{"metrics.addr", c.Metrics.Addr}, {"metrics.billing_addr", c.Metrics.BillingAddr}} {
+		if _, _, err := net.SplitHostPort(m.addr); err != nil && m.addr != "off" {
+			bad(m.path, "must be host:port or off, got %q", m.addr)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -144,6 +145,11 @@ func (s *Server) LastRequest() (path string, body []byte, header map[string]stri
 	return s.last.get()
 }
 
+var (
+	strXRequestID = []byte("X-Request-Id")
+	strRequestID  = []byte("Request-Id")
+)
+
 // Handler is the fasthttp.RequestHandler of the mock.
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	n := s.reqs.Add(1)
@@ -178,6 +184,15 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, kindUnknown, fasthttp.StatusNotFound,
 			"Invalid URL ("+string(ctx.Method())+" "+string(path)+")")
 		return
+	}
+	// The provider's own request id, as OpenAI (x-request-id) and
+	// Anthropic (request-id) send it: req_mock_N, N the request's number.
+	var idb [32]byte
+	id := strconv.AppendInt(append(idb[:0], "req_mock_"...), n, 10)
+	if k == kindMessages || k == kindCountTokens {
+		ctx.Response.Header.SetCanonical(strRequestID, id)
+	} else {
+		ctx.Response.Header.SetCanonical(strXRequestID, id)
 	}
 	if k.isGet() {
 		if !ctx.IsGet() && !ctx.IsHead() {

@@ -9,7 +9,11 @@
 //	bare+redis  the same forwarder plus two Redis round trips (PING) per call:
 //	            the floor of any design that reserves before forwarding and
 //	            settles before answering (for reference; no target uses it)
-//	tollgate    the metering proxy in front of the mock, with Redis
+//	tollgate    the metering proxy in front of the mock, with Redis, with its
+//	            Prometheus metrics on (scraped each second during the run)
+//	tollgate-nometrics
+//	            the same proxy (a second process on the same Redis and
+//	            account) with --metrics-addr off: what metrics cost per call
 //
 // Scenarios (each target in turn, in -rounds short turns so that whatever
 // else runs on the machine weighs on every target alike):
@@ -38,6 +42,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -167,13 +172,17 @@ type env struct {
 	tmp                  string // redis-server's directory
 	redis, mock, fwd, tg *proc
 	fwdRedis             *proc
+	tgBare               *proc // the proxy with metrics off
 	key                  string
 	direct, bare, proxy  target
 	bareRedis            target
+	proxyNoMetrics       target
+	metricsAddr          string
 }
 
 func (e *env) stop() {
 	e.tg.stop(5 * time.Second) // before Redis: it settles what is in flight
+	e.tgBare.stop(5 * time.Second)
 	e.fwd.stop(2 * time.Second)
 	e.fwdRedis.stop(2 * time.Second)
 	e.mock.stop(5 * time.Second)
@@ -226,7 +235,9 @@ func bench(ctx context.Context, root string, s settings, stdout io.Writer) error
 		res.HandlerAllocs, res.HandlerBenchLine = allocs, line
 		fmt.Fprintln(stdout, " ", line)
 	}
-	targets := []target{e.direct, e.bare, e.bareRedis, e.proxy}
+	targets := []target{e.direct, e.bare, e.bareRedis, e.proxy, e.proxyNoMetrics}
+	stopScrape := scrapeEachSecond(ctx, "http://"+e.metricsAddr+"/metrics")
+	defer stopScrape()
 	// Each scenario runs its targets in turn, for several short rounds:
 	// whatever else the machine does then weighs on every target alike.
 	rounds := func(name string, dur time.Duration, fn func(t target, d time.Duration) loadRun) (map[string]LoadResult, error) {
@@ -308,6 +319,9 @@ func bench(ctx context.Context, root string, s settings, stdout io.Writer) error
 	if err := e.tg.exited(); err != nil {
 		return err
 	}
+	if err := e.tgBare.exited(); err != nil {
+		return err
+	}
 
 	res.evaluate()
 	res.Finished = time.Now().UTC()
@@ -341,7 +355,7 @@ func bench(ctx context.Context, root string, s settings, stdout io.Writer) error
 // start launches Redis, the mock, the forwarder and the proxy, and creates
 // the account and key.
 func (e *env) start(ctx context.Context, s settings, self, tgBin string) error {
-	ports := make([]int, 5)
+	ports := make([]int, 7)
 	for i := range ports {
 		p, err := freePort()
 		if err != nil {
@@ -354,6 +368,8 @@ func (e *env) start(ctx context.Context, s settings, self, tgBin string) error {
 	fwdAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
 	tgAddr := "127.0.0.1:" + strconv.Itoa(ports[3])
 	fwdRedisAddr := "127.0.0.1:" + strconv.Itoa(ports[4])
+	tgBareAddr := "127.0.0.1:" + strconv.Itoa(ports[5])
+	e.metricsAddr = "127.0.0.1:" + strconv.Itoa(ports[6])
 
 	redisBin, err := exec.LookPath(s.redisBin)
 	if err != nil {
@@ -414,16 +430,25 @@ func (e *env) start(ctx context.Context, s settings, self, tgBin string) error {
 		return fmt.Errorf("admin key create: unexpected output %q", out)
 	}
 	e.key = k.Key
-	if e.tg, err = startProc("tollgate proxy", e.root, tgBin, []string{"proxy", "--config", s.config, "--addr", tgAddr}, tgEnv); err != nil {
+	if e.tg, err = startProc("tollgate proxy", e.root, tgBin, []string{"proxy", "--config", s.config, "--addr", tgAddr,
+		"--metrics-addr", e.metricsAddr}, tgEnv); err != nil {
+		return err
+	}
+	if e.tgBare, err = startProc("tollgate proxy (metrics off)", e.root, tgBin, []string{"proxy", "--config", s.config, "--addr", tgBareAddr,
+		"--metrics-addr", "off"}, tgEnv); err != nil {
 		return err
 	}
 	if err := waitHTTP(ctx, "http://"+tgAddr+"/readyz", e.tg, 15*time.Second); err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, "http://"+tgBareAddr+"/readyz", e.tgBare, 15*time.Second); err != nil {
 		return err
 	}
 	e.direct = target{name: "direct", addr: mockAddr, pid: e.mock.pid()}
 	e.bare = target{name: "bare", addr: fwdAddr, pid: e.fwd.pid()}
 	e.bareRedis = target{name: "bare+redis", addr: fwdRedisAddr, pid: e.fwdRedis.pid(), redisPID: e.redis.pid()}
 	e.proxy = target{name: "tollgate", addr: tgAddr, key: e.key, pid: e.tg.pid(), redisPID: e.redis.pid()}
+	e.proxyNoMetrics = target{name: "tollgate-nometrics", addr: tgBareAddr, key: e.key, pid: e.tgBare.pid(), redisPID: e.redis.pid()}
 	return nil
 }
 
@@ -503,4 +528,30 @@ func describeMachine(ctx context.Context) Machine {
 		}
 	}
 	return m
+}
+
+// scrapeEachSecond reads url (the proxy's /metrics) every second until
+// stopped, as Prometheus would (every 15 s by default): the measured proxy
+// pays for its expositions too.
+func scrapeEachSecond(ctx context.Context, url string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

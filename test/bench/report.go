@@ -81,6 +81,10 @@ func (r *Results) evaluate() {
 	if r.HandlerBenchLine != "" {
 		add("allocs per non-streaming call (handler benchmark)", r.HandlerAllocs, 10, "allocs/op", false, "")
 	}
+	// Issue 12: metrics cost within 5 % of the same proxy without them.
+	nm := r.Closed["tollgate-nometrics"]
+	add("metrics on: throughput vs metrics off (issue 12)", 100*ratio(tg.RPS, nm.RPS), 95, "%", true, "")
+	add("metrics on: CPU per call vs metrics off (issue 12)", 100*ratio(tg.CPUPerCall, nm.CPUPerCall), 105, "%", false, "")
 }
 
 func ratio(a, b float64) float64 {
@@ -140,6 +144,18 @@ func (r *Results) printTable(w io.Writer) {
 	if r.HandlerBenchLine != "" {
 		row("allocs/op (BenchmarkHandlerNonStream)", "", "", "", fmt.Sprintf("%.0f", r.HandlerAllocs), "")
 	}
+	_ = tw.Flush()
+
+	// The proxy with and without its Prometheus metrics, in the same run.
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	cn, on, tn := r.Closed["tollgate-nometrics"], r.Open["tollgate-nometrics"], r.TTFB["tollgate-nometrics"]
+	row("metrics cost", "tollgate", "metrics off", "on/off")
+	row(fmt.Sprintf("non-stream, %s conns: req/s", r.Settings["conns"]), f0(ct.RPS), f0(cn.RPS), pct1(ct.RPS, cn.RPS))
+	row("  CPU per call µs (own process)", f1(ct.CPUPerCall), f1(cn.CPUPerCall), pct1(ct.CPUPerCall, cn.CPUPerCall))
+	row("  p50 / p99 latency µs", f0(ct.P50)+" / "+f0(ct.P99), f0(cn.P50)+" / "+f0(cn.P99), "")
+	row(fmt.Sprintf("open loop %s req/s: p50 / p99 µs", r.Settings["rate"]), f0(ot.P50)+" / "+f0(ot.P99), f0(on.P50)+" / "+f0(on.P99), "")
+	row(fmt.Sprintf("stream TTFB at %s/s: p50 / p99 µs", r.Settings["ttfb_rate"]), f0(tt.P50)+" / "+f0(tt.P99), f0(tn.P50)+" / "+f0(tn.P99), "")
 	_ = tw.Flush()
 
 	fmt.Fprintln(w)
@@ -290,4 +306,11 @@ func fmtTick(v float64) string {
 		return fmt.Sprintf("%gms", v/1000)
 	}
 	return fmt.Sprintf("%gµs", v)
+}
+
+func pct1(a, b float64) string {
+	if b == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.1f%%", 100*a/b)
 }

@@ -31,7 +31,7 @@ func TestFaultHoldTTLShorterThanACall(t *testing.T) {
 			cfg := writeConfig(t, tc.edits)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, tollgateBinary(t), "proxy", "--config", cfg, "--addr", "127.0.0.1:0")
+			cmd := exec.CommandContext(ctx, tollgateBinary(t), "proxy", "--config", cfg, "--addr", "127.0.0.1:0", "--metrics-addr", "off")
 			cmd.Env = append(os.Environ(), procEnv("http://127.0.0.1:9/v1", "REDIS_URL=redis://127.0.0.1:9/0")...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr

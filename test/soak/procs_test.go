@@ -58,7 +58,7 @@ func startProc(t testing.TB, sub, name, cfg string, env []string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(bin, sub, "--config", cfg, "--addr", "127.0.0.1:0")
+	p.cmd = exec.Command(bin, sub, "--config", cfg, "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Env = append(p.cmd.Env, "GORACE=halt_on_error=0 exitcode=66 atexit_sleep_ms=0")
 	p.cmd.Stderr = logFile
