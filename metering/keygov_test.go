@@ -71,7 +71,7 @@ func TestKeyRulesConcurrent(t *testing.T) {
 					case err == nil:
 						ok.Add(1)
 					case rule(err) != c.rule:
-						t.Errorf("call %d: %v, want a %s refusal", i, err)
+						t.Errorf("call %d: %v, want a %s refusal", i, err, c.rule)
 					}
 				}()
 			}
@@ -179,5 +179,33 @@ func TestKeySettingsValidate(t *testing.T) {
 		if ks.Validate() == nil {
 			t.Errorf("%+v: valid, want an error", ks)
 		}
+	}
+}
+
+// TestKeyTPMGivesBackUnused: a call holds its worst case of the minute's
+// tokens; its settle gives back what it did not use, its release all of it.
+func TestKeyTPMGivesBackUnused(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	k := governed(t, e, "acme", metering.KeySettings{TPM: 100})
+	if _, err := e.St.Reserve(ctx, holdFor(k, "a", 10, 80, 80)); err != nil { // 90 tokens
+		t.Fatal(err)
+	}
+	if _, err := e.St.Reserve(ctx, holdFor(k, "b", 10, 20, 20)); rule(err) != metering.RuleTPM {
+		t.Fatalf("30 more tokens with 90 held of 100: %v", err)
+	}
+	// a used 10 input + 5 output tokens: 75 come back.
+	if _, err := e.St.Settle(ctx, metering.Settlement{Account: "acme", KeyID: k.ID, HoldID: "a", Cost: 20,
+		Record: metering.Record{Input: 10, Output: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Reserve(ctx, holdFor(k, "c", 10, 70, 70)); err != nil { // 80 tokens of the 85 left
+		t.Fatalf("after the give-back: %v", err)
+	}
+	if err := e.St.Release(ctx, "acme", k.ID, "c", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Reserve(ctx, holdFor(k, "d", 10, 70, 70)); err != nil {
+		t.Fatalf("after a release: %v", err)
 	}
 }
