@@ -23,6 +23,7 @@ type keyJSON struct {
 	Used        Credits  `json:"used"`
 	CreatedAt   string   `json:"created_at"`
 	Revoked     bool     `json:"revoked"`
+	keyRules             // keyrules.go
 }
 
 // newKeyJSON is a key just created: the only time its secret is shown.
@@ -31,9 +32,9 @@ type newKeyJSON struct {
 	Key string `json:"key"`
 }
 
-func keyView(k metering.Key, used int64) keyJSON {
-	v := keyJSON{ID: k.ID, Object: "api_key", Name: k.Name, Hint: k.Hint, Used: Credits(used),
-		CreatedAt: timestamp(k.CreatedAt), Revoked: k.Revoked}
+func keyView(k metering.KeyUsage) keyJSON {
+	v := keyJSON{ID: k.ID, Object: "api_key", Name: k.Name, Hint: k.Hint, Used: Credits(k.Used),
+		CreatedAt: timestamp(k.CreatedAt), Revoked: k.Revoked, keyRules: keyRulesView(k.KeySettings, k.PeriodUsed)}
 	if k.CreditLimit > 0 {
 		l := Credits(k.CreditLimit)
 		v.CreditLimit = &l
@@ -44,6 +45,7 @@ func keyView(k metering.Key, used int64) keyJSON {
 type createKeyRequest struct {
 	Name        string       `json:"name"`
 	CreditLimit *json.Number `json:"credit_limit"` // credits; absent or null: no limit
+	keyRulesRequest
 }
 
 // createKey validates the request and issues a key for account.
@@ -70,6 +72,9 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 		limit = mc
 	}
 	nk := metering.NewKey{Account: account, Name: req.Name, CreditLimit: limit}
+	if err := s.applyKeyRules(req.keyRulesRequest, &nk.Settings); err != nil {
+		return err
+	}
 	var refusal *apiError
 	if capped {
 		var err error
@@ -85,7 +90,7 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 	if err != nil {
 		return fmt.Errorf("creating key: %w", err)
 	}
-	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(k, 0), Key: secret})
+	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(metering.KeyUsage{Key: k}), Key: secret})
 	return nil
 }
 
@@ -128,7 +133,7 @@ func (s *Server) listKeys(ctx context.Context, w http.ResponseWriter, account st
 	}
 	out := make([]keyJSON, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, keyView(k.Key, k.Used))
+		out = append(out, keyView(k))
 	}
 	writeJSON(w, http.StatusOK, listJSON[keyJSON]{Object: "list", Data: out})
 	return nil

@@ -213,6 +213,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/keys", s.user(s.createOwnKey))
 	mux.Handle("GET /v1/keys", s.user(s.listOwnKeys))
 	mux.Handle("DELETE /v1/keys/{id}", s.user(s.revokeOwnKey))
+	mux.Handle("PATCH /v1/keys/{id}", s.user(s.patchOwnKey))
 
 	// The plans and credits API (camelCase, as the app's front end reads it).
 	mux.Handle("POST /api/billing/checkout", s.user(s.subscribe))
@@ -230,6 +231,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("POST /admin/v1/accounts/{id}/keys", s.admin(s.adminCreateKey))
 		mux.Handle("GET /admin/v1/accounts/{id}/keys", s.admin(s.adminListKeys))
 		mux.Handle("DELETE /admin/v1/accounts/{id}/keys/{keyId}", s.admin(s.adminRevokeKey))
+		mux.Handle("PATCH /admin/v1/accounts/{id}/keys/{keyId}", s.admin(s.adminPatchKey))
 		mux.Handle("POST /admin/v1/accounts/{id}/credits", s.admin(s.adminCredit))
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 	}
@@ -351,7 +353,7 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 	h.Set("Access-Control-Allow-Origin", origin)
 	h.Set("Access-Control-Expose-Headers", "X-Request-Id")
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
 		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
 		h.Set("Access-Control-Max-Age", "600")
 		w.WriteHeader(http.StatusNoContent)

@@ -21,6 +21,7 @@ type Store interface {
 	IssueKey(ctx context.Context, k metering.NewKey) (metering.Key, string, error)
 	RevokeKey(ctx context.Context, account, keyID string) error
 	Keys(ctx context.Context, account string) ([]metering.KeyUsage, error)
+	SetKeySettings(ctx context.Context, account, keyID string, name *string, ks metering.KeySettings) (metering.Key, error)
 
 	StripeCustomer(ctx context.Context, account string) (string, error)
 	RememberStripeCustomer(ctx context.Context, account, customer string) (string, error)

@@ -13,7 +13,9 @@
 //
 //	{a:ID}:acct          hash   balance, reserved, purchased, granted, adjusted, consumed,
 //	                            over_hold_calls, over_hold_mc, created_at,
-//	                            k:<key>:limit|used|res (per-key credit limits)
+//	                            k:<key>:limit|used|res (per-key credit limits),
+//	                            k:<key>:n (the key's holds in flight: max_parallel)
+//	{a:ID}:kg:<key>      hash   a governed key's rules and their state (keygov.go, keygov.lua)
 //	{a:ID}:hexp          zset   hold id → expiry (ms)
 //	{a:ID}:hval          hash   hold id → "amount:keyid"; a credit lease is a hold with id
 //	                            "lease:<replica>" and no key id (see package lease)

@@ -30,6 +30,7 @@ type Key struct {
 	CreditLimit int64     `json:"credit_limit"` // mc the key may spend in all; 0 = no limit
 	CreatedAt   time.Time `json:"created_at"`
 	Revoked     bool      `json:"revoked,omitempty"`
+	KeySettings           // the key's rules (keygov.go)
 }
 
 var (
@@ -47,6 +48,7 @@ type NewKey struct {
 	Account     string
 	Name        string
 	CreditLimit int64 // mc the key may spend in all; 0 = no limit
+	Settings    KeySettings
 	// MaxActive caps the account's active (not revoked) keys, the new one
 	// included: when the account already has MaxActive, the key is refused
 	// with ErrTooManyKeys. Counting and adding are one script, so that
@@ -71,6 +73,9 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	if nk.CreditLimit < 0 || nk.MaxActive < 0 {
 		return Key{}, "", fmt.Errorf("creating key: negative credit limit or cap")
 	}
+	if err := nk.Settings.Validate(); err != nil {
+		return Key{}, "", fmt.Errorf("creating key: %w", err)
+	}
 	if !ValidAccountID(account) {
 		return Key{}, "", fmt.Errorf("creating key for %q: %w", account, ErrNoAccount)
 	}
@@ -86,6 +91,7 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	k := Key{
 		ID: "key_" + hex.EncodeToString(idRaw[:]), Account: account, Name: nk.Name,
 		Hint: secret[:len(KeyPrefix)+4] + "…", CreditLimit: nk.CreditLimit, CreatedAt: time.Now().UTC().Truncate(time.Second),
+		KeySettings: nk.Settings,
 	}
 	meta, _ := json.Marshal(k)
 	hash := hashKey([]byte(secret))
@@ -107,8 +113,14 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	default:
 		return Key{}, "", fmt.Errorf("creating key for %q: key id %s already taken", account, k.ID)
 	}
+	if nk.Settings.Governed() {
+		// The rules before the lookup: the key's first call is already governed.
+		if _, err := s.writeKeyRules(ctx, k, string(meta)); err != nil {
+			return Key{}, "", err
+		}
+	}
 	limited := "0"
-	if nk.CreditLimit > 0 {
+	if nk.CreditLimit > 0 || nk.Settings.Governed() {
 		limited = "1"
 	}
 	if err := s.rdb.HSet(ctx, keyLookupKey(hashHex), "account", account, "id", k.ID, "hash_of", "sha256",
@@ -176,6 +188,9 @@ func (s *Store) Keys(ctx context.Context, account string) ([]KeyUsage, error) {
 		for i := range out {
 			out[i].Used = atoi(used[i])
 		}
+		if err := s.keyPeriodUsed(ctx, account, out); err != nil {
+			return nil, err
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
@@ -190,6 +205,9 @@ func (s *Store) Keys(ctx context.Context, account string) ([]KeyUsage, error) {
 type KeyUsage struct {
 	Key
 	Used int64 `json:"used"`
+	// PeriodUsed is what the key spent in its budget period so far (mc;
+	// 0 without a budget).
+	PeriodUsed int64 `json:"period_used"`
 }
 
 // ActiveKeys counts an account's keys that are not revoked.
@@ -211,9 +229,9 @@ func (s *Store) ActiveKeys(ctx context.Context, account string) (int, error) {
 type Identity struct {
 	Account string
 	KeyID   string
-	// Limited: the key has a credit limit of its own, so its calls are held
-	// in Redis one by one (the limit is shared by every replica), never
-	// served from a replica's credit lease.
+	// Limited: the key has a credit limit or rules of its own (keygov.go), so
+	// its calls are held in Redis one by one (where every replica sees the
+	// same counts), never served from a replica's credit lease.
 	Limited bool
 }
 

@@ -17,6 +17,8 @@ var (
 	holdsSrc string
 	//go:embed scripts/debit.lua
 	debitSrc string
+	//go:embed scripts/keygov.lua
+	keygovSrc string
 	//go:embed scripts/reserve.lua
 	reserveSrc string
 	//go:embed scripts/settle.lua
@@ -31,9 +33,9 @@ var (
 	// Preludes (holds.lua, debit.lua, period.lua, period_holds.lua) are
 	// prepended, so that a rule about holds, a charge's entry, a billing
 	// period or a period hold has one home.
-	reserveScript       = redis.NewScript(holdsSrc + reserveSrc)
-	settleScript        = redis.NewScript(holdsSrc + debitSrc + periodSrc + periodHoldsSrc + settleSrc)
-	releaseScript       = redis.NewScript(holdsSrc + periodSrc + periodHoldsSrc + releaseSrc)
+	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + reserveSrc)
+	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + periodSrc + periodHoldsSrc + settleSrc)
+	releaseScript       = redis.NewScript(holdsSrc + keygovSrc + periodSrc + periodHoldsSrc + releaseSrc)
 	creditScript        = redis.NewScript(holdsSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
@@ -110,7 +112,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		reserveScript, settleScript, releaseScript, creditScript, createAccountScript, createKeyScript,
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
-		leaseGrantScript, leaseFlushScript,
+		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -250,14 +252,20 @@ func atoi(v any) int64 {
 type HoldRequest struct {
 	Account string
 	KeyID   string // "" when the call is not made with an API key
-	// KeyLimited: the key has a credit limit (Identity.Limited). A Leaser
-	// holds such calls in Redis one by one, where the limit is checked.
+	// KeyLimited: the key has a credit limit or other rules (Identity.Limited).
+	// A Leaser holds such calls in Redis one by one, where they are checked.
 	KeyLimited bool
 	HoldID     string // unique per call; reusing it returns the same hold
 	Fixed      int64  // mc for the input side
 	PerOutput  int64  // mc per output token
 	MinOutput  int64  // smallest output the call may be granted
 	MaxOutput  int64  // largest output wanted
+	// What a governed key's rules weigh (keygov.go): the catalog id of the
+	// model called, the input tokens Fixed covers, and the output tokens
+	// billed per output token granted (choices × prompts; 0 means 1).
+	Model       string
+	InputTokens int64
+	OutputPer   int64
 }
 
 // Hold is a granted reservation.
@@ -276,8 +284,9 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	}
 	a := r.Account
 	res, err := s.pipe.run(ctx, reserveScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID)},
 		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
+		MonthStart(time.Now()).Unix(), r.Model, max(r.InputTokens, 0), max(r.OutputPer, 1), int64(s.opts.RecordTTL/time.Second),
 	).Slice()
 	if err != nil {
 		return Hold{}, unavailable("reserving credits", err)
@@ -286,7 +295,13 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	case 1:
 		return Hold{ID: r.HoldID, Amount: toInt(res[1]), OutputTokens: toInt(res[2]), Available: toInt(res[3])}, nil
 	case 0:
+		if res[3] == "budget" {
+			return Hold{}, &KeyRuleError{Rule: RuleBudget, Needed: toInt(res[2]), Left: toInt(res[1])}
+		}
 		return Hold{}, &InsufficientError{Needed: toInt(res[2]), Available: toInt(res[1]), KeyLimit: res[3] == "key"}
+	case -2:
+		rule, _ := res[1].(string)
+		return Hold{}, &KeyRuleError{Rule: rule, RetryAfter: time.Duration(toInt(res[2])) * time.Millisecond, Max: toInt(res[3])}
 	default:
 		return Hold{}, fmt.Errorf("reserving credits for %q: %w", a, ErrNoAccount)
 	}
@@ -433,7 +448,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -465,7 +480,8 @@ func (s *Store) Release(ctx context.Context, account, keyID, holdID string, rec 
 	}
 	err := s.pipe.run(ctx, releaseScript,
 		[]string{acctKey(account), holdExpKey(account), holdValKey(account), genKey(account, reqID),
-			planKey(account), usageKey(account), periodHoldExpKey(account), periodHoldValKey(account)},
+			planKey(account), usageKey(account), periodHoldExpKey(account), periodHoldValKey(account),
+			keyRulesKey(account, keyID)},
 		args...,
 	).Err()
 	if err != nil {

@@ -144,12 +144,14 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 	m := c.model
 	hr := metering.HoldRequest{
 		Account: c.ident.Account, KeyID: c.ident.KeyID, KeyLimited: c.ident.Limited, HoldID: c.id,
+		Model: m.ID, OutputPer: max(c.req.choices, 1) * c.batch(),
 	}
 	in, err := c.inputTokens()
 	if err != nil {
 		return hr, err
 	}
 	c.inTokens = in // the Limiter holds the same estimate (limit.go)
+	hr.InputTokens = in
 	batch := c.batch()
 	fixed, ok := mulHold(in, m.Hold.Input)
 	if !ok {

@@ -65,6 +65,7 @@ func classify(err error) apiError {
 		br  *badRequest
 		ins *metering.InsufficientError
 		lim *LimitError
+		kr  *metering.KeyRuleError
 	)
 	switch {
 	case errors.As(err, &br):
@@ -81,6 +82,8 @@ func classify(err error) apiError {
 		return apiError{402, "insufficient_quota", "insufficient_credits", "",
 			"Insufficient credits: this call needs at least " + pricing.FormatCredits(ins.Needed) +
 				" credits, " + pricing.FormatCredits(max(ins.Available, 0)) + " " + what + "."}
+	case errors.As(err, &kr):
+		return keyRuleError(kr) // keyrules.go
 	case errors.Is(err, metering.ErrNoAccount):
 		return apiError{401, "authentication_error", "invalid_api_key", "", "Invalid or revoked API key."}
 	case errors.Is(err, pricing.ErrUnknownModel):
@@ -126,6 +129,8 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	var lim *LimitError
 	if errors.As(err, &lim) && lim.RetryAfter > 0 {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(lim.RetryAfter))
+	} else if wait := keyRuleRetry(err); wait > 0 { // keyrules.go
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(wait))
 	}
 	ctx.SetStatusCode(e.status)
 	ctx.SetContentType("application/json")

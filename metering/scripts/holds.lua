@@ -26,7 +26,12 @@ local function tg_drop_hold(acct, hexp, hval, id)
   redis.call('HDEL', hval, id)
   -- 0 - amt, not -amt: a zero hold's -0 reaches Redis as "-0", which HINCRBY refuses.
   redis.call('HINCRBY', acct, 'reserved', 0 - amt)
-  if kid ~= '' then redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', 0 - amt) end
+  if kid ~= '' then
+    redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', 0 - amt)
+    -- The key's calls in flight (keygov.lua); holds placed before they were
+    -- counted must not take the count below zero.
+    if redis.call('HINCRBY', acct, 'k:' .. kid .. ':n', -1) <= 0 then redis.call('HDEL', acct, 'k:' .. kid .. ':n') end
+  end
   return amt, kid
 end
 

@@ -1,5 +1,5 @@
 -- settle: turn a call's hold into its charge, exactly once. (holds.lua,
--- debit.lua, period.lua and period_holds.lua are prepended.)
+-- keygov.lua, debit.lua, period.lua and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -11,6 +11,7 @@
 -- KEYS[8] period hold expiry {a:<id>}:phexp     (the call's period hold, if admitted under a plan)
 -- KEYS[9] period hold values {a:<id>}:phval
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the settle's day)
+-- KEYS[11] key rules   {a:<id>}:kg:<key id>   (a governed key: its budget period and tpm bucket)
 -- ARGV: hold id, key id, cost mc, record ttl s, calendar month start (unix s),
 --       input tokens, output tokens, then field/value pairs of the usage record.
 -- The call is charged its whole cost, even past its hold (the excess is
@@ -20,7 +21,7 @@
 -- Returns {balance after, charged, capped (0/1), replay (0/1), over hold mc},
 -- or {-1} when the account does not exist.
 local acct, hexp, hval, gen, ledger, plan, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local phexp, phval, day = KEYS[8], KEYS[9], KEYS[10]
+local phexp, phval, day, kg = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local id, kid, cost, recTTL = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local month, inTok, outTok = ARGV[5], ARGV[6], ARGV[7]
 
@@ -46,6 +47,10 @@ end
 local overCalls = 0
 if over > 0 then overCalls = 1 end
 local balance = tg_debit(acct, kid, charge, over, overCalls)
+if kid ~= '' and kid == ARGV[2] then
+  local now = tg_now()
+  tg_key_end(kg, gen, charge, tonumber(inTok) + tonumber(outTok), math.floor(now / 1000), now, month)
+end
 local rec = {unpack(ARGV, 8)}
 tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
 tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)

@@ -1,0 +1,75 @@
+-- keygov: prepended to the scripts that hold, settle and release single
+-- calls (reserve, settle, release), so that a governed API key's rules live
+-- in one place. (holds.lua is prepended before it.)
+--
+-- A governed key has a hash {a:<id>}:kg:<key id>:
+--   settings  exp (unix s; absent: never), models (",id,id,": catalog ids the
+--             key may call; absent: any), rpm, tpm, par (max parallel calls),
+--             budget (mc per period), bper (day|week|month)
+--   state     rl, rt: the rpm bucket (level, ms of its last update);
+--             tl, tt: the tpm bucket; bstart, bused: the budget period's start
+--             (unix s) and what the key spent in it (mc)
+-- and, in the account hash, k:<key>:n: its holds in flight (holds.lua counts
+-- them down, so that a call that never ends frees its slot at the hold TTL).
+--
+-- Rate limits are leaky buckets (GCRA) over a minute: a limit of N admits N
+-- at once and one more every 60/N s. Levels are kept scaled by 60000 (units
+-- × ms), so that every step is an integer: a call of c units adds c × 60000,
+-- the bucket drains N per ms, and it holds at most N × 60000.
+-- A tpm bucket takes a call's worst case (its input estimate and the output
+-- it is granted) when it is held; its end gives back what it did not use
+-- (the worst case is kept in the call's cost record, field ktok).
+
+local TG_MINUTE = 60000
+
+-- tg_key_period is the start (unix s) of the budget period kind that holds
+-- now (unix s); month is the calendar month's start, which Lua cannot compute.
+local function tg_key_period(kind, now, month)
+  if kind == 'day' then return now - now % 86400 end
+  if kind == 'week' then
+    local days = math.floor(now / 86400)
+    return (days - (days + 3) % 7) * 86400 -- 1970-01-01 was a Thursday; weeks start on Monday
+  end
+  return tonumber(month)
+end
+
+-- tg_bucket is a bucket's level drained to nowMs.
+local function tg_bucket(level, at, rate, nowMs)
+  level = (tonumber(level) or 0) - (nowMs - (tonumber(at) or nowMs)) * rate
+  if level < 0 then level = 0 end
+  return level
+end
+
+-- tg_key_used is what the key spent in its budget period that holds now.
+local function tg_key_used(g, now, month)
+  local start = tg_key_period(g.bper, now, month)
+  if tonumber(g.bstart) ~= start then return 0, start end
+  return tonumber(g.bused) or 0, start
+end
+
+-- tg_key_end ends a governed key's call: charge (mc) is added to its budget
+-- period, and the tpm bucket gets back what the call held but did not use
+-- (used tokens; a failed call used none). Idempotent per call: the call's
+-- worst case (ktok) is removed from its cost record.
+local function tg_key_end(kg, gen, charge, used, nowS, nowMs, month)
+  if redis.call('EXISTS', kg) == 0 then return end
+  local f = redis.call('HMGET', kg, 'bper', 'bstart', 'bused', 'tpm', 'tl', 'tt')
+  if charge > 0 and f[1] then
+    local start = tg_key_period(f[1], nowS, month)
+    if tonumber(f[2]) ~= start then
+      redis.call('HSET', kg, 'bstart', start, 'bused', string.format('%d', charge))
+    else
+      redis.call('HINCRBY', kg, 'bused', charge)
+    end
+  end
+  local held = tonumber(redis.call('HGET', gen, 'ktok') or '')
+  if held then
+    redis.call('HDEL', gen, 'ktok')
+    local tpm = tonumber(f[4]) or 0
+    if tpm > 0 then
+      local level = tg_bucket(f[5], f[6], tpm, nowMs) - (held - used) * TG_MINUTE
+      if level < 0 then level = 0 end
+      redis.call('HSET', kg, 'tl', string.format('%d', level), 'tt', nowMs)
+    end
+  end
+end
