@@ -85,7 +85,7 @@ func TestConsole(t *testing.T) {
 
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { _ = rdb.Close() })
-	helper := httptest.NewServer(helperHandler(t, metering.New(rdb, metering.Options{}), billingURL))
+	helper := httptest.NewServer(helperHandler(metering.New(rdb, metering.Options{}), billingURL))
 	t.Cleanup(helper.Close)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -169,13 +169,13 @@ func startBilling(t *testing.T, bin, root, url string, rs *testredis.Server, moc
 //	GET  /token?sub=ID                     → a JWT for the account, as the app would issue
 //	POST /paid {account,session,pack,amount,currency} → Stripe's signed checkout.session.completed
 //	POST /usage {account}                  → calls settled for the account, as a proxy would
-func helperHandler(t *testing.T, store *metering.Store, billingURL string) http.Handler {
+func helperHandler(store *metering.Store, billingURL string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /token", func(w http.ResponseWriter, r *http.Request) {
 		claims := jwt.MapClaims{"sub": r.URL.Query().Get("sub"), "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}
 		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(jwtSecret))
 		if err != nil {
-			http.Error(w, err.Error(), 500)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		_, _ = w.Write([]byte(s))
@@ -186,7 +186,7 @@ func helperHandler(t *testing.T, store *metering.Store, billingURL string) http.
 			Amount                           int64
 		}
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, err.Error(), 400)
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		payload := teststripe.Event("evt_e2e_"+req.Session, "checkout.session.completed", teststripe.CheckoutSession(teststripe.Session{
@@ -195,7 +195,7 @@ func helperHandler(t *testing.T, store *metering.Store, billingURL string) http.
 		}))
 		status, body, err := teststripe.Deliver(billingURL+"/v1/billing/webhook", webhookSecret, payload)
 		if err != nil {
-			http.Error(w, err.Error(), 502)
+			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
 		w.WriteHeader(status)
@@ -204,7 +204,7 @@ func helperHandler(t *testing.T, store *metering.Store, billingURL string) http.
 	mux.HandleFunc("POST /usage", func(w http.ResponseWriter, r *http.Request) {
 		var req struct{ Account string }
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, err.Error(), 400)
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		calls := []struct {
@@ -219,14 +219,14 @@ func helperHandler(t *testing.T, store *metering.Store, billingURL string) http.
 		for i, c := range calls {
 			id := fmt.Sprintf("req_e2e_%d_%d", time.Now().UnixNano(), i)
 			if _, err := store.Reserve(ctx, metering.HoldRequest{Account: req.Account, HoldID: id, Fixed: c.cost}); err != nil {
-				http.Error(w, err.Error(), 500)
+				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
 			}
 			_, err := store.Settle(ctx, metering.Settlement{Account: req.Account, HoldID: id, Cost: c.cost,
 				Record: metering.Record{RequestID: id, Model: c.model, Provider: "mock", Endpoint: "chat.completions",
 					Input: c.in, Output: c.out, Status: 200}})
 			if err != nil {
-				http.Error(w, err.Error(), 500)
+				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
 			}
 		}
