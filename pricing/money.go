@@ -134,39 +134,3 @@ func mulDivFloor(a, b, d uint64) (int64, bool) {
 
 // maxCost is what Cost returns when the exact price does not fit the ledger.
 const maxCost = 1 << 62
-
-// mulDivCeil128 returns ceil((hi×2^64 + lo)×b/d); ok is false when the result
-// does not fit an int64.
-func mulDivCeil128(hi, lo, b, d uint64) (int64, bool) {
-	h1, l1 := bits.Mul64(lo, b)
-	h2, l2 := bits.Mul64(hi, b)
-	top, carry := bits.Add64(h1, l2, 0)
-	if h2 != 0 || carry != 0 || top >= d {
-		return 0, false
-	}
-	q, r := bits.Div64(top, l1, d)
-	if r != 0 {
-		q++
-	}
-	if q > 1<<62 {
-		return 0, false
-	}
-	return int64(q), true
-}
-
-// mulDivCeil returns ceil(a×b/d) computed in 128 bits; ok is false when the
-// result does not fit an int64.
-func mulDivCeil(a, b, d uint64) (int64, bool) {
-	hi, lo := bits.Mul64(a, b)
-	if hi >= d {
-		return 0, false
-	}
-	q, r := bits.Div64(hi, lo, d)
-	if r != 0 {
-		q++
-	}
-	if q > 1<<62 {
-		return 0, false
-	}
-	return int64(q), true
-}
