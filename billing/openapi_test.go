@@ -239,6 +239,11 @@ func TestOpenAPIResponses(t *testing.T) {
 	k := c.do("POST", "/admin/v1/accounts/oas/keys", admin, map[string]any{"name": "ops", "credit_limit": 5})
 	want(k, http.StatusCreated)
 	want(c.do("GET", "/admin/v1/accounts/oas/keys", admin, nil), http.StatusOK)
+	want(c.do("PATCH", "/admin/v1/accounts/oas/keys/"+k.str("id"), admin, map[string]any{
+		"budget": map[string]any{"credits": "25", "period": "day"}, "models": []string{"gpt-4o-mini"},
+		"expires_at": "2099-01-01T00:00:00Z", "rpm": 60, "tpm": 100000, "max_parallel": 4}), http.StatusOK)
+	want(c.do("PATCH", "/admin/v1/accounts/oas/keys/"+k.str("id"), admin, map[string]any{"rpm": 0}), http.StatusBadRequest)
+	want(c.do("GET", "/admin/v1/accounts/oas/keys", admin, nil), http.StatusOK)
 	want(c.do("DELETE", "/admin/v1/accounts/oas/keys/"+k.str("id"), admin, nil), http.StatusNoContent)
 
 	// The customer's API.
@@ -248,6 +253,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	own := c.do("POST", "/v1/keys", tok, map[string]any{"name": "mine"})
 	want(own, http.StatusCreated)
 	want(c.do("GET", "/v1/keys", tok, nil), http.StatusOK)
+	want(c.do("PATCH", "/v1/keys/"+own.str("id"), tok, map[string]any{"name": "renamed", "budget": nil, "rpm": 10}), http.StatusOK)
+	want(c.do("PATCH", "/v1/keys/"+own.str("id")+"x", tok, map[string]any{"name": "x"}), http.StatusNotFound)
 	want(c.do("DELETE", "/v1/keys/"+own.str("id"), tok, nil), http.StatusNoContent)
 	want(c.do("DELETE", "/v1/keys/"+own.str("id")+"x", tok, nil), http.StatusNotFound)
 	co := c.do("POST", "/v1/billing/checkout", tok, map[string]any{"pack": "growth"})
