@@ -42,6 +42,7 @@ var strEventStream = []byte("text/event-stream")
 // (non-streaming) or handed to a streamBody.
 type call struct {
 	s      *Server
+	rt     *liveConf // the configuration the call started with (reload.go)
 	ep     *endpoint
 	id     string
 	ident  metering.Identity
@@ -70,7 +71,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, errDraining)
 		return
 	}
-	c := call{s: s, ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
+	c := call{s: s, rt: s.rt.Load(), ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
 	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
 
 	var err error
@@ -87,12 +88,12 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 		s.writeError(ctx, err)
 		return
 	}
-	m, ok := s.catalog.LookupBytes(c.req.model)
+	m, ok := c.rt.catalog.LookupBytes(c.req.model)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
 		return
 	}
-	if ep.native && !s.servesNative(m) {
+	if ep.native && !c.rt.servesNative(m) {
 		s.writeError(ctx, errNotNative(m, ep))
 		return
 	}
@@ -191,7 +192,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 	)
 	deps := c.model.Deployments
 	for i, d := range deps {
-		u := s.upstreams[d.Provider]
+		u := c.rt.upstreams[d.Provider]
 		if c.ep.native && u.kind != "anthropic" || c.only != "" && d.Provider != c.only {
 			continue
 		}

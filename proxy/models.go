@@ -126,7 +126,7 @@ func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.models.list[modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(s.rt.Load().models.list[modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleModel serves GET /v1/models/{id}: one model, by catalog id or alias.
@@ -135,13 +135,14 @@ func (s *Server) handleModel(ctx *fasthttp.RequestCtx, id []byte) {
 		s.writeError(ctx, errMethod)
 		return
 	}
-	m, ok := s.catalog.LookupBytes(id)
+	rt := s.rt.Load()
+	m, ok := rt.catalog.LookupBytes(id)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.models.one[m][modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(rt.models.one[m][modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleGeneration serves GET /v1/generation?id=…: a past call's cost record,

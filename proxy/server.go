@@ -75,14 +75,14 @@ func (o *Options) init() {
 
 // Server is the metering proxy. Create it with New; it is safe for concurrent use.
 type Server struct {
-	opts      Options
-	log       *zap.Logger
-	catalog   *pricing.Catalog
-	meter     Meter
-	upstreams map[string]*upstream
-	ids       *idGen
-	srv       *fasthttp.Server
-	models    modelBodies // pre-rendered GET /v1/models and /v1/models/{id} bodies
+	opts  Options
+	log   *zap.Logger
+	meter Meter
+	ids   *idGen
+	srv   *fasthttp.Server
+	// rt is the live configuration (reload.go): each call loads it once.
+	rt       atomic.Pointer[liveConf]
+	reloadMu sync.Mutex // one Reload at a time
 
 	draining atomic.Bool
 	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
@@ -98,25 +98,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Catalog == nil || opts.Meter == nil {
 		return nil, errors.New("proxy: Catalog and Meter are required")
 	}
-	s := &Server{
-		opts: opts, log: opts.Logger.Named("proxy"), catalog: opts.Catalog, meter: opts.Meter,
-		upstreams: make(map[string]*upstream, len(opts.Providers)), ids: newIDGen(),
+	s := &Server{opts: opts, log: opts.Logger.Named("proxy"), meter: opts.Meter, ids: newIDGen()}
+	rt, err := s.buildRuntime(Live{Catalog: opts.Catalog, Providers: opts.Providers, Limiter: opts.Limiter}, nil)
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range opts.Providers {
-		u, err := newUpstream(p, opts.Timeouts, opts.MaxResponseBytes)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
-		}
-		s.upstreams[p.Name] = u
-	}
-	for _, m := range opts.Catalog.Models() {
-		for _, d := range m.Deployments {
-			if _, ok := s.upstreams[d.Provider]; !ok {
-				return nil, fmt.Errorf("proxy: model %q names unknown provider %q", m.ID, d.Provider)
-			}
-		}
-	}
-	s.models = renderModels(opts.Catalog)
+	s.rt.Store(rt)
 	s.srv = &fasthttp.Server{
 		Handler:                       s.Handler,
 		Name:                          "tollgate",

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -127,6 +130,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	printBanner(stdout, "http://"+pln.Addr().String(), "http://"+bln.Addr().String(), key, cfg.Billing.AdminToken, userToken, embedded)
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			l.log.Warn("SIGHUP: tollgate dev does not reload its configuration (it rewrites providers and Redis); restart it, or run proxy and billing")
+		}
+	}()
 	errc := make(chan error, 2)
 	go func() { errc <- serveHTTP(ctx, l, bsrv, bln) }()
 	go func() { errc <- serveUntil(ctx, l, psrv, pln, stopMeter) }()

@@ -18,12 +18,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// SIGHUP (systemctl reload, logrotate) must not end the process: by
 	// default it would, without draining, leaving the last charges
-	// unapplied and the credit leases held until they expire.
+	// unapplied and the credit leases held until they expire. proxy and
+	// billing reload their configuration on it (reload.go); here it is only
+	// kept from ending the process, also before they watch for it.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			fmt.Fprintln(os.Stderr, "tollgate: SIGHUP: live reload is not supported yet; still running (restart, or SIGTERM to drain, to apply a new configuration)")
 		}
 	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)

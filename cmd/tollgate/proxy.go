@@ -12,6 +12,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/lease"
+	"github.com/tollgate/tollgate/pricing"
 	"github.com/tollgate/tollgate/proxy"
 )
 
@@ -26,6 +27,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	newReloader(l, proxyLivePaths, nil, proxyIgnoredPaths, func(c *config.Config, cat *pricing.Catalog) error {
+		return srv.Reload(proxyLive(c, cat, store))
+	}).watch(ctx)
 	ln, err := net.Listen("tcp", l.cfg.Proxy.Addr)
 	if err != nil {
 		return fmt.Errorf("listening: %w", err)

@@ -61,6 +61,7 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	}
 	if f.addr != "" {
 		setAddr(l.cfg, f.addr)
+		l.override = func(c *config.Config) { setAddr(c, f.addr) }
 	}
 	store, err := newStore(l.cfg)
 	if store == nil {
@@ -77,6 +78,10 @@ type loaded struct {
 	cfg     *config.Config
 	catalog *pricing.Catalog
 	log     *zap.Logger
+	level   zap.AtomicLevel // log.level, which a reload changes
+	path    string          // the configuration file (reload.go reads it again)
+	// override applies the command line's settings (--addr) to a configuration read.
+	override func(*config.Config)
 }
 
 func load(path string, stderr io.Writer) (*loaded, error) {
@@ -88,18 +93,26 @@ func load(path string, stderr io.Writer) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	level := zap.NewAtomicLevel()
+	log, err := newLoggerAt(cfg.Log, stderr, level)
 	if err != nil {
 		return nil, err
 	}
-	return &loaded{cfg: cfg, catalog: catalog, log: log}, nil
+	return &loaded{cfg: cfg, catalog: catalog, log: log, level: level, path: path}, nil
 }
 
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
+	return newLoggerAt(c, w, zap.NewAtomicLevel())
+}
+
+// newLoggerAt builds the logger with level set from c.Level; a reload
+// changes the level through it.
+func newLoggerAt(c config.Log, w io.Writer, level zap.AtomicLevel) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
+	level.SetLevel(lvl)
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
@@ -169,12 +182,6 @@ func newStore(cfg *config.Config) (*metering.Store, error) {
 // stop gives its leases back and must run after the proxy has drained.
 func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Context) error) {
 	c := l.cfg
-	var providers []proxy.Provider
-	for name, p := range c.Providers {
-		providers = append(providers, proxy.Provider{
-			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
-		})
-	}
 	log := l.log.Named("lease")
 	lr := lease.New(st, lease.Options{
 		IdleReturn: c.Proxy.LeaseIdleReturn.D(), Offline: c.Proxy.LeaseOffline.D(), PerCall: !c.Proxy.Leasing(),
@@ -183,8 +190,9 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		},
 	})
 	meter, stop := lr, lr.Close
+	live := proxyLive(c, l.catalog, st)
 	opts := proxy.Options{
-		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
+		Catalog: live.Catalog, Providers: live.Providers, Limiter: live.Limiter, Meter: meter, Logger: l.log,
 		MaxBodyBytes: c.Proxy.MaxBodyBytes,
 		Timeouts: proxy.Timeouts{
 			Connect: c.Proxy.ConnectTimeout.D(), FirstByte: c.Proxy.FirstByteTimeout.D(), Request: c.Proxy.RequestTimeout.D(),
@@ -193,10 +201,6 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
-	// Plan limits and auto-recharge requests use the Redis store itself.
-	if len(c.Plans) > 0 {
-		opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
-	}
 	log = l.log.Named("recharge")
 	opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
 		OnError: func(account string, err error) {
@@ -204,4 +208,20 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		},
 	}).OnSettle
 	return opts, stop
+}
+
+// proxyLive is the part of the proxy's configuration a reload replaces: the
+// catalog, the providers and the plan limits (which use the Redis store
+// itself).
+func proxyLive(c *config.Config, cat *pricing.Catalog, st *metering.Store) proxy.Live {
+	live := proxy.Live{Catalog: cat}
+	for name, p := range c.Providers {
+		live.Providers = append(live.Providers, proxy.Provider{
+			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
+		})
+	}
+	if len(c.Plans) > 0 {
+		live.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
+	}
+	return live
 }

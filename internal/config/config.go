@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -240,7 +241,8 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (e.g. \"30s\")", n.Line, n.Value)
+		// A TypeError: yaml.v3 goes on decoding the other values.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (e.g. \"30s\")", n.Line, n.Value)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -274,15 +276,28 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("expanding variables: %w", err)
 	}
+	// Every unknown key and every value that does not fit, with its YAML
+	// path and its line in the file; then what the values mean (Validate).
+	var problems []error
+	check("", &root, reflect.TypeOf(Config{}), &problems)
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("decoding: %w", err)
+	if len(problems) == 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(expanded))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("decoding: %w", err)
+		}
+	} else {
+		// The values that fit, for Validate to judge the rest; those that
+		// do not are reported above.
+		_ = yaml.Unmarshal(expanded, &cfg)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		problems = append(problems, err)
+	}
+	if len(problems) > 0 {
+		return nil, errors.Join(problems...)
 	}
 	return &cfg, nil
 }
