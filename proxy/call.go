@@ -59,17 +59,27 @@ type call struct {
 	only string
 }
 
-// metered serves one metered endpoint: auth → inspect → price → reserve →
-// forward → settle. Every path after a successful reserve settles or releases.
+// metered serves one metered endpoint, counted in active from its start to
+// its end (a stream's included) so that Drain can wait for it.
 func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
+	s.active.Add(1)
+	if !s.serveMetered(ctx, ep, post) {
+		s.active.Add(-1)
+	}
+}
+
+// serveMetered serves one metered endpoint: auth → inspect → price → reserve →
+// forward → settle. Every path after a successful reserve settles or
+// releases. handedOff: a stream took the call over (and ends its count).
+func (s *Server) serveMetered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) (handedOff bool) {
 	if !post {
 		s.writeError(ctx, errMethod)
-		return
+		return false
 	}
-	if s.draining.Load() {
+	if s.draining.Load() { // after active was counted: Drain waits for this call, or it is refused
 		ctx.SetConnectionClose()
 		s.writeError(ctx, errDraining)
-		return
+		return false
 	}
 	c := call{s: s, rt: s.rt.Load(), ep: ep, start: time.Now(), id: s.ids.next(), body: ctx.PostBody()}
 	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
@@ -77,7 +87,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	var err error
 	if c.ident, err = s.authenticate(ctx); err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	c.parser = parserPool.Get()
 	defer parserPool.Put(c.parser)
@@ -86,20 +96,20 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	}
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	m, ok := c.rt.catalog.LookupBytes(c.req.model)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
-		return
+		return false
 	}
 	if ep.native && !c.rt.servesNative(m) {
 		s.writeError(ctx, errNotNative(m, ep))
-		return
+		return false
 	}
 	if c.only, err = s.checkPrevious(c.ident.Account, c.req.prevResponse, m); err != nil { // responses.go
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	c.model = m
 	c.req.limitField = m.OutputLimitField
@@ -107,24 +117,25 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	hr, err := c.holdRequest()
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	hr, held, err := c.admit(hr) // limit.go
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	if c.hold, err = s.meter.Reserve(context.Background(), hr); err != nil {
 		if held {
 			c.releaseAdmission()
 		}
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	s.inflight.Add(1)
-	if handedOff := c.forward(ctx); !handedOff {
+	if handedOff = c.forward(ctx); !handedOff {
 		s.inflight.Done()
 	}
+	return handedOff
 }
 
 // holdRequest sizes the worst case: the input estimate at the dearest input

@@ -85,7 +85,8 @@ type Server struct {
 	reloadMu sync.Mutex // one Reload at a time
 
 	draining atomic.Bool
-	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
+	active   atomic.Int64 // metered calls from the handler's start to their end (streams included)
+	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
 	// recording: stored responses whose owner is being recorded
 	// (account+"\x00"+id → provider), until the record is written.
 	recording sync.Map
@@ -242,6 +243,28 @@ func retryableAccept(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
 		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED)
 }
+
+// Drain starts the end of service without closing the listener: /readyz
+// answers 503 (a load balancer takes the replica out), new calls are refused
+// with 503 and Connection: close (a client retries elsewhere), and calls in
+// flight go on. It returns when none is left, or ctx's error when ctx ends
+// first. Shutdown follows it.
+func (s *Server) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// InFlight is the number of metered calls in progress (streams included).
+func (s *Server) InFlight() int64 { return s.active.Load() }
 
 // Shutdown stops accepting, lets calls in flight finish until ctx is done,
 // then cuts the remaining streams, settling each for what was generated.

@@ -693,6 +693,7 @@ func (sb *streamBody) CloseWithError(err error) error {
 				zap.String("model", sb.c.model.ID), zap.Int64("charged_mc", sb.charge.Charged), zap.Error(err))
 		}
 		s.inflight.Done()
+		s.active.Add(-1)
 	})
 	return nil
 }

@@ -31,7 +31,7 @@ Works against Redis directly (REDIS_URL or the config's redis section).
 func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("admin", stderr)
 	cfgPath := fs.String("config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
-	fs.Usage = func() { fmt.Fprint(stderr, adminUsage) }
+	fs.Usage = func() { fmt.Fprint(stderr, adminUsage+envHelp) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer l.log.Sync() //nolint:errcheck
 	ln, err := net.Listen("tcp", l.cfg.Billing.Addr)
 	if err != nil {
-		return fmt.Errorf("listening: %w", err)
+		return listenError("billing", l.cfg.Billing.Addr, err, "--addr", "")
 	}
 	srv, err := newBillingServer(l, store)
 	if err != nil {

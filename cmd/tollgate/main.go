@@ -43,8 +43,10 @@ commands:
   billing   run the billing sidecar and admin API
   dev       run proxy + billing in one process with an embedded Redis and mock providers
   admin     manage accounts, keys and credits directly in Redis
+  version   print the version, commit and build date (also --version)
 
-Run 'tollgate <command> -h' for a command's flags.
+Run 'tollgate <command> -h' for a command's flags and the environment
+variables it reads.
 `
 
 // run is the whole program, callable from tests.
@@ -64,6 +66,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAdmin(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
+		return nil
+	case "version", "--version", "-version":
+		printVersion(stdout)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)

@@ -42,6 +42,7 @@ func envOr(k, def string) string {
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tollgate "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, name, stderr)
 	return fs
 }
 

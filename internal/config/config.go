@@ -55,7 +55,10 @@ type Proxy struct {
 	ReadTimeout Duration `yaml:"read_timeout"`
 	// IdleTimeout closes idle keep-alive client connections. Default 120s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
-	// DrainTimeout is how long SIGTERM waits for calls in flight. Default 30s.
+	// DrainTimeout is how long SIGTERM waits for calls in flight (while
+	// /readyz answers 503 and new calls are refused); the final apply of
+	// charges (at most 5s) follows. Default 20s: both fit in Kubernetes'
+	// default 30 s grace period.
 	DrainTimeout Duration `yaml:"drain_timeout"`
 	// MaxConnsPerIP limits concurrent client connections per address (0 = none).
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
@@ -373,7 +376,7 @@ func (c *Config) SetDefaults() {
 	def(&p.HoldTTL, p.StreamTimeout.D()+time.Minute)
 	def(&p.ReadTimeout, 30*time.Second)
 	def(&p.IdleTimeout, 120*time.Second)
-	def(&p.DrainTimeout, 30*time.Second)
+	def(&p.DrainTimeout, 20*time.Second)
 	def(&p.RedisTimeout, 2*time.Second)
 	def(&p.LeaseIdleReturn, time.Second)
 	def(&p.LeaseOffline, 2*time.Second)

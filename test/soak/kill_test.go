@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -196,8 +195,8 @@ func proxySIGKILL(t *testing.T, lease bool) {
 
 // TestFaultProxySIGTERM stops a proxy with SIGTERM while calls are in
 // flight: short streams and non-streaming calls that end within
-// proxy.drain_timeout, and long streams that do not. The proxy must stop
-// accepting at once, let the short calls finish and charge them exactly, cut
+// proxy.drain_timeout, and long streams that do not. The proxy must answer
+// /readyz 503 and refuse new calls (503) at once, let the short calls finish and charge them exactly, cut
 // the long streams at the drain deadline and charge each for what was
 // generated, leave no hold behind, and exit 0.
 func TestFaultProxySIGTERM(t *testing.T) {
@@ -246,22 +245,28 @@ func TestFaultProxySIGTERM(t *testing.T) {
 
 	p.signal(syscall.SIGTERM)
 	termAt := time.Now()
-	// It stops accepting: new connections are refused.
+	// Draining: it still answers, /readyz with 503 (the load balancer takes
+	// it out) and a new call with 503 draining, uncharged, while the calls
+	// in flight finish.
+	var readyStatus int
 	for {
-		c, err := net.DialTimeout("tcp", p.Addr, 200*time.Millisecond)
+		resp, err := client.Get(p.URL + "/readyz")
 		if err != nil {
-			break
+			t.Fatalf("/readyz during the drain: %v", err)
 		}
-		c.Close()
-		if time.Since(termAt) > 2*time.Second {
-			t.Fatal("still accepting connections 2s after SIGTERM")
+		resp.Body.Close()
+		if readyStatus = resp.StatusCode; readyStatus == http.StatusServiceUnavailable || time.Since(termAt) > 2*time.Second {
+			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	refusedAfter := time.Since(termAt)
+	if readyStatus != http.StatusServiceUnavailable {
+		t.Errorf("/readyz answered %d 2s after SIGTERM; want 503 while draining", readyStatus)
+	}
 	late := (&callSpec{tag: 999, account: accts[0], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8}).do(client)
-	if late.err == nil {
-		t.Errorf("a call after SIGTERM was answered %d (%s); want the connection refused", late.status, late.code)
+	if late.status != http.StatusServiceUnavailable {
+		t.Errorf("a call after SIGTERM was answered %d (%s) %v; want 503 while draining", late.status, late.code, late.err)
 	}
 
 	exitErr, exited := p.waitExit(drain + 10*time.Second)
@@ -326,7 +331,7 @@ func TestFaultProxySIGTERM(t *testing.T) {
 		_, _, inv := ledgerInvariant(st, a.id) // reserved must be 0: no hold left behind
 		problems = append(problems, inv...)
 	}
-	t.Logf("SIGTERM: in_flight=%d finished=%d cut_at_deadline=%d refused_new_after=%s exited_after=%s (drain_timeout %s) ledger_mismatches=%d",
+	t.Logf("SIGTERM: in_flight=%d finished=%d cut_at_deadline=%d not_ready_after=%s exited_after=%s (drain_timeout %s) ledger_mismatches=%d",
 		len(results), finished, cut, refusedAfter.Round(time.Millisecond), exitAfter.Round(time.Millisecond), drain, len(problems))
 	for _, p := range problems {
 		t.Error(p)
