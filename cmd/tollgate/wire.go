@@ -70,6 +70,8 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	}
 	if err != nil {
 		l.log.Warn("starting without Redis; requests get 503 until it answers", zap.Error(err))
+	} else {
+		warnDurability(l.log, store)
 	}
 	return l, store, nil
 }
@@ -225,4 +227,19 @@ func proxyLive(c *config.Config, cat *pricing.Catalog, st *metering.Store) proxy
 		live.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
 	}
 	return live
+}
+
+// warnDurability warns at start when Redis may lose money: it evicts keys
+// (maxmemory-policy other than noeviction) or keeps nothing on disk.
+func warnDurability(log *zap.Logger, st *metering.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d, err := st.Durability(ctx)
+	if err != nil {
+		log.Warn("could not check Redis persistence and eviction (CONFIG GET refused?): make sure it persists (AOF) and uses maxmemory-policy noeviction", zap.Error(err))
+		return
+	}
+	for _, p := range d.Problems() {
+		log.Warn("redis: "+p, zap.String("maxmemory_policy", d.MaxmemoryPolicy), zap.Bool("aof", d.AOF), zap.Bool("rdb", d.RDB))
+	}
 }
