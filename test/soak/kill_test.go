@@ -422,7 +422,11 @@ func TestFaultProxySIGHUP(t *testing.T) {
 	for _, a := range accts {
 		_, entries, problems := ledgerInvariant(st, a.id)
 		for _, pr := range problems {
-			t.Error(pr)
+			// ledgerInvariant prices every entry at the shipped prices; a
+			// call at the reloaded ones is checked by each call's audit below.
+			if !strings.Contains(pr, "its usage prices at") {
+				t.Error(pr)
+			}
 		}
 		for ref, es := range usageByRef(entries) {
 			charges[ref] = es
