@@ -104,10 +104,6 @@ func load(path string, stderr io.Writer) (*loaded, error) {
 	return &loaded{cfg: cfg, catalog: catalog, log: log, level: level, path: path}, nil
 }
 
-func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	return newLoggerAt(c, w, zap.NewAtomicLevel())
-}
-
 // newLoggerAt builds the logger with level set from c.Level; a reload
 // changes the level through it.
 func newLoggerAt(c config.Log, w io.Writer, level zap.AtomicLevel) (*zap.Logger, error) {
