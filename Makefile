@@ -9,6 +9,13 @@ STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME    ?= 60s
 CONFIG      ?= configs/tollgate.yaml
+ADDR        ?=
+BILLING_ADDR ?=
+# Release stamp: git describe (dev without a tag), the commit, the build time (RFC 3339).
+VERSION     ?= $(shell git describe --tags --dirty 2>/dev/null || echo dev)
+COMMIT      ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILD_DATE  ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS     := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(BUILD_DATE)
 
 .DEFAULT_GOAL := help
 .PHONY: help run build test test-short e2e bench fuzz soak lint cover tools clean
@@ -16,12 +23,15 @@ CONFIG      ?= configs/tollgate.yaml
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-run: build ## start a working gateway: proxy + billing, embedded Redis unless REDIS_URL is set, mock providers for unset keys
-	$(BIN)/tollgate dev --config $(CONFIG)
+run: build ## start a working gateway (proxy + billing, embedded Redis unless REDIS_URL is set, mock providers for unset keys); ADDR=host:port BILLING_ADDR=host:port move them
+	$(BIN)/tollgate dev --config $(CONFIG) $(if $(ADDR),--addr $(ADDR)) $(if $(BILLING_ADDR),--billing-addr $(BILLING_ADDR))
 
-build: ## build bin/tollgate and bin/mockllm
-	$(GO) build -trimpath -o $(BIN)/tollgate ./cmd/tollgate
-	$(GO) build -trimpath -o $(BIN)/mockllm ./cmd/mockllm
+build: ## build bin/tollgate (static, CGO_ENABLED=0, version-stamped) and bin/mockllm
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/tollgate ./cmd/tollgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/mockllm ./cmd/mockllm
+	@$(GO) version -m $(BIN)/tollgate | grep -q 'CGO_ENABLED=0' || { echo "bin/tollgate is not a static (CGO_ENABLED=0) build"; exit 1; }
+	@! command -v file >/dev/null || file $(BIN)/tollgate | grep -q 'statically linked' || { file $(BIN)/tollgate; echo "bin/tollgate is dynamically linked"; exit 1; }
+	@$(BIN)/tollgate --version | head -1
 
 test: tools ## run every test with the race detector (starts its own redis-server and stripe-mock)
 	$(GO) test -race -count=1 -timeout 15m ./...

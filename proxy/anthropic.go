@@ -5,8 +5,6 @@ import (
 	"strings"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/tollgate/tollgate/pricing"
 )
 
 // Anthropic's native API versions its wire format with request headers: the
@@ -71,14 +69,3 @@ func wideningBeta(v []byte) []byte {
 }
 
 var comma = []byte(",")
-
-// servesNative reports whether one of m's deployments is on an Anthropic
-// provider, which /v1/messages and /v1/messages/count_tokens need.
-func (s *Server) servesNative(m *pricing.Model) bool {
-	for _, d := range m.Deployments {
-		if s.upstreams[d.Provider].kind == "anthropic" {
-			return true
-		}
-	}
-	return false
-}

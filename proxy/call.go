@@ -42,6 +42,7 @@ var strEventStream = []byte("text/event-stream")
 // (non-streaming) or handed to a streamBody.
 type call struct {
 	s      *Server
+	rt     *liveConf // the configuration the call started with (reload.go)
 	ep     *endpoint
 	id     string
 	ident  metering.Identity
@@ -65,19 +66,29 @@ type call struct {
 	recorded, charged, handedOff      bool
 }
 
-// metered serves one metered endpoint: auth → inspect → price → reserve →
-// forward → settle. Every path after a successful reserve settles or releases.
+// metered serves one metered endpoint, counted in active from its start to
+// its end (a stream's included) so that Drain can wait for it.
 func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
-	c := call{s: s, ep: ep, start: time.Now()}
+	s.active.Add(1)
+	if !s.serveMetered(ctx, ep, post) {
+		s.active.Add(-1)
+	}
+}
+
+// serveMetered serves one metered endpoint: auth → inspect → price → reserve →
+// forward → settle. Every path after a successful reserve settles or
+// releases. handedOff: a stream took the call over (and ends its count).
+func (s *Server) serveMetered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) (handedOff bool) {
+	c := call{s: s, rt: s.rt.Load(), ep: ep, start: time.Now()}
 	defer c.observe(ctx) // observe.go: metrics and the call's log line
 	if !post {
 		s.writeError(ctx, errMethod)
-		return
+		return false
 	}
-	if s.draining.Load() {
+	if s.draining.Load() { // after active was counted: Drain waits for this call, or it is refused
 		ctx.SetConnectionClose()
 		s.writeError(ctx, errDraining)
-		return
+		return false
 	}
 	c.id, c.body = s.ids.next(), ctx.PostBody()
 	ctx.Response.Header.SetCanonical(keyRequestID, []byte(c.id))
@@ -86,7 +97,7 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	var err error
 	if c.ident, err = s.authenticate(ctx); err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	c.parser = parserPool.Get()
 	defer parserPool.Put(c.parser)
@@ -95,20 +106,20 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	}
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
-	m, ok := s.catalog.LookupBytes(c.req.model)
+	m, ok := c.rt.catalog.LookupBytes(c.req.model)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
-		return
+		return false
 	}
-	if ep.native && !s.servesNative(m) {
+	if ep.native && !c.rt.servesNative(m) {
 		s.writeError(ctx, errNotNative(m, ep))
-		return
+		return false
 	}
 	if c.only, err = s.checkPrevious(c.ident.Account, c.req.prevResponse, m); err != nil { // responses.go
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	c.model = m
 	c.req.limitField = m.OutputLimitField
@@ -116,24 +127,25 @@ func (s *Server) metered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool) {
 	hr, err := c.holdRequest()
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	hr, held, err := c.admit(hr) // limit.go
 	if err != nil {
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	if c.hold, err = s.meter.Reserve(context.Background(), hr); err != nil {
 		if held {
 			c.releaseAdmission()
 		}
 		s.writeError(ctx, err)
-		return
+		return false
 	}
 	s.inflight.Add(1)
 	if c.handedOff = c.forward(ctx); !c.handedOff {
 		s.inflight.Done()
 	}
+	return c.handedOff
 }
 
 // holdRequest sizes the worst case: the input estimate at the dearest input
@@ -213,7 +225,7 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 	)
 	deps := c.model.Deployments
 	for i, d := range deps {
-		u := s.upstreams[d.Provider]
+		u := c.rt.upstreams[d.Provider]
 		if c.ep.native && u.kind != "anthropic" || c.only != "" && d.Provider != c.only {
 			continue
 		}

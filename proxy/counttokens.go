@@ -33,12 +33,13 @@ func (s *Server) handleCountTokens(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
-	m, ok := s.catalog.LookupBytes(r.model)
+	rt := s.rt.Load()
+	m, ok := rt.catalog.LookupBytes(r.model)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
 		return
 	}
-	if !s.servesNative(m) {
+	if !rt.servesNative(m) {
 		s.writeError(ctx, errNotNative(m, epCountTokens))
 		return
 	}
@@ -46,7 +47,7 @@ func (s *Server) handleCountTokens(ctx *fasthttp.RequestCtx) {
 	defer putBuf(bp)
 	lastErr := errProvider
 	for i, d := range m.Deployments {
-		u := s.upstreams[d.Provider]
+		u := rt.upstreams[d.Provider]
 		if u.kind != "anthropic" {
 			continue
 		}
@@ -69,7 +70,7 @@ func (s *Server) handleCountTokens(ctx *fasthttp.RequestCtx) {
 			continue
 		}
 		status := resp.StatusCode()
-		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && s.nativeAfter(m, i) {
+		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && rt.nativeAfter(m, i) {
 			fasthttp.ReleaseResponse(resp)
 			lastErr = errUpstream
 			continue
@@ -92,16 +93,6 @@ func (s *Server) handleCountTokens(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	s.writeError(ctx, lastErr)
-}
-
-// nativeAfter reports whether an Anthropic deployment of m follows the i-th.
-func (s *Server) nativeAfter(m *pricing.Model, i int) bool {
-	for _, d := range m.Deployments[i+1:] {
-		if s.upstreams[d.Provider].kind == "anthropic" {
-			return true
-		}
-	}
-	return false
 }
 
 // beginFree starts a free (unmetered) forwarded call: refused while the

@@ -25,6 +25,13 @@
 // each dropped when its write ends (at most recordTimeout); Shutdown waits
 // for those writes as for calls in flight.
 //
+// The live configuration (catalog, upstream clients, limiter: reload.go) is
+// an immutable liveConf behind an atomic pointer; a call loads it once, at
+// its start, and keeps it to its end (a streamBody holds it through its copy
+// of the call), so Reload never changes what a call in flight uses. Drain
+// counts metered calls in active from the handler's start to the end of
+// their stream.
+//
 // Redis calls use context.Background(): they are bounded by the client's own
 // read/write timeouts (proxy.redis_timeout), which costs no allocation per
 // call. Upstream calls are bounded with DoDeadline and, for streams, by a

@@ -137,13 +137,13 @@ func relay(t testing.TB, s *Server, model *pricing.Model, m *fuzzMeter, ep *endp
 	data []byte, readStep, writeStep int, endErr error) []byte {
 	t.Helper()
 	m.settles, m.releases = m.settles[:0], m.releases[:0]
-	c := &call{s: s, ep: ep, id: "req", ident: metering.Identity{Account: "a", KeyID: "k"}, model: model, start: time.Now(),
+	c := &call{s: s, rt: s.rt.Load(), ep: ep, id: "req", ident: metering.Identity{Account: "a", KeyID: "k"}, model: model, start: time.Now(),
 		body: []byte(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello"}]}`)}
 	c.req.wantUsage = wantUsage
 	src := &chunkedReader{data: data, step: readStep, err: endErr}
 	resp := fasthttp.AcquireResponse()
 	var hdr fasthttp.ResponseHeader
-	sb := newStreamBody(c, s.upstreams["p"], resp, src, &hdr)
+	sb := newStreamBody(c, s.rt.Load().upstreams["p"], resp, src, &hdr)
 	sb.maxLine = 1 << 10 // exercise the bounded line assembly
 	s.inflight.Add(1)
 	var out []byte

@@ -123,7 +123,7 @@ func newBenchEnv(tb testing.TB, with ...func(*Options)) *benchEnv {
 		tb.Fatal(err)
 	}
 	dialMock := func(string) (net.Conn, error) { return e.mockLn.Dial() }
-	up := e.srv.upstreams["openai"]
+	up := e.srv.rt.Load().upstreams["openai"]
 	up.plain.Dial = dialMock
 	t := e.srv.opts.Timeouts
 	up.stream.Dial = func(string) (net.Conn, error) {

@@ -14,7 +14,7 @@ import (
 // of the account's plan allowance for the call: its settle or release gives
 // it back, and a call that gets no hold must releaseAdmission.
 func (c *call) admit(hr metering.HoldRequest) (_ metering.HoldRequest, held bool, _ error) {
-	l := c.s.opts.Limiter
+	l := c.rt.limiter
 	if l == nil {
 		return hr, false, nil
 	}

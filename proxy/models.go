@@ -122,11 +122,11 @@ func modelShapeOf(h *fasthttp.RequestHeader) modelShape {
 
 // modelBodies returns the rendered models, rendered again once a scheduled
 // price has come into force.
-func (s *Server) modelBodies() *modelBodies {
-	mb := s.models.Load()
+func (rt *liveConf) modelBodies() *modelBodies {
+	mb := rt.models.Load()
 	if now := time.Now(); !mb.next.IsZero() && !now.Before(mb.next) {
-		mb = renderModels(s.catalog, now)
-		s.models.Store(mb) // racing renders store equal bodies
+		mb = renderModels(rt.catalog, now)
+		rt.models.Store(mb) // racing renders store equal bodies
 	}
 	return mb
 }
@@ -138,7 +138,7 @@ func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.modelBodies().list[modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(s.rt.Load().modelBodies().list[modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleModel serves GET /v1/models/{id}: one model, by catalog id or alias.
@@ -147,13 +147,14 @@ func (s *Server) handleModel(ctx *fasthttp.RequestCtx, id []byte) {
 		s.writeError(ctx, errMethod)
 		return
 	}
-	m, ok := s.catalog.LookupBytes(id)
+	rt := s.rt.Load()
+	m, ok := rt.catalog.LookupBytes(id)
 	if !ok {
 		s.writeError(ctx, pricing.ErrUnknownModel)
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(s.modelBodies().one[m][modelShapeOf(&ctx.Request.Header)])
+	ctx.SetBody(rt.modelBodies().one[m][modelShapeOf(&ctx.Request.Header)])
 }
 
 // handleGeneration serves GET /v1/generation?id=…: a past call's cost record,

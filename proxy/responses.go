@@ -142,7 +142,7 @@ func (s *Server) handleStoredResponse(ctx *fasthttp.RequestCtx, rest []byte) {
 		s.writeError(ctx, err)
 		return
 	}
-	u := s.upstreams[provider]
+	u := s.rt.Load().upstreams[provider]
 	if u == nil {
 		s.log.Warn("stored response's provider is no longer configured", zap.String("request_id", reqID), zap.String("provider", provider))
 		s.writeError(ctx, errNoResponse)

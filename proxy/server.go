@@ -79,17 +79,18 @@ func (o *Options) init() {
 
 // Server is the metering proxy. Create it with New; it is safe for concurrent use.
 type Server struct {
-	opts      Options
-	log       *zap.Logger
-	catalog   *pricing.Catalog
-	meter     Meter
-	upstreams map[string]*upstream
-	ids       *idGen
-	srv       *fasthttp.Server
-	models    atomic.Pointer[modelBodies] // pre-rendered GET /v1/models and /v1/models/{id} bodies
+	opts  Options
+	log   *zap.Logger
+	meter Meter
+	ids   *idGen
+	srv   *fasthttp.Server
+	// rt is the live configuration (reload.go): each call loads it once.
+	rt       atomic.Pointer[liveConf]
+	reloadMu sync.Mutex // one Reload at a time
 
 	draining atomic.Bool
-	streams  sync.Map // *streamBody → struct{}: open streams, aborted at drain deadline
+	active   atomic.Int64 // metered calls from the handler's start to their end (streams included)
+	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
 	// recording: stored responses whose owner is being recorded
 	// (account+"\x00"+id → provider), until the record is written.
 	recording sync.Map
@@ -102,25 +103,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Catalog == nil || opts.Meter == nil {
 		return nil, errors.New("proxy: Catalog and Meter are required")
 	}
-	s := &Server{
-		opts: opts, log: opts.Logger.Named("proxy"), catalog: opts.Catalog, meter: opts.Meter,
-		upstreams: make(map[string]*upstream, len(opts.Providers)), ids: newIDGen(),
+	s := &Server{opts: opts, log: opts.Logger.Named("proxy"), meter: opts.Meter, ids: newIDGen()}
+	rt, err := s.buildRuntime(Live{Catalog: opts.Catalog, Providers: opts.Providers, Limiter: opts.Limiter}, nil)
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range opts.Providers {
-		u, err := newUpstream(p, opts.Timeouts, opts.MaxResponseBytes)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
-		}
-		s.upstreams[p.Name] = u
-	}
-	for _, m := range opts.Catalog.Models() {
-		for _, d := range m.Deployments {
-			if _, ok := s.upstreams[d.Provider]; !ok {
-				return nil, fmt.Errorf("proxy: model %q names unknown provider %q", m.ID, d.Provider)
-			}
-		}
-	}
-	s.models.Store(renderModels(opts.Catalog, time.Now()))
+	s.rt.Store(rt)
 	s.srv = &fasthttp.Server{
 		Handler:                       s.Handler,
 		Name:                          "tollgate",
@@ -259,6 +247,28 @@ func retryableAccept(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
 		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED)
 }
+
+// Drain starts the end of service without closing the listener: /readyz
+// answers 503 (a load balancer takes the replica out), new calls are refused
+// with 503 and Connection: close (a client retries elsewhere), and calls in
+// flight go on. It returns when none is left, or ctx's error when ctx ends
+// first. Shutdown follows it.
+func (s *Server) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// InFlight is the number of metered calls in progress (streams included).
+func (s *Server) InFlight() int64 { return s.active.Load() }
 
 // Shutdown stops accepting, lets calls in flight finish until ctx is done,
 // then cuts the remaining streams, settling each for what was generated.

@@ -693,6 +693,7 @@ func (sb *streamBody) CloseWithError(err error) error {
 		sb.br.Reset(nil)
 		readerPool.Put(sb.br)
 		s.inflight.Done()
+		s.active.Add(-1)
 	})
 	return nil
 }

@@ -37,6 +37,7 @@ type upstream struct {
 	uris    map[*endpoint]*fasthttp.URI // parsed once; copied into each request
 	plain   *fasthttp.HostClient        // non-streaming calls
 	stream  *fasthttp.HostClient        // streaming calls: per-read idle deadlines
+	cfg     Provider                    // what it was built from (Reload keeps it when unchanged)
 }
 
 // Timeouts bound upstream calls.
@@ -64,7 +65,7 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 	}
 	up := &upstream{
 		name: p.Name, kind: p.Kind, base: strings.TrimRight(p.BaseURL, "/"),
-		native: strings.TrimRight(p.NativeBaseURL, "/"),
+		native: strings.TrimRight(p.NativeBaseURL, "/"), cfg: p,
 	}
 	if up.native == "" {
 		up.native = up.base

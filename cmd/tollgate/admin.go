@@ -38,7 +38,7 @@ last three also need the books (DATABASE_URL).
 func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("admin", stderr)
 	cfgPath := fs.String("config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
-	fs.Usage = func() { fmt.Fprint(stderr, adminUsage) }
+	fs.Usage = func() { fmt.Fprint(stderr, adminUsage+envHelp) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

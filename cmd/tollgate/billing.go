@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate/tollgate/billing"
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/pricing"
 )
 
 func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,13 +30,26 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer m.Close()
 	ln, err := net.Listen("tcp", l.cfg.Billing.Addr)
 	if err != nil {
-		return fmt.Errorf("listening: %w", err)
+		return listenError("billing", l.cfg.Billing.Addr, err, "--addr", "")
 	}
 	srv, err := newBillingServer(l, store, m)
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	// A reload builds the billing API anew from the file (packs, plans,
+	// billing settings) and swaps it in: a request in progress finishes on
+	// the one it started on.
+	h := newSwapHandler(srv.Handler)
+	srv.Handler = h
+	newReloader(l, billingLivePaths, billingRestartPaths, billingIgnoredPaths, func(c *config.Config, cat *pricing.Catalog) error {
+		b, err := billing.New(billing.Options{Config: c.Billing, Catalog: cat, Store: store, Logger: l.log, Plans: c.Plans})
+		if err != nil {
+			return err
+		}
+		h.swap(b.Handler())
+		return nil
+	}).watch(ctx)
 	fmt.Fprintf(stdout, "tollgate billing listening on http://%s\n", ln.Addr())
 	return serveHTTP(ctx, l, srv, ln)
 }

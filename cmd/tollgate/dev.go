@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -121,7 +125,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	pln, err := net.Listen("tcp", cfg.Proxy.Addr)
 	if err != nil {
-		return fmt.Errorf("proxy listen: %w", err)
+		return listenError("proxy", cfg.Proxy.Addr, err, "--addr", "ADDR")
 	}
 	bsrv, err := newBillingServer(l, store, m)
 	if err != nil {
@@ -131,10 +135,18 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	bln, err := net.Listen("tcp", cfg.Billing.Addr)
 	if err != nil {
 		pln.Close()
-		return fmt.Errorf("billing listen: %w", err)
+		return listenError("billing", cfg.Billing.Addr, err, "--billing-addr", "BILLING_ADDR")
 	}
 	printBanner(stdout, "http://"+pln.Addr().String(), "http://"+bln.Addr().String(), key, cfg.Billing.AdminToken, userToken, embedded)
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			l.log.Warn("SIGHUP: tollgate dev does not reload its configuration (it rewrites providers and Redis); restart it, or run proxy and billing")
+		}
+	}()
 	errc := make(chan error, 2)
 	go func() { errc <- serveHTTP(ctx, l, bsrv, bln) }()
 	go func() { errc <- serveUntil(ctx, l, psrv, pln, stopMeter) }()
@@ -224,4 +236,17 @@ curl %[2]s/v1/api-credits -H "Authorization: Bearer %[7]s"
 
 Press Ctrl+C to stop.
 `, proxyURL, billingURL, key, adminToken, store, demoCredits, userToken)
+}
+
+// listenError explains a listen failure; for an address in use it says how
+// to pick another one (the flag, and the make variable of `make run`).
+func listenError(what, addr string, err error, flag, makeVar string) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		hint := ""
+		if makeVar != "" {
+			hint = fmt.Sprintf(" (make run %s=127.0.0.1:PORT)", makeVar)
+		}
+		return fmt.Errorf("%s address %s is already in use (another tollgate?): stop what listens there, or choose another with %s host:port%s", what, addr, flag, hint)
+	}
+	return fmt.Errorf("%s listen on %s: %w", what, addr, err)
 }

@@ -18,12 +18,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// SIGHUP (systemctl reload, logrotate) must not end the process: by
 	// default it would, without draining, leaving the last charges
-	// unapplied and the credit leases held until they expire.
+	// unapplied and the credit leases held until they expire. proxy and
+	// billing reload their configuration on it (reload.go); here it is only
+	// kept from ending the process, also before they watch for it.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			fmt.Fprintln(os.Stderr, "tollgate: SIGHUP: live reload is not supported yet; still running (restart, or SIGTERM to drain, to apply a new configuration)")
 		}
 	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -43,8 +44,10 @@ commands:
   dev       run proxy + billing in one process with an embedded Redis and mock providers
   admin     manage accounts, keys and credits directly in Redis; reconcile and restore the books
   migrate   create or update the durable books' schema in PostgreSQL (DATABASE_URL)
+  version   print the version, commit and build date (also --version)
 
-Run 'tollgate <command> -h' for a command's flags.
+Run 'tollgate <command> -h' for a command's flags and the environment
+variables it reads.
 `
 
 // run is the whole program, callable from tests.
@@ -66,6 +69,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMigrate(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
+		return nil
+	case "version", "--version", "-version":
+		printVersion(stdout)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -230,5 +233,45 @@ func TestUnknownCommand(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"proxy", "--config", "/nonexistent.yaml"}, &out, &out); err == nil {
 		t.Fatal("missing config accepted")
+	}
+}
+
+// TestHelp: every command's -h and --help works without Redis or a
+// configuration file and lists the environment variables — every ${VAR} of
+// the shipped configuration among them.
+func TestHelp(t *testing.T) {
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0") // nothing listens: help must not need it
+	t.Setenv("TOLLGATE_CONFIG", "/nonexistent/tollgate.yaml")
+	shipped, err := os.ReadFile("../../configs/tollgate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := regexp.MustCompile(`\$\{([A-Z0-9_]+)`).FindAllStringSubmatch(string(shipped), -1)
+	if len(vars) < 10 {
+		t.Fatalf("found only %d ${VAR} in the shipped config", len(vars))
+	}
+	for _, cmd := range []string{"proxy", "billing", "dev", "admin"} {
+		for _, flagName := range []string{"-h", "--help"} {
+			var out bytes.Buffer
+			err := run(context.Background(), []string{cmd, flagName}, &out, &out)
+			if !errors.Is(err, flag.ErrHelp) {
+				t.Errorf("%s %s: %v, want flag.ErrHelp\n%s", cmd, flagName, err, out.String())
+			}
+			text := out.String()
+			for _, v := range append(vars, []string{"", "TOLLGATE_CONFIG"}) {
+				if !strings.Contains(text, v[1]) {
+					t.Errorf("%s %s does not list %s", cmd, flagName, v[1])
+				}
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--version"}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "tollgate ") ||
+		!strings.Contains(out.String(), "commit") || !strings.Contains(out.String(), "built") {
+		t.Errorf("--version: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"version"}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "tollgate dev\n") {
+		t.Errorf("version (unstamped): %v\n%s", err, out.String())
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/lease"
+	"github.com/tollgate/tollgate/pricing"
 	"github.com/tollgate/tollgate/proxy"
 )
 
@@ -33,14 +34,22 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	newReloader(l, proxyLivePaths, nil, proxyIgnoredPaths, func(c *config.Config, cat *pricing.Catalog) error {
+		return srv.Reload(proxyLive(c, cat, store))
+	}).watch(ctx)
 	ln, err := net.Listen("tcp", l.cfg.Proxy.Addr)
 	if err != nil {
-		return fmt.Errorf("listening: %w", err)
+		return listenError("proxy", l.cfg.Proxy.Addr, err, "--addr", "")
 	}
 	l.log.Info("proxy listening", zap.String("addr", ln.Addr().String()))
 	fmt.Fprintf(stdout, "tollgate proxy listening on http://%s\n", ln.Addr())
 	return serveUntil(ctx, l, srv, ln, stopMeter)
 }
+
+// finalApplyTimeout bounds the final apply of charges at exit. With the
+// default proxy.drain_timeout (20s) the whole stop fits in Kubernetes'
+// default 30 s grace period with room for a preStop pause.
+const finalApplyTimeout = 5 * time.Second
 
 // serveUntil serves until ctx is done, then drains within the configured
 // timeout, then stops the meter (applying what it still holds) — also when
@@ -49,7 +58,7 @@ func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listen
 	defer func() {
 		// Settled calls still queued are applied even when draining used
 		// the whole timeout: a few more seconds, not charges lost.
-		mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		mctx, cancel := context.WithTimeout(context.Background(), finalApplyTimeout)
 		defer cancel()
 		if err := stopMeter(mctx); err != nil {
 			l.log.Error("settled calls left unapplied at exit", zap.Error(err))
@@ -62,9 +71,17 @@ func serveUntil(ctx context.Context, l *loaded, srv *proxy.Server, ln net.Listen
 		return err
 	case <-ctx.Done():
 	}
-	l.log.Info("draining", zap.Duration("timeout", l.cfg.Proxy.DrainTimeout.D()))
+	// Draining: the listener stays open so that /readyz answers 503 (the
+	// load balancer takes this replica out) and new calls are refused with
+	// 503 while the calls in flight finish; then the listener closes, and
+	// streams still open at drain_timeout are cut and charged for what they
+	// generated. The final apply of charges (stopMeter) follows.
+	l.log.Info("draining", zap.Duration("timeout", l.cfg.Proxy.DrainTimeout.D()), zap.Int64("in_flight", srv.InFlight()))
 	dctx, cancel := context.WithTimeout(context.Background(), l.cfg.Proxy.DrainTimeout.D())
 	defer cancel()
+	if err := srv.Drain(dctx); err != nil {
+		l.log.Warn("drain timeout: cutting the calls still in flight", zap.Int64("in_flight", srv.InFlight()))
+	}
 	if err := srv.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}

@@ -44,6 +44,7 @@ func envOr(k, def string) string {
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tollgate "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, name, stderr)
 	return fs
 }
 
@@ -63,6 +64,7 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	}
 	if f.addr != "" {
 		setAddr(l.cfg, f.addr)
+		l.override = func(c *config.Config) { setAddr(c, f.addr) }
 	}
 	setMetricsAddr(l.cfg, name, f.metrics)
 	store, err := newStore(l.cfg)
@@ -71,6 +73,8 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 	}
 	if err != nil {
 		l.log.Warn("starting without Redis; requests get 503 until it answers", zap.Error(err))
+	} else {
+		warnDurability(l.log, store)
 	}
 	armEpoch(l, store)
 	return l, store, nil
@@ -81,6 +85,10 @@ type loaded struct {
 	cfg     *config.Config
 	catalog *pricing.Catalog
 	log     *zap.Logger
+	level   zap.AtomicLevel // log.level, which a reload changes
+	path    string          // the configuration file (reload.go reads it again)
+	// override applies the command line's settings (--addr) to a configuration read.
+	override func(*config.Config)
 }
 
 func load(path string, stderr io.Writer) (*loaded, error) {
@@ -92,19 +100,23 @@ func load(path string, stderr io.Writer) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	level := zap.NewAtomicLevel()
+	log, err := newLoggerAt(cfg.Log, stderr, level)
 	if err != nil {
 		return nil, err
 	}
 	routeLibraryLogs(log) // telemetry.go
-	return &loaded{cfg: cfg, catalog: catalog, log: log}, nil
+	return &loaded{cfg: cfg, catalog: catalog, log: log, level: level, path: path}, nil
 }
 
-func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
+// newLoggerAt builds the logger with level set from c.Level; a reload
+// changes the level through it.
+func newLoggerAt(c config.Log, w io.Writer, level zap.AtomicLevel) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
+	level.SetLevel(lvl)
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
@@ -174,12 +186,6 @@ func newStore(cfg *config.Config) (*metering.Store, error) {
 // stop gives its leases back and must run after the proxy has drained.
 func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Context) error) {
 	c := l.cfg
-	var providers []proxy.Provider
-	for name, p := range c.Providers {
-		providers = append(providers, proxy.Provider{
-			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
-		})
-	}
 	log := l.log.Named("lease")
 	lr := lease.New(st, lease.Options{
 		IdleReturn: c.Proxy.LeaseIdleReturn.D(), Offline: c.Proxy.LeaseOffline.D(), PerCall: !c.Proxy.Leasing(),
@@ -188,8 +194,9 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		},
 	})
 	meter, stop := lr, lr.Close
+	live := proxyLive(c, l.catalog, st)
 	opts := proxy.Options{
-		Catalog: l.catalog, Providers: providers, Meter: meter, Logger: l.log,
+		Catalog: live.Catalog, Providers: live.Providers, Limiter: live.Limiter, Meter: meter, Logger: l.log,
 		MaxBodyBytes: c.Proxy.MaxBodyBytes,
 		Timeouts: proxy.Timeouts{
 			Connect: c.Proxy.ConnectTimeout.D(), FirstByte: c.Proxy.FirstByteTimeout.D(), Request: c.Proxy.RequestTimeout.D(),
@@ -198,10 +205,6 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
 	}
-	// Plan limits and auto-recharge requests use the Redis store itself.
-	if len(c.Plans) > 0 {
-		opts.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
-	}
 	log = l.log.Named("recharge")
 	opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
 		OnError: func(account string, err error) {
@@ -209,4 +212,35 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		},
 	}).OnSettle
 	return opts, stop
+}
+
+// proxyLive is the part of the proxy's configuration a reload replaces: the
+// catalog, the providers and the plan limits (which use the Redis store
+// itself).
+func proxyLive(c *config.Config, cat *pricing.Catalog, st *metering.Store) proxy.Live {
+	live := proxy.Live{Catalog: cat}
+	for name, p := range c.Providers {
+		live.Providers = append(live.Providers, proxy.Provider{
+			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
+		})
+	}
+	if len(c.Plans) > 0 {
+		live.Limiter = limits.New(st, limits.Options{Plans: c.Plans})
+	}
+	return live
+}
+
+// warnDurability warns at start when Redis may lose money: it evicts keys
+// (maxmemory-policy other than noeviction) or keeps nothing on disk.
+func warnDurability(log *zap.Logger, st *metering.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d, err := st.Durability(ctx)
+	if err != nil {
+		log.Warn("could not check Redis persistence and eviction (CONFIG GET refused?): make sure it persists (AOF) and uses maxmemory-policy noeviction", zap.Error(err))
+		return
+	}
+	for _, p := range d.Problems() {
+		log.Warn("redis: "+p, zap.String("maxmemory_policy", d.MaxmemoryPolicy), zap.Bool("aof", d.AOF), zap.Bool("rdb", d.RDB))
+	}
 }

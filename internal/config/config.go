@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -65,7 +66,10 @@ type Proxy struct {
 	ReadTimeout Duration `yaml:"read_timeout"`
 	// IdleTimeout closes idle keep-alive client connections. Default 120s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
-	// DrainTimeout is how long SIGTERM waits for calls in flight. Default 30s.
+	// DrainTimeout is how long SIGTERM waits for calls in flight (while
+	// /readyz answers 503 and new calls are refused); the final apply of
+	// charges (at most 5s) follows. Default 20s: both fit in Kubernetes'
+	// default 30 s grace period.
 	DrainTimeout Duration `yaml:"drain_timeout"`
 	// MaxConnsPerIP limits concurrent client connections per address (0 = none).
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
@@ -254,7 +258,8 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (e.g. \"30s\")", n.Line, n.Value)
+		// A TypeError: yaml.v3 goes on decoding the other values.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (e.g. \"30s\")", n.Line, n.Value)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -288,15 +293,28 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("expanding variables: %w", err)
 	}
+	// Every unknown key and every value that does not fit, with its YAML
+	// path and its line in the file; then what the values mean (Validate).
+	var problems []error
+	check("", &root, reflect.TypeOf(Config{}), &problems)
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("decoding: %w", err)
+	if len(problems) == 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(expanded))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("decoding: %w", err)
+		}
+	} else {
+		// The values that fit, for Validate to judge the rest; those that
+		// do not are reported above.
+		_ = yaml.Unmarshal(expanded, &cfg)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		problems = append(problems, err)
+	}
+	if len(problems) > 0 {
+		return nil, errors.Join(problems...)
 	}
 	return &cfg, nil
 }
@@ -372,7 +390,7 @@ func (c *Config) SetDefaults() {
 	def(&p.HoldTTL, p.StreamTimeout.D()+time.Minute)
 	def(&p.ReadTimeout, 30*time.Second)
 	def(&p.IdleTimeout, 120*time.Second)
-	def(&p.DrainTimeout, 30*time.Second)
+	def(&p.DrainTimeout, 20*time.Second)
 	def(&p.RedisTimeout, 2*time.Second)
 	def(&p.LeaseIdleReturn, time.Second)
 	def(&p.LeaseOffline, 2*time.Second)

@@ -143,3 +143,79 @@ func TestUnknownKeyAndBadDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestChanged(t *testing.T) {
+	lookup := func(string) (string, bool) { return "", false }
+	base := `
+providers: {p: {base_url: "http://x"}}
+pricing:
+  credits_per_usd: 100000
+  tiers: {core: {input: 1, output: 2}}
+  models: [{id: m, tier: core, context_window: 1000, max_output_tokens: 100, deployments: [{provider: p, model: m}]}]
+`
+	a, err := Parse([]byte(base), lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse([]byte(base+"log: {level: debug}\nproxy: {addr: \"127.0.0.1:9\", drain_timeout: 5s}\nredis: {url: \"redis://h:1/0\"}\n"), lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(Changed(a, b), " ")
+	if want := "log.level proxy.addr proxy.drain_timeout redis.url"; got != want {
+		t.Errorf("Changed = %q, want %q", got, want)
+	}
+	if c := Changed(a, a); len(c) != 0 {
+		t.Errorf("Changed(a, a) = %v", c)
+	}
+	if !Under("log.level", "log") || Under("logx", "log") || !Under("log", "log") {
+		t.Error("Under")
+	}
+}
+
+// TestEveryProblemWithItsPath: a file with several mistakes is refused with
+// each of them, named by YAML path, and no Go type names.
+func TestEveryProblemWithItsPath(t *testing.T) {
+	doc := `
+proxy:
+  drain_timout: 5s
+  stream_timeout: soon
+  max_body_bytes: lots
+  credit_lease: maybe
+providers:
+  p: {base_url: "http://x", kindd: openai}
+pricing:
+  credits_per_usd: 100000
+  tiers: {core: {input: 1, output: 2}}
+  models: [{id: m, tier: core, context_window: 1000, max_output_tokens: 100, deployments: [{provider: p, model: m, weight: 2}]}]
+plans:
+  - {id: pro, stripe_price_id: price_1, limits: {requets: 5}}
+log: {level: loud}
+bogus: 1
+`
+	_, err := Parse([]byte(doc), env(nil))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`proxy.drain_timout (line 3): unknown key (did you mean "drain_timeout"?)`,
+		`proxy.stream_timeout (line 4): "soon" is not a duration`,
+		`proxy.max_body_bytes (line 5): "lots" is not a whole number`,
+		`proxy.credit_lease (line 6): "maybe" is not true or false`,
+		`providers.p.kindd (line 8): unknown key (did you mean "kind"?)`,
+		`pricing.models[0].deployments[0].weight (line 12): unknown key`,
+		`plans[0].limits.requets (line 14): unknown key (did you mean "requests"?)`,
+		`bogus (line 16): unknown key`,
+		`log.level: must be debug, info, warn or error`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("missing %q in:\n%s", want, msg)
+		}
+	}
+	for _, goName := range []string{"config.", "pricing.Spec", "time.Duration", "int64"} {
+		if strings.Contains(msg, goName) {
+			t.Errorf("the report names a Go type (%s):\n%s", goName, msg)
+		}
+	}
+}

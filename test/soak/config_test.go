@@ -34,6 +34,15 @@ func shippedConfig(t testing.TB) map[string]any {
 // call (shipped: 1 s), so that audits need not wait long for them.
 func writeConfig(t testing.TB, edits map[string]any) string {
 	t.Helper()
+	path := filepath.Join(t.TempDir(), "tollgate.yaml")
+	writeConfigTo(t, path, edits)
+	return path
+}
+
+// writeConfigTo is writeConfig to path (a reload test rewrites a running
+// process's file).
+func writeConfigTo(t testing.TB, path string, edits map[string]any) {
+	t.Helper()
 	m := shippedConfig(t)
 	all := map[string]any{"proxy.lease_idle_return": "100ms"}
 	for k, v := range edits {
@@ -56,11 +65,15 @@ func writeConfig(t testing.TB, edits map[string]any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "tollgate.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	// Written aside and renamed, as an operator's tooling should: a reload
+	// never reads half a file.
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return path
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // nano is the price lists' unit per milli-credit: rates are read exactly,

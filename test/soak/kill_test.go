@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os/exec"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -194,8 +195,8 @@ func proxySIGKILL(t *testing.T, lease bool) {
 
 // TestFaultProxySIGTERM stops a proxy with SIGTERM while calls are in
 // flight: short streams and non-streaming calls that end within
-// proxy.drain_timeout, and long streams that do not. The proxy must stop
-// accepting at once, let the short calls finish and charge them exactly, cut
+// proxy.drain_timeout, and long streams that do not. The proxy must answer
+// /readyz 503 and refuse new calls (503) at once, let the short calls finish and charge them exactly, cut
 // the long streams at the drain deadline and charge each for what was
 // generated, leave no hold behind, and exit 0.
 func TestFaultProxySIGTERM(t *testing.T) {
@@ -244,22 +245,28 @@ func TestFaultProxySIGTERM(t *testing.T) {
 
 	p.signal(syscall.SIGTERM)
 	termAt := time.Now()
-	// It stops accepting: new connections are refused.
+	// Draining: it still answers, /readyz with 503 (the load balancer takes
+	// it out) and a new call with 503 draining, uncharged, while the calls
+	// in flight finish.
+	var readyStatus int
 	for {
-		c, err := net.DialTimeout("tcp", p.Addr, 200*time.Millisecond)
+		resp, err := client.Get(p.URL + "/readyz")
 		if err != nil {
-			break
+			t.Fatalf("/readyz during the drain: %v", err)
 		}
-		c.Close()
-		if time.Since(termAt) > 2*time.Second {
-			t.Fatal("still accepting connections 2s after SIGTERM")
+		resp.Body.Close()
+		if readyStatus = resp.StatusCode; readyStatus == http.StatusServiceUnavailable || time.Since(termAt) > 2*time.Second {
+			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	refusedAfter := time.Since(termAt)
+	if readyStatus != http.StatusServiceUnavailable {
+		t.Errorf("/readyz answered %d 2s after SIGTERM; want 503 while draining", readyStatus)
+	}
 	late := (&callSpec{tag: 999, account: accts[0], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8}).do(client)
-	if late.err == nil {
-		t.Errorf("a call after SIGTERM was answered %d (%s); want the connection refused", late.status, late.code)
+	if late.status != http.StatusServiceUnavailable {
+		t.Errorf("a call after SIGTERM was answered %d (%s) %v; want 503 while draining", late.status, late.code, late.err)
 	}
 
 	exitErr, exited := p.waitExit(drain + 10*time.Second)
@@ -324,36 +331,166 @@ func TestFaultProxySIGTERM(t *testing.T) {
 		_, _, inv := ledgerInvariant(st, a.id) // reserved must be 0: no hold left behind
 		problems = append(problems, inv...)
 	}
-	t.Logf("SIGTERM: in_flight=%d finished=%d cut_at_deadline=%d refused_new_after=%s exited_after=%s (drain_timeout %s) ledger_mismatches=%d",
+	t.Logf("SIGTERM: in_flight=%d finished=%d cut_at_deadline=%d not_ready_after=%s exited_after=%s (drain_timeout %s) ledger_mismatches=%d",
 		len(results), finished, cut, refusedAfter.Round(time.Millisecond), exitAfter.Round(time.Millisecond), drain, len(problems))
 	for _, p := range problems {
 		t.Error(p)
 	}
 }
 
-// SIGHUP (systemctl reload, logrotate) does not end a proxy: it keeps
-// serving, and charging, as before.
+// TestFaultProxySIGHUP changes the prices with SIGHUP (systemctl reload)
+// while calls run: the proxy keeps serving (no failed call), streams opened
+// before the reload are charged at the old prices, calls started after it at
+// the new ones, every ledger is exact; then a bad file is refused with every
+// problem listed and the new prices keep serving.
 func TestFaultProxySIGHUP(t *testing.T) {
 	rs := testredis.Start(t)
 	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
+	oldPrices := loadPrices(t)
 	mock := startMock(t, mockllm.Config{})
-	p := startProxy(t, "proxy", writeConfig(t, nil), procEnv(mock.URL, "REDIS_URL="+rs.URL()))
-	accts := createAccounts(t, st, "hup", 1, func(int) int64 { return 100_000 })
-	client := newClient(4)
-	call := func(tag int64) *callResult {
-		return (&callSpec{tag: tag, account: accts[0], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8}).do(client)
+	cfg := writeConfig(t, nil)
+	p := startProxy(t, "proxy", cfg, procEnv(mock.URL, "REDIS_URL="+rs.URL(), "TOLLGATE_LOG_LEVEL=info"))
+	accts := createAccounts(t, st, "hup", 8, func(int) int64 { return 500_000 })
+	client := newClient(64)
+	var tagMu sync.Mutex
+	tag := int64(0)
+	next := func() int64 { tagMu.Lock(); defer tagMu.Unlock(); tag++; return tag }
+
+	// Streams of ~1 s, opened before the reload.
+	var streams []*callSpec
+	for i := 0; i < 16; i++ {
+		streams = append(streams, &callSpec{tag: next(), account: accts[i%len(accts)], base: p.URL, ep: epChat, model: "gpt-4o-mini",
+			stream: true, maxTokens: 64, directives: "tokens=20,rate=20"})
 	}
-	if r := call(1); r.status != 200 {
-		t.Fatalf("before SIGHUP: %d", r.status)
+	wait := openStreams(t, client, streams, 20*time.Second)
+
+	// Load across the reload: short calls, each worker in turn.
+	var (
+		mu      sync.Mutex
+		loadRes []*callResult
+		stop    atomic.Bool
+		wg      sync.WaitGroup
+	)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				n := next()
+				c := &callSpec{tag: n, account: accts[w], base: p.URL, ep: epChat, model: "gpt-4o-mini", stream: n%2 == 0, maxTokens: 16, directives: "tokens=6"}
+				r := c.do(client)
+				mu.Lock()
+				loadRes = append(loadRes, r)
+				mu.Unlock()
+			}
+		}()
 	}
+	time.Sleep(200 * time.Millisecond)
+	newCore := map[string]any{"input": 5, "output": 9, "cache_write": 7, "cache_write_1h": 10}
+	writeConfigTo(t, cfg, map[string]any{"pricing.tiers.core": newCore})
 	p.signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.fullLog(), "configuration reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload logged within 10s of SIGHUP\n%s", p.log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	reloadedAt := time.Now()
 	time.Sleep(300 * time.Millisecond)
+	// Calls started now, while the old streams may still run.
+	var after []*callSpec
+	for i := 0; i < 8; i++ {
+		after = append(after, &callSpec{tag: next(), account: accts[i], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 16, directives: "tokens=7"})
+	}
+	afterRes := make([]*callResult, len(after))
+	for i, c := range after {
+		afterRes[i] = c.do(client)
+	}
+	stop.Store(true)
+	wg.Wait()
+	streamRes := wait()
 	p.assertAlive(t)
-	if r := call(2); r.status != 200 || r.charged <= 0 {
-		t.Fatalf("after SIGHUP: %+v; want served and charged", r)
+
+	newPrices := priceList{tiers: map[string]card{}, models: map[string]card{}}
+	for k, v := range oldPrices.models {
+		newPrices.models[k] = v
 	}
-	_, _, problems := ledgerInvariant(st, accts[0].id)
-	for _, pr := range problems {
-		t.Error(pr)
+	newPrices.models["gpt-4o-mini"] = card{rates: rates{in: 5 * nano, cached: 5 * nano, out: 9 * nano, cw: 7 * nano, cw1h: 10 * nano}} // unstated cache reads: at input
+	waitUnreserved(st, accts, 10*time.Second)
+	charges := map[string][]metering.Entry{}
+	for _, a := range accts {
+		_, entries, problems := ledgerInvariant(st, a.id)
+		for _, pr := range problems {
+			// ledgerInvariant prices every entry at the shipped prices; a
+			// call at the reloaded ones is checked by each call's audit below.
+			if !strings.Contains(pr, "its usage prices at") {
+				t.Error(pr)
+			}
+		}
+		for ref, es := range usageByRef(entries) {
+			charges[ref] = es
+		}
 	}
+	check := func(what string, r *callResult, prices priceList) {
+		t.Helper()
+		if r.status != http.StatusOK {
+			t.Errorf("%s call-%d: status %d (%s) %v", what, r.spec.tag, r.status, r.code, r.err)
+			return
+		}
+		_, msgs := auditServed(t, prices, r, charges[r.reqID])
+		for _, m := range msgs {
+			t.Errorf("%s call-%d (%s): %s", what, r.spec.tag, r.reqID, m)
+		}
+	}
+	for _, r := range streamRes {
+		check("stream opened before the reload", r, oldPrices)
+	}
+	for _, r := range afterRes {
+		check("call after the reload", r, newPrices)
+	}
+	var oldN, newN int
+	for _, r := range loadRes {
+		if r.status != http.StatusOK {
+			t.Errorf("call-%d during the reload: status %d (%s) %v", r.spec.tag, r.status, r.code, r.err)
+			continue
+		}
+		switch {
+		case r.charged == oldPrices.cost(t, "gpt-4o-mini", r.usage):
+			oldN++
+		case r.charged == newPrices.cost(t, "gpt-4o-mini", r.usage):
+			newN++
+			if r.start.Before(reloadedAt.Add(-10 * time.Second)) {
+				t.Errorf("call-%d started long before the reload was charged the new price", r.spec.tag)
+			}
+		default:
+			t.Errorf("call-%d charged %d: neither price for %+v", r.spec.tag, r.charged, r.usage)
+		}
+		if r.start.After(reloadedAt) && r.charged != newPrices.cost(t, "gpt-4o-mini", r.usage) {
+			t.Errorf("call-%d started after the reload was charged %d, not the new price", r.spec.tag, r.charged)
+		}
+	}
+	t.Logf("SIGHUP under load: %d streams at the old prices, %d calls after at the new; load %d at old, %d at new", len(streamRes), len(afterRes), oldN, newN)
+
+	// A bad file: refused with every problem, the new prices keep serving.
+	writeConfigTo(t, cfg, map[string]any{"pricing.tiers.core": newCore, "proxy.drain_timeout": "soon", "proxy.bogus_key": 1, "log.level": "loud"})
+	p.signal(syscall.SIGHUP)
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.fullLog(), "configuration refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal logged within 10s of SIGHUP\n%s", p.log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	lg := p.fullLog()
+	for _, want := range []string{"proxy.drain_timeout", "proxy.bogus_key", "log.level"} {
+		if !strings.Contains(lg[strings.LastIndex(lg, "configuration refused"):], want) {
+			t.Errorf("the refusal does not name %s:\n%s", want, lg[strings.LastIndex(lg, "configuration refused"):])
+		}
+	}
+	r := (&callSpec{tag: next(), account: accts[0], base: p.URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 16, directives: "tokens=7"}).do(client)
+	if r.status != 200 || r.charged != newPrices.cost(t, "gpt-4o-mini", r.usage) {
+		t.Errorf("after a refused reload: %+v; want served at the prices in force", r)
+	}
+	p.assertAlive(t)
 }
