@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding"
 	"fmt"
 	"reflect"
 	"sort"
@@ -11,7 +12,10 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-var durationType = reflect.TypeOf(Duration(0))
+var (
+	durationType      = reflect.TypeOf(Duration(0))
+	textUnmarshalType = reflect.TypeOf((*encoding.TextUnmarshaler)(nil)).Elem()
+)
 
 // check walks the YAML document n against the Go type t and reports every
 // problem it finds — an unknown key, a scalar that does not fit its field, a
@@ -46,6 +50,15 @@ func check(path string, n *yaml.Node, t reflect.Type, out *[]error) {
 			bad("must be a duration such as \"30s\"")
 		} else if _, err := time.ParseDuration(n.Value); err != nil {
 			bad("%q is not a duration (e.g. \"30s\", \"1m30s\")", n.Value)
+		}
+		return
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshalType) {
+		// A scalar type of its own (a pricing.Rate): it reads its text itself.
+		if n.Kind != yaml.ScalarNode {
+			bad("must be a single value")
+		} else if err := reflect.New(t).Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
+			bad("%v", err)
 		}
 		return
 	}

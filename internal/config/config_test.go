@@ -219,3 +219,22 @@ bogus: 1
 		}
 	}
 }
+
+// A rate reads its own text (pricing.Rate): a bad one is reported with its
+// YAML path and line like any other value, every one of them.
+func TestBadRatesWithTheirPaths(t *testing.T) {
+	doc := "pricing:\n  credits_per_usd: 100000\n  tiers: {core: {input: 1, output: 2}, pro: {input: 1.5x, output: [3], cached_input: -1}}\n"
+	_, err := Parse([]byte(doc), env(nil))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`pricing.tiers.pro.input (line 3): rate "1.5x": not a decimal number`,
+		`pricing.tiers.pro.output (line 3): must be a single value`,
+		`pricing.tiers.pro.cached_input (line 3): `,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%s", want, err)
+		}
+	}
+}
