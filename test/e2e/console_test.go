@@ -107,7 +107,7 @@ func TestConsole(t *testing.T) {
 func startBilling(t *testing.T, bin, root, url string, rs *testredis.Server, mock *teststripe.Server) {
 	t.Helper()
 	addr := strings.TrimPrefix(url, "http://")
-	cmd := exec.Command(bin, "billing", "--config", filepath.Join(root, "configs", "tollgate.yaml"), "--addr", addr)
+	cmd := exec.Command(bin, "billing", "--config", filepath.Join(root, "configs", "tollgate.yaml"), "--addr", addr, "--metrics-addr", "off")
 	cmd.Env = append(os.Environ(),
 		"REDIS_URL="+rs.URL(), "REDIS_ADDRS=", "REDIS_MASTER_NAME=", "REDIS_PASSWORD=",
 		"TOLLGATE_ADMIN_TOKEN="+adminToken, "TOLLGATE_JWT_SECRET="+jwtSecret,
