@@ -18,6 +18,7 @@ Environment:
   REDIS_URL                     redis://[user:password@]host:6379/0 (standalone)
   REDIS_ADDRS                   host1:6379,host2:6379,… (Cluster; Sentinel with REDIS_MASTER_NAME)
   REDIS_MASTER_NAME, REDIS_PASSWORD
+  DATABASE_URL                  postgres://… the durable books (unset: Redis only, no durable books)
   TOLLGATE_PROXY_ADDR           proxy listen address (default 127.0.0.1:8080)
   TOLLGATE_BILLING_ADDR         billing listen address (default 127.0.0.1:8081)
   TOLLGATE_LOG_LEVEL            debug, info, warn, error (default info)
