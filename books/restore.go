@@ -28,9 +28,6 @@ type Restored struct {
 	Unshipped int // entries written in Redis and never shipped, that the books lack
 }
 
-// purchaseTypes are the entry types of the purchase history ({a:ID}:billing).
-var purchaseTypes = []string{"purchase", "auto_recharge", "refund", "dispute", "dispute_won"}
-
 // Restore rebuilds Redis from the books after it lost its data: first it
 // ships whatever Redis still holds (nothing is dropped that can be kept),
 // then it writes back every account of the books that Redis lacks — totals
