@@ -54,6 +54,10 @@ func (s *Server) consoleConfig(r *http.Request) consoleConfigJSON {
 	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		scheme = "https"
 	}
+	if s.books != nil && s.adminOn {
+		route := "/admin/v1/books"
+		out.Books = &route
+	}
 	out.ReturnToConsole = s.redirectAllowed(scheme + "://" + r.Host + "/console/")
 	for _, p := range s.plans {
 		name := p.Name

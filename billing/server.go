@@ -61,6 +61,8 @@ type Options struct {
 	// Daily is the source of the usage chart (GET /api/billing/usage/daily).
 	// Default: Store, when it implements DailyUsage (*metering.Store does).
 	Daily DailyUsage
+	// Books is the durable books' status for operators (books.go); nil: none.
+	Books Books
 }
 
 func (o *Options) init() {
@@ -93,6 +95,7 @@ type Server struct {
 	jwt      *jwtVerifier // nil: JWT routes answer 503
 	plans    []config.Plan
 	daily    DailyUsage // nil: the daily usage route answers 503
+	books    Books      // nil: no durable books (books.go)
 
 	adminHash  [32]byte // sha256 of the admin token
 	adminOn    bool
@@ -152,6 +155,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.plans = opts.Plans
 	s.daily = opts.Daily
+	s.books = opts.Books
 	if d, ok := opts.Store.(DailyUsage); ok && s.daily == nil {
 		s.daily = d
 	}
@@ -234,6 +238,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("PATCH /admin/v1/accounts/{id}/keys/{keyId}", s.admin(s.adminPatchKey))
 		mux.Handle("POST /admin/v1/accounts/{id}/credits", s.admin(s.adminCredit))
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
+		mux.Handle("GET /admin/v1/books", s.admin(s.adminBooks))
 	}
 	s.consoleRoutes(mux)
 	// Everything else, including the admin API when it is off: an OpenAI-shaped 404.

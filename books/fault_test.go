@@ -2,6 +2,7 @@ package books
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -186,6 +187,15 @@ func TestFaultFlushRestore(t *testing.T) {
 	if err := bs.RevokeKey(ctx, "acct-0", k2.ID); err != nil {
 		t.Fatal(err)
 	}
+	// A key whose rules were set by PATCH (SetKeySettings through the books):
+	// only model "only-this", two calls at once.
+	k3, governed, err := bs.CreateKey(ctx, "acct-0", "g", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bs.SetKeySettings(ctx, "acct-0", k3.ID, nil, metering.KeySettings{Models: []string{"only-this"}, ModelIDs: []string{"only-this"}, MaxParallel: 2}); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -226,6 +236,16 @@ func TestFaultFlushRestore(t *testing.T) {
 	}
 	if _, err := e.St.Authenticate(ctx, []byte(revoked)); err == nil {
 		t.Fatal("a revoked key works after restore")
+	}
+	// The governed key comes back governed: held call by call, its rules
+	// checked where its holds are placed.
+	if id, err := e.St.Authenticate(ctx, []byte(governed)); err != nil || !id.Limited || id.KeyID != k3.ID {
+		t.Fatalf("governed key after restore: %+v %v", id, err)
+	}
+	_, err = e.St.Reserve(ctx, metering.HoldRequest{Account: "acct-0", KeyID: k3.ID, HoldID: "gov-1", Model: "m", Fixed: 10})
+	var kre *metering.KeyRuleError
+	if !errors.As(err, &kre) {
+		t.Fatalf("a call to a model the key may not use after restore: %v, want a KeyRuleError", err)
 	}
 	// New entries follow the restored ones, and ship.
 	e.call(t, e.St, "acct-1", "m", 7)

@@ -79,6 +79,16 @@ func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
 	return s.b.SaveRecords(ctx, s.Store, account)
 }
 
+// SetKeySettings changes a key's name and rules in Redis and records them in
+// the books before it answers (a restore brings the rules back).
+func (s *Store) SetKeySettings(ctx context.Context, account, keyID string, name *string, ks metering.KeySettings) (metering.Key, error) {
+	k, err := s.Store.SetKeySettings(ctx, account, keyID, name, ks)
+	if err != nil {
+		return k, err
+	}
+	return k, s.b.SaveRecords(ctx, s.Store, account)
+}
+
 // RememberStripeCustomer records the customer in the books too.
 func (s *Store) RememberStripeCustomer(ctx context.Context, account, customer string) (string, error) {
 	c, err := s.Store.RememberStripeCustomer(ctx, account, customer)

@@ -157,6 +157,11 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	var lookups []lookup
 	var customer string
 	var payments []string
+	type governed struct {
+		k    Key
+		meta string
+	}
+	var rules []governed // keys with rules: their rules hash is written back after the script
 	keys := []string{acctKey(a), ledgerKey(a), historyKey(a), refsKey(a), keysKey(a), keysKey(a) + ":hash", keysKey(a) + ":active"}
 	for _, r := range img.Records {
 		if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
@@ -167,8 +172,11 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 			active, limited := "0", "0"
 			if !k.Revoked {
 				active = "1"
-				if k.CreditLimit > 0 {
-					limited = "1"
+				if k.CreditLimit > 0 || k.Governed() {
+					limited = "1" // held call by call, where the rules are checked
+				}
+				if k.Governed() {
+					rules = append(rules, governed{k, r.Fields["meta"]})
 				}
 				lookups = append(lookups, lookup{r.Fields["hash"], id, limited})
 			}
@@ -215,6 +223,15 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	if pipe.Len() > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
 			return false, unavailable("restoring account lookups", err)
+		}
+	}
+	// A governed key's rules (expiry, models, budget, rates) live in their own
+	// hash: written back from its metadata, as PATCH writes them. The budget's
+	// spend in the current period starts again from 0 (usage entries do not
+	// name their key).
+	for _, g := range rules {
+		if _, err := s.writeKeyRules(ctx, g.k, g.meta); err != nil {
+			return false, fmt.Errorf("restoring the rules of key %q: %w", g.k.ID, err)
 		}
 	}
 	return n == 1, nil

@@ -32,7 +32,7 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return listenError("billing", l.cfg.Billing.Addr, err, "--addr", "")
 	}
-	srv, err := newBillingServer(l, store, m)
+	srv, opts, err := newBillingServer(l, store, m)
 	if err != nil {
 		ln.Close()
 		return err
@@ -43,7 +43,11 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	h := newSwapHandler(srv.Handler)
 	srv.Handler = h
 	newReloader(l, billingLivePaths, billingRestartPaths, billingIgnoredPaths, func(c *config.Config, cat *pricing.Catalog) error {
-		b, err := billing.New(billing.Options{Config: c.Billing, Catalog: cat, Store: store, Logger: l.log, Plans: c.Plans})
+		// The same store (the durable books' when they are on), books status
+		// and metrics hooks: only what the file says changes.
+		o := opts
+		o.Config, o.Catalog, o.Plans = c.Billing, cat, c.Plans
+		b, err := billing.New(o)
 		if err != nil {
 			return err
 		}
@@ -54,17 +58,19 @@ func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return serveHTTP(ctx, l, srv, ln)
 }
 
-func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Server, error) {
+// newBillingServer builds the billing HTTP server and returns it with the
+// options it was built from (a reload builds the API anew from them).
+func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Server, billing.Options, error) {
 	if l.cfg.Billing.AdminToken == "" {
 		l.log.Warn("TOLLGATE_ADMIN_TOKEN is not set: the admin API is off")
 	}
-	bstore, stopBooks := startBooks(l, store)
-	opts := billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans}
+	bstore, booksStatus, stopBooks := startBooks(l, store)
+	opts := billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans, Books: booksStatus}
 	m.instrumentBilling(&opts)
 	b, err := billing.New(opts)
 	if err != nil {
 		stopBooks()
-		return nil, err
+		return nil, opts, err
 	}
 	srv := &http.Server{
 		Handler:           b.Handler(),
@@ -87,7 +93,7 @@ func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Serve
 	} else {
 		l.log.Warn("STRIPE_SECRET_KEY is not set: auto-recharge requests wait until payments are configured")
 	}
-	return srv, nil
+	return srv, opts, nil
 }
 
 // serveHTTP serves an http.Server until ctx is done, then shuts it down.

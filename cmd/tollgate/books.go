@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,9 +58,9 @@ func armEpoch(l *loaded, st *metering.Store) {
 // (database.migrate), the epoch marker, the journal shipper and the
 // scheduled reconcile. It returns the store billing serves over (control-
 // plane writes reach the books first) and a stop function.
-func startBooks(l *loaded, st *metering.Store) (billing.Store, func()) {
+func startBooks(l *loaded, st *metering.Store) (billing.Store, billing.Books, func()) {
 	if databaseURL(l.cfg) == "" {
-		return st, func() {}
+		return st, nil, func() {}
 	}
 	log := l.log.Named("books")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -67,7 +68,7 @@ func startBooks(l *loaded, st *metering.Store) (billing.Store, func()) {
 	if err != nil {
 		log.Error("durable books not available", zap.Error(err))
 		cancel()
-		return st, func() {}
+		return st, nil, func() {}
 	}
 	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
 	defer scancel()
@@ -95,9 +96,10 @@ func startBooks(l *loaded, st *metering.Store) (billing.Store, func()) {
 	sh := b.NewShipper(st, books.ShipperOptions{Retention: l.cfg.Ledger.Retention.D(), Logger: l.log})
 	done := make(chan struct{}, 2)
 	go func() { _ = sh.Run(ctx); done <- struct{}{} }()
-	go func() { reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log); done <- struct{}{} }()
+	status := &booksStatus{b: b, st: st}
+	go func() { reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log, status); done <- struct{}{} }()
 	log.Info("durable books on: shipping the journal to PostgreSQL")
-	return b.NewStore(st), func() {
+	return b.NewStore(st), status, func() {
 		cancel()
 		<-done
 		<-done
@@ -105,7 +107,7 @@ func startBooks(l *loaded, st *metering.Store) (billing.Store, func()) {
 	}
 }
 
-func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, every time.Duration, log *zap.Logger) {
+func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, every time.Duration, log *zap.Logger, status *booksStatus) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -119,6 +121,7 @@ func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, ever
 			log.Warn("reconcile did not run", zap.Error(err))
 			continue
 		}
+		status.reconciled(res)
 		for _, m := range res.Mismatches {
 			log.Error("BOOKS MISMATCH", zap.String("account", m.Account), zap.String("kind", m.Kind), zap.String("detail", m.Detail))
 		}
@@ -217,4 +220,34 @@ func booksCommand(ctx context.Context, cfg *config.Config, st *metering.Store, a
 		return nil
 	}
 	return fmt.Errorf("admin: unknown command %q", a[0])
+}
+
+// booksStatus is billing's view of the books (GET /admin/v1/books, the
+// operator console): the journal's shipping state, read on demand, and the
+// last scheduled reconciliation, kept here. Safe for concurrent use.
+type booksStatus struct {
+	b  *books.Books
+	st *metering.Store
+
+	mu   sync.Mutex
+	last billing.BooksStatus // only the Reconciled* and Mismatches fields
+}
+
+func (s *booksStatus) reconciled(r books.ReconcileResult) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last.ReconciledAt, s.last.ReconciledAccounts, s.last.Mismatches = time.Now(), r.Accounts, len(r.Mismatches)
+}
+
+// BooksStatus implements billing.Books.
+func (s *booksStatus) BooksStatus(ctx context.Context) (billing.BooksStatus, error) {
+	js, err := s.b.Status(ctx, s.st)
+	if err != nil {
+		return billing.BooksStatus{}, err
+	}
+	s.mu.Lock()
+	out := s.last
+	s.mu.Unlock()
+	out.Accounts, out.Entries, out.Unshipped, out.Lag, out.LastShipped = js.Accounts, js.Entries, js.Unshipped, js.Lag, js.LastShipped
+	return out, nil
 }

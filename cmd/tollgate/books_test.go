@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testpg"
@@ -117,6 +120,32 @@ func TestDurableBooksContract(t *testing.T) {
 	lines, err := runCmd(t, "admin", "--config", cfg, "reconcile")
 	if err != nil || last(lines) != "accounts=1 mismatches=0" {
 		t.Fatalf("reconcile before the loss: %v %q", err, lines)
+	}
+
+	// Operators see the books' status (the console's Books card reads it).
+	if st, _, m := call(t, "GET", B+"/admin/v1/books", admin, ""); st != 200 || m["accounts"] != 1.0 || m["entries"].(float64) < 2 {
+		t.Fatalf("books status: %d %v", st, m)
+	}
+	// A reload (SIGHUP, systemctl reload) rebuilds the billing API from the
+	// file; its control-plane writes must still reach the books first.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "billing to reload", func() bool {
+		return strings.Count(bout.String(), "configuration reloaded") >= 1
+	})
+	if st, _, m := call(t, "POST", B+"/admin/v1/accounts/bob/keys", admin, `{"name":"after-reload"}`); st != 201 {
+		t.Fatalf("key after the reload: %d %v", st, m)
+	}
+	conn, err := pgx.Connect(context.Background(), pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keysInBooks int
+	err = conn.QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE account = 'bob' AND name = 'after-reload'`).Scan(&keysInBooks)
+	conn.Close(context.Background())
+	if err != nil || keysInBooks != 1 {
+		t.Fatalf("a key created after a reload is not in the books: %d %v", keysInBooks, err)
 	}
 
 	// Redis loses everything.

@@ -127,7 +127,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return listenError("proxy", cfg.Proxy.Addr, err, "--addr", "ADDR")
 	}
-	bsrv, err := newBillingServer(l, store, m)
+	bsrv, _, err := newBillingServer(l, store, m)
 	if err != nil {
 		pln.Close()
 		return err
