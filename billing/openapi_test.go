@@ -212,7 +212,9 @@ func (c *oasClient) do(method, path, bearer string, body any, hdr ...string) res
 // against the real handlers (Redis, stripe-mock, signed webhooks) and
 // validates each request and response against api/openapi.json.
 func TestOpenAPIResponses(t *testing.T) {
-	e := newEnv(t, envOptions{stripe: true, plans: testPlans})
+	e := newEnv(t, envOptions{stripe: true, plans: testPlans, adjustOpts: func(o *Options) {
+		o.Books = fakeBooks{BooksStatus{Accounts: 1, Entries: 2, LastShipped: time.Now()}}
+	}})
 	e.stripe.onResponse(succeedPayments)
 	c := newOASClient(t, e)
 	want := func(r response, status int) {
@@ -271,6 +273,7 @@ func TestOpenAPIResponses(t *testing.T) {
 		t.Fatalf("history: %s", h.raw)
 	}
 	want(c.do("GET", "/admin/v1/accounts/oas/ledger?limit=2", admin, nil), http.StatusOK)
+	want(c.do("GET", "/admin/v1/books", admin, nil), http.StatusOK)
 	want(c.do("GET", "/v1/billing/history?starting_after=nope", tok, nil), http.StatusBadRequest)
 
 	// Credits, usage and plans.
