@@ -114,6 +114,39 @@ func TestKeyParallelFreedByEnd(t *testing.T) {
 	assertLedger(t, e.St, "acme")
 }
 
+// TestKeyBudgetPeriodOnlyMovesForward: a replica whose clock is still in the
+// previous month (the month's start comes from the caller's clock) neither
+// resets the budget another replica's calls already counted in the new month
+// nor spends past it.
+func TestKeyBudgetPeriodOnlyMovesForward(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	k := governed(t, e, "acme", metering.KeySettings{Budget: 100, BudgetPeriod: metering.PeriodMonth})
+	// Another replica, already in the next month, spent 95 of the 100.
+	next := metering.MonthStart(time.Now()).AddDate(0, 1, 0).Unix()
+	if err := e.RDB.HSet(ctx, "{a:acme}:kg:"+k.ID, "bstart", next, "bused", 95).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Reserve(ctx, holdFor(k, "late", 10, 1, 10)); rule(err) != metering.RuleBudget {
+		t.Fatalf("reserve with 5 mc of the budget left: %v, want the budget rule", err)
+	}
+	// A call that was already running ends: its charge counts in the newer
+	// period, which stays the key's period.
+	if err := e.RDB.HSet(ctx, "{a:acme}:kg:"+k.ID, "bused", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Reserve(ctx, holdFor(k, "run", 10, 1, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Settle(ctx, metering.Settlement{Account: "acme", KeyID: k.ID, HoldID: "run", Cost: 30}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.RDB.HMGet(ctx, "{a:acme}:kg:"+k.ID, "bstart", "bused").Result()
+	if err != nil || fmt.Sprint(v[0]) != fmt.Sprint(next) || fmt.Sprint(v[1]) != "30" {
+		t.Fatalf("budget period after a late settle: %v %v, want start %d used 30", v, err, next)
+	}
+}
+
 // TestKeyBudgetSettleAndPeriod: settle adds the call's actual charge to
 // the period, a release nothing; Keys shows it as PeriodUsed.
 func TestKeyBudgetSettleAndPeriod(t *testing.T) {

@@ -41,10 +41,14 @@ local function tg_bucket(level, at, rate, nowMs)
 end
 
 -- tg_key_used is what the key spent in its budget period that holds now.
+-- A period only moves forward: a caller whose clock is still in an earlier
+-- period (the month's start comes from the proxy's clock) counts in the
+-- newer one the key already reached, never resets it.
 local function tg_key_used(g, now, month)
   local start = tg_key_period(g.bper, now, month)
-  if tonumber(g.bstart) ~= start then return 0, start end
-  return tonumber(g.bused) or 0, start
+  local cur = tonumber(g.bstart)
+  if cur == nil or cur < start then return 0, start end
+  return tonumber(g.bused) or 0, cur
 end
 
 -- tg_key_end ends a governed key's call: charge (mc) is added to its budget
@@ -56,7 +60,8 @@ local function tg_key_end(kg, gen, charge, used, nowS, nowMs, month)
   local f = redis.call('HMGET', kg, 'bper', 'bstart', 'bused', 'tpm', 'tl', 'tt')
   if charge > 0 and f[1] then
     local start = tg_key_period(f[1], nowS, month)
-    if tonumber(f[2]) ~= start then
+    local cur = tonumber(f[2])
+    if cur == nil or cur < start then -- a new period (never back to an older one)
       redis.call('HSET', kg, 'bstart', start, 'bused', string.format('%d', charge))
     else
       redis.call('HINCRBY', kg, 'bused', charge)
