@@ -39,20 +39,7 @@ func BenchmarkLibPrometheusCall(b *testing.B) {
 		t[3].Add(48)
 		c.Add(0.216)
 	}
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			call()
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				call()
-			}
-		})
-	})
+	benchRecord(b, call)
 	b.Run("scrape", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -83,6 +70,18 @@ func BenchmarkLibVictoriaCall(b *testing.B) {
 		t[3].Add(48)
 		c.Add(0.216)
 	}
+	benchRecord(b, call)
+	b.Run("scrape", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			s.WritePrometheus(io.Discard)
+		}
+	})
+}
+
+// benchRecord measures recording one call's series, from one goroutine and
+// from all of them.
+func benchRecord(b *testing.B, call func()) {
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -96,11 +95,5 @@ func BenchmarkLibVictoriaCall(b *testing.B) {
 				call()
 			}
 		})
-	})
-	b.Run("scrape", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			s.WritePrometheus(io.Discard)
-		}
 	})
 }
