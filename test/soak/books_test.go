@@ -64,27 +64,29 @@ func reconcileClean(t testing.TB, env []string, cfg string, accounts int) {
 }
 
 // startBooks starts a PostgreSQL for the test and applies the schema with
-// `tollgate migrate`; it returns the DATABASE_URL setting.
-func startBooks(t testing.TB, cfg string) string {
+// `tollgate migrate`; it returns the server and the DATABASE_URL setting.
+func startBooks(t testing.TB, cfg string) (*testpg.Server, string) {
 	t.Helper()
 	pg := testpg.Start(t)
 	db := "DATABASE_URL=" + pg.URL()
 	if _, err := tollgateCmd(t, []string{db}, "migrate", "--config", cfg); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	return db
+	return pg, db
 }
 
 // TestSoakJournal: the load suite (3 replicas; 50,000 calls on 2,000
 // accounts under TOLLGATE_SOAK=full) with the durable books on — a billing
-// process shipping the journal and the proxies armed by DATABASE_URL. Every
-// account's ledger is audited call by call as in TestSoakLoad; then the
-// journal catches up and `tollgate admin reconcile` finds Redis, the journal
-// and the payments in agreement: 0 mismatches.
+// process shipping the journal and the proxies armed by DATABASE_URL — and
+// PostgreSQL stopped under the load (2 s; 10 s at full size). Every
+// account's ledger is audited call by call as in TestSoakLoad (the calls are
+// unaffected: the proxies never wait for PostgreSQL); then the backlog
+// ships and `tollgate admin reconcile` finds Redis, the journal and the
+// payments in agreement: 0 mismatches.
 func TestSoakJournal(t *testing.T) {
 	rs := testredis.Start(t)
 	cfg := writeConfig(t, nil)
-	db := startBooks(t, cfg)
+	pg, db := startBooks(t, cfg)
 	redisURL := "REDIS_URL=" + rs.URL()
 	bill := startBilling(t, "billing", rs, db)
 	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
@@ -93,10 +95,21 @@ func TestSoakJournal(t *testing.T) {
 		size = loadSize{replicas: 3, accounts: 20, calls: 1000, workers: 12} // TestSoakLoad covers the load itself
 	}
 	start := time.Now()
+	down := soakDuration(2*time.Second, 10*time.Second)
+	outage := make(chan struct{})
+	go func() {
+		defer close(outage)
+		time.Sleep(300 * time.Millisecond)
+		pg.Stop()
+		time.Sleep(down)
+		pg.Restart(t)
+	}()
 	runLoad(t, st, cfg, []string{redisURL, db}, size)
+	<-outage
 	if t.Failed() {
 		return
 	}
+	t.Logf("PostgreSQL was down %s from 300 ms into the load", down)
 	env := []string{redisURL, db}
 	journalCaughtUp(t, env, cfg, 60*time.Second)
 	t.Logf("load and shipping: %s", time.Since(start).Round(time.Millisecond))
@@ -114,7 +127,7 @@ func TestSoakJournal(t *testing.T) {
 func TestFaultShipperSIGKILL(t *testing.T) {
 	rs := testredis.Start(t)
 	cfg := writeConfig(t, nil)
-	db := startBooks(t, cfg)
+	_, db := startBooks(t, cfg)
 	env := []string{"REDIS_URL=" + rs.URL(), db}
 	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
 	const accounts = 20
