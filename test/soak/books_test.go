@@ -2,8 +2,10 @@ package soak
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testpg"
 	"github.com/tollgate/tollgate/internal/testredis"
 	"github.com/tollgate/tollgate/metering"
@@ -211,4 +214,115 @@ func soakDuration(short, full time.Duration) time.Duration {
 		return full
 	}
 	return short
+}
+
+// adminJSON sends an admin API request to the billing process and decodes
+// its JSON answer.
+func adminJSON(t testing.TB, base, token, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&m)
+	return res.StatusCode, m
+}
+
+// TestFaultRedisFlushRestore: Redis loses its data (FLUSHALL) while two
+// proxy replicas serve calls, with the durable books on. Calls answer 503
+// store_unavailable (never 401: the keys are not "unknown") until `tollgate
+// admin restore` has run; then the same keys work on both replicas, the
+// charges the proxies held are applied, and `tollgate admin reconcile` finds
+// every balance equal to the books: 0 mismatches.
+func TestFaultRedisFlushRestore(t *testing.T) {
+	rs := testredis.Start(t)
+	cfg := writeConfig(t, nil)
+	_, db := startBooks(t, cfg)
+	admin := strings.Repeat("a", 40)
+	redisURL := "REDIS_URL=" + rs.URL()
+	bill := startBilling(t, "billing", rs, db, "TOLLGATE_ADMIN_TOKEN="+admin)
+	// Accounts and keys through the billing process: in the books before
+	// they are acknowledged.
+	const n = 12
+	accts := make([]*account, n)
+	for i := range accts {
+		id := fmt.Sprintf("flush-%02d", i)
+		if st, m := adminJSON(t, bill.URL, admin, "POST", "/admin/v1/accounts", `{"id":"`+id+`"}`); st >= 300 {
+			t.Fatalf("creating %s: %d %v", id, st, m)
+		}
+		if st, m := adminJSON(t, bill.URL, admin, "POST", "/admin/v1/accounts/"+id+"/credits", `{"credits":"500","reference":"fund"}`); st >= 300 {
+			t.Fatalf("funding %s: %d %v", id, st, m)
+		}
+		st, m := adminJSON(t, bill.URL, admin, "POST", "/admin/v1/accounts/"+id+"/keys", `{"name":"soak"}`)
+		key, _ := m["key"].(string)
+		if st >= 300 || key == "" {
+			t.Fatalf("key of %s: %d %v", id, st, m)
+		}
+		accts[i] = &account{id: id, key: key, funded: 500_000}
+	}
+	mock := startMock(t, mockllm.Config{})
+	penv := procEnv(mock.URL, redisURL, db)
+	proxies := []*proc{startProxy(t, "proxy-0", cfg, penv), startProxy(t, "proxy-1", cfg, penv)}
+	gen := func(rng *rand.Rand, tag int64) *callSpec {
+		return &callSpec{tag: tag, account: accts[rng.IntN(len(accts))], base: proxies[tag%2].URL,
+			ep: epChat, model: "gpt-4o-mini", maxTokens: 16, directives: "tokens=8,delay=20ms"}
+	}
+	client := newClient(16)
+	d := drive(client, 8, gen, seed(t), 0)
+	time.Sleep(soakDuration(time.Second, 10*time.Second))
+	if err := rs.Client(t).FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	flushed := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	env := []string{redisURL, db}
+	lines, err := tollgateCmd(t, env, "admin", "--config", cfg, "restore")
+	if err != nil || !strings.HasPrefix(lines[len(lines)-1], "unshipped=") {
+		t.Fatalf("restore: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	restored := time.Now()
+	time.Sleep(soakDuration(1500*time.Millisecond, 10*time.Second))
+	results := d.halt()
+
+	var ok, unavailable, during int
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			t.Errorf("call-%d: transport error %v", r.spec.tag, r.err)
+		case r.status == http.StatusOK:
+			ok++
+		case r.status == http.StatusServiceUnavailable && r.code == "store_unavailable":
+			unavailable++
+			if r.start.After(restored.Add(2 * time.Second)) {
+				t.Errorf("call-%d refused with 503 %s after the restore", r.spec.tag, r.start.Sub(restored))
+			}
+		default:
+			t.Errorf("call-%d: %d %s %s (%s after the flush)", r.spec.tag, r.status, r.code, r.message, r.start.Sub(flushed).Round(time.Millisecond))
+		}
+		if r.start.After(flushed.Add(1100*time.Millisecond)) && r.start.Before(restored) {
+			during++
+		}
+	}
+	if unavailable == 0 || ok == 0 || during == 0 {
+		t.Errorf("the loss was not exercised: %d ok, %d refused with 503, %d made while Redis was lost", ok, unavailable, during)
+	}
+	// The same keys work again, on both replicas.
+	for i, a := range accts {
+		c := &callSpec{tag: 1_000_000 + int64(i), account: a, base: proxies[i%2].URL, ep: epChat, model: "gpt-4o-mini", maxTokens: 8}
+		if r := c.do(client); r.status != http.StatusOK {
+			t.Errorf("%s's key after the restore: %d %s %v", a.id, r.status, r.code, r.err)
+		}
+	}
+	journalCaughtUp(t, env, cfg, 30*time.Second)
+	reconcileClean(t, env, cfg, n)
+	t.Logf("flush and restore: calls=%d ok=%d refused_503=%d restore: %s", len(results), ok, unavailable, strings.Join(lines[len(lines)-2:], " "))
+	bill.assertAlive(t)
 }
