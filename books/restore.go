@@ -34,8 +34,8 @@ type Restored struct {
 // Restore rebuilds Redis from the books after it lost its data: first it
 // ships whatever Redis still holds (nothing is dropped that can be kept),
 // then it writes back every account of the books that Redis lacks — the cost
-// records of its calls charged within metering's RecordTTL (so that a charge
-// retried after the restore is replayed, never charged twice), then, in one
+// records of its calls charged in the last day (costRecordWindow: so that a
+// charge retried after the restore is replayed, never charged twice), then, in one
 // step, totals and balance from the journal, the newest entry (so that the
 // stream's ids continue after the cursor), the purchase history, the
 // references applied, API keys (revoked ones revoked) with their spend and
@@ -199,13 +199,22 @@ func (b *Books) unshipped(ctx context.Context, rs Restorer, accts []string) (map
 	return out, nil
 }
 
+// costRecordWindow bounds how far back restore writes cost records. What
+// they guard against is a charge applied just before the loss whose answer
+// was lost, retried after the restore (charges that never reached Redis have
+// no record to find): those are seconds old, not days. A day of records is
+// written in a minute or two even at 10 M calls a day; RecordTTL's 30 days
+// would make a restore take an hour.
+const costRecordWindow = 24 * time.Hour
+
 // restoreCostRecords writes back the cost records of account's calls
-// charged within the record TTL, a thousand at a time, and returns how many.
+// charged within costRecordWindow (and the record TTL), a thousand at a
+// time, and returns how many.
 func (b *Books) restoreCostRecords(ctx context.Context, rs Restorer, account string, asOf time.Time) (int, error) {
 	rows, err := b.pool.Query(ctx, `SELECT ref, (extract(epoch from at) * 1000)::int8, seq, amount, balance_after,
 			coalesce((fields->>'over_hold')::int8, 0), coalesce(fields->>'capped', '0')
 		FROM journal WHERE account = $1 AND type = 'usage' AND ref <> '' AND at >= $2 ORDER BY at, seq`,
-		account, asOf.Add(-rs.RecordTTL()))
+		account, asOf.Add(-min(rs.RecordTTL(), costRecordWindow)))
 	if err != nil {
 		return 0, unavailable("reading cost records", err)
 	}
