@@ -215,3 +215,40 @@ func (s *Store) shipFirst(ctx context.Context, account string) error {
 	_, err := s.b.NewShipper(s.Store, ShipperOptions{}).Ship(ctx, []string{account})
 	return err
 }
+
+// DailyUsage is an account's charged calls per UTC day and model for the
+// days from..to (inclusive, by their UTC dates), as metering.Store.DailyUsage
+// answers from its Redis day counters, from the books' usage_daily (which a
+// Redis that lost its data does not take with it). What Redis holds and the
+// books lack is shipped first. Should the database not answer, the Redis
+// counters answer.
+func (s *Store) DailyUsage(ctx context.Context, account string, from, to time.Time) ([]metering.DayUsage, error) {
+	out, err := s.dailyUsage(ctx, account, from, to)
+	if errors.Is(err, ErrUnavailable) {
+		return s.Store.DailyUsage(ctx, account, from, to) // the database is away: Redis's counters
+	}
+	return out, err
+}
+
+func (s *Store) dailyUsage(ctx context.Context, account string, from, to time.Time) ([]metering.DayUsage, error) {
+	if err := s.shipFirst(ctx, account); err != nil {
+		return nil, err
+	}
+	day := func(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+	rows, err := s.b.pool.Query(ctx, `SELECT to_char(day, 'YYYY-MM-DD'), model, calls,
+			input_tokens + cached_input_tokens + cache_write_tokens + cache_write_1h_tokens, output_tokens, credits
+		FROM usage_daily WHERE account = $1 AND day BETWEEN $2::date AND $3::date ORDER BY day, model COLLATE "C"`,
+		account, day(from), day(to))
+	if err != nil {
+		return nil, unavailable("reading daily usage", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (metering.DayUsage, error) {
+		var d metering.DayUsage
+		err := r.Scan(&d.Date, &d.Model, &d.Requests, &d.Input, &d.Output, &d.Credits)
+		return d, err
+	})
+	if err != nil {
+		return nil, unavailable("reading daily usage", err)
+	}
+	return out, nil
+}

@@ -230,4 +230,30 @@ func TestUsageExportJournal(t *testing.T) {
 	if a := e.Acct(t, "acct-x"); sum != a.Consumed || len(days) < 3 {
 		t.Fatalf("days %q sum to %d mc, consumed %d", days, sum, a.Consumed)
 	}
+
+	// The daily chart from the books' usage_daily equals Redis's day counters.
+	now := time.Now()
+	fromBooks, err := bs.DailyUsage(ctx, "acct-x", now.AddDate(0, 0, -2), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromRedis, err := e.St.DailyUsage(ctx, "acct-x", now.AddDate(0, 0, -2), now)
+	if err != nil || len(fromBooks) == 0 || fmt.Sprint(fromBooks) != fmt.Sprint(fromRedis) {
+		t.Fatalf("daily usage from the books %+v, from Redis %+v %v", fromBooks, fromRedis, err)
+	}
+	status, _, body := get("/api/billing/usage/daily?days=2", "acct-x")
+	if status != http.StatusOK || !strings.Contains(body, `"model":"m-2"`) {
+		t.Fatalf("usage/daily: %d %s", status, body)
+	}
+	// …and survives Redis losing its data.
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.Srv.Flush(t)
+	if _, err := e.b.Restore(ctx, e.St, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := bs.DailyUsage(ctx, "acct-x", now.AddDate(0, 0, -2), now); err != nil || fmt.Sprint(after) != fmt.Sprint(fromBooks) {
+		t.Fatalf("daily usage after a restore %+v %v, before %+v", after, err, fromBooks)
+	}
 }

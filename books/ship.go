@@ -315,15 +315,18 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 			ON CONFLICT DO NOTHING
 			RETURNING account, at, type, model, amount, fields)
 		INSERT INTO usage_daily AS u (account, day, model, calls, input_tokens, cached_input_tokens,
-			output_tokens, reasoning_tokens, credits)
+			output_tokens, reasoning_tokens, credits, cache_write_tokens, cache_write_1h_tokens)
 		SELECT account, (at AT TIME ZONE 'UTC')::date, model, count(*),
 			coalesce(sum((fields->>'input_tokens')::int8), 0), coalesce(sum((fields->>'cached_input_tokens')::int8), 0),
 			coalesce(sum((fields->>'output_tokens')::int8), 0), coalesce(sum((fields->>'reasoning_tokens')::int8), 0),
-			sum(-amount)
+			sum(-amount), coalesce(sum((fields->>'cache_write_tokens')::int8), 0),
+			coalesce(sum((fields->>'cache_write_1h_tokens')::int8), 0)
 		FROM ins WHERE type = 'usage' GROUP BY 1, 2, 3
 		ON CONFLICT (account, day, model) DO UPDATE SET calls = u.calls + excluded.calls,
 			input_tokens = u.input_tokens + excluded.input_tokens,
 			cached_input_tokens = u.cached_input_tokens + excluded.cached_input_tokens,
+			cache_write_tokens = u.cache_write_tokens + excluded.cache_write_tokens,
+			cache_write_1h_tokens = u.cache_write_1h_tokens + excluded.cache_write_1h_tokens,
 			output_tokens = u.output_tokens + excluded.output_tokens,
 			reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
 			credits = u.credits + excluded.credits`); err != nil {
