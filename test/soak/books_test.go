@@ -301,7 +301,7 @@ func TestFaultRedisFlushRestore(t *testing.T) {
 			ok++
 		case r.status == http.StatusServiceUnavailable && r.code == "store_unavailable":
 			unavailable++
-			if r.start.After(restored.Add(2 * time.Second)) {
+			if r.start.After(restored.Add(5 * time.Second)) {
 				t.Errorf("call-%d refused with 503 %s after the restore", r.spec.tag, r.start.Sub(restored))
 			}
 		default:
