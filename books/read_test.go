@@ -22,6 +22,14 @@ import (
 	"github.com/tollgate/tollgate/pricing"
 )
 
+// What billing reads of the books' store, guarded here (books must not
+// import billing outside its tests).
+var (
+	_ billing.Store       = (*Store)(nil)
+	_ billing.UsageExport = (*Store)(nil)
+	_ billing.DailyUsage  = (*Store)(nil)
+)
+
 const (
 	testJWTSecret = "jwt-secret-0123456789abcdef-0123456789"
 	testAdmin     = "admin-token-0123456789abcdef-0123456789"
