@@ -52,6 +52,7 @@ if kid ~= '' and kid == ARGV[2] then
   tg_key_end(kg, gen, charge, tonumber(inTok) + tonumber(outTok), math.floor(now / 1000), now, month)
 end
 local rec = {unpack(ARGV, 8)}
+if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
 tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
 tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)
 -- The period's counters, which the plan limits and the usage API read; the
