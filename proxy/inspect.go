@@ -15,8 +15,13 @@ const (
 	dialectCompletions
 	dialectEmbeddings
 	dialectResponses
-	dialectMessages // Anthropic native
+	dialectMessages    // Anthropic native
+	dialectModerations // OpenAI moderations: input only, no usage in the answer
 )
+
+// defaultModerationModel is the model a moderations request without one
+// gets, as OpenAI's API does.
+const defaultModerationModel = "omni-moderation-latest"
 
 // endpoint describes one metered route.
 type endpoint struct {
@@ -34,18 +39,20 @@ var (
 	epEmbeddings  = &endpoint{name: "embeddings", path: "/embeddings", dialect: dialectEmbeddings}
 	epResponses   = &endpoint{name: "responses", path: "/responses", dialect: dialectResponses, maxField: "max_output_tokens"}
 	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true}
+	epModerations = &endpoint{name: "moderations", path: "/moderations", dialect: dialectModerations}
 	// epCountTokens is Anthropic's token counter: forwarded like
 	// /v1/messages, but unmetered and without an output limit (counttokens.go).
 	epCountTokens = &endpoint{name: "messages.count_tokens", path: "/messages/count_tokens", dialect: dialectMessages, native: true}
 
 	// endpoints lists every forwarded route (upstream URIs are parsed once for each).
-	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epCountTokens}
+	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epCountTokens, epModerations}
 )
 
 // request is what inspection learned of a call's body. Slices point into the
 // body, valid while the handler runs.
 type request struct {
 	model     []byte
+	noModel   bool // a moderations request without one: rewrite adds it
 	stream    bool
 	wantUsage bool  // the client asked for the usage chunk (chat/completions streams)
 	maxOut    int64 // the client's output limit; 0 when absent
@@ -153,6 +160,8 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		}
 	}
 	switch mv := t[nameModel]; {
+	case mv.kind == kindNone && ep.dialect == dialectModerations:
+		r.model, r.noModel = []byte(defaultModerationModel), true
 	case mv.kind == kindNone:
 		return r, invalid("model", "Missing required parameter: 'model'.")
 	case mv.kind != kindString || mv.end-mv.start == 2:
@@ -171,6 +180,14 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	}
 	if r.stream && ep.dialect == dialectEmbeddings {
 		return r, invalid("stream", "Embeddings cannot be streamed.")
+	}
+	if ep.dialect == dialectModerations {
+		if r.stream {
+			return r, invalid("stream", "Moderations cannot be streamed.")
+		}
+		if !t[nameInput].present() {
+			return r, invalid("input", "Missing required parameter: 'input'.")
+		}
 	}
 	if r.stream && t[nameStreamOptions].kind == kindObject && s.usage.kind == kindTrue {
 		r.wantUsage = true
@@ -211,7 +228,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	switch ep.dialect {
 	case dialectCompletions:
 		r.prompts = promptCount(t[namePrompt])
-	case dialectEmbeddings:
+	case dialectEmbeddings, dialectModerations:
 		r.prompts = promptCount(t[nameInput])
 	}
 	if ep.dialect == dialectChat || ep.dialect == dialectCompletions {
@@ -267,7 +284,10 @@ func rewrite(dst []byte, r *request, ep *endpoint, body []byte, upstreamModel st
 		n     int
 		at    = &r.at
 	)
-	if setModel {
+	if setModel && r.noModel {
+		edits[n] = edit{at.end, at.end, putModelMember}
+		n++
+	} else if setModel {
 		edits[n] = edit{at.model.start, at.model.end, putModel}
 		n++
 	}

@@ -324,6 +324,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		s.metered(ctx, epMessages, post)
 	case "/v1/messages/count_tokens":
 		s.handleCountTokens(ctx)
+	case "/v1/moderations":
+		s.metered(ctx, epModerations, post)
 	case "/v1/models":
 		s.handleModels(ctx)
 	case "/v1/generation":

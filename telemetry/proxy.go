@@ -22,7 +22,7 @@ const (
 var tokenKinds = [...]string{"input", "cached_input", "cache_write", "output"}
 
 // Endpoints are the proxy's metered endpoints (the endpoint label's values).
-var Endpoints = []string{"chat.completions", "completions", "embeddings", "responses", "messages"}
+var Endpoints = []string{"chat.completions", "completions", "embeddings", "responses", "messages", "moderations"}
 
 // Proxy is the proxy's metric families; it implements proxy.Observer.
 type Proxy struct {
