@@ -142,54 +142,7 @@ func requestText(dst []byte, d dialect, v *fastjson.Value) (text []byte, message
 	if v == nil {
 		return dst, 0, 0
 	}
-	switch d {
-	case dialectChat:
-		for _, m := range v.GetArray("messages") {
-			messages++
-			dst = appendRequestContent(dst, m.Get("content"))
-			for _, tc := range m.GetArray("tool_calls") {
-				dst = append(dst, tc.GetStringBytes("function", "name")...)
-				dst = append(dst, tc.GetStringBytes("function", "arguments")...)
-			}
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-		dst = appendJSON(dst, v.Get("functions"))
-	case dialectCompletions:
-		dst, direct = appendPrompt(dst, v.Get("prompt"))
-	case dialectEmbeddings:
-		dst, direct = appendPrompt(dst, v.Get("input"))
-	case dialectModerations:
-		if in := v.Get("input"); len(in.GetArray()) > 0 && in.GetArray()[0].Type() == fastjson.TypeObject {
-			dst = appendRequestContent(dst, in) // text and image parts
-		} else {
-			dst, direct = appendPrompt(dst, in)
-		}
-	case dialectResponses:
-		dst = append(dst, v.GetStringBytes("instructions")...)
-		in := v.Get("input")
-		if in != nil && in.Type() == fastjson.TypeString {
-			dst = append(dst, in.GetStringBytes()...)
-		}
-		for _, it := range in.GetArray() {
-			messages++
-			dst = appendRequestContent(dst, it.Get("content"))
-			dst = append(dst, it.GetStringBytes("name")...)
-			dst = append(dst, it.GetStringBytes("arguments")...)
-			dst = appendRequestContent(dst, it.Get("output"))
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-	case dialectMessages:
-		dst = appendRequestContent(dst, v.Get("system"))
-		for _, m := range v.GetArray("messages") {
-			messages++
-			dst = appendRequestContent(dst, m.Get("content"))
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-	}
-	return dst, messages, direct
+	return d.requestText(dst, v) // dialect_*.go
 }
 
 // appendRequestContent appends a message's content: a string, or parts and

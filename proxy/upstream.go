@@ -227,12 +227,8 @@ func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
 		req.Header.SetCanonical(hdrAccept, strJSON)
 	}
 	req.Header.SetUserAgentBytes(strUserAgent)
-	switch k := u.key(); {
-	case k == nil:
-	case ep.dialect == dialectMessages:
-		req.Header.SetCanonical(hdrXAPIKey, k.apiKey)
-	default:
-		req.Header.SetCanonical(hdrAuthorization, k.auth)
+	if k := u.key(); k != nil {
+		ep.dialect.setKey(&req.Header, k) // dialect_*.go
 	}
 	for _, h := range u.headers {
 		req.Header.SetCanonical(h[0], h[1])
@@ -261,7 +257,7 @@ func (u *upstream) prepareStored(req *fasthttp.Request, method, id []byte, items
 	req.Header.SetCanonical(hdrAccept, strJSON)
 	req.Header.SetUserAgentBytes(strUserAgent)
 	if k := u.key(); k != nil {
-		req.Header.SetCanonical(hdrAuthorization, k.auth)
+		epResponses.dialect.setKey(&req.Header, k)
 	}
 	for _, h := range u.headers {
 		req.Header.SetCanonical(h[0], h[1])

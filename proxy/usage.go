@@ -172,15 +172,7 @@ func usageFromBody(p *fastjson.Parser, d dialect, body []byte) (usage, *fastjson
 	if err != nil {
 		return usage{}, nil
 	}
-	var u usage
-	switch d {
-	case dialectResponses:
-		u, _ = parseResponse(v)
-	case dialectMessages:
-		u, _ = parseAnthropicUsage(v.Get("usage"))
-	default:
-		u, _ = parseOpenAIUsage(v.Get("usage"))
-	}
+	u, _ := d.usage(v) // dialect_*.go
 	return u, v
 }
 
