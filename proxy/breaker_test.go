@@ -226,3 +226,28 @@ func TestWeightedKeys(t *testing.T) {
 	}
 	e.assertLedger("acme")
 }
+
+// A deployment that cannot be reached is retried (nothing reached it),
+// then the fallback serves; one charge.
+func TestConnectErrorRetriedThenFallback(t *testing.T) {
+	obs := &countingObserver{}
+	e := newEnv(t, envOpts{proxy: func(o *proxy.Options) {
+		o.Observer = obs
+		o.Retry = proxy.Retry{Attempts: 2, Backoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+	}})
+	key := e.account("acme", 100)
+	r := e.post("/v1/chat/completions", key, `{"model":"fallback-model","messages":`+msg("hi")+`}`)
+	if r.status != 200 || r.header.Get("X-Tollgate-Provider") != "openai" {
+		t.Fatalf("status %d provider %q: %s", r.status, r.header.Get("X-Tollgate-Provider"), r.body)
+	}
+	obs.mu.Lock()
+	tries := obs.upstream[[2]string{"down", proxy.ReasonNetwork}]
+	obs.mu.Unlock()
+	if tries != 3 {
+		t.Fatalf("%d failed attempts at the unreachable deployment, want 3 (the first and 2 retries)", tries)
+	}
+	if n := e.usageEntries("acme"); n != 1 {
+		t.Fatalf("%d charges", n)
+	}
+	e.assertLedger("acme")
+}
