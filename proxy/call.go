@@ -213,9 +213,12 @@ func (c *call) holdRequest() (metering.HoldRequest, error) {
 }
 
 // forward sends the call to each deployment in turn until one answers; it
-// returns true when a streamBody took over the call (and its release).
+// returns true when a streamBody took over the call (and its release). A
+// deployment whose breaker is open is skipped while another can serve the
+// call (breaker.go); a failure the provider cannot have billed is retried
+// on the same deployment first (retry.go). The call holds and settles once
+// whichever deployment answers.
 func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
-	s := c.s
 	bp := getBuf()
 	defer putBuf(bp)
 	var (
@@ -224,49 +227,55 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 		up      *upstream
 	)
 	deps := c.model.Deployments
+	brs := c.rt.breakers[c.model]
+deployments:
 	for i, d := range deps {
 		u := c.rt.upstreams[d.Provider]
-		if c.ep.native && u.kind != "anthropic" || c.only != "" && d.Provider != c.only {
+		if !c.servedBy(u, d) {
 			continue
+		}
+		fallback := c.fallbackAfter(i)
+		br := brs[i]
+		if !br.allow() && fallback {
+			continue // open: skipped for its cool-down while another deployment can serve
 		}
 		out, rewritten := rewrite(*bp, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)
 		if rewritten {
 			*bp = out // keep the grown buffer for the pool
 		}
-		req := fasthttp.AcquireRequest()
-		u.prepare(req, c.ep, c.req.stream)
-		if c.ep.native {
-			forwardNativeHeaders(req, &ctx.Request.Header) // anthropic.go
-		}
-		c.forwardTrace(req) // observe.go
-		req.SetBodyRaw(out)
-		r := fasthttp.AcquireResponse()
-		var err error
-		if c.req.stream {
-			err = u.stream.Do(req, r)
-		} else {
-			err = u.plain.DoDeadline(req, r, c.start.Add(s.opts.Timeouts.Request))
-		}
-		fasthttp.ReleaseRequest(req)
-		if err != nil {
-			fasthttp.ReleaseResponse(r)
-			lastErr = upstreamErr(err)
-			c.upstreamFailed(u, upstreamReason(err, 0))
-			if errors.Is(lastErr, errTimeout) {
-				break // the provider may be working on it: never send it twice
+		for try := 0; ; try++ {
+			r, err := c.send(ctx, u, out)
+			if err != nil {
+				br.report(false)
+				lastErr = upstreamErr(err)
+				c.upstreamFailed(u, upstreamReason(err, 0))
+				switch {
+				case isDialError(err) && c.retryPause(try):
+					continue // nothing reached the provider
+				case isDialError(err) || !errors.Is(lastErr, errTimeout):
+					continue deployments
+				}
+				break deployments // the provider may be working on it: never send it twice
 			}
-			continue
-		}
-		status := r.StatusCode()
-		if (status >= 500 || status == fasthttp.StatusTooManyRequests) && i < len(deps)-1 {
+			status := r.StatusCode()
+			if status < 500 && status != fasthttp.StatusTooManyRequests {
+				br.report(true)
+				resp, up = r, u
+				break deployments
+			}
+			br.report(false)
+			retry := c.retryPause(try)
+			if !retry && !fallback {
+				resp, up = r, u // the last word: relayed (502 or 429) below
+				break deployments
+			}
 			c.upstreamFailed(u, upstreamReason(nil, status))
-			_ = r.CloseBodyStream()
-			fasthttp.ReleaseResponse(r)
+			discard(r)
 			lastErr = errUpstream
-			continue
+			if !retry {
+				continue deployments
+			}
 		}
-		resp, up = r, u
-		break
 	}
 	if resp == nil {
 		if lastErr == nil {
@@ -293,6 +302,54 @@ func (c *call) forward(ctx *fasthttp.RequestCtx) (handedOff bool) {
 	c.complete(ctx, resp, up)
 	fasthttp.ReleaseResponse(resp)
 	return false
+}
+
+// servedBy reports whether the call may go to deployment d on u: the
+// native endpoints need an Anthropic provider, and a call continuing a
+// stored response the provider that stores it.
+func (c *call) servedBy(u *upstream, d pricing.Deployment) bool {
+	return (!c.ep.native || u.kind == "anthropic") && (c.only == "" || d.Provider == c.only)
+}
+
+// fallbackAfter reports whether a deployment after the i-th may serve the call.
+func (c *call) fallbackAfter(i int) bool {
+	for _, d := range c.model.Deployments[i+1:] {
+		if c.servedBy(c.rt.upstreams[d.Provider], d) {
+			return true
+		}
+	}
+	return false
+}
+
+// send makes one attempt at u with body; the response is the caller's to
+// release.
+func (c *call) send(ctx *fasthttp.RequestCtx, u *upstream, body []byte) (*fasthttp.Response, error) {
+	req := fasthttp.AcquireRequest()
+	u.prepare(req, c.ep, c.req.stream)
+	if c.ep.native {
+		forwardNativeHeaders(req, &ctx.Request.Header) // anthropic.go
+	}
+	c.forwardTrace(req) // observe.go
+	req.SetBodyRaw(body)
+	r := fasthttp.AcquireResponse()
+	var err error
+	if c.req.stream {
+		err = u.stream.Do(req, r)
+	} else {
+		err = u.plain.DoDeadline(req, r, c.start.Add(c.s.opts.Timeouts.Request))
+	}
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		fasthttp.ReleaseResponse(r)
+		return nil, err
+	}
+	return r, nil
+}
+
+// discard drops a response that is not relayed (its stream closed).
+func discard(r *fasthttp.Response) {
+	_ = r.CloseBodyStream()
+	fasthttp.ReleaseResponse(r)
 }
 
 // upstreamError relays a provider's refusal uncharged (relayRefusal) and

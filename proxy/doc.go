@@ -37,6 +37,14 @@
 // call. Upstream calls are bounded with DoDeadline and, for streams, by a
 // per-read idle deadline on the connection.
 //
+// The APIs the proxy speaks (OpenAI chat, completions, embeddings,
+// moderations, Responses; Anthropic Messages) differ only through the
+// dialect interface (dialect.go), one type per API in dialect_<name>.go.
+//
+// The Server also keeps each deployment's circuit breaker (breaker.go),
+// created when a configuration first names the deployment and kept across
+// reloads; closed, it costs a call two atomic loads.
+//
 // How a call ended is told once, when its caller has been answered (a
 // stream: when it ends), to the optional Observer (metrics) and in one Info
 // log line (observe.go). The caller's request id and trace context, and the

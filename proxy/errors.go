@@ -150,17 +150,24 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // anthropicEnvelope reports whether ctx's errors take Anthropic's envelope:
-// on Anthropic's own routes, and on the models routes when an Anthropic SDK
-// asks (modelShapeOf).
+// on the routes of a dialect that answers in it (errorShape), and on the
+// models routes when an Anthropic SDK asks (modelShapeOf).
 func anthropicEnvelope(ctx *fasthttp.RequestCtx) bool {
 	switch p := ctx.Path(); {
-	case string(p) == "/v1/messages" || string(p) == "/v1/messages/count_tokens":
-		return true
-	case string(p) == "/v1/models" || bytes.HasPrefix(p, modelsPrefix):
-		return modelShapeOf(&ctx.Request.Header) == shapeAnthropic
+	case bytes.HasPrefix(p, strV1):
+		for _, ep := range endpoints {
+			if string(p[len(strV1):]) == ep.path {
+				return ep.dialect.errorShape() == shapeAnthropic // dialect_*.go
+			}
+		}
+		if string(p) == "/v1/models" || bytes.HasPrefix(p, modelsPrefix) {
+			return modelShapeOf(&ctx.Request.Header) == shapeAnthropic
+		}
 	}
 	return false
 }
+
+var strV1 = []byte("/v1")
 
 // errNotNative refuses a model no Anthropic deployment serves on an
 // Anthropic route: a 502 would have SDKs retry what cannot succeed.

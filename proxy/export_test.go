@@ -1,6 +1,9 @@
 package proxy
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // Test helpers shared with the external proxy_test package.
 
@@ -19,3 +22,6 @@ func BenchCall(tb testing.TB, with func(*Options)) func() {
 	ctx := newHandlerCtx(benchChatBody)
 	return func() { callHandler(tb, e.srv, ctx) }
 }
+
+// SetClock sets the clock of s's deployment breakers (before any call).
+func SetClock(s *Server, now func() time.Time) { s.now = now }

@@ -7,25 +7,23 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// dialect is the wire shape of an endpoint's request, response and stream.
-type dialect uint8
-
-const (
-	dialectChat dialect = iota
-	dialectCompletions
-	dialectEmbeddings
-	dialectResponses
-	dialectMessages // Anthropic native
-)
+// defaultModerationModel is the model a moderations request without one
+// gets, as OpenAI's API does.
+const defaultModerationModel = "omni-moderation-latest"
 
 // endpoint describes one metered route.
 type endpoint struct {
-	name     string // for records: "chat.completions"
-	path     string // upstream path below the provider's base URL
-	dialect  dialect
-	maxField string // the request's output-limit field ("" = no output)
-	altMax   string // an alternative spelling the client may use
-	native   bool   // served only by providers of the matching kind
+	name     string  // for records: "chat.completions"
+	path     string  // upstream path below the provider's base URL
+	dialect  dialect // dialect.go: one type per API
+	maxField string  // the request's output-limit field ("" = no output)
+	altMax   string  // an alternative spelling the client may use
+	native   bool    // served only by providers of the matching kind
+	// zeroOut: an output limit of 0 is allowed (Anthropic's cache
+	// pre-warm): held and charged for input only.
+	zeroOut bool
+	// defaultModel stands in for a request that names none ("": required).
+	defaultModel string
 }
 
 var (
@@ -33,21 +31,24 @@ var (
 	epCompletions = &endpoint{name: "completions", path: "/completions", dialect: dialectCompletions, maxField: "max_tokens"}
 	epEmbeddings  = &endpoint{name: "embeddings", path: "/embeddings", dialect: dialectEmbeddings}
 	epResponses   = &endpoint{name: "responses", path: "/responses", dialect: dialectResponses, maxField: "max_output_tokens"}
-	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true}
+	epMessages    = &endpoint{name: "messages", path: "/messages", dialect: dialectMessages, maxField: "max_tokens", native: true, zeroOut: true}
+	epModerations = &endpoint{name: "moderations", path: "/moderations", dialect: dialectModerations, defaultModel: defaultModerationModel}
 	// epCountTokens is Anthropic's token counter: forwarded like
 	// /v1/messages, but unmetered and without an output limit (counttokens.go).
 	epCountTokens = &endpoint{name: "messages.count_tokens", path: "/messages/count_tokens", dialect: dialectMessages, native: true}
 
 	// endpoints lists every forwarded route (upstream URIs are parsed once for each).
-	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epCountTokens}
+	endpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epCountTokens, epModerations}
 )
 
 // request is what inspection learned of a call's body. Slices point into the
 // body, valid while the handler runs.
 type request struct {
 	model     []byte
+	noModel   bool // a moderations request without one: rewrite adds it
 	stream    bool
 	wantUsage bool  // the client asked for the usage chunk (chat/completions streams)
+	addUsage  bool  // rewrite asks the provider for it (the dialect's streams end with usage only when asked)
 	maxOut    int64 // the client's output limit; 0 when absent
 	// noOutput: the client asked for no output at all (Anthropic's
 	// max_tokens: 0, a prompt-cache pre-warm): held and charged for input.
@@ -136,23 +137,9 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		return r, invalid("", "Request body must be a JSON object.")
 	}
 	t := &s.top
-	if ep.dialect == dialectResponses && t[nameBackground].kind == kindTrue {
-		// A background response comes back queued, without usage; its
-		// output would be generated with nothing to meter it by.
-		return r, invalid("background", "Background responses are not supported by this gateway: their usage cannot be metered. Send the request without 'background' (streaming works).")
-	}
-	if ep.dialect == dialectResponses {
-		switch pv := t[namePreviousResponseID]; {
-		case !pv.present():
-		case pv.kind != kindString:
-			return r, invalid("previous_response_id", "Parameter 'previous_response_id' must be a string.")
-		case pv.escaped:
-			r.prevResponse = unescapeJSON(nil, body[pv.start+1:pv.end-1])
-		default:
-			r.prevResponse = body[pv.start+1 : pv.end-1]
-		}
-	}
 	switch mv := t[nameModel]; {
+	case mv.kind == kindNone && ep.defaultModel != "":
+		r.model, r.noModel = []byte(ep.defaultModel), true
 	case mv.kind == kindNone:
 		return r, invalid("model", "Missing required parameter: 'model'.")
 	case mv.kind != kindString || mv.end-mv.start == 2:
@@ -168,9 +155,6 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	case kindNone, kindFalse, kindNull:
 	default:
 		return r, invalid("stream", "Parameter 'stream' must be a boolean.")
-	}
-	if r.stream && ep.dialect == dialectEmbeddings {
-		return r, invalid("stream", "Embeddings cannot be streamed.")
 	}
 	if r.stream && t[nameStreamOptions].kind == kindObject && s.usage.kind == kindTrue {
 		r.wantUsage = true
@@ -189,7 +173,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		if mt.kind != kindNumber || !ok {
 			return r, invalid(f, "Parameter '%s' must be an integer.", f)
 		}
-		if n == 0 && ep.dialect == dialectMessages && !r.noOutput {
+		if n == 0 && ep.zeroOut && !r.noOutput {
 			r.noOutput, r.maxField = true, f
 			continue
 		}
@@ -202,35 +186,9 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		}
 		r.maxOut, r.maxField = n, f
 	}
-	r.remote = s.remote
-	r.tools = providerTools(ep.dialect, s) // remote.go
-	if r.remote == "" {
-		r.remote = remoteParams(ep.dialect, s)
-	}
+	r.remote = s.remote // the dialect adds its own (remote.go)
 	r.choices, r.prompts = 1, 1
-	switch ep.dialect {
-	case dialectCompletions:
-		r.prompts = promptCount(t[namePrompt])
-	case dialectEmbeddings:
-		r.prompts = promptCount(t[nameInput])
-	}
-	if ep.dialect == dialectChat || ep.dialect == dialectCompletions {
-		for i, nv := range [2]jsonValue{t[nameN], t[nameBestOf]} {
-			if !nv.present() {
-				continue
-			}
-			f := [2]string{"n", "best_of"}[i]
-			n, ok := parseInt(body[nv.start:nv.end])
-			if nv.kind != kindNumber || !ok || n < 1 || n > maxChoices {
-				return r, invalid(f, "Parameter '%s' must be an integer from 1 to %d.", f, maxChoices)
-			}
-			r.choices = max(r.choices, n)
-		}
-	}
-	if ep.dialect == dialectMessages && ep.maxField != "" && r.maxOut == 0 && !r.noOutput {
-		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
-	}
-	return r, nil
+	return ep.dialect.inspect(ep, r, s, body) // dialect_*.go
 }
 
 // inputEstimate bounds the input tokens of a body of n bytes from above
@@ -250,7 +208,7 @@ func inputEstimate(n int, contextWindow int64) int64 {
 // the client's bytes at the points inspect found (splice.go).
 func rewrite(dst []byte, r *request, ep *endpoint, body []byte, upstreamModel string, grantOut int64) ([]byte, bool) {
 	setModel := string(r.model) != upstreamModel
-	setUsage := r.stream && !r.wantUsage && (ep.dialect == dialectChat || ep.dialect == dialectCompletions)
+	setUsage := r.addUsage
 	setMax := ep.maxField != "" && !r.noOutput && (r.maxOut == 0 || grantOut < r.maxOut)
 	if !setModel && !setUsage && !setMax {
 		return body, false
@@ -267,7 +225,10 @@ func rewrite(dst []byte, r *request, ep *endpoint, body []byte, upstreamModel st
 		n     int
 		at    = &r.at
 	)
-	if setModel {
+	if setModel && r.noModel {
+		edits[n] = edit{at.end, at.end, putModelMember}
+		n++
+	} else if setModel {
 		edits[n] = edit{at.model.start, at.model.end, putModel}
 		n++
 	}

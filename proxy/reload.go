@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,9 @@ type liveConf struct {
 	// one part of a liveConf that changes: it caches what the catalog says).
 	models  atomic.Pointer[modelBodies]
 	limiter Limiter
+	// breakers are each model's deployments' breakers, in the order of its
+	// Deployments (breaker.go); the same breaker across reloads.
+	breakers map[*pricing.Model][]*breaker
 }
 
 // buildRuntime checks live and builds its liveConf. An upstream whose provider
@@ -57,12 +61,17 @@ func (s *Server) buildRuntime(live Live, prev *liveConf) (*liveConf, error) {
 		}
 		rt.upstreams[p.Name] = u
 	}
-	for _, m := range live.Catalog.Models() {
-		for _, d := range m.Deployments {
+	models := live.Catalog.Models()
+	rt.breakers = make(map[*pricing.Model][]*breaker, len(models))
+	for _, m := range models {
+		brs := make([]*breaker, len(m.Deployments))
+		for i, d := range m.Deployments {
 			if _, ok := rt.upstreams[d.Provider]; !ok {
 				return nil, fmt.Errorf("proxy: model %q names unknown provider %q", m.ID, d.Provider)
 			}
+			brs[i] = s.breakerFor(d)
 		}
+		rt.breakers[m] = brs
 	}
 	rt.models.Store(renderModels(live.Catalog, time.Now()))
 	return rt, nil
@@ -70,7 +79,7 @@ func (s *Server) buildRuntime(live Live, prev *liveConf) (*liveConf, error) {
 
 func sameProvider(a, b Provider) bool {
 	return a.Name == b.Name && a.Kind == b.Kind && a.BaseURL == b.BaseURL && a.NativeBaseURL == b.NativeBaseURL &&
-		a.APIKey == b.APIKey && maps.Equal(a.Headers, b.Headers)
+		a.APIKey == b.APIKey && slices.Equal(a.APIKeys, b.APIKeys) && maps.Equal(a.Headers, b.Headers)
 }
 
 // Reload replaces the catalog, providers and limiter for calls that start

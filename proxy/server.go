@@ -38,6 +38,11 @@ type Options struct {
 	IdleTimeout      time.Duration // idle keep-alive clients; default 120s
 	MaxConnsPerIP    int           // 0 = unlimited
 	Concurrency      int           // default 256K
+	// Breaker is each deployment's circuit breaker (breaker.go).
+	Breaker Breaker
+	// Retry resends a call that failed before the provider could have
+	// started it (retry.go). Default: no retries.
+	Retry Retry
 	// MinOutputTokens is the smallest output grant a call without max tokens
 	// may start with; below it the call is refused with 402. Default 16.
 	MinOutputTokens int64
@@ -75,6 +80,8 @@ func (o *Options) init() {
 	if o.MinOutputTokens <= 0 {
 		o.MinOutputTokens = 16
 	}
+	o.Breaker.init()
+	o.Retry.init()
 }
 
 // Server is the metering proxy. Create it with New; it is safe for concurrent use.
@@ -95,6 +102,12 @@ type Server struct {
 	// (account+"\x00"+id → provider), until the record is written.
 	recording sync.Map
 	inflight  sync.WaitGroup
+
+	// breakers are the deployments' circuit breakers by provider and model
+	// (breaker.go), kept across reloads.
+	breakersMu sync.Mutex
+	breakers   map[string]*breaker
+	now        func() time.Time // the breakers' clock; tests move it
 }
 
 // New validates opts and builds a Server.
@@ -103,7 +116,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Catalog == nil || opts.Meter == nil {
 		return nil, errors.New("proxy: Catalog and Meter are required")
 	}
-	s := &Server{opts: opts, log: opts.Logger.Named("proxy"), meter: opts.Meter, ids: newIDGen()}
+	s := &Server{opts: opts, log: opts.Logger.Named("proxy"), meter: opts.Meter, ids: newIDGen(), now: time.Now}
 	rt, err := s.buildRuntime(Live{Catalog: opts.Catalog, Providers: opts.Providers, Limiter: opts.Limiter}, nil)
 	if err != nil {
 		return nil, err
@@ -336,6 +349,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		s.metered(ctx, epMessages, post)
 	case "/v1/messages/count_tokens":
 		s.handleCountTokens(ctx)
+	case "/v1/moderations":
+		s.metered(ctx, epModerations, post)
 	case "/v1/models":
 		s.handleModels(ctx)
 	case "/v1/generation":

@@ -27,6 +27,7 @@ const (
 	putUsageFirst                    // `"include_usage":true` first in stream_options (and a comma if more follow)
 	putUsageObject                   // {"include_usage":true} (stream_options that was not an object)
 	putOptionsMember                 // `,"stream_options":{"include_usage":true}` before the closing brace
+	putModelMember                   // `,"model":"<name>"` before the closing brace (the root has members)
 )
 
 // splice appends body with the edits applied (sorted by start, not
@@ -56,6 +57,9 @@ func splice(dst, body []byte, edits []edit, field, upstreamModel string, grant i
 			dst = append(dst, `{"include_usage":true}`...)
 		case putOptionsMember:
 			dst = append(dst, `,"stream_options":{"include_usage":true}`...)
+		case putModelMember:
+			dst = append(dst, `,"model":`...)
+			dst = appendJSONString(dst, upstreamModel)
 		}
 		at = e.end
 	}

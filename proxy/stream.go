@@ -259,101 +259,7 @@ func (sb *streamBody) dispatch() {
 	if sb.idle != nil {
 		sb.idle.Stop() // the client's turn
 	}
-	data, name := sb.data, sb.name
-	if len(name) == 0 && sb.c.ep.dialect >= dialectResponses {
-		name = eventType(data) // a server that sends no event: lines
-	}
-	pass := true
-	switch sb.c.ep.dialect {
-	case dialectChat, dialectCompletions:
-		switch {
-		case bytes.Equal(data, strDone):
-			sb.terminal = true
-			sb.settle(false)
-			sb.emitHeld()
-		case bytes.Equal(name, evError) || hasObjectKey(data, strErrorKey):
-			sb.failed("upstream_error_event")
-		default:
-			sb.collect(data)
-			if hasObjectKey(data, strUsageKey) {
-				u, ok, usageOnly := chunkUsage(data, parseOpenAIUsage, "choices", "usage")
-				if ok {
-					sb.u, sb.outFinal = u, true
-				}
-				if ok && usageOnly {
-					// The usage-only chunk: held until [DONE] so it can carry
-					// the charge; dropped if the client did not ask for it.
-					pass = false
-					if sb.c.req.wantUsage {
-						sb.held = append(sb.held[:0], data...)
-					}
-				}
-			}
-		}
-	case dialectResponses:
-		switch {
-		case bytes.Equal(name, evRespCreated):
-			sb.recordStored(data)
-		case bytes.Equal(name, evRespCompleted) || bytes.Equal(name, evRespIncomplet):
-			sb.recordStored(data) // when response.created was missed
-			if u, ok, _ := chunkUsage(data, parseResponse, "", "response"); ok {
-				sb.u, sb.outFinal = u, true
-			}
-			sb.terminal = true
-			sb.settle(false)
-			// Relayed with the charge in response.usage, like chat's usage chunk.
-			sb.out = append(sb.out, strEvent...)
-			sb.out = append(sb.out, ' ')
-			sb.out = append(sb.out, name...)
-			sb.out = append(sb.out, '\n')
-			sb.out = append(sb.out, strData...)
-			sb.out = append(sb.out, ' ')
-			sb.out = sb.withResponseCredits(sb.out, data)
-			sb.out = append(sb.out, '\n', '\n')
-			pass = false
-		case bytes.Equal(name, evRespFailed) || bytes.Equal(name, evError):
-			sb.failed("upstream_error_event")
-		case bytes.HasSuffix(name, strDeltaSuffix):
-			sb.collect(data)
-		}
-	case dialectMessages:
-		switch {
-		case bytes.Equal(name, evMessageStart):
-			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
-				sb.u = u // input is final here; output_tokens is a first count
-			}
-		case bytes.Equal(name, evMessageDelta):
-			if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
-				// message_delta carries the cumulative output; newer API
-				// versions restate the input figures too (cumulative as
-				// well: the larger of the two readings of each is the
-				// count, never their sum).
-				sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
-				sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
-				sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
-				sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
-				sb.u.seen, sb.outFinal = true, true
-			}
-			// Held until message_stop so that it can carry the charge.
-			sb.held = append(sb.held[:0], data...)
-			pass = false
-		case bytes.Equal(name, evMessageStop):
-			sb.terminal = true
-			sb.settle(false)
-			if len(sb.held) > 0 {
-				sb.out = append(sb.out, "event: message_delta\n"...)
-				sb.out = append(sb.out, strData...)
-				sb.out = append(sb.out, ' ')
-				sb.out = sb.withCredits(sb.out, sb.held)
-				sb.out = append(sb.out, '\n', '\n')
-				sb.held = sb.held[:0]
-			}
-		case bytes.Equal(name, evError):
-			sb.failed("upstream_error_event")
-		case bytes.Equal(name, evBlockDelta):
-			sb.collect(data)
-		}
-	}
+	pass := sb.c.ep.dialect.event(sb, sb.name, sb.data) // dialect_*.go
 	if pass && len(sb.ev) > 0 {
 		sb.out = append(sb.out, sb.ev...)
 		sb.out = append(sb.out, '\n')
@@ -598,27 +504,20 @@ func (sb *streamBody) failed(reason string) {
 	}
 	sb.hdr.Set(hdrCharged, "0.000")
 	// Pass on what the provider sent, its own error event last, then ours.
-	if len(sb.held) > 0 && c.ep.dialect == dialectMessages {
-		sb.out = append(sb.out, "event: message_delta\n"...)
-		sb.out = append(sb.out, strData...)
-		sb.out = append(sb.out, ' ')
-		sb.out = append(sb.out, sb.held...)
-		sb.out = append(sb.out, '\n', '\n')
-	}
+	c.ep.dialect.streamCut(sb) // dialect_*.go: through cut
+}
+
+// cut ends a cut stream's output: the event being read (the provider's own
+// error, as it came), then the dialect's error event ev. Nothing held is
+// relayed after it.
+func (sb *streamBody) cut(ev string) {
 	sb.held = sb.held[:0]
 	if len(sb.ev) > 0 {
 		sb.out = append(sb.out, sb.ev...)
 		sb.out = append(sb.out, '\n')
 		sb.ev = sb.ev[:0]
 	}
-	switch c.ep.dialect {
-	case dialectResponses: // the Responses API's error event
-		sb.out = append(sb.out, "event: error\ndata: {\"type\":\"error\",\"code\":\"upstream_stream_cut\",\"message\":\""+msgStreamCut+"\",\"param\":null}\n\n"...)
-	case dialectMessages: // Anthropic's, with our code beside its type
-		sb.out = append(sb.out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"message\":\""+msgStreamCut+"\"}}\n\n"...)
-	default: // OpenAI's mid-stream error object
-		sb.out = append(sb.out, "data: {\"error\":{\"message\":\""+msgStreamCut+"\",\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"param\":null}}\n\n"...)
-	}
+	sb.out = append(sb.out, ev...)
 }
 
 const msgStreamCut = "The provider ended the stream early; the call was not charged."

@@ -142,48 +142,7 @@ func requestText(dst []byte, d dialect, v *fastjson.Value) (text []byte, message
 	if v == nil {
 		return dst, 0, 0
 	}
-	switch d {
-	case dialectChat:
-		for _, m := range v.GetArray("messages") {
-			messages++
-			dst = appendRequestContent(dst, m.Get("content"))
-			for _, tc := range m.GetArray("tool_calls") {
-				dst = append(dst, tc.GetStringBytes("function", "name")...)
-				dst = append(dst, tc.GetStringBytes("function", "arguments")...)
-			}
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-		dst = appendJSON(dst, v.Get("functions"))
-	case dialectCompletions:
-		dst, direct = appendPrompt(dst, v.Get("prompt"))
-	case dialectEmbeddings:
-		dst, direct = appendPrompt(dst, v.Get("input"))
-	case dialectResponses:
-		dst = append(dst, v.GetStringBytes("instructions")...)
-		in := v.Get("input")
-		if in != nil && in.Type() == fastjson.TypeString {
-			dst = append(dst, in.GetStringBytes()...)
-		}
-		for _, it := range in.GetArray() {
-			messages++
-			dst = appendRequestContent(dst, it.Get("content"))
-			dst = append(dst, it.GetStringBytes("name")...)
-			dst = append(dst, it.GetStringBytes("arguments")...)
-			dst = appendRequestContent(dst, it.Get("output"))
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-	case dialectMessages:
-		dst = appendRequestContent(dst, v.Get("system"))
-		for _, m := range v.GetArray("messages") {
-			messages++
-			dst = appendRequestContent(dst, m.Get("content"))
-			dst = append(dst, '\n')
-		}
-		dst = appendJSON(dst, v.Get("tools"))
-	}
-	return dst, messages, direct
+	return d.requestText(dst, v) // dialect_*.go
 }
 
 // appendRequestContent appends a message's content: a string, or parts and
@@ -260,9 +219,36 @@ func requestTokens(enc encoding, d dialect, body []byte) int64 {
 	defer putBuf(bp)
 	text, messages, direct := requestText((*bp)[:0], d, v)
 	*bp = text
-	n := countTokens(enc, text) + direct
+	n := countTokens(enc, text) + direct + imageParts(v)*imageTokens
 	if messages > 0 {
 		n += messages*tokensPerMessage + tokensReplyPrime
+	}
+	return n
+}
+
+// imageTokens is what the estimate counts for one image: what the dearest
+// provider bills for an image at its largest default size (Anthropic: about
+// 1,600 tokens for 1.15 megapixels; OpenAI's high detail is at most 1,105
+// for gpt-4o, more only for its mini models' multiplier, which their tier
+// prices in).
+const imageTokens = 1600
+
+// imageParts counts the image parts of a request in any dialect's shape:
+// chat's {"type":"image_url"}, Responses' "input_image", Anthropic's
+// "image" (and document-free moderations' image_url).
+func imageParts(v *fastjson.Value) int64 {
+	var n int64
+	switch v.Type() {
+	case fastjson.TypeObject:
+		switch string(v.GetStringBytes("type")) {
+		case "image_url", "input_image", "image":
+			n++
+		}
+		v.GetObject().Visit(func(_ []byte, c *fastjson.Value) { n += imageParts(c) })
+	case fastjson.TypeArray:
+		for _, c := range v.GetArray() {
+			n += imageParts(c)
+		}
 	}
 	return n
 }

@@ -132,6 +132,34 @@ func TestRequestText(t *testing.T) {
 	}
 }
 
+// Images count imageTokens each in an estimate, in every dialect's shape.
+func TestRequestTokensCountImages(t *testing.T) {
+	cases := []struct {
+		name   string
+		d      dialect
+		body   string
+		images int64
+	}{
+		{"chat", dialectChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"https://x/a.png"}},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}`, 2},
+		{"responses", dialectResponses, `{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"hello world"},{"type":"input_image","image_url":"https://x/a.png"}]}]}`, 1},
+		{"messages", dialectMessages, `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},{"type":"tool_result","content":[{"type":"image","source":{"type":"url","url":"https://x"}}]}]}]}`, 2},
+		{"moderations", dialectModerations, `{"input":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"https://x/a.png"}}]}`, 1},
+		{"none", dialectChat, `{"model":"m","messages":[{"role":"user","content":"an image_url, in words"}]}`, 0},
+	}
+	for _, tc := range cases {
+		v, err := fastjson.Parse(tc.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := imageParts(v); got != tc.images {
+			t.Errorf("%s: %d images, want %d", tc.name, got, tc.images)
+		}
+		if got := requestTokens(encO200K, tc.d, []byte(tc.body)); got < tc.images*imageTokens || got > tc.images*imageTokens+64 {
+			t.Errorf("%s: estimate %d, want %d images' %d tokens and a few of text", tc.name, got, tc.images, tc.images*imageTokens)
+		}
+	}
+}
+
 func TestAppendDelivered(t *testing.T) {
 	cases := []struct{ name, body, want string }{
 		{"chat", `{"choices":[{"message":{"content":"Hi","reasoning_content":"think","tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}}]}`, "Hithinkf{}"},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -22,7 +23,18 @@ type Provider struct {
 	// /v1/messages); defaults to BaseURL.
 	NativeBaseURL string
 	APIKey        string
-	Headers       map[string]string
+	// APIKeys are more keys of the provider, each with its weight: a call
+	// goes out with one of them (APIKey included, weight 1), chosen at
+	// random in proportion to the weights. Keys of one provider must belong
+	// to one organisation (stored responses are read with any of them).
+	APIKeys []APIKey
+	Headers map[string]string
+}
+
+// APIKey is one of a provider's keys and its share of the calls.
+type APIKey struct {
+	Key    string
+	Weight int // default 1
 }
 
 // upstream is a provider with its long-lived clients.
@@ -31,9 +43,9 @@ type upstream struct {
 	kind    string
 	base    string // without trailing slash
 	native  string
-	headers [][2][]byte // canonical key, value
-	auth    []byte      // full Authorization value, nil when no key
-	apiKey  []byte
+	headers [][2][]byte                 // canonical key, value
+	keys    []upstreamKey               // none when the provider takes no key
+	weights int                         // Σ keys' weights
 	uris    map[*endpoint]*fasthttp.URI // parsed once; copied into each request
 	plain   *fasthttp.HostClient        // non-streaming calls
 	stream  *fasthttp.HostClient        // streaming calls: per-read idle deadlines
@@ -70,9 +82,17 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 	if up.native == "" {
 		up.native = up.base
 	}
+	keys := p.APIKeys
 	if p.APIKey != "" {
-		up.apiKey = []byte(p.APIKey)
-		up.auth = []byte("Bearer " + p.APIKey)
+		keys = append([]APIKey{{Key: p.APIKey, Weight: 1}}, keys...)
+	}
+	for _, k := range keys {
+		if k.Key == "" {
+			return nil, fmt.Errorf("provider %q: an empty API key", p.Name)
+		}
+		w := max(k.Weight, 1)
+		up.weights += w
+		up.keys = append(up.keys, upstreamKey{apiKey: []byte(k.Key), auth: []byte("Bearer " + k.Key), upTo: up.weights})
 	}
 	for k, v := range p.Headers {
 		if name := wideningBeta([]byte(v)); name != nil && strings.EqualFold(k, "anthropic-beta") { // anthropic.go
@@ -100,7 +120,11 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 		NoDefaultUserAgentHeader:      true,
 		RetryIfErr:                    noRetry,
 		Dial: func(a string) (net.Conn, error) {
-			return dialer.Dial("tcp", a)
+			c, err := dialer.Dial("tcp", a)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return c, nil
 		},
 	}
 	up.stream = &fasthttp.HostClient{
@@ -115,7 +139,7 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 		Dial: func(a string) (net.Conn, error) {
 			c, err := dialer.Dial("tcp", a)
 			if err != nil {
-				return nil, err
+				return nil, &dialError{err}
 			}
 			return &idleConn{Conn: c, firstByte: t.FirstByte, idle: t.StreamIdle}, nil
 		},
@@ -129,6 +153,45 @@ func newUpstream(p Provider, t Timeouts, maxRespBody int) (*upstream, error) {
 // cannot have started work.
 func noRetry(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
 	return false, attempts == 1 && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
+}
+
+// upstreamKey is one API key of a provider, as sent.
+type upstreamKey struct {
+	apiKey []byte // x-api-key (Anthropic's native API)
+	auth   []byte // the full Authorization value
+	upTo   int    // cumulative weight: chosen when the draw is below it
+}
+
+// key picks one of the provider's keys in proportion to their weights (nil
+// when it has none). A retry draws again, so a key that is rate limited is
+// not necessarily the one tried next.
+func (u *upstream) key() *upstreamKey {
+	switch len(u.keys) {
+	case 0:
+		return nil
+	case 1:
+		return &u.keys[0]
+	}
+	n := rand.IntN(u.weights)
+	for i := range u.keys {
+		if n < u.keys[i].upTo {
+			return &u.keys[i]
+		}
+	}
+	return &u.keys[len(u.keys)-1]
+}
+
+// dialError marks a failure to connect: the provider received nothing, so
+// the call may be sent again (retried, or to a fallback).
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// isDialError reports whether err is a failure to connect.
+func isDialError(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
 }
 
 // url returns the upstream URL for an endpoint.
@@ -164,12 +227,8 @@ func (u *upstream) prepare(req *fasthttp.Request, ep *endpoint, stream bool) {
 		req.Header.SetCanonical(hdrAccept, strJSON)
 	}
 	req.Header.SetUserAgentBytes(strUserAgent)
-	if ep.dialect == dialectMessages {
-		if len(u.apiKey) > 0 {
-			req.Header.SetCanonical(hdrXAPIKey, u.apiKey)
-		}
-	} else if len(u.auth) > 0 {
-		req.Header.SetCanonical(hdrAuthorization, u.auth)
+	if k := u.key(); k != nil {
+		ep.dialect.setKey(&req.Header, k) // dialect_*.go
 	}
 	for _, h := range u.headers {
 		req.Header.SetCanonical(h[0], h[1])
@@ -197,8 +256,8 @@ func (u *upstream) prepareStored(req *fasthttp.Request, method, id []byte, items
 	putBuf(bp)
 	req.Header.SetCanonical(hdrAccept, strJSON)
 	req.Header.SetUserAgentBytes(strUserAgent)
-	if len(u.auth) > 0 {
-		req.Header.SetCanonical(hdrAuthorization, u.auth)
+	if k := u.key(); k != nil {
+		epResponses.dialect.setKey(&req.Header, k)
 	}
 	for _, h := range u.headers {
 		req.Header.SetCanonical(h[0], h[1])

@@ -40,7 +40,9 @@ func tokenField(v *fastjson.Value, keys ...string) int64 {
 // embeddings), with the cached-input variants of OpenAI, DeepSeek and Gemini's
 // compatibility layer. Reasoning tokens are output: OpenAI and DeepSeek count
 // them inside completion_tokens already; see reconcileOutput for providers
-// that report them beside it.
+// that report them beside it. Web searches a chat call's web_search_options
+// ran are charged when the provider reports them, in the shape OpenAI-compatible
+// layers carry over from Anthropic's (server_tool_use.web_search_requests).
 func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
@@ -58,6 +60,7 @@ func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 	r.Input, r.CachedInput = prompt-cached, cached
 	r.Output, r.Reasoning = reconcileOutput(prompt, tokenField(u, "completion_tokens"),
 		tokenField(u, "completion_tokens_details", "reasoning_tokens"), tokenField(u, "total_tokens"))
+	r.WebSearch = tokenField(u, "server_tool_use", "web_search_requests")
 	return r, true
 }
 
@@ -169,15 +172,7 @@ func usageFromBody(p *fastjson.Parser, d dialect, body []byte) (usage, *fastjson
 	if err != nil {
 		return usage{}, nil
 	}
-	var u usage
-	switch d {
-	case dialectResponses:
-		u, _ = parseResponse(v)
-	case dialectMessages:
-		u, _ = parseAnthropicUsage(v.Get("usage"))
-	default:
-		u, _ = parseOpenAIUsage(v.Get("usage"))
-	}
+	u, _ := d.usage(v) // dialect_*.go
 	return u, v
 }
 

@@ -70,3 +70,21 @@ func TestParseOpenAIUsageHasNoCacheWrites(t *testing.T) {
 		t.Fatalf("parseOpenAIUsage = %+v, want %+v", u.Usage, want)
 	}
 }
+
+// A chat call's web searches are charged when the provider reports them.
+func TestParseOpenAIUsageWebSearches(t *testing.T) {
+	for body, want := range map[string]pricing.Usage{
+		`{"prompt_tokens":10,"completion_tokens":5,"server_tool_use":{"web_search_requests":2}}`:  {Input: 10, Output: 5, WebSearch: 2},
+		`{"prompt_tokens":10,"completion_tokens":5}`:                                              {Input: 10, Output: 5},
+		`{"prompt_tokens":10,"completion_tokens":5,"server_tool_use":{"web_search_requests":-3}}`: {Input: 10, Output: 5},
+	} {
+		var p fastjson.Parser
+		v, err := p.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u, _ := parseOpenAIUsage(v); u.Usage != want {
+			t.Errorf("%s: %+v, want %+v", body, u.Usage, want)
+		}
+	}
+}

@@ -22,7 +22,7 @@ const (
 var tokenKinds = [...]string{"input", "cached_input", "cache_write", "output"}
 
 // Endpoints are the proxy's metered endpoints (the endpoint label's values).
-var Endpoints = []string{"chat.completions", "completions", "embeddings", "responses", "messages"}
+var Endpoints = []string{"chat.completions", "completions", "embeddings", "responses", "messages", "moderations"}
 
 // Proxy is the proxy's metric families; it implements proxy.Observer.
 type Proxy struct {
@@ -32,6 +32,8 @@ type Proxy struct {
 	tokens    *prometheus.CounterVec
 	upstream  *prometheus.CounterVec
 	overHold  prometheus.Counter
+	breaker   *prometheus.GaugeVec
+	trips     *prometheus.CounterVec
 	credits   *creditsVec
 	providers []string
 
@@ -95,10 +97,18 @@ func (r *Registry) NewProxy(catalog *pricing.Catalog, providers []string) *Proxy
 			Name: "tollgate_calls_over_hold_total",
 			Help: "Calls charged more than their hold covered (each is a gap in the hold's sizing).",
 		}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tollgate_deployment_breaker_state",
+			Help: "State of a deployment's circuit breaker: 0 closed, 1 open (skipped while a fallback exists), 2 half-open (probed). Only deployments whose breaker ever changed appear.",
+		}, []string{"provider", "model"}),
+		trips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_deployment_breaker_changes_total",
+			Help: "State changes of deployments' circuit breakers, by the state entered.",
+		}, []string{"provider", "model", "to"}),
 		credits:   newCreditsVec(),
 		providers: providers,
 	}
-	r.reg.MustRegister(p.requests, p.duration, p.ttfb, p.tokens, p.upstream, p.overHold, p.credits)
+	r.reg.MustRegister(p.requests, p.duration, p.ttfb, p.tokens, p.upstream, p.overHold, p.breaker, p.trips, p.credits)
 	p.reqs.Store(&map[reqKey]prometheus.Counter{})
 	p.models.Store(&map[string]*modelSeries{})
 	p.times.Store(&map[timeKey]timeSeries{})
@@ -152,6 +162,17 @@ func (p *Proxy) CallEnded(ev proxy.CallEvent) {
 // UpstreamFailed implements proxy.Observer.
 func (p *Proxy) UpstreamFailed(provider, reason string) {
 	p.upstreamSeries(provider, reason).Inc()
+}
+
+var _ proxy.BreakerObserver = (*Proxy)(nil)
+
+// breakerValues are tollgate_deployment_breaker_state's values.
+var breakerValues = map[string]float64{proxy.BreakerClosed: 0, proxy.BreakerOpen: 1, proxy.BreakerHalfOpen: 2}
+
+// BreakerChanged implements proxy.BreakerObserver (rare: no series cache).
+func (p *Proxy) BreakerChanged(provider, model, _, to string) {
+	p.breaker.WithLabelValues(provider, model).Set(breakerValues[to])
+	p.trips.WithLabelValues(provider, model, to).Inc()
 }
 
 func (p *Proxy) request(endpoint string, m *pricing.Model, provider string, code int) prometheus.Counter {

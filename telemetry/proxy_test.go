@@ -84,6 +84,8 @@ func TestProxyFamilies(t *testing.T) {
 	p.CallEnded(proxy.CallEvent{Endpoint: "chat.completions", Status: 404, Latency: time.Millisecond}) // unknown model
 	p.CallEnded(proxy.CallEvent{Endpoint: "messages", Status: 401, Latency: time.Millisecond})
 	p.UpstreamFailed("openai", proxy.ReasonStreamCut)
+	p.BreakerChanged("openai", "gpt-4o", proxy.BreakerClosed, proxy.BreakerOpen)
+	p.BreakerChanged("openai", "gpt-4o", proxy.BreakerOpen, proxy.BreakerHalfOpen)
 	out := exposition(t, reg)
 	for _, want := range []string{
 		`tollgate_requests_total{code="200",endpoint="chat.completions",model="gpt-4o-mini",provider="openai",tier="core"} 2`,
@@ -96,6 +98,8 @@ func TestProxyFamilies(t *testing.T) {
 		`tollgate_credits_charged_total{model="gpt-4o-mini",tier="core"} 1.217`,
 		"tollgate_calls_over_hold_total 1\n",
 		`tollgate_upstream_errors_total{provider="openai",reason="stream_cut"} 1`,
+		`tollgate_deployment_breaker_state{model="gpt-4o",provider="openai"} 2`,
+		`tollgate_deployment_breaker_changes_total{model="gpt-4o",provider="openai",to="open"} 1`,
 		`tollgate_request_duration_seconds_bucket{endpoint="chat.completions",stream="false",le="0.25"} 2`,
 		`tollgate_request_duration_seconds_bucket{endpoint="chat.completions",stream="true",le="2.5"} 1`,
 		`tollgate_request_duration_seconds_count{endpoint="chat.completions",stream="true"} 1`,

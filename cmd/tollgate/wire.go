@@ -204,6 +204,9 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 		},
 		ReadTimeout: c.Proxy.ReadTimeout.D(), IdleTimeout: c.Proxy.IdleTimeout.D(),
 		MaxConnsPerIP: c.Proxy.MaxConnsPerIP, Concurrency: c.Proxy.Concurrency,
+		Breaker: proxy.Breaker{Failures: c.Proxy.Breaker.Failures, CoolDown: c.Proxy.Breaker.CoolDown.D()},
+		Retry: proxy.Retry{Attempts: c.Proxy.Retry.Attempts, Backoff: c.Proxy.Retry.Backoff.D(),
+			MaxBackoff: c.Proxy.Retry.MaxBackoff.D()},
 	}
 	log = l.log.Named("recharge")
 	opts.OnSettle = metering.NewRechargeQueue(st, metering.RechargeQueueOptions{
@@ -220,9 +223,13 @@ func proxyOptions(l *loaded, st *metering.Store) (proxy.Options, func(context.Co
 func proxyLive(c *config.Config, cat *pricing.Catalog, st *metering.Store) proxy.Live {
 	live := proxy.Live{Catalog: cat}
 	for name, p := range c.Providers {
-		live.Providers = append(live.Providers, proxy.Provider{
+		pr := proxy.Provider{
 			Name: name, Kind: p.Kind, BaseURL: p.BaseURL, NativeBaseURL: p.NativeBaseURL, APIKey: p.APIKey, Headers: p.Headers,
-		})
+		}
+		for _, k := range p.APIKeys {
+			pr.APIKeys = append(pr.APIKeys, proxy.APIKey{Key: k.Key, Weight: k.Weight})
+		}
+		live.Providers = append(live.Providers, pr)
 	}
 	if len(c.Plans) > 0 {
 		live.Limiter = limits.New(st, limits.Options{Plans: c.Plans})

@@ -87,6 +87,28 @@ type Proxy struct {
 	// LeaseOffline is how long a lease still serves calls once Redis stops
 	// answering (their charges wait for Redis). Default 2s.
 	LeaseOffline Duration `yaml:"lease_offline"`
+	// Breaker is each deployment's circuit breaker.
+	Breaker Breaker `yaml:"breaker"`
+	// Retry resends a call that failed before a provider could start it.
+	Retry Retry `yaml:"retry"`
+}
+
+// Breaker configures the circuit breaker of each deployment (a provider
+// and its model name): after Failures consecutive failed calls (connect
+// errors, timeouts, 429, 5xx) the deployment is skipped for CoolDown while
+// a fallback deployment exists, then one call probes it.
+type Breaker struct {
+	Failures int      `yaml:"failures"`  // default 5
+	CoolDown Duration `yaml:"cool_down"` // default 30s
+}
+
+// Retry configures resending a call to the same deployment after a connect
+// error, 429 or 5xx (nothing relayed yet), with exponential backoff and
+// jitter, within the call's deadline.
+type Retry struct {
+	Attempts   int      `yaml:"attempts"`    // retries per deployment; default 0 (none), at most 10
+	Backoff    Duration `yaml:"backoff"`     // the first wait; doubles per retry; default 100ms
+	MaxBackoff Duration `yaml:"max_backoff"` // caps one wait; default 2s
 }
 
 // Leasing reports whether calls are served from credit leases.
@@ -230,13 +252,22 @@ type Redis struct {
 type Provider struct {
 	// Kind is the wire protocol: "openai" (any OpenAI-compatible server) or
 	// "anthropic" (native Messages API, for /v1/messages). Default openai.
-	Kind    string            `yaml:"kind"`
-	BaseURL string            `yaml:"base_url"` // e.g. https://api.openai.com/v1
-	APIKey  string            `yaml:"api_key"`
+	Kind    string `yaml:"kind"`
+	BaseURL string `yaml:"base_url"` // e.g. https://api.openai.com/v1
+	APIKey  string `yaml:"api_key"`
+	// APIKeys are several keys, each taking a share of the calls in
+	// proportion to its weight (instead of api_key).
+	APIKeys []APIKey          `yaml:"api_keys"`
 	Headers map[string]string `yaml:"headers"` // extra headers sent upstream
 	// NativeBaseURL is where the provider's native API lives, when it differs
 	// from BaseURL (Anthropic: /v1/messages).
 	NativeBaseURL string `yaml:"native_base_url"`
+}
+
+// APIKey is one of a provider's keys and its weight (default 1).
+type APIKey struct {
+	Key    string `yaml:"key"`
+	Weight int    `yaml:"weight"`
 }
 
 // Log configures logging.
@@ -394,6 +425,12 @@ func (c *Config) SetDefaults() {
 	def(&p.RedisTimeout, 2*time.Second)
 	def(&p.LeaseIdleReturn, time.Second)
 	def(&p.LeaseOffline, 2*time.Second)
+	def(&p.Breaker.CoolDown, 30*time.Second)
+	def(&p.Retry.Backoff, 100*time.Millisecond)
+	def(&p.Retry.MaxBackoff, 2*time.Second)
+	if p.Breaker.Failures == 0 {
+		p.Breaker.Failures = 5
+	}
 	if p.Concurrency == 0 {
 		p.Concurrency = 256 * 1024
 	}
@@ -426,6 +463,11 @@ func (c *Config) SetDefaults() {
 		pr.NativeBaseURL = strings.TrimRight(pr.NativeBaseURL, "/")
 		if pr.NativeBaseURL == "" {
 			pr.NativeBaseURL = pr.BaseURL
+		}
+		for i := range pr.APIKeys {
+			if pr.APIKeys[i].Weight == 0 {
+				pr.APIKeys[i].Weight = 1
+			}
 		}
 		c.Providers[name] = pr
 	}
@@ -464,6 +506,7 @@ func (c *Config) Validate() error {
 		"proxy.stream_timeout": p.StreamTimeout, "proxy.hold_ttl": p.HoldTTL, "proxy.read_timeout": p.ReadTimeout,
 		"proxy.idle_timeout": p.IdleTimeout, "proxy.drain_timeout": p.DrainTimeout, "proxy.redis_timeout": p.RedisTimeout,
 		"proxy.lease_idle_return": p.LeaseIdleReturn, "proxy.lease_offline": p.LeaseOffline,
+		"proxy.breaker.cool_down": p.Breaker.CoolDown, "proxy.retry.backoff": p.Retry.Backoff, "proxy.retry.max_backoff": p.Retry.MaxBackoff,
 	} {
 		if d < 0 {
 			bad(path, "must not be negative")
@@ -471,6 +514,15 @@ func (c *Config) Validate() error {
 	}
 	if p.HoldTTL.D() < max(p.StreamTimeout.D(), p.RequestTimeout.D()) {
 		bad("proxy.hold_ttl", "must outlive the longest call (stream_timeout %s, request_timeout %s)", p.StreamTimeout.D(), p.RequestTimeout.D())
+	}
+	if p.Breaker.Failures < 1 {
+		bad("proxy.breaker.failures", "must be at least 1, got %d", p.Breaker.Failures)
+	}
+	if p.Retry.Attempts < 0 || p.Retry.Attempts > 10 {
+		bad("proxy.retry.attempts", "must be 0 to 10, got %d", p.Retry.Attempts)
+	}
+	if p.Retry.Backoff > p.Retry.MaxBackoff {
+		bad("proxy.retry.backoff", "must not exceed max_backoff (%s), got %s", p.Retry.MaxBackoff.D(), p.Retry.Backoff.D())
 	}
 	if len(c.Providers) == 0 {
 		bad("providers", "at least one provider is required")
@@ -482,6 +534,17 @@ func (c *Config) Validate() error {
 		}
 		if u, err := url.Parse(pr.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad(path+".base_url", "must be an http(s) URL, got %q", pr.BaseURL)
+		}
+		if pr.APIKey != "" && len(pr.APIKeys) > 0 {
+			bad(path+".api_keys", "set api_key or api_keys, not both")
+		}
+		for i, k := range pr.APIKeys {
+			if k.Key == "" {
+				bad(fmt.Sprintf("%s.api_keys[%d].key", path, i), "is required (an unset ${VAR}?)")
+			}
+			if k.Weight < 1 || k.Weight > 1_000_000 {
+				bad(fmt.Sprintf("%s.api_keys[%d].weight", path, i), "must be 1 to 1000000, got %d", k.Weight)
+			}
 		}
 	}
 	if _, err := pricing.New(c.Pricing); err != nil {

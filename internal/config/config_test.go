@@ -238,3 +238,53 @@ func TestBadRatesWithTheirPaths(t *testing.T) {
 		}
 	}
 }
+
+// Breaker, retry and weighted keys: defaults filled in, every bad value
+// reported with its YAML path.
+func TestBreakerRetryAndKeys(t *testing.T) {
+	base := `
+pricing:
+  credits_per_usd: 100000
+  tiers: {core: {input: 1, output: 2}}
+  models: [{id: m, tier: core, context_window: 1000, max_output_tokens: 100, deployments: [{provider: p, model: m}]}]
+`
+	cfg, err := Parse([]byte(base+`
+providers:
+  p: {base_url: "http://x", api_keys: [{key: a, weight: 3}, {key: b}]}
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := cfg.Proxy.Breaker; b.Failures != 5 || b.CoolDown.D() != 30*time.Second {
+		t.Errorf("breaker defaults %+v", b)
+	}
+	if r := cfg.Proxy.Retry; r.Attempts != 0 || r.Backoff.D() != 100*time.Millisecond || r.MaxBackoff.D() != 2*time.Second {
+		t.Errorf("retry defaults %+v", r)
+	}
+	if k := cfg.Providers["p"].APIKeys; len(k) != 2 || k[0].Weight != 3 || k[1].Weight != 1 {
+		t.Errorf("keys %+v", k)
+	}
+	_, err = Parse([]byte(base+`
+proxy:
+  breaker: {failures: -1, cool_down: -1s}
+  retry: {attempts: 11, backoff: 5s, max_backoff: 1s}
+providers:
+  p: {base_url: "http://x", api_key: k, api_keys: [{key: "", weight: -2}]}
+`), env(nil))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"proxy.breaker.failures: must be at least 1, got -1",
+		"proxy.breaker.cool_down: must not be negative",
+		"proxy.retry.attempts: must be 0 to 10, got 11",
+		"proxy.retry.backoff: must not exceed max_backoff",
+		"providers.p.api_keys: set api_key or api_keys, not both",
+		"providers.p.api_keys[0].key: is required",
+		"providers.p.api_keys[0].weight: must be 1 to 1000000, got -2",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%s", want, err)
+		}
+	}
+}

@@ -1,0 +1,37 @@
+package proxy
+
+import (
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+)
+
+// embeddingsDialect is OpenAI's Embeddings (/v1/embeddings): input tokens
+// only, an input or a batch of them, never streamed.
+type embeddingsDialect struct{}
+
+func (embeddingsDialect) inspect(_ *endpoint, r request, s *scanner, _ []byte) (request, error) {
+	if r.stream {
+		return r, invalid("stream", "Embeddings cannot be streamed.")
+	}
+	r.prompts = promptCount(s.top[nameInput])
+	return r, nil
+}
+
+func (embeddingsDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
+	dst, direct = appendPrompt(dst, v.Get("input"))
+	return dst, 0, direct
+}
+
+func (embeddingsDialect) usage(v *fastjson.Value) (usage, bool) {
+	return parseOpenAIUsage(v.Get("usage"))
+}
+
+func (embeddingsDialect) event(sb *streamBody, name, data []byte) bool {
+	return noStream(sb, name, data)
+}
+
+func (embeddingsDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }
+
+func (embeddingsDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
+
+func (embeddingsDialect) errorShape() modelShape { return shapeOpenAI }

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Retry configures resending a call to the same deployment after a failure
+// the provider cannot have billed: it could not be reached (connect error),
+// or it answered 429 or 5xx before any byte was relayed to the caller. A
+// timeout after the request was sent is never retried (the provider may be
+// working on it). Each retry waits an exponential backoff with jitter,
+// within the call's deadline; after the last the next deployment (the
+// fallback) is tried. Zero values mean the documented defaults.
+type Retry struct {
+	// Attempts is how many times a failed call is resent to one deployment
+	// (0: none, the default).
+	Attempts int
+	// Backoff is the wait before the first retry; it doubles per retry, up
+	// to MaxBackoff, and each wait is drawn between half of it and all of
+	// it. Default 100ms.
+	Backoff time.Duration
+	// MaxBackoff caps one wait. Default 2s.
+	MaxBackoff time.Duration
+}
+
+func (r *Retry) init() {
+	if r.Attempts < 0 {
+		r.Attempts = 0
+	}
+	if r.Backoff <= 0 {
+		r.Backoff = 100 * time.Millisecond
+	}
+	if r.MaxBackoff <= 0 {
+		r.MaxBackoff = 2 * time.Second
+	}
+	r.MaxBackoff = max(r.MaxBackoff, r.Backoff)
+}
+
+// wait is the backoff before retry n (0 for the first): Backoff × 2ⁿ capped
+// at MaxBackoff, of which the second half is drawn at random ("equal
+// jitter": never less than half, so retries stay spread out yet bounded).
+func (r *Retry) wait(n int) time.Duration {
+	d := r.MaxBackoff
+	if n < 32 {
+		d = min(r.Backoff<<n, r.MaxBackoff)
+		if d <= 0 { // overflow
+			d = r.MaxBackoff
+		}
+	}
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// retryPause waits before retry n of the call, unless the wait would pass
+// the call's deadline: then it reports false and the call moves on.
+func (c *call) retryPause(n int) bool {
+	if n >= c.s.opts.Retry.Attempts {
+		return false
+	}
+	d := c.s.opts.Retry.wait(n)
+	limit := c.s.opts.Timeouts.Request
+	if c.req.stream {
+		limit = c.s.opts.Timeouts.FirstByte
+	}
+	if time.Since(c.start)+d >= limit {
+		return false
+	}
+	time.Sleep(d)
+	return true
+}
