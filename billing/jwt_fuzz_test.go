@@ -86,11 +86,11 @@ func FuzzJWT(f *testing.F) {
 			{"HS256", hs, jwt.SigningMethodHS256, []byte(fuzzSecret)},
 			{"RS256", rs, jwt.SigningMethodRS256, &priv.PublicKey},
 		} {
-			acct, err := v.ver.account(token)
+			acct, usr, err := v.ver.account(token)
 			if err != nil {
 				continue
 			}
-			if !metering.ValidAccountID(acct) {
+			if !metering.ValidAccountID(acct) || !metering.ValidAccountID(usr) {
 				t.Fatalf("%s verifier accepted account %q", v.name, acct)
 			}
 			_, err = jwt.Parse(token, func(*jwt.Token) (any, error) { return v.key, nil },

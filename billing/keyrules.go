@@ -178,9 +178,10 @@ func (s *Server) patchKey(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if err != nil {
 		return err
 	}
+	c, member := callerFrom(ctx)
 	var cur *metering.KeyUsage
 	for i := range keys {
-		if keys[i].ID == keyID && !keys[i].Revoked {
+		if keys[i].ID == keyID && !keys[i].Revoked && (!member || c.owns(keys[i].Key)) {
 			cur = &keys[i]
 		}
 	}
@@ -193,6 +194,9 @@ func (s *Server) patchKey(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	k, err := s.store.SetKeySettings(ctx, account, keyID, req.Name, ks)
 	if err != nil {
+		return err
+	}
+	if err := s.audit(ctx, account, auditKeyUpdated, keyID); err != nil {
 		return err
 	}
 	periodUsed := cur.PeriodUsed

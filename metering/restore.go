@@ -21,7 +21,7 @@ var (
 
 // StateRecord is one of an account's control-plane records as Redis holds
 // it, opaque to whoever keeps a copy (package books): Name says which
-// ("plan", "ar", "stripe", "pay:<payment>", "key:<id>"), Fields its content.
+// ("plan", "ar", "stripe", "members", "pay:<payment>", "key:<id>"), Fields its content.
 // RestoreAccount puts it back as it was.
 type StateRecord struct {
 	Name   string            `json:"name"`
@@ -37,6 +37,8 @@ func stateKey(account, name string) string {
 		return rechargeKey(account)
 	case name == "stripe":
 		return stripeKey(account)
+	case name == "members":
+		return membersKey(account)
 	case strings.HasPrefix(name, "pay:") && validStripeID(name[4:]):
 		return paymentKey(account, name[4:])
 	}
@@ -44,7 +46,7 @@ func stateKey(account, name string) string {
 }
 
 // StateRecords reads an account's control-plane records — subscription,
-// auto-recharge settings, Stripe customer, API keys (metadata and hash, never
+// auto-recharge settings, Stripe customer, members, API keys (metadata and hash, never
 // the secret) and the payments named — for the books. Missing records are
 // left out.
 func (s *Store) StateRecords(ctx context.Context, account string, payments ...string) ([]StateRecord, error) {
@@ -57,6 +59,7 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	cus := pipe.HGetAll(ctx, stripeKey(account))
 	keys := pipe.HGetAll(ctx, keysKey(account))
 	hashes := pipe.HGetAll(ctx, keysKey(account)+":hash")
+	members := pipe.HGetAll(ctx, membersKey(account))
 	pays := make([]*redis.MapStringStringCmd, 0, len(payments))
 	var payIDs []string
 	for _, p := range payments {
@@ -77,6 +80,9 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	}
 	if m := cus.Val(); len(m) > 0 {
 		out = append(out, StateRecord{Name: "stripe", Fields: m})
+	}
+	if m := members.Val(); len(m) > 0 {
+		out = append(out, StateRecord{Name: "members", Fields: m})
 	}
 	for id, meta := range keys.Val() {
 		out = append(out, StateRecord{Name: "key:" + id, Fields: map[string]string{"meta": meta, "hash": hashes.Val()[id]}})
