@@ -95,7 +95,33 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, account st
 	if err := s.audit(r.Context(), account, auditMemberRemoved, user); err != nil {
 		return err
 	}
+	if err := s.revokeKeysOf(r.Context(), account, user); err != nil {
+		return err
+	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// revokeKeysOf revokes the active keys a removed member created: someone
+// who left the team no longer spends its credits. (A retried removal finds
+// the member gone, 404, after this ran; should it have failed half-way, an
+// admin revokes what is left: the keys stay listed with their creator.)
+func (s *Server) revokeKeysOf(ctx context.Context, account, user string) error {
+	keys, err := s.store.Keys(ctx, account)
+	if err != nil {
+		return fmt.Errorf("listing the removed member's keys: %w", err)
+	}
+	for _, k := range keys {
+		if k.Revoked || k.CreatedBy != user {
+			continue
+		}
+		if err := s.store.RevokeKey(ctx, account, k.ID); err != nil {
+			return fmt.Errorf("revoking the removed member's key: %w", err)
+		}
+		if err := s.audit(ctx, account, auditKeyRevoked, k.ID); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -149,8 +149,19 @@ func TestTeamKeys(t *testing.T) {
 	if got := names(owner); got != "bob@bob max@max owner@acme" {
 		t.Fatalf("the owner's keys: %s", got)
 	}
+	// A member who leaves the team loses its keys.
+	leaver := create(buyer, "bob2")
+	e.expect(e.do("DELETE", "/v1/members/bob", admin, nil), http.StatusNoContent, "")
+	r := e.do("GET", "/v1/keys", owner, nil)
+	for _, k := range r.list() {
+		m := k.(map[string]any)
+		if m["id"] == leaver && m["revoked"] != true {
+			t.Fatalf("a removed member's key is still active: %s", r.raw)
+		}
+	}
+	e.expect(e.do("DELETE", "/v1/keys/"+leaver, owner, nil), http.StatusNoContent, "")
 	// Keys created on the admin API have no creator: the account's own.
-	r := e.admin("POST", "/admin/v1/accounts/acme/keys", map[string]any{"name": "ops"})
+	r = e.admin("POST", "/admin/v1/accounts/acme/keys", map[string]any{"name": "ops"})
 	e.expect(r, http.StatusCreated, "")
 	if r.get("created_by") != nil {
 		t.Fatalf("an operator's key: %s", r.raw)
@@ -168,7 +179,8 @@ func TestTeamKeys(t *testing.T) {
 			log = append(log, m["actor"].(string)+":"+m["action"].(string)+":"+m["target"].(string))
 		}
 	}
-	want := []string{"operator:key.created:" + r.str("data.0.target"), "max:key.revoked:" + maxKey, "ann:key.revoked:" + bobKey,
+	want := []string{"operator:key.created:" + r.str("data.0.target"), "acme:key.revoked:" + leaver, "ann:key.revoked:" + leaver,
+		"bob:key.created:" + leaver, "max:key.revoked:" + maxKey, "ann:key.revoked:" + bobKey,
 		"max:key.updated:" + maxKey, "bob:key.created:" + bobKey, "max:key.created:" + maxKey, "acme:key.created:" + ownerKey}
 	if strings.Join(log, " ") != strings.Join(want, " ") {
 		t.Fatalf("audit log:\n%s\nwant\n%s", strings.Join(log, " "), strings.Join(want, " "))
