@@ -131,16 +131,18 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request, account strin
 	if err != nil {
 		return err
 	}
-	es, err := s.store.Audit(r.Context(), account, int64(limit))
+	es, err := s.store.Audit(r.Context(), account, int64(limit)+1)
 	if err != nil {
 		return fmt.Errorf("reading the audit log: %w", err)
 	}
+	more := len(es) > limit
+	es = es[:min(len(es), limit)]
 	out := make([]auditJSON, 0, len(es))
 	for _, e := range es {
 		out = append(out, auditJSON{ID: e.ID, Object: "audit_entry", Actor: e.Actor, Action: e.Action, Target: e.Target,
 			CreatedAt: e.CreatedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")})
 	}
-	writeJSON(w, http.StatusOK, listJSON[auditJSON]{Object: "list", Data: out})
+	writeJSON(w, http.StatusOK, listJSON[auditJSON]{Object: "list", Data: out, HasMore: more})
 	return nil
 }
 

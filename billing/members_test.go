@@ -102,6 +102,14 @@ func TestTeamMembers(t *testing.T) {
 		strings.Join(first, " ") != "acme:member.added:ann acme:member.added:bob acme:member.added:max" {
 		t.Fatalf("audit log:\n%s\nwant\n%s, then the three added", strings.Join(actions, " "), want)
 	}
+	r = e.do("GET", "/v1/audit?limit=2", tm.tokens["admin"], nil)
+	e.expect(r, http.StatusOK, "")
+	if len(r.list()) != 2 || r.get("has_more") != true || r.str("data.0.action") != "member.removed" {
+		t.Fatalf("a page of the audit log: %s", r.raw)
+	}
+	if r = e.do("GET", "/v1/audit?limit=8", tm.tokens["admin"], nil); len(r.list()) != 8 || r.get("has_more") != false {
+		t.Fatalf("the whole audit log: %s", r.raw)
+	}
 	e.expect(e.do("GET", "/v1/audit?limit=0", tm.tokens["admin"], nil), http.StatusBadRequest, "invalid_limit")
 }
 

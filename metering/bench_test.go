@@ -51,3 +51,20 @@ func BenchmarkAuthenticate(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMemberRole is the cost billing adds to every JWT request: one
+// pipelined round trip (HGET + EXISTS).
+func BenchmarkMemberRole(b *testing.B) {
+	e := newEnv(b, metering.Options{})
+	ctx := context.Background()
+	e.account(b, "bench", 0)
+	if _, err := e.st.ChangeMember(ctx, metering.MemberChange{Account: "bench", User: "ann", Role: metering.RoleAdmin, ByOwner: true}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if r, err := e.st.MemberRole(ctx, "bench", "ann"); err != nil || r != metering.RoleAdmin {
+			b.Fatal(r, err)
+		}
+	}
+}
