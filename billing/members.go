@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -27,6 +28,26 @@ const (
 type memberJSON struct {
 	User string `json:"user"`
 	Role string `json:"role"`
+	// Budget is the member's credit budget per period, shared by the keys it
+	// created (null: none); PeriodUsed what they spent in the current period.
+	Budget     *budgetJSON `json:"budget"`
+	PeriodUsed Credits     `json:"period_used"`
+}
+
+// memberRequest is POST /v1/members: budget absent leaves it as it is, null
+// removes it.
+type memberRequest struct {
+	User   string          `json:"user"`
+	Role   string          `json:"role"`
+	Budget json.RawMessage `json:"budget"`
+}
+
+func memberView(m metering.Member, b metering.MemberBudget) memberJSON {
+	v := memberJSON{User: m.User, Role: m.Role, PeriodUsed: Credits(b.PeriodUsed)}
+	if b.Budget > 0 {
+		v.Budget = &budgetJSON{Credits: Credits(b.Budget), Period: b.Period}
+	}
+	return v
 }
 
 type auditJSON struct {
@@ -44,9 +65,13 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, account str
 	if err != nil {
 		return fmt.Errorf("listing members: %w", err)
 	}
+	budgets, err := s.store.MemberBudgets(r.Context(), account)
+	if err != nil {
+		return fmt.Errorf("listing members: %w", err)
+	}
 	out := make([]memberJSON, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, memberJSON{User: m.User, Role: m.Role})
+		out = append(out, memberView(m, budgets[m.User]))
 	}
 	writeJSON(w, http.StatusOK, listJSON[memberJSON]{Object: "list", Data: out})
 	return nil
@@ -54,7 +79,7 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, account str
 
 // POST /v1/members {"user","role"}: adds a member or changes its role.
 func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account string) error {
-	var req memberJSON
+	var req memberRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -64,20 +89,38 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 	if !metering.ValidRole(req.Role) {
 		return badRequest("invalid_role", "role", `role must be "owner", "admin", "billing" or "member"`)
 	}
-	c, _ := callerFrom(r.Context())
-	prev, err := s.store.ChangeMember(r.Context(), metering.MemberChange{Account: account, User: req.User, Role: req.Role,
+	var budget int64
+	var period string
+	if req.Budget != nil {
+		var err error
+		if budget, period, err = parseBudget(req.Budget); err != nil {
+			return err
+		}
+	}
+	ctx := r.Context()
+	c, _ := callerFrom(ctx)
+	prev, err := s.store.ChangeMember(ctx, metering.MemberChange{Account: account, User: req.User, Role: req.Role,
 		ByOwner: c.role == metering.RoleOwner})
 	if err != nil {
 		return err
+	}
+	if req.Budget != nil {
+		if err := s.store.SetMemberBudget(ctx, account, req.User, budget, period); err != nil {
+			return err
+		}
 	}
 	action, status := auditMemberUpdated, http.StatusOK
 	if prev == "" {
 		action, status = auditMemberAdded, http.StatusCreated
 	}
-	if err := s.audit(r.Context(), account, action, req.User); err != nil {
+	if err := s.audit(ctx, account, action, req.User); err != nil {
 		return err
 	}
-	writeJSON(w, status, req)
+	budgets, err := s.store.MemberBudgets(ctx, account)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, status, memberView(metering.Member{User: req.User, Role: req.Role}, budgets[req.User]))
 	return nil
 }
 

@@ -194,3 +194,59 @@ func TestTeamKeys(t *testing.T) {
 		t.Fatalf("audit log:\n%s\nwant\n%s", strings.Join(log, " "), strings.Join(want, " "))
 	}
 }
+
+// TestTeamMemberBudget: owners and admins set a member's budget with POST
+// /v1/members; its keys are then held call by call (where the proxy enforces
+// it); GET /v1/members shows it; null removes it; bad budgets are 400.
+func TestTeamMemberBudget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	ctx := context.Background()
+	r := e.do("POST", "/v1/keys", tm.tokens["member"], map[string]any{"name": "dev"})
+	e.expect(r, http.StatusCreated, "")
+	secret := r.str("key")
+	if id, err := e.store.Authenticate(ctx, []byte(secret)); err != nil || id.Limited {
+		t.Fatalf("before a budget: %+v %v", id, err)
+	}
+	for _, c := range []struct {
+		body  string
+		param string
+	}{
+		{`{"user":"max","role":"member","budget":{"credits":0,"period":"day"}}`, "budget.credits"},
+		{`{"user":"max","role":"member","budget":{"credits":"1","period":"year"}}`, "budget.period"},
+		{`{"user":"max","role":"member","budget":{"credits":"1"}}`, "budget.period"},
+		{`{"user":"max","role":"member","budget":7}`, "budget"},
+	} {
+		r := e.do("POST", "/v1/members", tm.tokens["admin"], c.body)
+		if r.status != http.StatusBadRequest || r.str("error.code") != "invalid_budget" || r.str("error.param") != c.param {
+			t.Errorf("%s: %d %s", c.body, r.status, r.raw)
+		}
+	}
+	r = e.do("POST", "/v1/members", tm.tokens["admin"], map[string]any{"user": "max", "role": "member",
+		"budget": map[string]any{"credits": "0.3", "period": "day"}})
+	e.expect(r, http.StatusOK, "")
+	if r.num("budget.credits") != "0.300" || r.str("budget.period") != "day" || r.num("period_used") != "0.000" {
+		t.Fatalf("member with a budget: %s", r.raw)
+	}
+	if id, err := e.store.Authenticate(ctx, []byte(secret)); err != nil || !id.Limited {
+		t.Fatalf("a key under a member budget: %+v %v", id, err)
+	}
+	r = e.do("GET", "/v1/members", tm.tokens["owner"], nil)
+	if !strings.Contains(r.raw, `{"user":"max","role":"member","budget":{"credits":0.300,"period":"day"},"period_used":0.000}`) ||
+		!strings.Contains(r.raw, `{"user":"ann","role":"admin","budget":null,"period_used":0.000}`) {
+		t.Fatalf("members: %s", r.raw)
+	}
+	// Changing the role alone leaves the budget; null removes it.
+	r = e.do("POST", "/v1/members", tm.tokens["admin"], map[string]any{"user": "max", "role": "billing"})
+	if r.num("budget.credits") != "0.300" {
+		t.Fatalf("budget after a role change: %s", r.raw)
+	}
+	r = e.do("POST", "/v1/members", tm.tokens["admin"], map[string]any{"user": "max", "role": "billing", "budget": nil})
+	if r.status != http.StatusOK || r.get("budget") != nil {
+		t.Fatalf("budget removed: %s", r.raw)
+	}
+	// A plain member cannot set budgets.
+	e.expect(e.do("POST", "/v1/members", tm.tokens["member"], map[string]any{"user": "max", "role": "member",
+		"budget": map[string]any{"credits": 100, "period": "day"}}), http.StatusForbidden, "permission_denied")
+}

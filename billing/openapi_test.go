@@ -261,7 +261,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	want(c.do("DELETE", "/v1/keys/"+own.str("id")+"x", tok, nil), http.StatusNotFound)
 	// Teams.
 	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "member"}), http.StatusCreated)
-	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "admin"}), http.StatusOK)
+	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "admin",
+		"budget": map[string]any{"credits": 50, "period": "week"}}), http.StatusOK)
 	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "root"}), http.StatusBadRequest)
 	want(c.do("GET", "/v1/members", tok, nil), http.StatusOK)
 	want(c.do("GET", "/v1/members", e.memberToken("stranger", "oas"), nil), http.StatusForbidden)

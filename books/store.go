@@ -175,6 +175,15 @@ func (s *Store) ChangeMember(ctx context.Context, c metering.MemberChange) (stri
 	return prev, err
 }
 
+// SetMemberBudget sets the budget in Redis and records it in the books
+// before it answers (a restore brings it back).
+func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
+	if err := s.Store.SetMemberBudget(ctx, account, user, budget, period); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
 // AppendAudit records the entry in Redis, then in the books' audit_log.
 func (s *Store) AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error) {
 	e, err := s.Store.AppendAudit(ctx, e)

@@ -68,13 +68,17 @@ func TestTeamsInBooks(t *testing.T) {
 	if err := e.b.pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE account = 'acme' AND id = ANY($1) AND actor = 'ann'`, ids).Scan(&n); err != nil || n != 3 {
 		t.Fatalf("audit entries in the books: %d, %v", n, err)
 	}
-	k, _, err := bs.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "dev", CreatedBy: "max"})
+	k, secret, err := bs.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "dev", CreatedBy: "max"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var by string
 	if err := e.b.pool.QueryRow(ctx, `SELECT created_by FROM api_keys WHERE account = 'acme' AND id = $1`, k.ID).Scan(&by); err != nil || by != "max" {
 		t.Fatalf("key creator in the books: %q, %v", by, err)
+	}
+
+	if err := bs.SetMemberBudget(ctx, "acme", "max", 5000, metering.PeriodWeek); err != nil {
+		t.Fatal(err)
 	}
 
 	// The books down: a member change is not acknowledged.
@@ -88,6 +92,12 @@ func TestTeamsInBooks(t *testing.T) {
 	}
 	if _, err := down.NewStore(e.St).AppendAudit(ctx, metering.AuditEntry{Account: "acme", Actor: "a", Action: "x", Target: "y"}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("an audit entry with the books down: %v, want ErrUnavailable", err)
+	}
+	if err := down.NewStore(e.St).SetMemberBudget(ctx, "acme", "ann", 1, metering.PeriodDay); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a member budget with the books down: %v, want ErrUnavailable", err)
+	}
+	if err := bs.SetMemberBudget(ctx, "acme", "ann", 0, ""); err != nil { // the retry: heals the books
+		t.Fatal(err)
 	}
 	if err := change(bs, "zed", ""); err != nil { // the retry of a removal: heals the books
 		t.Fatal(err)
@@ -114,6 +124,13 @@ func TestTeamsInBooks(t *testing.T) {
 	keys, err := e.St.Keys(ctx, "acme")
 	if err != nil || len(keys) != 1 || keys[0].CreatedBy != "max" {
 		t.Fatalf("keys after restore: %+v, %v", keys, err)
+	}
+	// The member's budget comes back, and its key is held call by call again.
+	if b, err := e.St.MemberBudgets(ctx, "acme"); err != nil || len(b) != 1 || b["max"].Budget != 5000 || b["max"].Period != metering.PeriodWeek {
+		t.Fatalf("member budgets after restore: %+v, %v", b, err)
+	}
+	if id, err := e.St.Authenticate(ctx, []byte(secret)); err != nil || !id.Limited {
+		t.Fatalf("a key under a member budget after restore: %+v, %v", id, err)
 	}
 	// The last-owner rule holds on the restored team.
 	if err := change(bs, "acme", ""); !errors.Is(err, metering.ErrLastOwner) {

@@ -104,7 +104,7 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	// atomically), the global lookup last: a key is never usable before its
 	// account knows it.
 	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active"},
-		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive).Int64Slice()
+		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy).Int64Slice()
 	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
@@ -123,13 +123,23 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 			return Key{}, "", err
 		}
 	}
+	budgeted, err := s.memberBudgeted(ctx, account, nk.CreatedBy)
+	if err != nil {
+		return Key{}, "", err
+	}
 	limited := "0"
-	if nk.CreditLimit > 0 || nk.Settings.Governed() {
+	if nk.CreditLimit > 0 || nk.Settings.Governed() || budgeted {
 		limited = "1"
 	}
 	if err := s.rdb.HSet(ctx, keyLookupKey(hashHex), "account", account, "id", k.ID, "hash_of", "sha256",
 		"limited", limited).Err(); err != nil {
 		return Key{}, "", unavailable("creating key", err)
+	}
+	if limited == "0" && nk.CreatedBy != "" {
+		// A member budget set meanwhile (markLimited explains why this suffices).
+		if err := s.markLimited(ctx, k, hashHex); err != nil {
+			return Key{}, "", err
+		}
 	}
 	return k, secret, nil
 }

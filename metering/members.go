@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,6 +18,8 @@ import (
 //	{a:ID}:members  hash   user → role; absent until the first change, when the
 //	                       account's own id is seeded as its owner
 //	{a:ID}:audit    stream actor, action, target, created_at (ms); capped at MaxAudit
+//	{a:ID}:mb       hash   user → "mc:period": a member's credit budget, shared by
+//	                       the keys it created (state in the account hash; keygov.lua)
 //
 // Roles are plain strings here; what each may do is billing's concern.
 
@@ -58,10 +61,14 @@ var (
 	//go:embed scripts/members.lua
 	membersSrc    string
 	membersScript = redis.NewScript(membersSrc)
+	//go:embed scripts/member_budget.lua
+	memberBudgetSrc    string
+	memberBudgetScript = redis.NewScript(memberBudgetSrc)
 )
 
-func membersKey(id string) string { return "{a:" + id + "}:members" }
-func auditKey(id string) string   { return "{a:" + id + "}:audit" }
+func membersKey(id string) string      { return "{a:" + id + "}:members" }
+func auditKey(id string) string        { return "{a:" + id + "}:audit" }
+func memberBudgetKey(id string) string { return "{a:" + id + "}:mb" }
 
 // Member is a user's role in an account.
 type Member struct {
@@ -98,7 +105,7 @@ func (s *Store) ChangeMember(ctx context.Context, c MemberChange) (string, error
 	if c.ByOwner {
 		owner = "1"
 	}
-	res, err := membersScript.Run(ctx, s.rdb, []string{acctKey(c.Account), membersKey(c.Account)},
+	res, err := membersScript.Run(ctx, s.rdb, []string{acctKey(c.Account), membersKey(c.Account), memberBudgetKey(c.Account)},
 		op, c.Account, c.User, c.Role, owner, MaxMembers).Slice()
 	if err != nil {
 		return "", unavailable("changing member", err)
@@ -198,6 +205,111 @@ func (s *Store) Audit(ctx context.Context, account string, limit int64) ([]Audit
 		ms, _ := strconv.ParseInt(str("created_at"), 10, 64)
 		out = append(out, AuditEntry{ID: m.ID, Account: account, Actor: str("actor"), Action: str("action"),
 			Target: str("target"), CreatedAt: time.UnixMilli(ms).UTC()})
+	}
+	return out, nil
+}
+
+// MemberBudget is a member's credit budget per period, shared by the keys it
+// created, and what they spent in the current period (mc).
+type MemberBudget struct {
+	Budget     int64
+	Period     string // PeriodDay, PeriodWeek or PeriodMonth
+	PeriodUsed int64
+}
+
+// SetMemberBudget sets user's budget (mc per period; 0 removes it). The
+// proxy holds each call of the member's keys within what is left of it,
+// atomically with the hold, on every replica (reserve.lua): concurrent calls
+// never pass it, one call's excess over its hold at most. Its keys are then
+// held call by call (limited), never from a lease; a replica that served one
+// from its lease does so for at most the key cache TTL. ErrNoMember when
+// user is not a member.
+func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
+	v := ""
+	if budget > 0 {
+		switch period {
+		case PeriodDay, PeriodWeek, PeriodMonth:
+		default:
+			return fmt.Errorf("setting member budget: period %q: %w", period, errMemberArgs)
+		}
+		v = strconv.FormatInt(budget, 10) + ":" + period
+	}
+	if budget < 0 || !ValidAccountID(user) {
+		return fmt.Errorf("setting member budget: %w", errMemberArgs)
+	}
+	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account)},
+		account, user, v).Int()
+	if err != nil {
+		return unavailable("setting member budget", err)
+	}
+	switch n {
+	case -1:
+		return fmt.Errorf("setting member budget: %w", ErrNoAccount)
+	case -2:
+		return fmt.Errorf("setting the budget of %q: %w", user, ErrNoMember)
+	}
+	// After the budget is written: mark the member's keys (see markLimited).
+	keys, err := s.Keys(ctx, account)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Revoked || k.CreatedBy != user {
+			continue
+		}
+		hash, err := s.rdb.HGet(ctx, keysKey(account)+":hash", k.ID).Result()
+		if err != nil {
+			return unavailable("setting member budget", err)
+		}
+		if err := s.markLimited(ctx, k.Key, hash); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memberBudgeted reports whether user has a budget in account.
+func (s *Store) memberBudgeted(ctx context.Context, account, user string) (bool, error) {
+	if user == "" {
+		return false, nil
+	}
+	ok, err := s.rdb.HExists(ctx, memberBudgetKey(account), user).Result()
+	if err != nil {
+		return false, unavailable("reading member budget", err)
+	}
+	return ok, nil
+}
+
+// MemberBudgets lists the account's member budgets by user, with what each
+// member's keys spent in the current period.
+func (s *Store) MemberBudgets(ctx context.Context, account string) (map[string]MemberBudget, error) {
+	m, err := s.rdb.HGetAll(ctx, memberBudgetKey(account)).Result()
+	if err != nil {
+		return nil, unavailable("reading member budgets", err)
+	}
+	out := make(map[string]MemberBudget, len(m))
+	if len(m) == 0 {
+		return out, nil
+	}
+	users := make([]string, 0, len(m))
+	fields := make([]string, 0, 2*len(m))
+	for u := range m {
+		users = append(users, u)
+		fields = append(fields, "m:"+u+":bstart", "m:"+u+":bused")
+	}
+	st, err := s.rdb.HMGet(ctx, acctKey(account), fields...).Result()
+	if err != nil {
+		return nil, unavailable("reading member budgets", err)
+	}
+	now := time.Now()
+	for i, u := range users {
+		mc, period, _ := strings.Cut(m[u], ":")
+		b := MemberBudget{Period: period}
+		b.Budget, _ = strconv.ParseInt(mc, 10, 64)
+		if atoi(st[2*i]) == KeyPeriodStart(period, now).Unix() {
+			b.PeriodUsed = atoi(st[2*i+1])
+		}
+		out[u] = b
 	}
 	return out, nil
 }

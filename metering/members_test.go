@@ -165,3 +165,106 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("audit stream holds %d entries, want about %d", n, metering.MaxAudit)
 	}
 }
+
+// TestMemberBudgetConcurrent: a member's budget is shared by its keys and
+// enforced where calls are held: 50 calls at once on two replicas, through
+// two of the member's keys, are admitted exactly as far as the budget goes;
+// another member's key is not touched; a release gives its hold back.
+func TestMemberBudgetConcurrent(t *testing.T) {
+	e := newEnv(t, metering.Options{KeyCacheTTL: -1})
+	other := e.replica(t, metering.Options{KeyCacheTTL: -1})
+	ctx := context.Background()
+	e.account(t, "acme", 1_000_000)
+	for _, u := range []string{"max", "ann"} {
+		if _, err := e.st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: u, Role: metering.RoleMember, ByOwner: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue := func(by string) (metering.Key, string) {
+		k, secret, err := e.st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: by, CreatedBy: by})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, secret
+	}
+	k1, s1 := issue("max")
+	if id, err := e.st.Authenticate(ctx, []byte(s1)); err != nil || id.Limited {
+		t.Fatalf("a member's key without a budget: %+v %v (want the lease path)", id, err)
+	}
+	if err := e.st.SetMemberBudget(ctx, "acme", "max", 100, metering.PeriodDay); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetMemberBudget(ctx, "acme", "nobody", 100, metering.PeriodDay); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("a budget for a non-member: %v", err)
+	}
+	k2, s2 := issue("max")
+	k3, _ := issue("ann")
+	for _, s := range []string{s1, s2} {
+		if id, err := e.st.Authenticate(ctx, []byte(s)); err != nil || !id.Limited {
+			t.Fatalf("a key under a member budget: %+v %v (want held call by call)", id, err)
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	admitted, charged := 0, int64(0)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, k := e.st, k1
+			if i%2 == 1 {
+				st, k = other, k2
+			}
+			id := fmt.Sprintf("r%d", i)
+			h, err := st.Reserve(ctx, metering.HoldRequest{Account: "acme", KeyID: k.ID, KeyLimited: true, HoldID: id, Model: "m",
+				Fixed: 10, PerOutput: 2, MinOutput: 1, MaxOutput: 10, InputTokens: 10})
+			if err != nil {
+				if rule(err) != metering.RuleMemberBudget {
+					t.Errorf("call %d: %v, want a member budget refusal", i, err)
+				}
+				return
+			}
+			c, err := st.Settle(ctx, metering.Settlement{Account: "acme", KeyID: k.ID, HoldID: id, Cost: h.Amount})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			admitted, charged = admitted+1, charged+c.Charged
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if admitted != 3 || charged != 90 {
+		t.Fatalf("%d calls admitted, %d mc charged; want 3 and 90 of a 100 mc budget", admitted, charged)
+	}
+	b, err := e.st.MemberBudgets(ctx, "acme")
+	if err != nil || b["max"] != (metering.MemberBudget{Budget: 100, Period: metering.PeriodDay, PeriodUsed: 90}) {
+		t.Fatalf("member budgets %+v, %v", b, err)
+	}
+	// Another member's key is not under max's budget.
+	if _, err := e.st.Reserve(ctx, holdFor(k3, "ann-1", 10, 1, 10)); err != nil {
+		t.Fatalf("another member's key: %v", err)
+	}
+	// 10 mc left: a call that fits is held, and its release gives it back.
+	if _, err := e.st.Reserve(ctx, holdFor(k1, "small", 4, 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Reserve(ctx, holdFor(k2, "small2", 4, 1, 1)); rule(err) != metering.RuleMemberBudget {
+		t.Fatalf("past the budget with one call held: %v", err)
+	}
+	if err := e.st.Release(ctx, "acme", k1.ID, "small", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Reserve(ctx, holdFor(k2, "small3", 4, 1, 1)); err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	// No budget: no limit.
+	if err := e.st.SetMemberBudget(ctx, "acme", "max", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Reserve(ctx, holdFor(k1, "free", 10, 1, 10)); err != nil {
+		t.Fatalf("after the budget was removed: %v", err)
+	}
+	assertLedger(t, e.st, "acme")
+}

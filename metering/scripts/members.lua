@@ -2,6 +2,7 @@
 -- with the rules that keep a team governable.
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] members      {a:<id>}:members (hash: user → role)
+-- KEYS[3] budgets      {a:<id>}:mb (a removed member's budget goes with it)
 -- ARGV: op ("set" | "del"), account id, user, role (set), actor is an owner ("1" | "0"),
 --       the most members an account may have.
 -- Before the first change the account's own id is its owner: the hash is
@@ -28,6 +29,7 @@ if cur == 'owner' and (op == 'del' or role ~= 'owner') then
 end
 if op == 'del' then
   redis.call('HDEL', members, user)
+  redis.call('HDEL', KEYS[3], user)
 else
   if cur == '' and redis.call('HLEN', members) >= cap then return {-5} end
   redis.call('HSET', members, user, role)

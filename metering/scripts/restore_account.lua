@@ -12,7 +12,7 @@
 -- KEYS[8…] the account's other records, in the order of ARGV's "records"
 -- ARGV[1] JSON: {"acct": [field, value, …], "last": [id, field, value, …] | [],
 --   "history": [[id, field, value, …], …], "refs": [ref, …],
---   "keys": [[id, meta, hash, active "1"|"0", limit], …], "records": [[field, value, …], …]}
+--   "keys": [[id, meta, hash, active "1"|"0", limit, member who created it or ""], …], "records": [[field, value, …], …]}
 -- Every number is a string: cjson would turn it into a double.
 -- Returns 1 when restored, 0 when the account already exists (left alone).
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -31,6 +31,7 @@ for _, k in ipairs(img.keys) do
   redis.call('HSET', KEYS[6], k[1], k[3])
   if k[4] == '1' then redis.call('SADD', KEYS[7], k[1]) end
   if k[5] ~= '0' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':limit', k[5]) end
+  if k[6] ~= '' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':m', k[6]) end
 end
 for i, r in ipairs(img.records) do
   if #r > 0 then redis.call('HSET', KEYS[7 + i], unpack(r)) end
