@@ -58,6 +58,9 @@ func newJWTVerifier(cfg config.JWT) (*jwtVerifier, error) {
 	if v.member == "" {
 		v.member = "account"
 	}
+	if v.member == v.claim {
+		return nil, fmt.Errorf("%s.member_claim: %q is also the account_claim; name another claim", path, v.member)
+	}
 	var allowed map[string]bool
 	var defaults []string
 	if cfg.Secret != "" {

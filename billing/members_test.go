@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -249,4 +250,25 @@ func TestTeamMemberBudget(t *testing.T) {
 	// A plain member cannot set budgets.
 	e.expect(e.do("POST", "/v1/members", tm.tokens["member"], map[string]any{"user": "max", "role": "member",
 		"budget": map[string]any{"credits": 100, "period": "day"}}), http.StatusForbidden, "permission_denied")
+}
+
+// TestMemberClaimConfigured: billing.jwt.member_claim names the claim; the
+// default name then means nothing.
+func TestMemberClaimConfigured(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{jwt: &config.JWT{Secret: testJWTSecret, Issuer: testIssuer, Audience: testAudience,
+		AccountClaim: "sub", MemberClaim: "org"}})
+	owner := e.token("acme", nil)
+	e.expect(e.do("POST", "/v1/members", owner, map[string]string{"user": "ann", "role": "admin"}), http.StatusCreated, "")
+	e.expect(e.do("GET", "/v1/members", e.token("ann", func(c jwt.MapClaims) { c["org"] = "acme" }), nil), http.StatusOK, "")
+	if _, err := New(Options{Catalog: e.catalog, Store: e.store, Config: config.Billing{JWT: config.JWT{Secret: testJWTSecret,
+		AccountClaim: "org", MemberClaim: "org"}}}); err == nil || !strings.Contains(err.Error(), "billing.jwt.member_claim") {
+		t.Fatalf("member_claim = account_claim: %v", err)
+	}
+	// "account" is not the claim here: ann acts for her own account.
+	r := e.do("GET", "/v1/members", e.memberToken("ann", "acme"), nil)
+	e.expect(r, http.StatusOK, "")
+	if r.str("data.0.user") != "ann" || len(r.list()) != 1 {
+		t.Fatalf("ann's own account: %s", r.raw)
+	}
 }
