@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -290,6 +291,10 @@ func (b *Books) saveRecords(ctx context.Context, account string, recs []metering
 			if id, ok := strings.CutPrefix(r.Name, "pay:"); ok && p == nil {
 				batch.Queue(`UPDATE payments SET removed = $3 WHERE account = $1 AND payment_id = $2`, account, id, num(r.Fields["removed_mc"]))
 			}
+		}
+		if !slices.ContainsFunc(recs, func(r metering.StateRecord) bool { return r.Name == "mbudget" }) {
+			// The last member budget removed: Redis has no such record any more.
+			batch.Queue(`DELETE FROM account_records WHERE account = $1 AND name = 'mbudget'`, account)
 		}
 		if p != nil {
 			batch.Queue(`INSERT INTO payments (account, ref, payment_id, credits, amount_minor, currency, removed)

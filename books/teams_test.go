@@ -132,6 +132,14 @@ func TestTeamsInBooks(t *testing.T) {
 	if id, err := e.St.Authenticate(ctx, []byte(secret)); err != nil || !id.Limited {
 		t.Fatalf("a key under a member budget after restore: %+v, %v", id, err)
 	}
+	// Removing the last budget removes it from the books too.
+	if err := bs.SetMemberBudget(ctx, "acme", "max", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	var rows int
+	if err := e.b.pool.QueryRow(ctx, `SELECT count(*) FROM account_records WHERE account = 'acme' AND name = 'mbudget'`).Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("budget records left in the books: %d, %v", rows, err)
+	}
 	// The last-owner rule holds on the restored team.
 	if err := change(bs, "acme", ""); !errors.Is(err, metering.ErrLastOwner) {
 		t.Fatalf("removing the last owner after restore: %v", err)
