@@ -77,7 +77,8 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, account str
 	return nil
 }
 
-// POST /v1/members {"user","role"}: adds a member or changes its role.
+// POST /v1/members {"user","role","budget"}: adds a member or changes its role,
+// and its budget when the request names one (null: none).
 func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account string) error {
 	var req memberRequest
 	if err := decodeJSON(w, r, &req); err != nil {
