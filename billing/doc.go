@@ -6,6 +6,9 @@
 //   - the public billing API, authenticated by a JWT issued by the app
 //     (HS256 secret or an RS256/ES256/EdDSA public key): credit packs, Stripe
 //     Checkout, billing history, the account's balance and self-service API keys;
+//   - teams: members act for an account by a JWT claim (billing.jwt.member_claim)
+//     with a role; every JWT route needs one permission, checked in one place
+//     before its handler (authz.go); members and the audit log (members.go);
 //   - the Stripe webhook, verified by its signature, which is the only way
 //     purchased credits arrive: exactly once per checkout session, from the
 //     record made at checkout, and taken back on refunds and disputes;

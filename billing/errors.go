@@ -15,6 +15,7 @@ import (
 const (
 	typeInvalidRequest = "invalid_request_error"
 	typeAuthentication = "authentication_error"
+	typePermission     = "permission_error"
 	typeNotFound       = "not_found_error"
 	typeConflict       = "conflict_error"
 	typePayment        = "payment_required"
@@ -133,6 +134,15 @@ func (s *Server) classify(err error) *apiError {
 		return &apiError{status: http.StatusConflict, typ: typeConflict, code: "account_exists", message: "the account already exists"}
 	case errors.Is(err, metering.ErrNoKey):
 		return notFound("key_not_found", "no such API key")
+	case errors.Is(err, metering.ErrNoMember):
+		return notFound("member_not_found", "no such member")
+	case errors.Is(err, metering.ErrLastOwner):
+		return conflict("last_owner", "an account needs at least one owner: make another member owner first")
+	case errors.Is(err, metering.ErrOwnerOnly):
+		return &apiError{status: http.StatusForbidden, typ: typePermission, code: "owner_required",
+			message: "only an owner may grant, change or remove the owner role"}
+	case errors.Is(err, metering.ErrTooMany):
+		return conflict("too_many_members", "an account may have at most %d members", metering.MaxMembers)
 	case errors.Is(err, metering.ErrNotFound):
 		return notFound("not_found", "not found")
 	case errors.Is(err, errStripe):

@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -37,6 +38,7 @@ type jwtVerifier struct {
 	parser *jwt.Parser
 	key    any // []byte for HMAC; *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
 	claim  string
+	member string // the claim naming the account a member acts for
 }
 
 // newJWTVerifier builds the verifier from config; nil (and no error) when no
@@ -49,9 +51,15 @@ func newJWTVerifier(cfg config.JWT) (*jwtVerifier, error) {
 	if cfg.Secret != "" && cfg.PublicKeyFile != "" {
 		return nil, fmt.Errorf("%s: set either secret (HS256) or public_key_file (RS256/ES256/EdDSA), not both", path)
 	}
-	v := &jwtVerifier{claim: cfg.AccountClaim}
+	v := &jwtVerifier{claim: cfg.AccountClaim, member: cfg.MemberClaim}
 	if v.claim == "" {
 		v.claim = "sub"
+	}
+	if v.member == "" {
+		v.member = "account"
+	}
+	if v.member == v.claim {
+		return nil, fmt.Errorf("%s.member_claim: %q is also the account_claim; name another claim", path, v.member)
 	}
 	var allowed map[string]bool
 	var defaults []string
@@ -109,22 +117,33 @@ func newJWTVerifier(cfg config.JWT) (*jwtVerifier, error) {
 	return v, nil
 }
 
-// account verifies token and returns the account it names. Every failure is
-// the same errInvalidToken; the reason is for the log only.
-func (v *jwtVerifier) account(token string) (string, error) {
+// account verifies token and returns the account it acts for and the user
+// acting. With the member claim (billing.jwt.member_claim) the account is
+// the claim's and the user is sub (a member, checked by the caller);
+// without it the account is the account claim's, as ever, and the user is
+// the account itself (its owner). Every failure is the same
+// errInvalidToken; the reason is for the log only.
+func (v *jwtVerifier) account(token string) (account, user string, err error) {
 	if len(token) > maxTokenLen {
-		return "", fmt.Errorf("token of %d bytes: %w", len(token), errInvalidToken)
+		return "", "", fmt.Errorf("token of %d bytes: %w", len(token), errInvalidToken)
 	}
 	claims := jwt.MapClaims{}
-	_, err := v.parser.ParseWithClaims(token, claims, v.keyFunc)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", errInvalidToken, err)
+	if _, err := v.parser.ParseWithClaims(token, claims, v.keyFunc); err != nil {
+		return "", "", fmt.Errorf("%w: %w", errInvalidToken, err)
+	}
+	if m, ok := claims[v.member]; ok && m != nil {
+		acct, _ := m.(string)
+		sub, _ := claims["sub"].(string)
+		if !metering.ValidAccountID(acct) || !metering.ValidAccountID(sub) {
+			return "", "", fmt.Errorf("claims %q and sub must be valid ids: %w", v.member, errInvalidToken)
+		}
+		return acct, sub, nil
 	}
 	acct, _ := claims[v.claim].(string)
 	if !metering.ValidAccountID(acct) {
-		return "", fmt.Errorf("claim %q is not a valid account id: %w", v.claim, errInvalidToken)
+		return "", "", fmt.Errorf("claim %q is not a valid account id: %w", v.claim, errInvalidToken)
 	}
-	return acct, nil
+	return acct, acct, nil
 }
 
 // keyFunc hands out the one key, and only for a method of its own kind (the
@@ -186,8 +205,9 @@ func bearer(r *http.Request) string {
 // userHandler is a handler of the public API, called with the authenticated account.
 type userHandler func(w http.ResponseWriter, r *http.Request, account string) error
 
-// user authenticates the caller's JWT, creates its account on first use, and
-// calls h with it.
+// user authenticates the caller's JWT, checks that the caller may use the
+// route (authorize, authz.go), creates its account on first use, and calls h
+// with it.
 func (s *Server) user(h userHandler) http.Handler {
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		if s.jwt == nil {
@@ -200,15 +220,22 @@ func (s *Server) user(h userHandler) http.Handler {
 		case strings.HasPrefix(token, metering.KeyPrefix):
 			return errAPIKeyRefused
 		}
-		acct, err := s.jwt.account(token)
+		acct, usr, err := s.jwt.account(token)
 		if err != nil {
 			return err
 		}
 		infoFrom(r.Context()).account = acct
-		if _, err := s.store.EnsureAccount(r.Context(), acct); err != nil {
-			return fmt.Errorf("creating account on first use: %w", err)
+		c, err := s.authorize(r, acct, usr)
+		if err != nil {
+			return err
 		}
-		return h(w, r, acct)
+		if c.user == acct {
+			// Only an account's own token creates it: a member's names one that exists.
+			if _, err := s.store.EnsureAccount(r.Context(), acct); err != nil {
+				return fmt.Errorf("creating account on first use: %w", err)
+			}
+		}
+		return h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)), acct)
 	})
 }
 

@@ -69,6 +69,11 @@ func FuzzJWT(f *testing.F) {
 		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["aud"] = []any{"x", fuzzAudience} }), []byte(fuzzSecret)),
 		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["sub"] = "a}{b" }), []byte(fuzzSecret)),
 		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["exp"] = 1e300 }), []byte(fuzzSecret)),
+		// Teams: a member acting for an account, and the claim mangled.
+		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["account"] = "team" }), []byte(fuzzSecret)),
+		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["account"] = []any{"team"} }), []byte(fuzzSecret)),
+		sign(jwt.SigningMethodHS256, claims(func(c jwt.MapClaims) { c["account"] = "team"; delete(c, "sub") }), []byte(fuzzSecret)),
+		none(claims(func(c jwt.MapClaims) { c["account"] = "team" })),
 		none(claims(nil)),
 		strings.Replace(good, ".", "..", 1),
 		good[:len(good)-1],
@@ -86,11 +91,11 @@ func FuzzJWT(f *testing.F) {
 			{"HS256", hs, jwt.SigningMethodHS256, []byte(fuzzSecret)},
 			{"RS256", rs, jwt.SigningMethodRS256, &priv.PublicKey},
 		} {
-			acct, err := v.ver.account(token)
+			acct, usr, err := v.ver.account(token)
 			if err != nil {
 				continue
 			}
-			if !metering.ValidAccountID(acct) {
+			if !metering.ValidAccountID(acct) || !metering.ValidAccountID(usr) {
 				t.Fatalf("%s verifier accepted account %q", v.name, acct)
 			}
 			_, err = jwt.Parse(token, func(*jwt.Token) (any, error) { return v.key, nil },

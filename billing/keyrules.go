@@ -73,32 +73,11 @@ func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw),
 // apply changes ks by the request's fields.
 func (s *Server) applyKeyRules(req keyRulesRequest, ks *metering.KeySettings) error {
 	if req.Budget != nil {
-		ks.Budget, ks.BudgetPeriod = 0, ""
-		if !isNull(req.Budget) {
-			var b struct {
-				Credits json.Number `json:"credits"`
-				Period  string      `json:"period"`
-			}
-			dec := json.NewDecoder(bytes.NewReader(req.Budget))
-			dec.UseNumber()
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&b); err != nil {
-				return badRequest("invalid_budget", "budget", `budget must be {"credits": <credits>, "period": "day"|"week"|"month"}`)
-			}
-			mc, err := parseCredits("budget.credits", b.Credits)
-			if err != nil {
-				return err
-			}
-			if mc <= 0 {
-				return badRequest("invalid_budget", "budget.credits", "budget.credits must be a positive number of credits")
-			}
-			switch b.Period {
-			case metering.PeriodDay, metering.PeriodWeek, metering.PeriodMonth:
-			default:
-				return badRequest("invalid_budget", "budget.period", `budget.period must be "day", "week" or "month"`)
-			}
-			ks.Budget, ks.BudgetPeriod = mc, b.Period
+		mc, period, err := parseBudget(req.Budget)
+		if err != nil {
+			return err
 		}
+		ks.Budget, ks.BudgetPeriod = mc, period
 	}
 	if req.Models != nil {
 		ks.Models, ks.ModelIDs = nil, nil
@@ -156,6 +135,37 @@ func (s *Server) applyKeyRules(req keyRulesRequest, ks *metering.KeySettings) er
 	return nil
 }
 
+// parseBudget parses a budget as requests give it: {"credits","period"}, or
+// null (no budget: 0, "").
+func parseBudget(raw json.RawMessage) (int64, string, error) {
+	if isNull(raw) {
+		return 0, "", nil
+	}
+	var b struct {
+		Credits json.Number `json:"credits"`
+		Period  string      `json:"period"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return 0, "", badRequest("invalid_budget", "budget", `budget must be {"credits": <credits>, "period": "day"|"week"|"month"}`)
+	}
+	mc, err := parseCredits("budget.credits", b.Credits)
+	if err != nil {
+		return 0, "", err
+	}
+	if mc <= 0 {
+		return 0, "", badRequest("invalid_budget", "budget.credits", "budget.credits must be a positive number of credits")
+	}
+	switch b.Period {
+	case metering.PeriodDay, metering.PeriodWeek, metering.PeriodMonth:
+	default:
+		return 0, "", badRequest("invalid_budget", "budget.period", `budget.period must be "day", "week" or "month"`)
+	}
+	return mc, b.Period, nil
+}
+
 // patchKeyRequest is PATCH /v1/keys/{id}: the name and the rules.
 type patchKeyRequest struct {
 	Name *string `json:"name"`
@@ -178,9 +188,10 @@ func (s *Server) patchKey(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if err != nil {
 		return err
 	}
+	c, member := callerFrom(ctx)
 	var cur *metering.KeyUsage
 	for i := range keys {
-		if keys[i].ID == keyID && !keys[i].Revoked {
+		if keys[i].ID == keyID && !keys[i].Revoked && (!member || c.owns(keys[i].Key)) {
 			cur = &keys[i]
 		}
 	}
@@ -193,6 +204,9 @@ func (s *Server) patchKey(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	k, err := s.store.SetKeySettings(ctx, account, keyID, req.Name, ks)
 	if err != nil {
+		return err
+	}
+	if err := s.audit(ctx, account, auditKeyUpdated, keyID); err != nil {
 		return err
 	}
 	periodUsed := cur.PeriodUsed

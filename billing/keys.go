@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/metering"
@@ -22,6 +23,7 @@ type keyJSON struct {
 	CreditLimit *Credits `json:"credit_limit"` // null: no limit
 	Used        Credits  `json:"used"`
 	CreatedAt   string   `json:"created_at"`
+	CreatedBy   *string  `json:"created_by"` // the member who created it; null: the account itself or an operator
 	Revoked     bool     `json:"revoked"`
 	keyRules             // keyrules.go
 }
@@ -35,6 +37,10 @@ type newKeyJSON struct {
 func keyView(k metering.KeyUsage) keyJSON {
 	v := keyJSON{ID: k.ID, Object: "api_key", Name: k.Name, Hint: k.Hint, Used: Credits(k.Used),
 		CreatedAt: timestamp(k.CreatedAt), Revoked: k.Revoked, keyRules: keyRulesView(k.KeySettings, k.PeriodUsed)}
+	if k.CreatedBy != "" {
+		by := k.CreatedBy
+		v.CreatedBy = &by
+	}
 	if k.CreditLimit > 0 {
 		l := Credits(k.CreditLimit)
 		v.CreditLimit = &l
@@ -72,6 +78,9 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 		limit = mc
 	}
 	nk := metering.NewKey{Account: account, Name: req.Name, CreditLimit: limit}
+	if c, ok := callerFrom(ctx); ok {
+		nk.CreatedBy = c.user
+	}
 	if err := s.applyKeyRules(req.keyRulesRequest, &nk.Settings); err != nil {
 		return err
 	}
@@ -90,6 +99,7 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 	if err != nil {
 		return fmt.Errorf("creating key: %w", err)
 	}
+	s.auditLogged(ctx, account, auditKeyCreated, k.ID)
 	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(metering.KeyUsage{Key: k}), Key: secret})
 	return nil
 }
@@ -131,9 +141,12 @@ func (s *Server) listKeys(ctx context.Context, w http.ResponseWriter, account st
 	if err != nil {
 		return fmt.Errorf("listing keys: %w", err)
 	}
+	c, member := callerFrom(ctx)
 	out := make([]keyJSON, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, keyView(k))
+		if !member || c.owns(k.Key) {
+			out = append(out, keyView(k))
+		}
 	}
 	writeJSON(w, http.StatusOK, listJSON[keyJSON]{Object: "list", Data: out})
 	return nil
@@ -143,8 +156,21 @@ func (s *Server) revokeKey(ctx context.Context, w http.ResponseWriter, account, 
 	if !metering.ValidAccountID(keyID) {
 		return notFound("key_not_found", "no such API key")
 	}
+	if c, ok := callerFrom(ctx); ok && !c.may(permAllKeys) {
+		// A plain member's: only the keys it created; another's is "no such key".
+		keys, err := s.store.Keys(ctx, account)
+		if err != nil {
+			return fmt.Errorf("revoking key: %w", err)
+		}
+		if !slices.ContainsFunc(keys, func(k metering.KeyUsage) bool { return k.ID == keyID && c.owns(k.Key) }) {
+			return notFound("key_not_found", "no such API key")
+		}
+	}
 	if err := s.store.RevokeKey(ctx, account, keyID); err != nil {
 		return fmt.Errorf("revoking key: %w", err)
+	}
+	if err := s.audit(ctx, account, auditKeyRevoked, keyID); err != nil {
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -259,6 +259,16 @@ func TestOpenAPIResponses(t *testing.T) {
 	want(c.do("PATCH", "/v1/keys/"+own.str("id")+"x", tok, map[string]any{"name": "x"}), http.StatusNotFound)
 	want(c.do("DELETE", "/v1/keys/"+own.str("id"), tok, nil), http.StatusNoContent)
 	want(c.do("DELETE", "/v1/keys/"+own.str("id")+"x", tok, nil), http.StatusNotFound)
+	// Teams.
+	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "member"}), http.StatusCreated)
+	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "admin",
+		"budget": map[string]any{"credits": 50, "period": "week"}}), http.StatusOK)
+	want(c.do("POST", "/v1/members", tok, map[string]any{"user": "oas-dev", "role": "root"}), http.StatusBadRequest)
+	want(c.do("GET", "/v1/members", tok, nil), http.StatusOK)
+	want(c.do("GET", "/v1/members", e.memberToken("stranger", "oas"), nil), http.StatusForbidden)
+	want(c.do("DELETE", "/v1/members/oas-dev", tok, nil), http.StatusNoContent)
+	want(c.do("DELETE", "/v1/members/oas", tok, nil), http.StatusConflict)
+	want(c.do("GET", "/v1/audit?limit=5", tok, nil), http.StatusOK)
 	co := c.do("POST", "/v1/billing/checkout", tok, map[string]any{"pack": "growth"})
 	want(co, http.StatusOK)
 	want(c.do("POST", "/v1/billing/checkout", tok, map[string]any{"pack": "nope"}), http.StatusBadRequest)

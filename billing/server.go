@@ -239,6 +239,12 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
 	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))
 
+	// Teams (members.go); who may call what: authz.go.
+	mux.Handle("GET /v1/members", s.user(s.listMembers))
+	mux.Handle("POST /v1/members", s.user(s.setMember))
+	mux.Handle("DELETE /v1/members/{user}", s.user(s.removeMember))
+	mux.Handle("GET /v1/audit", s.user(s.listAudit))
+
 	if s.adminOn {
 		mux.Handle("POST /admin/v1/accounts", s.admin(s.adminCreateAccount))
 		mux.Handle("GET /admin/v1/accounts/{id}", s.admin(s.adminAccount))

@@ -32,6 +32,15 @@ type Store interface {
 	BillingHistory(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
 	AccountForCustomer(ctx context.Context, customer string) (string, error)
 
+	// Teams (members.go): members, their roles, the audit log.
+	ChangeMember(ctx context.Context, c metering.MemberChange) (string, error)
+	Members(ctx context.Context, account string) ([]metering.Member, error)
+	MemberRole(ctx context.Context, account, user string) (string, error)
+	AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error)
+	Audit(ctx context.Context, account string, limit int64) ([]metering.AuditEntry, error)
+	SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error
+	MemberBudgets(ctx context.Context, account string) (map[string]metering.MemberBudget, error)
+
 	// Subscriptions and plan usage.
 	Subscription(ctx context.Context, account string) (metering.Subscription, error)
 	SaveSubscription(ctx context.Context, account string, sub metering.Subscription, at time.Time) (bool, error)

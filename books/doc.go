@@ -1,7 +1,8 @@
 // Package books keeps Tollgate's durable books in PostgreSQL, the system of
 // record: accounts, their control-plane records (API keys — metadata and the
 // hash of the secret, never the secret —, Stripe customer, subscription,
-// auto-recharge settings, payments), and an append-only journal of every
+// auto-recharge settings, payments, team members), the audit log of member
+// and key changes, and an append-only journal of every
 // ledger entry, in integer milli-credits. Redis (package metering) stays the
 // hot store; PostgreSQL is never on a call's path.
 //

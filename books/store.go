@@ -3,7 +3,9 @@ package books
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -159,6 +161,43 @@ func (s *Store) SetAutoRecharge(ctx context.Context, account string, st metering
 	return s.b.SaveRecords(ctx, s.Store, account)
 }
 
+// ChangeMember changes the member in Redis (where the rules that keep a
+// team governable are checked atomically) and records the account's members
+// in the books before it answers. A removal of a user who is no longer a
+// member still records them: a retry after a books failure heals the books.
+func (s *Store) ChangeMember(ctx context.Context, c metering.MemberChange) (string, error) {
+	prev, err := s.Store.ChangeMember(ctx, c)
+	if err != nil && !errors.Is(err, metering.ErrNoMember) {
+		return prev, err
+	}
+	if serr := s.b.SaveRecords(ctx, s.Store, c.Account); serr != nil {
+		return prev, serr
+	}
+	return prev, err
+}
+
+// SetMemberBudget sets the budget in Redis and records it in the books
+// before it answers (a restore brings it back).
+func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
+	if err := s.Store.SetMemberBudget(ctx, account, user, budget, period); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
+// AppendAudit records the entry in Redis, then in the books' audit_log.
+func (s *Store) AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error) {
+	e, err := s.Store.AppendAudit(ctx, e)
+	if err != nil {
+		return e, err
+	}
+	if _, err := s.b.pool.Exec(ctx, `INSERT INTO audit_log (account, id, actor, action, target, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, e.Account, e.ID, e.Actor, e.Action, e.Target, e.CreatedAt); err != nil {
+		return e, unavailable("recording audit entry", err)
+	}
+	return e, nil
+}
+
 func (s *Store) after(ctx context.Context, account string) func(bool, error) (bool, error) {
 	return func(ok bool, err error) (bool, error) {
 		if err != nil {
@@ -237,15 +276,25 @@ func (b *Books) saveRecords(ctx context.Context, account string, recs []metering
 			if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
 				var k metering.Key
 				if json.Unmarshal([]byte(r.Fields["meta"]), &k) == nil {
-					batch.Queue(`INSERT INTO api_keys (account, id, hash, name, credit_limit, created_at, revoked)
-						VALUES ($1, $2, $3, $4, $5, $6, $7)
+					batch.Queue(`INSERT INTO api_keys (account, id, hash, name, credit_limit, created_at, revoked, created_by)
+						VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 						ON CONFLICT (account, id) DO UPDATE SET revoked = excluded.revoked, name = excluded.name`,
-						account, id, r.Fields["hash"], k.Name, k.CreditLimit, k.CreatedAt, k.Revoked)
+						account, id, r.Fields["hash"], k.Name, k.CreditLimit, k.CreatedAt, k.Revoked, k.CreatedBy)
+				}
+			}
+			if r.Name == "members" {
+				batch.Queue(`DELETE FROM members WHERE account = $1`, account)
+				for user, role := range r.Fields {
+					batch.Queue(`INSERT INTO members (account, "user", role) VALUES ($1, $2, $3)`, account, user, role)
 				}
 			}
 			if id, ok := strings.CutPrefix(r.Name, "pay:"); ok && p == nil {
 				batch.Queue(`UPDATE payments SET removed = $3 WHERE account = $1 AND payment_id = $2`, account, id, num(r.Fields["removed_mc"]))
 			}
+		}
+		if !slices.ContainsFunc(recs, func(r metering.StateRecord) bool { return r.Name == "mbudget" }) {
+			// The last member budget removed: Redis has no such record any more.
+			batch.Queue(`DELETE FROM account_records WHERE account = $1 AND name = 'mbudget'`, account)
 		}
 		if p != nil {
 			batch.Queue(`INSERT INTO payments (account, ref, payment_id, credits, amount_minor, currency, removed)

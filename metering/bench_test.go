@@ -32,6 +32,54 @@ func BenchmarkReserveSettle(b *testing.B) {
 	}
 }
 
+// BenchmarkReserveSettleKey is one call of a limited key (held in Redis
+// call by call): with a key budget only, and under its member's budget too
+// (keygov.lua's member lookups: one more HGET in reserve and in the drop,
+// and the member's period in settle).
+func BenchmarkReserveSettleKey(b *testing.B) {
+	for _, member := range []bool{false, true} {
+		name := "key-budget"
+		if member {
+			name = "member-budget"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newEnv(b, metering.Options{})
+			ctx := context.Background()
+			e.account(b, "bench", 1<<50)
+			nk := metering.NewKey{Account: "bench", Name: "k",
+				Settings: metering.KeySettings{Budget: 1 << 50, BudgetPeriod: metering.PeriodMonth}}
+			if member {
+				if _, err := e.st.ChangeMember(ctx, metering.MemberChange{Account: "bench", User: "max", Role: metering.RoleMember, ByOwner: true}); err != nil {
+					b.Fatal(err)
+				}
+				if err := e.st.SetMemberBudget(ctx, "bench", "max", 1<<50, metering.PeriodMonth); err != nil {
+					b.Fatal(err)
+				}
+				nk.CreatedBy = "max"
+			}
+			k, _, err := e.st.IssueKey(ctx, nk)
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := metering.HoldRequest{Account: "bench", KeyID: k.ID, KeyLimited: true, Model: "m",
+				Fixed: 1200, PerOutput: 16, MinOutput: 1, MaxOutput: 4096}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				req.HoldID = "h" + strconv.Itoa(i)
+				h, err := e.st.Reserve(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := e.st.Settle(ctx, metering.Settlement{Account: "bench", KeyID: k.ID, HoldID: h.ID, Cost: 5000}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkAuthenticate(b *testing.B) {
 	e := newEnv(b, metering.Options{KeyCacheTTL: time.Hour})
 	ctx := context.Background()
@@ -72,4 +120,21 @@ func BenchmarkRestoreCostRecords(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
+}
+
+// BenchmarkMemberRole is the cost billing adds to every JWT request: one
+// pipelined round trip (HGET + EXISTS).
+func BenchmarkMemberRole(b *testing.B) {
+	e := newEnv(b, metering.Options{})
+	ctx := context.Background()
+	e.account(b, "bench", 0)
+	if _, err := e.st.ChangeMember(ctx, metering.MemberChange{Account: "bench", User: "ann", Role: metering.RoleAdmin, ByOwner: true}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if r, err := e.st.MemberRole(ctx, "bench", "ann"); err != nil || r != metering.RoleAdmin {
+			b.Fatal(r, err)
+		}
+	}
 }

@@ -39,6 +39,8 @@
 //	{a:ID}:keys:active   set    ids of the keys not revoked (what a cap counts; built once,
 //	                            acct field keys_indexed, for keys that predate it)
 //	{a:ID}:stripe        string the account's Stripe customer id
+//	{a:ID}:members       hash   user → role (members.go); absent until the first change
+//	{a:ID}:audit         stream member and key changes (actor, action, target), capped
 //	{a:ID}:co:<session>  hash   a checkout as sold (pack, credits, amount, currency), TTL
 //	{a:ID}:pay:<intent>  hash   a paid purchase and how much refunds/disputes took back
 //	{a:ID}:billing       stream purchase history (same ids as the ledger entries)

@@ -53,6 +53,9 @@ const (
 	RuleRPM         = "rpm"
 	RuleTPM         = "tpm"
 	RuleBudget      = "budget"
+	// RuleMemberBudget: the budget of the member who created the key,
+	// shared by all its keys (members.go), is exhausted.
+	RuleMemberBudget = "member_budget"
 )
 
 // MaxRate bounds rpm and tpm (the scripts keep levels scaled by 60000 in
@@ -216,15 +219,9 @@ func (s *Store) writeKeyRules(ctx context.Context, k Key, old string) (bool, err
 	if err != nil {
 		return false, unavailable("setting key rules", err)
 	}
-	limited := "0"
-	if k.Governed() || k.CreditLimit > 0 {
-		limited = "1"
+	if err := s.markLimited(ctx, k, hash); err != nil {
+		return false, err
 	}
-	// Only an existing lookup is updated: a revoked key's is gone.
-	if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, limited).Err(); err != nil {
-		return false, unavailable("setting key rules", err)
-	}
-	s.keys.forget(hash)
 	return true, nil
 }
 
@@ -253,5 +250,38 @@ func (s *Store) keyPeriodUsed(ctx context.Context, account string, keys []KeyUsa
 			keys[i].PeriodUsed = atoi(v[1])
 		}
 	}
+	return nil
+}
+
+// markLimited marks an existing key's lookup limited when the key has rules,
+// a credit limit, or a member budget over it (members.go), and unlimited
+// otherwise. The member budget is read again after the lookup is written:
+// should a budget be set meanwhile, either this second read sees it, or
+// SetMemberBudget's sweep of the member's keys (after it wrote the budget)
+// sees the lookup; a key under a budget is never left on the lease path.
+func (s *Store) markLimited(ctx context.Context, k Key, hash string) error {
+	budgeted, err := s.memberBudgeted(ctx, k.Account, k.CreatedBy)
+	if err != nil {
+		return err
+	}
+	limited := "0"
+	if k.Governed() || k.CreditLimit > 0 || budgeted {
+		limited = "1"
+	}
+	// Only an existing lookup is updated: a revoked key's is gone.
+	if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, limited).Err(); err != nil {
+		return unavailable("marking key limited", err)
+	}
+	if limited == "0" {
+		if budgeted, err = s.memberBudgeted(ctx, k.Account, k.CreatedBy); err != nil {
+			return err
+		}
+		if budgeted {
+			if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, "1").Err(); err != nil {
+				return unavailable("marking key limited", err)
+			}
+		}
+	}
+	s.keys.forget(hash)
 	return nil
 }

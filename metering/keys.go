@@ -30,7 +30,10 @@ type Key struct {
 	CreditLimit int64     `json:"credit_limit"` // mc the key may spend in all; 0 = no limit
 	CreatedAt   time.Time `json:"created_at"`
 	Revoked     bool      `json:"revoked,omitempty"`
-	KeySettings           // the key's rules (keygov.go)
+	// CreatedBy is the user who created the key ("": the account itself or
+	// an operator): a plain member sees and manages only its own keys.
+	CreatedBy   string `json:"created_by,omitempty"`
+	KeySettings        // the key's rules (keygov.go)
 }
 
 var (
@@ -49,6 +52,7 @@ type NewKey struct {
 	Name        string
 	CreditLimit int64 // mc the key may spend in all; 0 = no limit
 	Settings    KeySettings
+	CreatedBy   string // the user creating it ("": the account itself or an operator)
 	// MaxActive caps the account's active (not revoked) keys, the new one
 	// included: when the account already has MaxActive, the key is refused
 	// with ErrTooManyKeys. Counting and adding are one script, so that
@@ -91,7 +95,7 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	k := Key{
 		ID: "key_" + hex.EncodeToString(idRaw[:]), Account: account, Name: nk.Name,
 		Hint: secret[:len(KeyPrefix)+4] + "…", CreditLimit: nk.CreditLimit, CreatedAt: time.Now().UTC().Truncate(time.Second),
-		KeySettings: nk.Settings,
+		KeySettings: nk.Settings, CreatedBy: nk.CreatedBy,
 	}
 	meta, _ := json.Marshal(k)
 	hash := hashKey([]byte(secret))
@@ -100,7 +104,7 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	// atomically), the global lookup last: a key is never usable before its
 	// account knows it.
 	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active"},
-		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive).Int64Slice()
+		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy).Int64Slice()
 	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
@@ -119,13 +123,23 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 			return Key{}, "", err
 		}
 	}
+	budgeted, err := s.memberBudgeted(ctx, account, nk.CreatedBy)
+	if err != nil {
+		return Key{}, "", err
+	}
 	limited := "0"
-	if nk.CreditLimit > 0 || nk.Settings.Governed() {
+	if nk.CreditLimit > 0 || nk.Settings.Governed() || budgeted {
 		limited = "1"
 	}
 	if err := s.rdb.HSet(ctx, keyLookupKey(hashHex), "account", account, "id", k.ID, "hash_of", "sha256",
 		"limited", limited).Err(); err != nil {
 		return Key{}, "", unavailable("creating key", err)
+	}
+	if limited == "0" && nk.CreatedBy != "" {
+		// A member budget set meanwhile (markLimited explains why this suffices).
+		if err := s.markLimited(ctx, k, hashHex); err != nil {
+			return Key{}, "", err
+		}
 	}
 	return k, secret, nil
 }

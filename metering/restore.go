@@ -21,7 +21,7 @@ var (
 
 // StateRecord is one of an account's control-plane records as Redis holds
 // it, opaque to whoever keeps a copy (package books): Name says which
-// ("plan", "ar", "stripe", "pay:<payment>", "key:<id>"), Fields its content.
+// ("plan", "ar", "stripe", "members", "mbudget", "pay:<payment>", "key:<id>"), Fields its content.
 // RestoreAccount puts it back as it was.
 type StateRecord struct {
 	Name   string            `json:"name"`
@@ -37,6 +37,10 @@ func stateKey(account, name string) string {
 		return rechargeKey(account)
 	case name == "stripe":
 		return stripeKey(account)
+	case name == "members":
+		return membersKey(account)
+	case name == "mbudget":
+		return memberBudgetKey(account)
 	case strings.HasPrefix(name, "pay:") && validStripeID(name[4:]):
 		return paymentKey(account, name[4:])
 	}
@@ -44,7 +48,7 @@ func stateKey(account, name string) string {
 }
 
 // StateRecords reads an account's control-plane records — subscription,
-// auto-recharge settings, Stripe customer, API keys (metadata and hash, never
+// auto-recharge settings, Stripe customer, members, API keys (metadata and hash, never
 // the secret) and the payments named — for the books. Missing records are
 // left out.
 func (s *Store) StateRecords(ctx context.Context, account string, payments ...string) ([]StateRecord, error) {
@@ -57,6 +61,8 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	cus := pipe.HGetAll(ctx, stripeKey(account))
 	keys := pipe.HGetAll(ctx, keysKey(account))
 	hashes := pipe.HGetAll(ctx, keysKey(account)+":hash")
+	members := pipe.HGetAll(ctx, membersKey(account))
+	budgets := pipe.HGetAll(ctx, memberBudgetKey(account))
 	pays := make([]*redis.MapStringStringCmd, 0, len(payments))
 	var payIDs []string
 	for _, p := range payments {
@@ -77,6 +83,12 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	}
 	if m := cus.Val(); len(m) > 0 {
 		out = append(out, StateRecord{Name: "stripe", Fields: m})
+	}
+	if m := members.Val(); len(m) > 0 {
+		out = append(out, StateRecord{Name: "members", Fields: m})
+	}
+	if m := budgets.Val(); len(m) > 0 {
+		out = append(out, StateRecord{Name: "mbudget", Fields: m})
 	}
 	for id, meta := range keys.Val() {
 		out = append(out, StateRecord{Name: "key:" + id, Fields: map[string]string{"meta": meta, "hash": hashes.Val()[id]}})
@@ -233,6 +245,12 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	var payments []string
 	keys := []string{acctKey(a), ledgerKey(a), historyKey(a), refsKey(a), keysKey(a), keysKey(a) + ":hash", keysKey(a) + ":active"}
 	var ruleKeys []string // after the records' keys
+	var budgeted map[string]string // member budgets: their keys are held call by call
+	for _, r := range img.Records {
+		if r.Name == "mbudget" {
+			budgeted = r.Fields
+		}
+	}
 	for _, r := range img.Records {
 		if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
 			var k Key
@@ -243,7 +261,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 			active, limited := "0", "0"
 			if !k.Revoked {
 				active = "1"
-				if k.CreditLimit > 0 || k.Governed() {
+				if k.CreditLimit > 0 || k.Governed() || (k.CreatedBy != "" && budgeted[k.CreatedBy] != "") {
 					limited = "1" // held call by call, where the rules are checked
 				}
 				if k.Governed() {
@@ -264,7 +282,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 				}
 				lookups = append(lookups, lookup{r.Fields["hash"], id, limited})
 			}
-			doc.Keys = append(doc.Keys, []string{id, r.Fields["meta"], r.Fields["hash"], active, i64(k.CreditLimit), i64(spend.Used)})
+			doc.Keys = append(doc.Keys, []string{id, r.Fields["meta"], r.Fields["hash"], active, i64(k.CreditLimit), i64(spend.Used), k.CreatedBy})
 			continue
 		}
 		key := stateKey(a, r.Name)

@@ -112,7 +112,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		reserveScript, settleScript, releaseScript, creditScript, createAccountScript, createKeyScript,
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
-		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript,
+		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript, membersScript, memberBudgetScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -284,7 +284,7 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	}
 	a := r.Account
 	res, err := s.pipe.run(ctx, reserveScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID), memberBudgetKey(a)},
 		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
 		MonthStart(time.Now()).Unix(), r.Model, max(r.InputTokens, 0), max(r.OutputPer, 1), int64(s.opts.RecordTTL/time.Second),
 	).Slice()
@@ -295,8 +295,11 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	case 1:
 		return Hold{ID: r.HoldID, Amount: toInt(res[1]), OutputTokens: toInt(res[2]), Available: toInt(res[3])}, nil
 	case 0:
-		if res[3] == "budget" {
+		switch res[3] {
+		case "budget":
 			return Hold{}, &KeyRuleError{Rule: RuleBudget, Needed: toInt(res[2]), Left: toInt(res[1])}
+		case "member_budget":
+			return Hold{}, &KeyRuleError{Rule: RuleMemberBudget, Needed: toInt(res[2]), Left: toInt(res[1])}
 		}
 		return Hold{}, &InsufficientError{Needed: toInt(res[2]), Available: toInt(res[1]), KeyLimit: res[3] == "key"}
 	case -2:
@@ -448,7 +451,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), memberBudgetKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {

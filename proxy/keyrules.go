@@ -24,6 +24,10 @@ func keyRuleError(e *metering.KeyRuleError) apiError {
 		return apiError{402, "insufficient_quota", "key_budget_exhausted", "",
 			"This API key's budget for the period is exhausted: this call needs at least " + pricing.FormatCredits(e.Needed) +
 				" credits, " + pricing.FormatCredits(max(e.Left, 0)) + " are left until the period renews."}
+	case metering.RuleMemberBudget:
+		return apiError{402, "insufficient_quota", "member_budget_exhausted", "",
+			"The budget of the team member who owns this API key is exhausted for the period: this call needs at least " +
+				pricing.FormatCredits(e.Needed) + " credits, " + pricing.FormatCredits(max(e.Left, 0)) + " are left until the period renews."}
 	case metering.RuleMaxParallel:
 		return apiError{429, "rate_limit_error", "rate_limit_exceeded", "max_parallel",
 			"This API key allows " + strconv.FormatInt(e.Max, 10) + " calls in parallel; retry when one has finished."}

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -204,4 +205,66 @@ func TestUngovernedKeyKeepsTheLease(t *testing.T) {
 	if id, err = e.store.Authenticate(context.Background(), []byte(key)); err != nil || !id.Limited {
 		t.Fatalf("a key with rules: %+v %v", id, err)
 	}
+}
+
+// TestMemberBudgetExactAcrossReplicas: a team member's budget is shared by
+// the keys it created: 40 calls at once, on two replicas, through two of its
+// keys, never spend past it, and the refused are 402 member_budget_exhausted;
+// another member's key is not held to it.
+func TestMemberBudgetExactAcrossReplicas(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	second, secondLease := e.replica("second")
+	ctx := context.Background()
+	const budget = 300 // mc: a call of gpt-4o-mini with max_tokens 50 holds 100+ mc
+	e.account("acme", 100)
+	for _, u := range []string{"max", "ann"} {
+		if _, err := e.store.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: u, Role: metering.RoleMember, ByOwner: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.store.SetMemberBudget(ctx, "acme", "max", budget, metering.PeriodDay); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(by string) string {
+		_, secret, err := e.store.IssueKey(ctx, metering.NewKey{Account: "acme", Name: by, CreatedBy: by})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret
+	}
+	k1, k2 := issue("max"), issue("max")
+	var rs1, rs2 []result
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); rs1 = e.burst([]string{e.url, second}, k1, limitBody(50, "tokens=50"), 20) }()
+	go func() { defer wg.Done(); rs2 = e.burst([]string{second, e.url}, k2, limitBody(50, "tokens=50"), 20) }()
+	wg.Wait()
+	rs := append(rs1, rs2...)
+	var served, charged int64
+	for _, r := range rs {
+		switch {
+		case r.status == http.StatusOK:
+			served++
+			charged += credits(t, r.header.Get("X-Credits-Charged"))
+		case r.status == http.StatusPaymentRequired && r.errorCode(t) == "member_budget_exhausted":
+		default:
+			t.Errorf("status %d: %s", r.status, r.body)
+		}
+	}
+	e.settleAll(secondLease)
+	b, err := e.store.MemberBudgets(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served == 0 || charged > budget || b["max"].PeriodUsed != charged {
+		t.Fatalf("served %d calls charged %d mc; member period used %d; budget %d", served, charged, b["max"].PeriodUsed, budget)
+	}
+	if r := e.post("/v1/chat/completions", issue("max"), limitBody(50, "tokens=50")); r.status != http.StatusPaymentRequired ||
+		r.errorCode(t) != "member_budget_exhausted" {
+		t.Fatalf("a new key of the member after the budget: %d %s", r.status, r.body)
+	}
+	if r := e.post("/v1/chat/completions", issue("ann"), limitBody(50, "tokens=50")); r.status != http.StatusOK {
+		t.Fatalf("another member's key: %d %s", r.status, r.body)
+	}
+	testledger.Assert(t, e.store, "acme")
 }

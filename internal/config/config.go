@@ -136,6 +136,9 @@ type JWT struct {
 	Issuer        string   `yaml:"issuer"`
 	Audience      string   `yaml:"audience"`
 	AccountClaim  string   `yaml:"account_claim"` // default "sub"
+	// MemberClaim names the claim by which a user (sub) acts for an account
+	// it is a member of (teams); default "account".
+	MemberClaim string `yaml:"member_claim"`
 }
 
 // Stripe configures the Stripe client.
@@ -439,6 +442,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Billing.JWT.AccountClaim == "" {
 		c.Billing.JWT.AccountClaim = "sub"
+	}
+	if c.Billing.JWT.MemberClaim == "" {
+		c.Billing.JWT.MemberClaim = "account"
 	}
 	if c.Billing.AutoRecharge.DefaultSpendingLimit == "" {
 		c.Billing.AutoRecharge.DefaultSpendingLimit = "50.00"

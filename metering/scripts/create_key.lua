@@ -6,13 +6,14 @@
 -- KEYS[3] key hashes   {a:<id>}:keys:hash  (hash: key id → SHA-256 of the secret, hex)
 -- KEYS[4] active keys  {a:<id>}:keys:active (set of the ids not revoked; RevokeKey removes one)
 -- ARGV: key id, metadata JSON, secret hash, credit limit mc ('0': none),
---       cap on the active (not revoked) keys, this one included (0: none).
+--       cap on the active (not revoked) keys, this one included (0: none),
+--       the member who creates it ('': none; its budget covers the key, keygov.lua).
 -- Returns {1} when added, {0, active keys} when the cap is reached, {-1} when
 -- the account does not exist, {-2} when the key id is taken.
 -- The API key lookup (tg:key:<hash>, another slot) is written by the caller
 -- after this: a key is never usable before its account knows it.
 local acct, keys, hashes, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, meta, hash, limit, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local id, meta, hash, limit, cap, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 if redis.call('HEXISTS', keys, id) == 1 then return {-2} end
 -- The active set, built once from the metadata for an account whose keys
@@ -35,4 +36,5 @@ redis.call('SADD', active, id)
 redis.call('HSET', keys, id, meta)
 redis.call('HSET', hashes, id, hash)
 if limit ~= '0' then redis.call('HSET', acct, 'k:' .. id .. ':limit', limit) end
+if member ~= '' then redis.call('HSET', acct, 'k:' .. id .. ':m', member) end
 return {1}

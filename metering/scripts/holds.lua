@@ -31,6 +31,11 @@ local function tg_drop_hold(acct, hexp, hval, id)
     -- The key's calls in flight (keygov.lua); holds placed before they were
     -- counted must not take the count below zero.
     if redis.call('HINCRBY', acct, 'k:' .. kid .. ':n', -1) <= 0 then redis.call('HDEL', acct, 'k:' .. kid .. ':n') end
+    -- What the key's member holds in flight (keygov.lua, member budgets).
+    local mem = redis.call('HGET', acct, 'k:' .. kid .. ':m')
+    if mem and redis.call('HINCRBY', acct, 'm:' .. mem .. ':res', 0 - amt) <= 0 then
+      redis.call('HDEL', acct, 'm:' .. mem .. ':res')
+    end
   end
   return amt, kid
 end

@@ -78,3 +78,40 @@ local function tg_key_end(kg, gen, charge, used, nowS, nowMs, month)
     end
   end
 end
+
+-- Member budgets (teams): a member's credit budget per period, shared by
+-- the keys it created. Its settings are in {a:<id>}:mb (user → "mc:period");
+-- in the account hash, k:<key>:m names the member who created a key,
+-- m:<user>:res is what the member's keys hold in flight (holds.lua counts it
+-- down) and m:<user>:bstart, m:<user>:bused its period's start and spend.
+
+-- tg_member_budget is the member of key kid and what is left of its budget
+-- (budget − spent this period − its holds), or nil when it has none.
+local function tg_member_budget(acct, mb, kid, nowS, month)
+  local mem = redis.call('HGET', acct, 'k:' .. kid .. ':m')
+  if not mem then return nil end
+  local v = redis.call('HGET', mb, mem)
+  if not v then return mem, nil end
+  local sep = string.find(v, ':', 1, true)
+  local budget, bper = tonumber(string.sub(v, 1, sep - 1)), string.sub(v, sep + 1)
+  local f = redis.call('HMGET', acct, 'm:' .. mem .. ':bstart', 'm:' .. mem .. ':bused', 'm:' .. mem .. ':res')
+  local used = tg_key_used({bper = bper, bstart = f[1], bused = f[2]}, nowS, month)
+  return mem, budget - used - (tonumber(f[3]) or 0)
+end
+
+-- tg_member_end adds a call's charge to the budget period of the member who
+-- created key kid, when it has a budget.
+local function tg_member_end(acct, mb, kid, charge, nowS, month)
+  if charge <= 0 then return end
+  local mem = redis.call('HGET', acct, 'k:' .. kid .. ':m')
+  if not mem then return end
+  local v = redis.call('HGET', mb, mem)
+  if not v then return end
+  local start = tg_key_period(string.sub(v, string.find(v, ':', 1, true) + 1), nowS, month)
+  local cur = tonumber(redis.call('HGET', acct, 'm:' .. mem .. ':bstart'))
+  if cur == nil or cur < start then -- a new period (never back to an older one)
+    redis.call('HSET', acct, 'm:' .. mem .. ':bstart', start, 'm:' .. mem .. ':bused', string.format('%d', charge))
+  else
+    redis.call('HINCRBY', acct, 'm:' .. mem .. ':bused', charge)
+  end
+end

@@ -5,11 +5,12 @@
 -- KEYS[3] hold values   {a:<id>}:hval   (hash hold id -> "amount:keyid")
 -- KEYS[4] key rules     {a:<id>}:kg:<key id>  (a governed key's settings and state)
 -- KEYS[5] cost record   {a:<id>}:gen:<hold id>
+-- KEYS[6] member budgets {a:<id>}:mb  (user → "mc:period"; keygov.lua)
 -- ARGV: hold id, key id, fixed mc, mc per output token, min output, max output, ttl ms,
 --       calendar month start (unix s), model (catalog id), input tokens the hold covers,
 --       output tokens billed per output token granted, record ttl s
 -- Returns {1, amount, output tokens granted, available after}
---      or {0, available, needed, limited_by}   (limited_by: "balance" | "key" | "budget")
+--      or {0, available, needed, limited_by}   (limited_by: "balance" | "key" | "budget" | "member_budget")
 --      or {-2, limit, retry after ms, limit value}  a governed key's rule refused the call:
 --         expired, model, max_parallel, rpm, tpm (nothing was counted)
 --      or {-1} when the account does not exist.
@@ -84,6 +85,13 @@ if kid ~= '' then
     if bavail < avail then avail, limitedBy = bavail, 'budget' end
   end
 end
+-- The budget of the member who created the key, shared by all its keys.
+local mem
+if kid ~= '' then
+  local mavail
+  mem, mavail = tg_member_budget(acct, KEYS[6], kid, nowS, month)
+  if mavail and mavail < avail then avail, limitedBy = mavail, 'member_budget' end
+end
 
 local needed = fixed + per * minOut
 if avail < needed then return {0, avail, needed, limitedBy} end
@@ -101,6 +109,7 @@ redis.call('HINCRBY', acct, 'reserved', amount)
 if kid ~= '' then
   redis.call('HINCRBY', acct, 'k:' .. kid .. ':res', amount)
   redis.call('HINCRBY', acct, 'k:' .. kid .. ':n', 1)
+  if mem then redis.call('HINCRBY', acct, 'm:' .. mem .. ':res', amount) end
   if g.rpm > 0 then redis.call('HSET', kg, 'rl', string.format('%d', g.rlevel), 'rt', now) end
   if g.tpm > 0 then
     local tokens = inTok + out * outPer

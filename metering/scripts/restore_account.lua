@@ -13,8 +13,8 @@
 --          then the governed keys' rules {a:<id>}:kg:<key id>, in the order of "rules"
 -- ARGV[1] JSON: {"acct": [field, value, …], "last": [id, field, value, …] | [],
 --   "history": [[id, field, value, …], …], "refs": [ref, …],
---   "keys": [[id, meta, hash, active "1"|"0", limit, spent], …], "records": [[field, value, …], …],
---   "rules": [[field, value, …], …]}
+--   "keys": [[id, meta, hash, active "1"|"0", limit, spent, member who created it or ""], …],
+--   "records": [[field, value, …], …], "rules": [[field, value, …], …]}
 -- Every number is a string: cjson would turn it into a double.
 -- All of the account or nothing: the one write that can fail (the XADD) comes
 -- first, and nothing else of the account is written by anyone else.
@@ -39,6 +39,7 @@ for _, k in ipairs(img.keys) do
   if k[4] == '1' then redis.call('SADD', KEYS[7], k[1]) end
   if k[5] ~= '0' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':limit', k[5]) end
   if k[6] ~= '0' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':used', k[6]) end
+  if k[7] ~= '' then redis.call('HSET', KEYS[1], 'k:' .. k[1] .. ':m', k[7]) end
 end
 for i, r in ipairs(img.records) do
   if #r > 0 then redis.call('HSET', KEYS[7 + i], unpack(r)) end

@@ -12,6 +12,7 @@
 -- KEYS[9] period hold values {a:<id>}:phval
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the settle's day)
 -- KEYS[11] key rules   {a:<id>}:kg:<key id>   (a governed key: its budget period and tpm bucket)
+-- KEYS[12] member budgets {a:<id>}:mb          (the key's member: its budget period)
 -- ARGV: hold id, key id, cost mc, record ttl s, calendar month start (unix s),
 --       input tokens, output tokens, then field/value pairs of the usage record.
 -- The call is charged its whole cost, even past its hold (the excess is
@@ -50,6 +51,7 @@ local balance = tg_debit(acct, kid, charge, over, overCalls)
 if kid ~= '' and kid == ARGV[2] then
   local now = tg_now()
   tg_key_end(kg, gen, charge, tonumber(inTok) + tonumber(outTok), math.floor(now / 1000), now, month)
+  tg_member_end(acct, KEYS[12], kid, charge, math.floor(now / 1000), month)
 end
 local rec = {unpack(ARGV, 8)}
 if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
