@@ -33,6 +33,7 @@ var routeAccess = map[string]string{
 	"POST /api/billing/cancel":               "owner admin billing",
 	"GET /api/billing/usage":                 "owner admin billing member",
 	"GET /api/billing/usage/daily":           "owner admin billing member",
+	"GET /api/billing/usage/export":          "owner admin billing",
 	"GET /api/billing/credits":               "owner admin billing member",
 	"POST /api/billing/credits/purchase":     "owner admin billing",
 	"PUT /api/billing/credits/auto-recharge": "owner admin billing",

@@ -44,9 +44,9 @@ var (
 // GET /api/billing/usage/export?from=&to=&granularity=call|day → CSV with a
 // header row: one row per charged call (oldest first) or per UTC day and
 // model, over [from, to) (RFC 3339; default the last 30 days). Credits are
-// exact decimals of milli-credits.
+// exact decimals of milli-credits. Owners, admins and billing members
+// (permBilling in authz.go).
 func (s *Server) usageExport(w http.ResponseWriter, r *http.Request, account string) error {
-	// Roles (issue 15): owners, admins and billing members; the member check is wired here at merge.
 	if s.export == nil {
 		return &apiError{status: http.StatusServiceUnavailable, typ: typeUnavailable, code: "usage_unavailable",
 			message: "the usage export is not available on this server"}
