@@ -249,13 +249,14 @@ deployments:
 				br.report(false)
 				lastErr = upstreamErr(err)
 				c.upstreamFailed(u, upstreamReason(err, 0))
-				switch {
-				case isDialError(err) && c.retryPause(try):
-					continue // nothing reached the provider
-				case isDialError(err) || !errors.Is(lastErr, errTimeout):
-					continue deployments
+				if !isDialError(err) && errors.Is(lastErr, errTimeout) {
+					break deployments // the provider may be working on it: never send it twice
 				}
-				break deployments // the provider may be working on it: never send it twice
+				if wait, ok := c.retryWait(try); ok && isDialError(err) {
+					time.Sleep(wait)
+					continue // nothing reached the provider
+				}
+				continue deployments
 			}
 			status := r.StatusCode()
 			if status < 500 && status != fasthttp.StatusTooManyRequests {
@@ -264,17 +265,18 @@ deployments:
 				break deployments
 			}
 			br.report(false)
-			retry := c.retryPause(try)
+			wait, retry := c.retryWait(try)
 			if !retry && !fallback {
 				resp, up = r, u // the last word: relayed (502 or 429) below
 				break deployments
 			}
 			c.upstreamFailed(u, upstreamReason(nil, status))
-			discard(r)
+			discard(r) // before waiting: its connection goes back first
 			lastErr = errUpstream
 			if !retry {
 				continue deployments
 			}
+			time.Sleep(wait)
 		}
 	}
 	if resp == nil {

@@ -52,20 +52,17 @@ func (r *Retry) wait(n int) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
-// retryPause waits before retry n of the call, unless the wait would pass
-// the call's deadline: then it reports false and the call moves on.
-func (c *call) retryPause(n int) bool {
+// retryWait is the wait before retry n of the call; false when the
+// attempts are spent or the wait would pass the call's deadline (the call
+// then moves on to the next deployment).
+func (c *call) retryWait(n int) (time.Duration, bool) {
 	if n >= c.s.opts.Retry.Attempts {
-		return false
+		return 0, false
 	}
 	d := c.s.opts.Retry.wait(n)
 	limit := c.s.opts.Timeouts.Request
 	if c.req.stream {
 		limit = c.s.opts.Timeouts.FirstByte
 	}
-	if time.Since(c.start)+d >= limit {
-		return false
-	}
-	time.Sleep(d)
-	return true
+	return d, time.Since(c.start)+d < limit
 }
