@@ -38,7 +38,7 @@ var (
 	reverseSrc string
 
 	fulfilScript  = redis.NewScript(sellSrc + fulfilSrc)
-	reverseScript = redis.NewScript(holdsSrc + reverseSrc)
+	reverseScript = redis.NewScript(holdsSrc + promoSrc + reverseSrc)
 )
 
 // CheckoutTTL is how long a pending checkout is remembered: long enough for
@@ -387,7 +387,8 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	args = append(args, string(r.Kind), r.Reference, mc, nowMillis(), r.PaymentID, r.Linked)
 	args = appendFields(args, r.Fields)
 	res, err := reverseScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), refsKey(a), ledgerKey(a), paymentKey(a, r.PaymentID), historyKey(a), holdExpKey(a), holdValKey(a)},
+		[]string{acctKey(a), refsKey(a), ledgerKey(a), paymentKey(a, r.PaymentID), historyKey(a), holdExpKey(a), holdValKey(a),
+			promoKey(a), promoValKey(a)},
 		args...).Slice()
 	if err != nil {
 		return Reversed{}, unavailable("reversing purchase", err)

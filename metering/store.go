@@ -34,9 +34,9 @@ var (
 	// prepended, so that a rule about holds, a charge's entry, a billing
 	// period or a period hold has one home.
 	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + reserveSrc)
-	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + periodSrc + periodHoldsSrc + settleSrc)
+	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + periodSrc + periodHoldsSrc + settleSrc)
 	releaseScript       = redis.NewScript(holdsSrc + keygovSrc + periodSrc + periodHoldsSrc + releaseSrc)
-	creditScript        = redis.NewScript(holdsSrc + creditSrc)
+	creditScript        = redis.NewScript(holdsSrc + promoSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
 
@@ -113,6 +113,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript,
+		promoClaimScript, promoGrantScript, promoExpireScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -167,15 +168,24 @@ type Account struct {
 	// sizing, for the operator to see.
 	OverHoldCalls int64
 	OverHold      int64
-	CreatedAt     time.Time
+	// Promoted is Σ promotional grants less Σ their expiries (promo.go);
+	// Promotional is what is left of them: the part of Balance that
+	// promotional credits make up (spent first, may expire). Paid credits
+	// never expire.
+	Promoted    int64
+	Promotional int64
+	CreatedAt   time.Time
 }
+
+// Paid is the part of the balance that paid (and operators') credits make up.
+func (a Account) Paid() int64 { return a.Balance - a.Promotional }
 
 // Available is what new calls may reserve.
 func (a Account) Available() int64 { return a.Balance - a.Reserved }
 
-// Credits is every credit of every kind: Purchased + Granted + Adjusted.
-// Credits − Consumed = Balance.
-func (a Account) Credits() int64 { return a.Purchased + a.Granted + a.Adjusted }
+// Credits is every credit of every kind: Purchased + Granted + Adjusted +
+// Promoted. Credits − Consumed = Balance.
+func (a Account) Credits() int64 { return a.Purchased + a.Granted + a.Adjusted + a.Promoted }
 
 // CreateAccount creates an empty account. It fails with ErrAccountExists when
 // the id is taken.
@@ -220,7 +230,7 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
 	}
 	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at",
-		"granted", "adjusted", "over_hold_calls", "over_hold_mc").Result()
+		"granted", "adjusted", "over_hold_calls", "over_hold_mc", "promoted", "promo").Result()
 	if err != nil {
 		return Account{}, unavailable("reading account", err)
 	}
@@ -237,6 +247,8 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 	a.Adjusted = atoi(f[6])
 	a.OverHoldCalls = atoi(f[7])
 	a.OverHold = atoi(f[8])
+	a.Promoted = atoi(f[9])
+	a.Promotional = atoi(f[10])
 	return a, nil
 }
 
@@ -448,7 +460,7 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), promoKey(a), promoValKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -585,7 +597,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}
-	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a)}, args...).Slice()
+	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a), promoKey(a), promoValKey(a)}, args...).Slice()
 	if err != nil {
 		return Credited{}, unavailable("crediting", err)
 	}

@@ -1,7 +1,7 @@
 -- lease_flush: apply a batch of a replica's settled and failed calls to its
 -- lease, renew the lease, and give back what the replica no longer needs —
--- one atomic script per account and batch. (holds.lua, debit.lua, period.lua
--- and period_holds.lua are prepended.)
+-- one atomic script per account and batch. (holds.lua, debit.lua, promo.lua,
+-- period.lua and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -12,7 +12,9 @@
 -- KEYS[8] period hold expiry {a:<id>}:phexp
 -- KEYS[9] period hold values {a:<id>}:phval
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the flush's day)
--- KEYS[10+i] cost record of the i-th call {a:<id>}:gen:<request id>
+-- KEYS[11] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua)
+-- KEYS[12] promotional grants' remainders {a:<id>}:promov (hash)
+-- KEYS[12+i] cost record of the i-th call {a:<id>}:gen:<request id>
 -- ARGV: lease id, ttl ms, record ttl s, calendar month start (unix s),
 --       mc to give back, give-back sequence number, then per call:
 --       kind ("s" settle | "r" release), request id, key id, cost mc, hold mc,
@@ -52,7 +54,7 @@ local leaseUsed, total, served, requests, inSum, outSum = 0, 0, 0, 0, 0, 0
 local perKey = {}
 -- Per model: {calls, input tokens, output tokens, charged}, for the day's usage.
 local perModel = {}
-local i, k = 7, 11
+local i, k = 7, 13
 while i <= #ARGV do
   local kind, req, kid, cost, held = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local inTok, outTok, n = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
@@ -83,6 +85,8 @@ while i <= #ARGV do
       t[1] = t[1] + cost
       if over > 0 then t[2], t[3] = t[2] + over, t[3] + 1 end
       local rec = {unpack(ARGV, first, last)}
+      -- Promotional credits pay first, call by call (promo.lua).
+      tg_promo_field(rec, tg_promo_take(acct, KEYS[11], KEYS[12], cost))
       tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, rec)
       local model = tg_rec_model(rec)
       local d = perModel[model]

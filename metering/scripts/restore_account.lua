@@ -10,9 +10,11 @@
 -- KEYS[6] key hashes   {a:<id>}:keys:hash
 -- KEYS[7] active keys  {a:<id>}:keys:active
 -- KEYS[8…] the account's other records, in the order of ARGV's "records"
+-- then   promotional grants by expiry {a:<id>}:promo, their remainders {a:<id>}:promov
 -- ARGV[1] JSON: {"acct": [field, value, …], "last": [id, field, value, …] | [],
 --   "history": [[id, field, value, …], …], "refs": [ref, …],
---   "keys": [[id, meta, hash, active "1"|"0", limit], …], "records": [[field, value, …], …]}
+--   "keys": [[id, meta, hash, active "1"|"0", limit], …], "records": [[field, value, …], …],
+--   "promo": [[grant, expiry score ms, mc left], …]}
 -- Every number is a string: cjson would turn it into a double.
 -- Returns 1 when restored, 0 when the account already exists (left alone).
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -34,5 +36,10 @@ for _, k in ipairs(img.keys) do
 end
 for i, r in ipairs(img.records) do
   if #r > 0 then redis.call('HSET', KEYS[7 + i], unpack(r)) end
+end
+local pz, pv = KEYS[8 + #img.records], KEYS[9 + #img.records]
+for _, g in ipairs(img.promo or {}) do
+  redis.call('ZADD', pz, g[2], g[1])
+  redis.call('HSET', pv, g[1], g[3])
 end
 return 1

@@ -1,5 +1,5 @@
 -- settle: turn a call's hold into its charge, exactly once. (holds.lua,
--- keygov.lua, debit.lua, period.lua and period_holds.lua are prepended.)
+-- keygov.lua, debit.lua, promo.lua, period.lua and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -12,6 +12,8 @@
 -- KEYS[9] period hold values {a:<id>}:phval
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the settle's day)
 -- KEYS[11] key rules   {a:<id>}:kg:<key id>   (a governed key: its budget period and tpm bucket)
+-- KEYS[12] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua)
+-- KEYS[13] promotional grants' remainders {a:<id>}:promov (hash)
 -- ARGV: hold id, key id, cost mc, record ttl s, calendar month start (unix s),
 --       input tokens, output tokens, then field/value pairs of the usage record.
 -- The call is charged its whole cost, even past its hold (the excess is
@@ -52,6 +54,8 @@ if kid ~= '' and kid == ARGV[2] then
   tg_key_end(kg, gen, charge, tonumber(inTok) + tonumber(outTok), math.floor(now / 1000), now, month)
 end
 local rec = {unpack(ARGV, 8)}
+-- Promotional credits pay first; the entry says how much of the charge they paid.
+tg_promo_field(rec, tg_promo_take(acct, KEYS[12], KEYS[13], charge))
 tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
 tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)
 -- The period's counters, which the plan limits and the usage API read; the
