@@ -274,6 +274,11 @@ func TestOpenAPIResponses(t *testing.T) {
 	}
 	want(c.do("GET", "/admin/v1/accounts/oas/ledger?limit=2", admin, nil), http.StatusOK)
 	want(c.do("GET", "/admin/v1/books", admin, nil), http.StatusOK)
+	want(c.do("POST", "/admin/v1/promo-codes", admin, map[string]any{"code": "OAS", "credits": "10.5", "max_redemptions": 5,
+		"expires_at": "2099-01-01T00:00:00Z", "grant_expires_in": "720h"}), http.StatusCreated)
+	want(c.do("POST", "/admin/v1/promo-codes", admin, map[string]any{"code": "OAS", "credits": 1}), http.StatusConflict)
+	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusOK)
+	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusConflict)
 	want(c.do("GET", "/v1/billing/history?starting_after=nope", tok, nil), http.StatusBadRequest)
 
 	// Credits, usage and plans.

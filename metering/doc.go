@@ -99,9 +99,12 @@
 //	granted    grant: an operator's credit (never negative). credit.lua.
 //	adjusted   adjustment: an operator's correction, either sign. credit.lua.
 //	consumed   usage (the debit, counted positive). settle.lua, lease_flush.lua.
+//	promoted   promo_grant (+), promo_expired (−): promotional credits (promo.go).
+//	           promo_grant.lua, promo_expire.lua. The field promo is what is left
+//	           of them (spent first); a debit's entry records its part in "promo".
 //
 // Invariant, for every account at every moment outside a script:
-// purchased + granted + adjusted − consumed = balance = Σ ledger amounts, and
+// purchased + granted + adjusted + promoted − consumed = balance = Σ ledger amounts, and
 // each total is the sum of its entry types' amounts (consumed: negated).
 //
 // Operators' credits (Store.Credit, from the admin API and the CLI alike) are

@@ -93,6 +93,10 @@ func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Serve
 	} else {
 		l.log.Warn("STRIPE_SECRET_KEY is not set: auto-recharge requests wait until payments are configured")
 	}
+	// Promotional grants expire as they fall due, as long as the server lives.
+	pctx, stopPromo := context.WithCancel(context.Background())
+	go b.RunPromoSweeper(pctx, 0)
+	srv.RegisterOnShutdown(stopPromo)
 	return srv, opts, nil
 }
 
