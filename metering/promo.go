@@ -37,7 +37,7 @@ var (
 
 	promoClaimScript  = redis.NewScript(promoClaimSrc)
 	promoGrantScript  = redis.NewScript(promoSrc + promoGrantSrc)
-	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + promoExpireSrc)
+	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + promoExpireSrc)
 )
 
 // Promo-code errors (with ErrNotFound for an unknown code); test with errors.Is.
@@ -248,7 +248,7 @@ type ExpiredPromos struct {
 // one promo_expired entry each. Idempotent.
 func (s *Store) ExpirePromos(ctx context.Context, account string, now time.Time) (ExpiredPromos, error) {
 	res, err := promoExpireScript.Run(ctx, s.rdb,
-		[]string{acctKey(account), ledgerKey(account), promoKey(account), promoValKey(account), holdExpKey(account), holdValKey(account)},
+		[]string{acctKey(account), ledgerKey(account), promoKey(account), promoValKey(account), holdExpKey(account), holdValKey(account), eventsKey(account)},
 		now.UnixMilli()).Int64Slice()
 	if err != nil {
 		return ExpiredPromos{}, unavailable("expiring promotional credits", err)
@@ -258,6 +258,7 @@ func (s *Store) ExpirePromos(ctx context.Context, account string, now time.Time)
 	}
 	if res[1] > 0 {
 		s.markDirty(account)
+		s.markEvents(account)
 	}
 	e := ExpiredPromos{Grants: res[0], Taken: res[1]}
 	if res[2] > 0 {

@@ -34,9 +34,9 @@ var (
 	// prepended, so that a rule about holds, a charge's entry, a billing
 	// period or a period hold has one home.
 	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + reserveSrc)
-	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + periodSrc + periodHoldsSrc + settleSrc)
+	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + settleSrc)
 	releaseScript       = redis.NewScript(holdsSrc + keygovSrc + periodSrc + periodHoldsSrc + releaseSrc)
-	creditScript        = redis.NewScript(holdsSrc + promoSrc + creditSrc)
+	creditScript        = redis.NewScript(holdsSrc + promoSrc + eventsSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
 
@@ -83,6 +83,8 @@ type Store struct {
 	// and what the store knows of the epoch marker.
 	dirty dirtyMarks
 	epoch epochState
+	// Outgoing events (events.go): accounts whose outbox got an event.
+	evMarks dirtyMarks
 }
 
 // New returns a Store over rdb (standalone, Sentinel or Cluster client).
@@ -113,7 +115,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript,
-		promoClaimScript, promoGrantScript, promoExpireScript,
+		promoClaimScript, promoGrantScript, promoExpireScript, deliveryClaimScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -460,7 +462,8 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), promoKey(a), promoValKey(a)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), promoKey(a), promoValKey(a),
+			eventsKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -471,6 +474,9 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	}
 	if res[3] != 1 {
 		s.markDirty(a)
+	}
+	if len(res) > 5 && res[5] == 1 {
+		s.markEvents(a)
 	}
 	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1, OverHold: res[4]}, nil
 }
@@ -597,7 +603,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}
-	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a), promoKey(a), promoValKey(a)}, args...).Slice()
+	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a), promoKey(a), promoValKey(a), eventsKey(a)}, args...).Slice()
 	if err != nil {
 		return Credited{}, unavailable("crediting", err)
 	}
@@ -605,6 +611,9 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	case 1:
 		id, _ := res[2].(string)
 		s.markDirty(a)
+		if c.Amount < 0 {
+			s.markEvents(a)
+		}
 		return Credited{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id}, nil
 	case 0:
 		return Credited{Applied: false, BalanceAfter: toInt(res[1])}, nil

@@ -9,6 +9,7 @@
 -- KEYS[4] promotional grants' remainders {a:<id>}:promov
 -- KEYS[5] hold expiry  {a:<id>}:hexp
 -- KEYS[6] hold values  {a:<id>}:hval
+-- KEYS[7] outgoing events {a:<id>}:events (events.lua: balance.low)
 -- ARGV: now ms (the caller's clock: the expiry is the operator's promise).
 -- Returns {grants expired, mc taken back, the next expiry ms (0: none)}, or
 -- {-1} when the account does not exist.
@@ -30,7 +31,11 @@ for _, g in ipairs(redis.call('ZRANGEBYSCORE', pz, '-inf', now)) do
     n, total = n + 1, total + rem
   end
 end
-if total > 0 then tg_shrink_leases(acct, KEYS[5], KEYS[6]) end
+if total > 0 then
+  tg_shrink_leases(acct, KEYS[5], KEYS[6])
+  local after = tonumber(redis.call('HGET', acct, 'balance'))
+  tg_low_balance(acct, KEYS[7], after + total, after)
+end
 local next = 0
 local first = redis.call('ZRANGE', pz, 0, 0, 'WITHSCORES')
 if #first > 0 and tonumber(first[2]) < TG_PROMO_NEVER then next = tonumber(first[2]) end
