@@ -117,6 +117,14 @@ func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string)
 	if err != nil {
 		return fmt.Errorf("reading auto-recharge: %w", err)
 	}
+	var alerts alertsJSON
+	if al, ok := s.store.(Alerts); ok {
+		low, err := al.LowBalance(ctx, account)
+		if err != nil {
+			return fmt.Errorf("reading alerts: %w", err)
+		}
+		alerts = alertsView(low)
+	}
 	txs, next, err := s.transactions(ctx, account, before, limit)
 	if err != nil {
 		return err
@@ -129,10 +137,11 @@ func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string)
 		Promotional          Credits           `json:"promotional"`
 		PromotionalExpiresAt *string           `json:"promotionalExpiresAt"`
 		AutoRecharge         autoRechargeJSON  `json:"autoRecharge"`
+		Alerts               alertsJSON        `json:"alerts"`
 		Transactions         []transactionJSON `json:"transactions"`
 		HasMore              bool              `json:"hasMore"`
 		NextCursor           *string           `json:"nextCursor"`
-	}{Credits(a.Balance), Credits(a.Paid()), Credits(a.Promotional), promoExp, s.autoRechargeView(ar), txs, next != "", optString(next)})
+	}{Credits(a.Balance), Credits(a.Paid()), Credits(a.Promotional), promoExp, s.autoRechargeView(ar), alerts, txs, next != "", optString(next)})
 	return nil
 }
 

@@ -290,6 +290,10 @@ func TestOpenAPIResponses(t *testing.T) {
 	}
 	want(c.do("GET", "/api/billing/usage/daily?days=99", tok, nil), http.StatusBadRequest)
 	want(c.do("GET", "/api/billing/credits?limit=2", tok, nil), http.StatusOK)
+	want(c.do("PUT", "/api/billing/credits/alerts", tok, map[string]any{"lowBalance": "5"}), http.StatusOK)
+	want(c.do("PUT", "/api/billing/credits/alerts", tok, map[string]any{"lowBalance": -1}), http.StatusBadRequest)
+	want(c.do("GET", "/api/billing/credits?limit=2", tok, nil), http.StatusOK)
+	want(c.do("GET", "/admin/v1/webhooks/deliveries?limit=5", admin, nil), http.StatusOK)
 	want(c.do("PUT", "/api/billing/credits/auto-recharge", tok, map[string]any{"enabled": true, "threshold": 100, "packId": "starter", "spendingLimit": 5000}), http.StatusOK)
 	e.customerFor("oas")
 	want(c.do("POST", "/api/billing/credits/purchase", tok, map[string]any{"packId": "starter"}), http.StatusOK)

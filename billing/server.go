@@ -229,6 +229,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /api/billing/credits", s.user(s.credits))
 	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
 	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))
+	mux.Handle("PUT /api/billing/credits/alerts", s.user(s.setAlerts))
 
 	if s.adminOn {
 		mux.Handle("POST /admin/v1/accounts", s.admin(s.adminCreateAccount))
@@ -241,6 +242,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 		mux.Handle("GET /admin/v1/books", s.admin(s.adminBooks))
 		mux.Handle("POST /admin/v1/promo-codes", s.admin(s.adminCreatePromo))
+		mux.Handle("GET /admin/v1/webhooks/deliveries", s.admin(s.adminDeliveries))
 	}
 	s.consoleRoutes(mux)
 	// Everything else, including the admin API when it is off: an OpenAI-shaped 404.

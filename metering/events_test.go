@@ -135,3 +135,53 @@ func TestPurchaseEventsQueued(t *testing.T) {
 		t.Fatalf("ReadEvents = %+v, %v", got, err)
 	}
 }
+
+// key.budget_exhausted: once per key and budget period, however many calls
+// the budget refuses, from two replicas at once.
+func TestKeyBudgetExhaustedOnce(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	k := governed(t, e, "kb", metering.KeySettings{Budget: 100, BudgetPeriod: metering.PeriodDay})
+	other := e.replica(t, metering.Options{})
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := e.st
+			if i%2 == 1 {
+				st = other
+			}
+			_, _ = st.Reserve(ctx, holdFor(k, fmt.Sprintf("b%d", i), 30, 1, 1))
+		}()
+	}
+	wg.Wait()
+	ev := outbox(t, e, "kb", "key.budget_exhausted")
+	if len(ev) != 1 || ev[0]["key"] != k.ID || ev[0]["budget_mc"] != "100" || ev[0]["period"] != "day" {
+		t.Fatalf("events: %v", ev)
+	}
+}
+
+// plan.limit_reached: once per limit and period.
+func TestPlanLimitReachedOnce(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "pl", 1_000_000)
+	if _, err := e.st.SaveSubscription(ctx, "pl", liveSub("sub_pl", time.Now().Add(-time.Minute).Truncate(time.Second)), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	lim := metering.Limits{Requests: 3}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = e.st.Admit(ctx, admitReq("pl", fmt.Sprintf("p%d", i), lim, 1, 10))
+		}()
+	}
+	wg.Wait()
+	ev := outbox(t, e, "pl", "plan.limit_reached")
+	if len(ev) != 1 || ev[0]["limit"] != "requests" || ev[0]["plan"] != "pro" || ev[0]["max"] != "3" {
+		t.Fatalf("events: %v", ev)
+	}
+}

@@ -33,7 +33,7 @@ var (
 	// Preludes (holds.lua, debit.lua, period.lua, period_holds.lua) are
 	// prepended, so that a rule about holds, a charge's entry, a billing
 	// period or a period hold has one home.
-	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + reserveSrc)
+	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + eventsSrc + reserveSrc)
 	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + settleSrc)
 	releaseScript       = redis.NewScript(holdsSrc + keygovSrc + periodSrc + periodHoldsSrc + releaseSrc)
 	creditScript        = redis.NewScript(holdsSrc + promoSrc + eventsSrc + creditSrc)
@@ -298,7 +298,7 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	}
 	a := r.Account
 	res, err := s.pipe.run(ctx, reserveScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID), eventsKey(a)},
 		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
 		MonthStart(time.Now()).Unix(), r.Model, max(r.InputTokens, 0), max(r.OutputPer, 1), int64(s.opts.RecordTTL/time.Second),
 	).Slice()
@@ -309,6 +309,9 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	case 1:
 		return Hold{ID: r.HoldID, Amount: toInt(res[1]), OutputTokens: toInt(res[2]), Available: toInt(res[3])}, nil
 	case 0:
+		if len(res) > 4 && toInt(res[4]) == 1 {
+			s.markEvents(a)
+		}
 		if res[3] == "budget" {
 			return Hold{}, &KeyRuleError{Rule: RuleBudget, Needed: toInt(res[2]), Left: toInt(res[1])}
 		}
