@@ -177,6 +177,27 @@ func (s *Store) ReadEvents(ctx context.Context, group, consumer string, count in
 	return out, nil
 }
 
+// PendingEvents returns the events consumer read and never acknowledged
+// (before a restart), oldest first.
+func (s *Store) PendingEvents(ctx context.Context, group, consumer string, count int64) ([]Event, error) {
+	res, err := s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: consumer,
+		Streams: []string{webhookQueueKey, "0"}, Count: count, Block: -1}).Result()
+	if err != nil && !isNil(err) {
+		return nil, unavailable("reading pending events", err)
+	}
+	var out []Event
+	for _, st := range res {
+		for _, m := range st.Messages {
+			if len(m.Values) == 0 { // deleted meanwhile: nothing to do but acknowledge it
+				s.rdb.XAck(ctx, webhookQueueKey, group, m.ID)
+				continue
+			}
+			out = append(out, eventFrom(m))
+		}
+	}
+	return out, nil
+}
+
 // ClaimEvents takes over events another consumer (or this one, before a
 // restart) read but never acknowledged, idle for at least minIdle.
 func (s *Store) ClaimEvents(ctx context.Context, group, consumer string, minIdle time.Duration, count int64) ([]Event, error) {

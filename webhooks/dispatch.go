@@ -31,6 +31,7 @@ type Queue interface {
 	EnsureEventGroup(ctx context.Context, group string) error
 	ReadEvents(ctx context.Context, group, consumer string, count int64, block time.Duration) ([]metering.Event, error)
 	ClaimEvents(ctx context.Context, group, consumer string, minIdle time.Duration, count int64) ([]metering.Event, error)
+	PendingEvents(ctx context.Context, group, consumer string, count int64) ([]metering.Event, error)
 	AckEvent(ctx context.Context, group, queueID string) error
 	ScheduleDelivery(ctx context.Context, d metering.Delivery, now time.Time) (bool, error)
 	ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, n int) ([]metering.Delivery, error)
@@ -49,8 +50,10 @@ type Options struct {
 	Logger    *zap.Logger      // default: none
 	// Client sends deliveries. Default: 10 s timeout, no redirects followed.
 	Client *http.Client
-	// Consumer names this process in the consumer group. Default
-	// "<hostname>-<pid>".
+	// Consumer names this process in the consumer group. Default the
+	// hostname: a process restarted on the same host takes up at once what
+	// it had read and not acknowledged (two processes sharing a name is
+	// safe: a delivery is created once, by id).
 	Consumer string
 	// Poll is how often due deliveries and outbox marks are looked at. Default 200ms.
 	Poll time.Duration
@@ -77,8 +80,10 @@ func (o *Options) init() {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if o.Consumer == "" {
-		h, _ := os.Hostname()
-		o.Consumer = h + "-" + strconv.Itoa(os.Getpid())
+		o.Consumer, _ = os.Hostname()
+		if o.Consumer == "" {
+			o.Consumer = "billing"
+		}
 	}
 	if o.Poll <= 0 {
 		o.Poll = 200 * time.Millisecond
@@ -200,10 +205,14 @@ func (d *Dispatcher) pumpLoop(ctx context.Context) {
 // acknowledges it; events a dead consumer left are claimed after ClaimIdle.
 func (d *Dispatcher) eventLoop(ctx context.Context) {
 	var lastClaim time.Time
+	pending := true // first what this consumer read before a restart and never acknowledged
 	for ctx.Err() == nil {
 		var evs []metering.Event
 		var err error
-		if time.Since(lastClaim) >= d.opts.ClaimIdle/2 {
+		if pending {
+			evs, err = d.q.PendingEvents(ctx, Group, d.opts.Consumer, 100)
+			pending = err != nil || len(evs) == 100
+		} else if time.Since(lastClaim) >= d.opts.ClaimIdle/2 {
 			evs, err = d.q.ClaimEvents(ctx, Group, d.opts.Consumer, d.opts.ClaimIdle, 100)
 			lastClaim = time.Now()
 		}
@@ -218,11 +227,14 @@ func (d *Dispatcher) eventLoop(ctx context.Context) {
 			continue
 		}
 		for _, ev := range evs {
-			if err := d.schedule(ctx, ev); err != nil {
-				if ctx.Err() == nil {
-					d.log.Warn("scheduling deliveries", zap.String("event", ev.ID), zap.Error(err))
-				}
-				break // left pending: claimed again later
+			// An event read is scheduled even while shutting down (a read
+			// may complete after ctx ends): bounded, not cancelled.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err := d.schedule(sctx, ev)
+			cancel()
+			if err != nil {
+				d.log.Warn("scheduling deliveries", zap.String("event", ev.ID), zap.Error(err))
+				break // left pending: read again at start, or claimed by another consumer
 			}
 		}
 	}

@@ -214,3 +214,25 @@ func TestDelay(t *testing.T) {
 		t.Errorf("%d attempts in 24h", n)
 	}
 }
+
+// A process restarted under the same consumer name (the hostname) takes up
+// at once what it had read and not acknowledged.
+func TestRestartTakesUpOwnPending(t *testing.T) {
+	e := testledger.New(t, metering.Options{})
+	ctx := context.Background()
+	rcv := newReceiver(t, 0)
+	e.Account(t, "a1", 1000)
+	if err := e.St.EnsureEventGroup(ctx, Group); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.MoveEvents(ctx, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := e.St.ReadEvents(ctx, Group, "host-a", 10, 0); err != nil || len(evs) != 1 {
+		t.Fatalf("ReadEvents = %v, %v", evs, err)
+	}
+	stop := start(t, e.St, Options{Endpoints: []config.Webhook{{URL: rcv.srv.URL, Secret: secret}},
+		Consumer: "host-a", ClaimIdle: time.Hour})
+	defer stop()
+	waitFor(t, "the pending event's delivery", func() bool { _, ok := rcv.counts(); return len(ok) == 1 })
+}
