@@ -546,8 +546,9 @@ const OperatorPrefix = "admin:"
 // applied (and shown in the ledger).
 func OperatorReference(ref string) string { return OperatorPrefix + ref }
 
-// salePrefixes begin every reference a sale or its reversal is applied under.
-var salePrefixes = [...]string{"checkout:", "refund:", "dispute:", "dispute_won:", OperatorPrefix}
+// salePrefixes begin every reference a sale, its reversal, or a promotional
+// grant or expiry is applied under.
+var salePrefixes = [...]string{"checkout:", "refund:", "dispute:", "dispute_won:", OperatorPrefix, "promo:", "expired:"}
 
 // legacyReference is what the CLI applied an operator's credit under before
 // operator references had their own namespace (the reference as typed), so
