@@ -255,3 +255,111 @@ func TestPromoExpiry(t *testing.T) {
 	assertLedger(t, e.st, "x")
 	assertLedger(t, e.st, "y")
 }
+
+// Charges from two replicas (per-call settles and lease flushes) race
+// grants' expiries and new redemptions: every invariant holds after, and
+// every mc charged is a priced call's.
+func TestPromoSplitUnderConcurrency(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "race", 200_000)
+	other := e.replica(t, metering.Options{})
+	for i, ttl := range []time.Duration{20 * time.Millisecond, 60 * time.Millisecond, time.Hour, 0} {
+		newCode(t, e.st, metering.PromoCode{Code: fmt.Sprintf("R%d", i), Credits: 40_000, GrantExpiresIn: ttl})
+	}
+	var charged sync.Map // request id → cost
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() { // the sweeper
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := e.st.SweepPromos(ctx, time.Now(), 0); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	wg.Add(1)
+	go func() { // redemptions while calls run
+		defer wg.Done()
+		for i := range 4 {
+			if _, err := e.st.Redeem(ctx, "race", fmt.Sprintf("R%d", i)); err != nil {
+				t.Error(err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	var calls sync.WaitGroup
+	for w := range 8 {
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			st := e.st
+			if w%2 == 1 {
+				st = other
+			}
+			for i := range 40 {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				cost := int64(100 + (w*37+i*11)%400)
+				if w < 4 {
+					h, err := st.Reserve(ctx, metering.HoldRequest{Account: "race", HoldID: id, Fixed: 500})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if _, err := st.Settle(ctx, metering.Settlement{Account: "race", HoldID: h.ID, Cost: cost, Record: metering.Record{RequestID: id, Model: "m"}}); err != nil {
+						t.Error(err)
+						return
+					}
+				} else {
+					b := metering.LeaseBatch{Account: "race", LeaseID: fmt.Sprintf("lease:w%d", w), TTL: time.Minute,
+						Calls: []metering.LeaseCall{{Cost: cost, Record: metering.Record{RequestID: id, Model: "m"}}}}
+					if _, err := st.ApplyLease(ctx, b); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				charged.Store(id, cost)
+			}
+		}()
+	}
+	calls.Wait()
+	time.Sleep(80 * time.Millisecond) // past the short grants' expiry
+	close(stop)
+	wg.Wait()
+	if _, err := e.st.SweepPromos(ctx, time.Now(), 0); err != nil {
+		t.Fatal(err)
+	}
+	assertLedger(t, e.st, "race")
+	var want, got, promo int64
+	charged.Range(func(_, v any) bool { want += v.(int64); return true })
+	for _, en := range e.entries(t, "race") {
+		if en.Type == "usage" {
+			got -= en.Amount
+		}
+	}
+	a := e.acct(t, "race")
+	if got != want || a.Consumed != want {
+		t.Fatalf("usage debits %d, consumed %d, priced %d", got, a.Consumed, want)
+	}
+	gs, err := e.st.PromoGrants(ctx, "race")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gs {
+		if !g.ExpiresAt.IsZero() && g.ExpiresAt.Before(time.Now()) {
+			t.Errorf("grant %s past its expiry still holds %d", g.ID, g.Left)
+		}
+		promo += g.Left
+	}
+	if promo != a.Promotional {
+		t.Fatalf("grants hold %d, promotional %d", promo, a.Promotional)
+	}
+}
