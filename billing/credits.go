@@ -76,7 +76,7 @@ type priceJSON struct {
 // transactionJSON is one movement of credits. Usage is aggregated per day and model.
 type transactionJSON struct {
 	ID          string     `json:"id"`
-	Type        string     `json:"type"` // purchase, usage, refund, grant, auto_recharge
+	Type        string     `json:"type"` // purchase, usage, refund, grant, auto_recharge, expiry
 	Amount      Credits    `json:"amount"`
 	Price       *priceJSON `json:"price"` // what was paid, for purchases and auto-recharges
 	Description string     `json:"description"`
@@ -109,21 +109,39 @@ func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string)
 	if err != nil {
 		return fmt.Errorf("reading balance: %w", err)
 	}
+	a, promoExp, err := s.promoSplit(ctx, a)
+	if err != nil {
+		return err
+	}
 	ar, err := s.store.AutoRecharge(ctx, account)
 	if err != nil {
 		return fmt.Errorf("reading auto-recharge: %w", err)
+	}
+	var alerts alertsJSON
+	if al, ok := s.store.(Alerts); ok {
+		low, err := al.LowBalance(ctx, account)
+		if err != nil {
+			return fmt.Errorf("reading alerts: %w", err)
+		}
+		alerts = alertsView(low)
 	}
 	txs, next, err := s.transactions(ctx, account, before, limit)
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct {
-		Balance      Credits           `json:"balance"`
-		AutoRecharge autoRechargeJSON  `json:"autoRecharge"`
-		Transactions []transactionJSON `json:"transactions"`
-		HasMore      bool              `json:"hasMore"`
-		NextCursor   *string           `json:"nextCursor"`
-	}{Credits(a.Balance), s.autoRechargeView(ar), txs, next != "", optString(next)})
+		Balance Credits `json:"balance"`
+		// balance = paid + promotional; promotional credits are spent first
+		// and may expire (the earliest grant at promotionalExpiresAt).
+		Paid                 Credits           `json:"paid"`
+		Promotional          Credits           `json:"promotional"`
+		PromotionalExpiresAt *string           `json:"promotionalExpiresAt"`
+		AutoRecharge         autoRechargeJSON  `json:"autoRecharge"`
+		Alerts               alertsJSON        `json:"alerts"`
+		Transactions         []transactionJSON `json:"transactions"`
+		HasMore              bool              `json:"hasMore"`
+		NextCursor           *string           `json:"nextCursor"`
+	}{Credits(a.Balance), Credits(a.Paid()), Credits(a.Promotional), promoExp, s.autoRechargeView(ar), alerts, txs, next != "", optString(next)})
 	return nil
 }
 
@@ -230,6 +248,16 @@ func creditTransaction(e metering.Entry) *transactionJSON {
 		t.Type = "refund"
 	case "dispute_won": // what a dispute took, given back
 		t.Type = "grant"
+	case metering.PromoGrant:
+		t.Type = "grant"
+		if t.Description == "" {
+			t.Description = "Promotional code " + e.Fields["code"]
+		}
+	case metering.PromoExpired:
+		t.Type = "expiry"
+		if t.Description == "" {
+			t.Description = "Promotional credits expired"
+		}
 	default: // adjustment and anything else an operator wrote
 		t.Type = "grant"
 		if e.Amount < 0 {

@@ -75,12 +75,21 @@ func (s *Server) apiCredits(w http.ResponseWriter, r *http.Request, account stri
 	if err != nil {
 		return fmt.Errorf("reading balance: %w", err)
 	}
+	a, promoExp, err := s.promoSplit(r.Context(), a)
+	if err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Account   string  `json:"account"`
 		Balance   Credits `json:"balance"`
 		Reserved  Credits `json:"reserved"`
 		Available Credits `json:"available"`
 		totalsJSON
-	}{a.ID, Credits(a.Balance), Credits(a.Reserved), Credits(a.Available()), totalsView(a)})
+		// balance = paid + promotional; promotional credits are spent first.
+		Paid                 Credits `json:"paid"`
+		Promotional          Credits `json:"promotional"`
+		PromotionalExpiresAt *string `json:"promotional_expires_at"`
+	}{a.ID, Credits(a.Balance), Credits(a.Reserved), Credits(a.Available()), totalsView(a),
+		Credits(a.Paid()), Credits(a.Promotional), promoExp})
 	return nil
 }

@@ -284,6 +284,11 @@ func TestOpenAPIResponses(t *testing.T) {
 	}
 	want(c.do("GET", "/admin/v1/accounts/oas/ledger?limit=2", admin, nil), http.StatusOK)
 	want(c.do("GET", "/admin/v1/books", admin, nil), http.StatusOK)
+	want(c.do("POST", "/admin/v1/promo-codes", admin, map[string]any{"code": "OAS", "credits": "10.5", "max_redemptions": 5,
+		"expires_at": "2099-01-01T00:00:00Z", "grant_expires_in": "720h"}), http.StatusCreated)
+	want(c.do("POST", "/admin/v1/promo-codes", admin, map[string]any{"code": "OAS", "credits": 1}), http.StatusConflict)
+	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusOK)
+	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusConflict)
 	want(c.do("GET", "/v1/billing/history?starting_after=nope", tok, nil), http.StatusBadRequest)
 
 	// Credits, usage and plans.
@@ -301,6 +306,10 @@ func TestOpenAPIResponses(t *testing.T) {
 	}
 	want(c.do("GET", "/api/billing/usage/export?granularity=hour", tok, nil), http.StatusBadRequest)
 	want(c.do("GET", "/api/billing/credits?limit=2", tok, nil), http.StatusOK)
+	want(c.do("PUT", "/api/billing/credits/alerts", tok, map[string]any{"lowBalance": "5"}), http.StatusOK)
+	want(c.do("PUT", "/api/billing/credits/alerts", tok, map[string]any{"lowBalance": -1}), http.StatusBadRequest)
+	want(c.do("GET", "/api/billing/credits?limit=2", tok, nil), http.StatusOK)
+	want(c.do("GET", "/admin/v1/webhooks/deliveries?limit=5", admin, nil), http.StatusOK)
 	want(c.do("PUT", "/api/billing/credits/auto-recharge", tok, map[string]any{"enabled": true, "threshold": 100, "packId": "starter", "spendingLimit": 5000}), http.StatusOK)
 	e.customerFor("oas")
 	want(c.do("POST", "/api/billing/credits/purchase", tok, map[string]any{"packId": "starter"}), http.StatusOK)

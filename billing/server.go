@@ -223,6 +223,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/billing/webhook", h(s.webhook))
 	mux.Handle("GET /v1/billing/history", s.user(s.history))
 	mux.Handle("GET /v1/api-credits", s.user(s.apiCredits))
+	mux.Handle("POST /v1/billing/redeem", s.user(s.redeem))
 	mux.Handle("POST /v1/keys", s.user(s.createOwnKey))
 	mux.Handle("GET /v1/keys", s.user(s.listOwnKeys))
 	mux.Handle("DELETE /v1/keys/{id}", s.user(s.revokeOwnKey))
@@ -238,6 +239,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /api/billing/credits", s.user(s.credits))
 	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
 	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))
+	mux.Handle("PUT /api/billing/credits/alerts", s.user(s.setAlerts))
 
 	// Teams (members.go); who may call what: authz.go.
 	mux.Handle("GET /v1/members", s.user(s.listMembers))
@@ -255,6 +257,8 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("POST /admin/v1/accounts/{id}/credits", s.admin(s.adminCredit))
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 		mux.Handle("GET /admin/v1/books", s.admin(s.adminBooks))
+		mux.Handle("POST /admin/v1/promo-codes", s.admin(s.adminCreatePromo))
+		mux.Handle("GET /admin/v1/webhooks/deliveries", s.admin(s.adminDeliveries))
 	}
 	s.consoleRoutes(mux)
 	// Everything else, including the admin API when it is off: an OpenAI-shaped 404.

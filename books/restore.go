@@ -296,6 +296,8 @@ func (b *Books) images(ctx context.Context, accts []string, asOf time.Time) (map
 			img.Granted += sum
 		case metering.Adjustment:
 			img.Adjusted += sum
+		case metering.PromoGrant, metering.PromoExpired:
+			img.Promoted += sum
 		case "usage":
 			img.Consumed -= sum
 			img.OverHold += over
@@ -346,6 +348,24 @@ func (b *Books) images(ctx context.Context, accts []string, asOf time.Time) (map
 		})
 	if err != nil {
 		return nil, err
+	}
+	promo := map[string][]metering.Entry{}
+	err = q("reading promotional entries", `SELECT `+cols+` FROM journal WHERE account = ANY($1)
+		AND (type IN ('promo_grant', 'promo_expired') OR fields ? 'promo') ORDER BY account, at, seq`,
+		func(scan func(...any) error) error {
+			a, e, err := entry(scan)
+			if err == nil {
+				promo[a] = append(promo[a], e)
+			}
+			return err
+		})
+	if err != nil {
+		return nil, err
+	}
+	for a, es := range promo {
+		if imgs[a] != nil {
+			imgs[a].PromoGrants = metering.ReplayPromo(es)
+		}
 	}
 	err = q("reading references", `SELECT DISTINCT account, ref FROM journal WHERE account = ANY($1) AND type <> 'usage' AND ref <> ''`,
 		func(scan func(...any) error) error {

@@ -37,8 +37,8 @@ var (
 	//go:embed scripts/reverse.lua
 	reverseSrc string
 
-	fulfilScript  = redis.NewScript(sellSrc + fulfilSrc)
-	reverseScript = redis.NewScript(holdsSrc + reverseSrc)
+	fulfilScript  = redis.NewScript(sellSrc + eventsSrc + fulfilSrc)
+	reverseScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + reverseSrc)
 )
 
 // CheckoutTTL is how long a pending checkout is remembered: long enough for
@@ -263,7 +263,7 @@ func (s *Store) FulfilCheckout(ctx context.Context, f Fulfilment) (Fulfilled, er
 	args = appendFields(args, f.Fields)
 	pay := paymentKey(a, f.PaymentID)
 	res, err := fulfilScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), refsKey(a), ledgerKey(a), checkoutKey(a, f.SessionID), pay, historyKey(a)},
+		[]string{acctKey(a), refsKey(a), ledgerKey(a), checkoutKey(a, f.SessionID), pay, historyKey(a), eventsKey(a)},
 		args...).Slice()
 	if err != nil {
 		return Fulfilled{}, unavailable("fulfilling checkout", err)
@@ -387,7 +387,8 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	args = append(args, string(r.Kind), r.Reference, mc, nowMillis(), r.PaymentID, r.Linked)
 	args = appendFields(args, r.Fields)
 	res, err := reverseScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), refsKey(a), ledgerKey(a), paymentKey(a, r.PaymentID), historyKey(a), holdExpKey(a), holdValKey(a)},
+		[]string{acctKey(a), refsKey(a), ledgerKey(a), paymentKey(a, r.PaymentID), historyKey(a), holdExpKey(a), holdValKey(a),
+			promoKey(a), promoValKey(a), eventsKey(a)},
 		args...).Slice()
 	if err != nil {
 		return Reversed{}, unavailable("reversing purchase", err)
@@ -396,6 +397,7 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 	case 1:
 		id, _ := res[2].(string)
 		s.markDirty(a)
+		s.markEvents(a)
 		return Reversed{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id, Removed: toInt(res[3])}, nil
 	case 0:
 		return Reversed{BalanceAfter: toInt(res[1])}, nil
@@ -471,6 +473,7 @@ func fulfilled(d *Store, res []any, what, id string, paidMinor int64, currency, 
 		eid, _ := res[2].(string)
 		if d != nil {
 			d.markDirty(account)
+			d.markEvents(account)
 		}
 		return Fulfilled{Applied: true, BalanceAfter: toInt(res[1]), EntryID: eid, Credits: toInt(res[3])}, nil
 	case 0:

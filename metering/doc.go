@@ -12,7 +12,8 @@
 // script touches a single slot and runs unchanged on Redis Cluster:
 //
 //	{a:ID}:acct          hash   balance, reserved, purchased, granted, adjusted, consumed,
-//	                            over_hold_calls, over_hold_mc, created_at,
+//	                            over_hold_calls, over_hold_mc, created_at, promoted, promo
+//	                            (the promotional part of balance), low_balance (mc threshold),
 //	                            k:<key>:limit|used|res (per-key credit limits),
 //	                            k:<key>:n (the key's holds in flight: max_parallel)
 //	{a:ID}:kg:<key>      hash   a governed key's rules and their state (keygov.go, keygov.lua)
@@ -22,7 +23,8 @@
 //	{a:ID}:gb:<lease>    string the last give-back applied to a lease (its sequence number), TTL
 //	{a:ID}:refs          set    credit references applied (never expires): "checkout:<session>"
 //	                            (sales, auto-recharges too), "refund:…", "dispute:…",
-//	                            "dispute_won:…", and "admin:<ref>" for operators' credits
+//	                            "dispute_won:…", "admin:<ref>" for operators' credits,
+//	                            "promo:<code>" for redemptions
 //	{a:ID}:ledger        stream one entry per credit or debit (the audit record); a
 //	                            usage entry names the API key charged (key_id) when there was one
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
@@ -55,6 +57,18 @@
 //	                            against its plan's period limits, from Admit to its end
 //	{a:ID}:rpm           hash   fixed-window requests-per-minute counter, TTL 120 s
 //	{a:ID}:ar            hash   auto-recharge settings and state (queued/inflight, period spend, failures)
+//	{a:ID}:promo         zset   promotional grant ("promo:<code>") → expiry ms (promo.go, promo.lua)
+//	{a:ID}:promov        hash   promotional grant → mc left of it (Σ = acct.promo)
+//	{a:ID}:events        stream outbox of outgoing events, appended by the scripts that
+//	                            cause them (events.go, events.lua)
+//	{p:CODE}:code        hash   a promotional code: credits_mc, max, expires_at, grant_ttl, redeemed
+//	{p:CODE}:by          set    accounts that claimed the code (promo_claim.lua)
+//	{wh}:events          stream the webhook queue (consumer group "webhooks")
+//	{wh}:d:<delivery>    hash   one event's delivery to one endpoint (body, state, attempts), TTL 7 days
+//	{wh}:due             zset   delivery → next attempt ms
+//	{wh}:index           zset   delivery → creation ms (the newest 10,000: the operator's list)
+//	tg:promo:due         zset   account → its earliest grant expiry (the expiry sweeper's index)
+//	tg:events:dirty      set    accounts whose outbox got events (written after the script)
 //	tg:key:<sha256>      hash   API key lookup: account, key id (no secret stored)
 //	tg:cus:<customer>    string Stripe customer → account
 //	tg:pay:<intent>      string Stripe payment intent → account
@@ -73,7 +87,9 @@
 // hold, sweeping expired ones, shrinking leases when a debit left the account
 // short), debit.lua (applying a call's charge and writing its ledger entry and
 // cost record: settle and lease_flush write a charge the same way), period.lua
-// (the billing period and its counters), sell.lua (crediting a sale).
+// (the billing period and its counters), sell.lua (crediting a sale),
+// promo.lua (the paid/promotional split: promotional credits pay first),
+// events.lua (appending an outgoing event, balance.low's crossing rule).
 //
 // # Charges
 //
@@ -103,9 +119,12 @@
 //	granted    grant: an operator's credit (never negative). credit.lua.
 //	adjusted   adjustment: an operator's correction, either sign. credit.lua.
 //	consumed   usage (the debit, counted positive). settle.lua, lease_flush.lua.
+//	promoted   promo_grant (+), promo_expired (−): promotional credits (promo.go).
+//	           promo_grant.lua, promo_expire.lua. The field promo is what is left
+//	           of them (spent first); a debit's entry records its part in "promo".
 //
 // Invariant, for every account at every moment outside a script:
-// purchased + granted + adjusted − consumed = balance = Σ ledger amounts, and
+// purchased + granted + adjusted + promoted − consumed = balance = Σ ledger amounts, and
 // each total is the sum of its entry types' amounts (consumed: negated).
 //
 // Operators' credits (Store.Credit, from the admin API and the CLI alike) are

@@ -21,7 +21,7 @@ var (
 	leaseFlushSrc string
 
 	leaseGrantScript = redis.NewScript(holdsSrc + leaseGrantSrc)
-	leaseFlushScript = redis.NewScript(holdsSrc + debitSrc + periodSrc + periodHoldsSrc + leaseFlushSrc)
+	leaseFlushScript = redis.NewScript(holdsSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + leaseFlushSrc)
 )
 
 // RevokedChannel is the Redis channel on which a script that shrank an
@@ -101,9 +101,10 @@ type LeaseApplied struct {
 func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, error) {
 	a := b.Account
 	now := time.Now()
-	keys := make([]string, 0, 10+len(b.Calls))
+	keys := make([]string, 0, 13+len(b.Calls))
 	keys = append(keys, acctKey(a), holdExpKey(a), holdValKey(a), ledgerKey(a), planKey(a), usageKey(a),
-		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now))
+		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now),
+		promoKey(a), promoValKey(a), eventsKey(a))
 	args := make([]any, 0, 6+len(b.Calls)*50)
 	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(now).Unix(),
 		b.GiveBack, b.GiveBackSeq)
@@ -129,6 +130,9 @@ func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, err
 	}
 	if res[3] != 0 {
 		s.markDirty(a)
+	}
+	if len(res) > 4 && res[4] == 1 {
+		s.markEvents(a)
 	}
 	return LeaseApplied{Balance: res[0], Lease: res[1], Available: res[2], Charged: res[3]}, nil
 }

@@ -50,7 +50,7 @@ var (
 	admitSrc string
 
 	subscriptionScript = redis.NewScript(subscriptionSrc)
-	admitScript        = redis.NewScript(periodSrc + periodHoldsSrc + admitSrc)
+	admitScript        = redis.NewScript(periodSrc + periodHoldsSrc + eventsSrc + admitSrc)
 )
 
 func planKey(id string) string          { return "{a:" + id + "}:plan" }
@@ -328,7 +328,7 @@ func (s *Store) Admit(ctx context.Context, r AdmitRequest) (Admission, error) {
 	}
 	l := &r.Limits
 	res, err := s.pipe.run(ctx, admitScript,
-		[]string{planKey(a), usageKey(a), rateKey(a), periodHoldExpKey(a), periodHoldValKey(a), genKey(a, h.HoldID)},
+		[]string{planKey(a), usageKey(a), rateKey(a), periodHoldExpKey(a), periodHoldValKey(a), genKey(a, h.HoldID), eventsKey(a)},
 		MonthStart(time.Now()).Unix(), r.Plan, max(r.Seats, 1),
 		l.Requests, l.InputTokens, l.OutputTokens, l.Credits, l.RequestsPerMinute,
 		h.HoldID, r.InputTokens, h.Fixed, h.PerOutput, max(r.Choices, 1), h.MinOutput, h.MaxOutput,
@@ -351,6 +351,9 @@ func (s *Store) Admit(ctx context.Context, r AdmitRequest) (Admission, error) {
 	} else {
 		ad.Limit, ad.Used, ad.Max, ad.Needed = str(res[1]), toInt(res[2]), toInt(res[3]), toInt(res[4])
 		at = 5
+		if len(res) > 9 && toInt(res[9]) == 1 {
+			s.markEvents(a)
+		}
 	}
 	ad.Period = Period{Start: unixTime(str(res[at])), End: unixTime(str(res[at+1]))}
 	if !ad.Period.End.After(ad.Period.Start) { // a live subscription whose period is not known yet

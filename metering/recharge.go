@@ -45,8 +45,8 @@ var (
 
 	rechargeEnqueueScript = redis.NewScript(periodSrc + rechargeEnqueueSrc)
 	rechargeBeginScript   = redis.NewScript(periodSrc + rechargeBeginSrc)
-	rechargeCreditScript  = redis.NewScript(sellSrc + rechargeCreditSrc)
-	rechargeFailScript    = redis.NewScript(rechargeFailSrc)
+	rechargeCreditScript  = redis.NewScript(sellSrc + eventsSrc + rechargeCreditSrc)
+	rechargeFailScript    = redis.NewScript(eventsSrc + rechargeFailSrc)
 )
 
 // RechargeStream is the stream of auto-recharge requests.
@@ -366,7 +366,7 @@ func (s *Store) CompleteRecharge(ctx context.Context, p RechargePayment) (Fulfil
 	args = append(args, RechargeReference(p.ID), p.ID, p.AmountMinor, p.Currency, p.PaymentID, nowMillis())
 	args = appendFields(args, p.Fields)
 	res, err := rechargeCreditScript.Run(ctx, s.rdb,
-		[]string{acctKey(a), refsKey(a), ledgerKey(a), checkoutKey(a, p.ID), paymentKey(a, p.PaymentID), historyKey(a), rechargeKey(a)},
+		[]string{acctKey(a), refsKey(a), ledgerKey(a), checkoutKey(a, p.ID), paymentKey(a, p.PaymentID), historyKey(a), rechargeKey(a), eventsKey(a)},
 		args...).Slice()
 	if err != nil {
 		return Fulfilled{}, unavailable("crediting a recharge", err)
@@ -406,13 +406,16 @@ func (s *Store) FailRecharge(ctx context.Context, f RechargeFailure) (ended bool
 	if f.Counts {
 		count = "1"
 	}
-	res, err := rechargeFailScript.Run(ctx, s.rdb, []string{rechargeKey(f.Account)},
+	res, err := rechargeFailScript.Run(ctx, s.rdb, []string{rechargeKey(f.Account), eventsKey(f.Account)},
 		f.ID, f.Reason, max(f.MaxFailures, 1), time.Now().UnixMilli(), f.Backoff.Milliseconds(), count).Int64Slice()
 	if err != nil {
 		return false, 0, false, unavailable("failing a recharge", err)
 	}
 	if res[0] != 1 {
 		return false, 0, false, nil
+	}
+	if f.Counts {
+		s.markEvents(f.Account)
 	}
 	return true, int(res[1]), res[2] == 1, nil
 }

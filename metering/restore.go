@@ -126,6 +126,10 @@ type AccountImage struct {
 	KeySpend map[string]KeySpend
 	// AsOf is when KeySpend's periods were taken (zero: now).
 	AsOf time.Time
+	// Promoted is Σ promotional grants less their expiries; PromoGrants what
+	// is left of each grant (ReplayPromo rebuilds them from the journal).
+	Promoted    int64
+	PromoGrants []PromoGrantLeft
 }
 
 // KeySpend is a key's spend (mc): in all, and since the start of the day,
@@ -223,13 +227,25 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		Keys    [][]string `json:"keys"`
 		Records [][]string `json:"records"`
 		Rules   [][]string `json:"rules"`
+		Promo   [][]string `json:"promo"`
 	}{
 		Acct: []string{"balance", i64(img.Balance), "reserved", "0", "purchased", i64(img.Purchased),
 			"granted", i64(img.Granted), "adjusted", i64(img.Adjusted), "consumed", i64(img.Consumed),
 			"over_hold_calls", i64(img.OverHoldCalls), "over_hold_mc", i64(img.OverHold),
-			"created_at", i64(img.CreatedAt.Unix())},
+			"created_at", i64(img.CreatedAt.Unix()), "promoted", i64(img.Promoted)},
 		Last: []string{}, History: [][]string{}, Refs: img.Refs, Keys: [][]string{}, Records: [][]string{}, Rules: [][]string{},
+		Promo: [][]string{},
 	}
+	var promo int64
+	for _, g := range img.PromoGrants {
+		score := int64(promoNever)
+		if !g.ExpiresAt.IsZero() {
+			score = g.ExpiresAt.UnixMilli()
+		}
+		doc.Promo = append(doc.Promo, []string{g.ID, i64(score), i64(g.Left)})
+		promo += g.Left
+	}
+	doc.Acct = append(doc.Acct, "promo", i64(promo))
 	if doc.Refs == nil {
 		doc.Refs = []string{}
 	}
@@ -303,6 +319,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		doc.Records = append(doc.Records, flat)
 	}
 	keys = append(keys, ruleKeys...)
+	keys = append(keys, promoKey(a), promoValKey(a)) // after the records and the rules
 	js, err := json.Marshal(doc)
 	if err != nil {
 		return false, fmt.Errorf("restoring %q: %w", a, err)
@@ -329,5 +346,56 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	for _, l := range lookups {
 		s.keys.forget(l.hash)
 	}
+	if len(img.PromoGrants) > 0 {
+		if err := s.IndexPromos(ctx, a); err != nil {
+			return false, unavailable("restoring promotional expiries", err)
+		}
+	}
 	return n == 1, nil
+}
+
+// ReplayPromo rebuilds what is left of each promotional grant from an
+// account's entries, oldest first: the promo_grant and promo_expired entries
+// and every entry whose "promo" field says what it took from the grants
+// (earliest expiry first, as promo.lua takes). Other entries are ignored.
+func ReplayPromo(entries []Entry) []PromoGrantLeft {
+	var grants []PromoGrantLeft
+	score := func(g PromoGrantLeft) int64 {
+		if g.ExpiresAt.IsZero() {
+			return promoNever
+		}
+		return g.ExpiresAt.UnixMilli()
+	}
+	for _, e := range entries {
+		switch e.Type {
+		case PromoGrant:
+			g := PromoGrantLeft{ID: e.Reference, Left: e.Amount}
+			if ms, err := strconv.ParseInt(e.Fields["expires_at"], 10, 64); err == nil && ms > 0 {
+				g.ExpiresAt = time.UnixMilli(ms).UTC()
+			}
+			grants = append(grants, g)
+			sort.SliceStable(grants, func(i, j int) bool {
+				si, sj := score(grants[i]), score(grants[j])
+				return si < sj || si == sj && grants[i].ID < grants[j].ID
+			})
+		case PromoExpired:
+			for i := range grants {
+				if grants[i].ID == e.Fields["grant"] {
+					grants = append(grants[:i], grants[i+1:]...)
+					break
+				}
+			}
+		default:
+			take, _ := strconv.ParseInt(e.Fields["promo"], 10, 64)
+			for take > 0 && len(grants) > 0 {
+				t := min(take, grants[0].Left)
+				grants[0].Left -= t
+				take -= t
+				if grants[0].Left == 0 {
+					grants = grants[1:]
+				}
+			}
+		}
+	}
+	return grants
 }

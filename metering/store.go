@@ -33,10 +33,10 @@ var (
 	// Preludes (holds.lua, debit.lua, period.lua, period_holds.lua) are
 	// prepended, so that a rule about holds, a charge's entry, a billing
 	// period or a period hold has one home.
-	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + reserveSrc)
-	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + periodSrc + periodHoldsSrc + settleSrc)
+	reserveScript       = redis.NewScript(holdsSrc + keygovSrc + eventsSrc + reserveSrc)
+	settleScript        = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + settleSrc)
 	releaseScript       = redis.NewScript(holdsSrc + keygovSrc + periodSrc + periodHoldsSrc + releaseSrc)
-	creditScript        = redis.NewScript(holdsSrc + creditSrc)
+	creditScript        = redis.NewScript(holdsSrc + promoSrc + eventsSrc + creditSrc)
 	createAccountScript = redis.NewScript(createAccountSrc)
 )
 
@@ -83,6 +83,8 @@ type Store struct {
 	// and what the store knows of the epoch marker.
 	dirty dirtyMarks
 	epoch epochState
+	// Outgoing events (events.go): accounts whose outbox got an event.
+	evMarks dirtyMarks
 }
 
 // New returns a Store over rdb (standalone, Sentinel or Cluster client).
@@ -113,6 +115,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript, membersScript, memberBudgetScript,
+		promoClaimScript, promoGrantScript, promoExpireScript, deliveryClaimScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)
@@ -167,15 +170,24 @@ type Account struct {
 	// sizing, for the operator to see.
 	OverHoldCalls int64
 	OverHold      int64
-	CreatedAt     time.Time
+	// Promoted is Σ promotional grants less Σ their expiries (promo.go);
+	// Promotional is what is left of them: the part of Balance that
+	// promotional credits make up (spent first, may expire). Paid credits
+	// never expire.
+	Promoted    int64
+	Promotional int64
+	CreatedAt   time.Time
 }
+
+// Paid is the part of the balance that paid (and operators') credits make up.
+func (a Account) Paid() int64 { return a.Balance - a.Promotional }
 
 // Available is what new calls may reserve.
 func (a Account) Available() int64 { return a.Balance - a.Reserved }
 
-// Credits is every credit of every kind: Purchased + Granted + Adjusted.
-// Credits − Consumed = Balance.
-func (a Account) Credits() int64 { return a.Purchased + a.Granted + a.Adjusted }
+// Credits is every credit of every kind: Purchased + Granted + Adjusted +
+// Promoted. Credits − Consumed = Balance.
+func (a Account) Credits() int64 { return a.Purchased + a.Granted + a.Adjusted + a.Promoted }
 
 // CreateAccount creates an empty account. It fails with ErrAccountExists when
 // the id is taken.
@@ -220,7 +232,7 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 		return Account{}, fmt.Errorf("reading account %q: %w", id, ErrNoAccount)
 	}
 	f, err := s.rdb.HMGet(ctx, acctKey(id), "balance", "reserved", "purchased", "consumed", "created_at",
-		"granted", "adjusted", "over_hold_calls", "over_hold_mc").Result()
+		"granted", "adjusted", "over_hold_calls", "over_hold_mc", "promoted", "promo").Result()
 	if err != nil {
 		return Account{}, unavailable("reading account", err)
 	}
@@ -237,6 +249,8 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 	a.Adjusted = atoi(f[6])
 	a.OverHoldCalls = atoi(f[7])
 	a.OverHold = atoi(f[8])
+	a.Promoted = atoi(f[9])
+	a.Promotional = atoi(f[10])
 	return a, nil
 }
 
@@ -284,7 +298,7 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	}
 	a := r.Account
 	res, err := s.pipe.run(ctx, reserveScript,
-		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID), memberBudgetKey(a)},
+		[]string{acctKey(a), holdExpKey(a), holdValKey(a), keyRulesKey(a, r.KeyID), genKey(a, r.HoldID), memberBudgetKey(a), eventsKey(a)},
 		r.HoldID, r.KeyID, r.Fixed, r.PerOutput, r.MinOutput, r.MaxOutput, s.opts.HoldTTL.Milliseconds(),
 		MonthStart(time.Now()).Unix(), r.Model, max(r.InputTokens, 0), max(r.OutputPer, 1), int64(s.opts.RecordTTL/time.Second),
 	).Slice()
@@ -295,6 +309,9 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 	case 1:
 		return Hold{ID: r.HoldID, Amount: toInt(res[1]), OutputTokens: toInt(res[2]), Available: toInt(res[3])}, nil
 	case 0:
+		if len(res) > 4 && toInt(res[4]) == 1 {
+			s.markEvents(a)
+		}
 		switch res[3] {
 		case "budget":
 			return Hold{}, &KeyRuleError{Rule: RuleBudget, Needed: toInt(res[2]), Left: toInt(res[1])}
@@ -451,7 +468,8 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	args = st.Record.args(args)
 	res, err := s.pipe.run(ctx, settleScript,
 		[]string{acctKey(a), holdExpKey(a), holdValKey(a), genKey(a, st.HoldID), ledgerKey(a), planKey(a), usageKey(a),
-			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), memberBudgetKey(a)},
+			periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now), keyRulesKey(a, st.KeyID), memberBudgetKey(a),
+			promoKey(a), promoValKey(a), eventsKey(a)},
 		args...,
 	).Int64Slice()
 	if err != nil {
@@ -462,6 +480,9 @@ func (s *Store) Settle(ctx context.Context, st Settlement) (Charge, error) {
 	}
 	if res[3] != 1 {
 		s.markDirty(a)
+	}
+	if len(res) > 5 && res[5] == 1 {
+		s.markEvents(a)
 	}
 	return Charge{BalanceAfter: res[0], Charged: res[1], Capped: res[2] == 1, Replay: res[3] == 1, OverHold: res[4]}, nil
 }
@@ -528,8 +549,9 @@ const OperatorPrefix = "admin:"
 // applied (and shown in the ledger).
 func OperatorReference(ref string) string { return OperatorPrefix + ref }
 
-// salePrefixes begin every reference a sale or its reversal is applied under.
-var salePrefixes = [...]string{"checkout:", "refund:", "dispute:", "dispute_won:", OperatorPrefix}
+// salePrefixes begin every reference a sale, its reversal, or a promotional
+// grant or expiry is applied under.
+var salePrefixes = [...]string{"checkout:", "refund:", "dispute:", "dispute_won:", OperatorPrefix, "promo:", "expired:"}
 
 // legacyReference is what the CLI applied an operator's credit under before
 // operator references had their own namespace (the reference as typed), so
@@ -588,7 +610,7 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	for _, k := range sortedKeys(c.Fields) {
 		args = append(args, k, c.Fields[k])
 	}
-	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a)}, args...).Slice()
+	res, err := creditScript.Run(ctx, s.rdb, []string{acctKey(a), refsKey(a), ledgerKey(a), holdExpKey(a), holdValKey(a), promoKey(a), promoValKey(a), eventsKey(a)}, args...).Slice()
 	if err != nil {
 		return Credited{}, unavailable("crediting", err)
 	}
@@ -596,6 +618,9 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	case 1:
 		id, _ := res[2].(string)
 		s.markDirty(a)
+		if c.Amount < 0 {
+			s.markEvents(a)
+		}
 		return Credited{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id}, nil
 	case 0:
 		return Credited{Applied: false, BalanceAfter: toInt(res[1])}, nil

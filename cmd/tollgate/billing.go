@@ -15,6 +15,7 @@ import (
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
+	"github.com/tollgate/tollgate/webhooks"
 )
 
 func runBilling(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -93,6 +94,16 @@ func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Serve
 	} else {
 		l.log.Warn("STRIPE_SECRET_KEY is not set: auto-recharge requests wait until payments are configured")
 	}
+	// Outgoing events: moved from the accounts' outboxes, scheduled and
+	// delivered to billing.webhooks for as long as the server lives (events
+	// queue in Redis meanwhile: none is lost across a restart).
+	wctx, stopHooks := context.WithCancel(context.Background())
+	go webhooks.New(webhooks.Options{Queue: store, Endpoints: l.cfg.Billing.Webhooks, Logger: l.log}).Run(wctx) //nolint:errcheck // returns nil when stopped
+	srv.RegisterOnShutdown(stopHooks)
+	// Promotional grants expire as they fall due, as long as the server lives.
+	pctx, stopPromo := context.WithCancel(context.Background())
+	go b.RunPromoSweeper(pctx, 0)
+	srv.RegisterOnShutdown(stopPromo)
 	return srv, opts, nil
 }
 

@@ -24,7 +24,7 @@ var (
 	billingLivePaths = []string{"pricing", "plans", "log.level", "billing"}
 	// billingRestart are billing settings the auto-recharge worker (started
 	// once) and the listener keep until a restart.
-	billingRestartPaths = []string{"billing.addr", "billing.stripe", "billing.auto_recharge"}
+	billingRestartPaths = []string{"billing.addr", "billing.stripe", "billing.auto_recharge", "billing.webhooks"}
 	// Settings a process does not use: a change to them is not reported.
 	proxyIgnoredPaths   = []string{"billing"}
 	billingIgnoredPaths = []string{"providers"}

@@ -48,7 +48,11 @@ export function customerViews(ctx) {
         h('div', h('dt', 'Available'), h('dd', credits(ac.available))),
         h('div', h('dt', 'Held by calls in progress'), h('dd', credits(ac.reserved))),
         h('div', h('dt', 'Purchased'), h('dd', credits(ac.total_purchased))),
-        h('div', h('dt', 'Used'), h('dd', credits(ac.total_consumed)))),
+        h('div', h('dt', 'Used'), h('dd', credits(ac.total_consumed))),
+        creditsNumber(ac.promotional) > 0
+          ? h('div', h('dt', 'Promotional (spent first)'), h('dd', { 'data-testid': 'promotional' }, credits(ac.promotional),
+            ac.promotional_expires_at ? ' · expires ' + new Date(ac.promotional_expires_at).toLocaleDateString() : ''))
+          : null),
       hint ? notice('warn', hint, ' ', ctx.config.payments ? h('a', { href: '#buy' }, 'Buy credits') : null) : null);
   }
 
@@ -426,7 +430,7 @@ export function customerViews(ctx) {
 }
 
 function kindLabel(t) {
-  return ({ purchase: 'Purchase', auto_recharge: 'Auto-recharge', refund: 'Refund', dispute: 'Dispute', dispute_won: 'Dispute won', grant: 'Credit', usage: 'Usage', adjustment: 'Adjustment' })[t] || t;
+  return ({ purchase: 'Purchase', auto_recharge: 'Auto-recharge', refund: 'Refund', dispute: 'Dispute', dispute_won: 'Dispute won', grant: 'Credit', usage: 'Usage', adjustment: 'Adjustment', expiry: 'Expired' })[t] || t;
 }
 
 function amountClass(v) {

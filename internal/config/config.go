@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -126,7 +127,21 @@ type Billing struct {
 	JWT            JWT          `yaml:"jwt"`
 	Stripe         Stripe       `yaml:"stripe"`
 	AutoRecharge   AutoRecharge `yaml:"auto_recharge"`
+	// Webhooks are the operator's endpoints for outgoing events (package webhooks).
+	Webhooks []Webhook `yaml:"webhooks"`
 }
+
+// Webhook is one endpoint of outgoing events: each event whose type is in
+// Events (empty: every type) is POSTed to URL, signed with Secret.
+type Webhook struct {
+	URL    string   `yaml:"url"`    // http or https
+	Secret string   `yaml:"secret"` // HMAC-SHA256 key, ≥ 16 characters
+	Events []string `yaml:"events"` // event types; empty: all
+}
+
+// WebhookEvents are the event types an endpoint may ask for.
+var WebhookEvents = []string{"balance.low", "credits.purchased", "credits.reversed", "auto_recharge.succeeded",
+	"auto_recharge.failed", "key.budget_exhausted", "plan.limit_reached"}
 
 // JWT configures end-user authentication on the billing API.
 type JWT struct {
@@ -576,6 +591,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Billing.AutoRecharge.MaxFailures < 1 {
 		bad("billing.auto_recharge.max_failures", "must be at least 1, got %d", c.Billing.AutoRecharge.MaxFailures)
+	}
+	for i, w := range c.Billing.Webhooks {
+		path := fmt.Sprintf("billing.webhooks[%d]", i)
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(path+".url", "must be an http:// or https:// URL, got %q", w.URL)
+		}
+		if len(w.Secret) < 16 {
+			bad(path+".secret", "must be at least 16 characters (got %d)", len(w.Secret))
+		}
+		for j, ev := range w.Events {
+			if !slices.Contains(WebhookEvents, ev) {
+				bad(fmt.Sprintf("%s.events[%d]", path, j), "unknown event %q (one of %s)", ev, strings.Join(WebhookEvents, ", "))
+			}
+		}
 	}
 	seen, prices := map[string]bool{}, map[string]string{}
 	for i, pl := range c.Plans {

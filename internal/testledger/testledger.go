@@ -104,15 +104,33 @@ func Assert(t testing.TB, st *metering.Store, account string) {
 	if err != nil {
 		t.Fatalf("ledger: AllEntries(%q): %v", account, err)
 	}
-	var sum int64
-	total := map[string]int64{} // purchased, granted, adjusted, consumed from the entries
+	var sum, promoTaken int64
+	total := map[string]int64{} // purchased, granted, adjusted, consumed, promoted from the entries
 	for i, e := range entries {
 		sum += e.Amount
 		if e.BalanceAfter != sum {
 			t.Errorf("ledger %s: entry %d (%s %s %d) balance_after %d, running sum %d",
 				account, i, e.ID, e.Type, e.Amount, e.BalanceAfter, sum)
 		}
+		if v, ok := e.Fields["promo"]; ok {
+			// What promotional credits paid of a debit: never more than it.
+			n, perr := strconv.ParseInt(v, 10, 64)
+			if perr != nil || n <= 0 || e.Amount >= 0 || n > -e.Amount {
+				t.Errorf("ledger %s: entry %s (%s %d) promo %q", account, e.ID, e.Type, e.Amount, v)
+			}
+			promoTaken += n
+		}
 		switch e.Type {
+		case metering.PromoGrant:
+			if e.Amount <= 0 || e.Fields["grant"] != e.Reference {
+				t.Errorf("ledger %s: promotional grant %s of %d (grant %q, ref %q)", account, e.ID, e.Amount, e.Fields["grant"], e.Reference)
+			}
+			total["promoted"] += e.Amount
+		case metering.PromoExpired:
+			if e.Amount >= 0 || e.Reference != "expired:"+e.Fields["grant"] {
+				t.Errorf("ledger %s: promotional expiry %s of %d (ref %q)", account, e.ID, e.Amount, e.Reference)
+			}
+			total["promoted"] += e.Amount
 		case "usage":
 			if e.Amount > 0 {
 				t.Errorf("ledger %s: usage entry %s credits %d", account, e.ID, e.Amount)
@@ -135,10 +153,12 @@ func Assert(t testing.TB, st *metering.Store, account string) {
 		t.Errorf("ledger %s: Σ ledger = %d, balance = %d", account, sum, a.Balance)
 	}
 	if a.Credits()-a.Consumed != a.Balance {
-		t.Errorf("ledger %s: purchased %d + granted %d + adjusted %d − consumed %d ≠ balance %d",
-			account, a.Purchased, a.Granted, a.Adjusted, a.Consumed, a.Balance)
+		t.Errorf("ledger %s: purchased %d + granted %d + adjusted %d + promoted %d − consumed %d ≠ balance %d",
+			account, a.Purchased, a.Granted, a.Adjusted, a.Promoted, a.Consumed, a.Balance)
 	}
-	for name, got := range map[string]int64{"purchased": a.Purchased, "granted": a.Granted, "adjusted": a.Adjusted, "consumed": a.Consumed} {
+	assertPromo(t, st, a, promoTaken)
+	for name, got := range map[string]int64{"purchased": a.Purchased, "granted": a.Granted, "adjusted": a.Adjusted,
+		"consumed": a.Consumed, "promoted": a.Promoted} {
 		if total[name] != got {
 			t.Errorf("ledger %s: %s = %d, its entries sum to %d", account, name, got, total[name])
 		}
@@ -174,6 +194,43 @@ func Assert(t testing.TB, st *metering.Store, account string) {
 	}
 	if held != a.Reserved {
 		t.Errorf("ledger %s: Σ holds and leases = %d, reserved = %d (%v)", account, held, a.Reserved, holds)
+	}
+}
+
+// assertPromo checks the paid/promotional split (metering/scripts/promo.lua):
+// the promotional part is what the grants left (promoted − what debits took
+// from it), 0 ≤ promotional ≤ max(balance, 0), and it is the sum of the
+// grants' remainders, each grant in both the expiry set and the remainders.
+func assertPromo(t testing.TB, st *metering.Store, a metering.Account, taken int64) {
+	t.Helper()
+	ctx := context.Background()
+	if a.Promotional != a.Promoted-taken {
+		t.Errorf("ledger %s: promotional %d, promoted %d − taken by debits %d = %d", a.ID, a.Promotional, a.Promoted, taken, a.Promoted-taken)
+	}
+	if a.Promotional < 0 || a.Promotional > max(a.Balance, 0) {
+		t.Errorf("ledger %s: promotional %d outside [0, max(balance %d, 0)]", a.ID, a.Promotional, a.Balance)
+	}
+	vals, err := st.Client().HGetAll(ctx, "{a:"+a.ID+"}:promov").Result()
+	if err != nil {
+		t.Fatalf("ledger: reading promotional grants of %q: %v", a.ID, err)
+	}
+	n, err := st.Client().ZCard(ctx, "{a:"+a.ID+"}:promo").Result()
+	if err != nil {
+		t.Fatalf("ledger: reading promotional grants of %q: %v", a.ID, err)
+	}
+	var left int64
+	for g, v := range vals {
+		m, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil || m <= 0 {
+			t.Errorf("ledger %s: grant %s left %q", a.ID, g, v)
+		}
+		if _, zerr := st.Client().ZScore(ctx, "{a:"+a.ID+"}:promo", g).Result(); zerr != nil {
+			t.Errorf("ledger %s: grant %s has no expiry: %v", a.ID, g, zerr)
+		}
+		left += m
+	}
+	if left != a.Promotional || n != int64(len(vals)) {
+		t.Errorf("ledger %s: Σ grants left %d (%d grants, %d expiries), promotional %d", a.ID, left, len(vals), n, a.Promotional)
 	}
 }
 

@@ -1,12 +1,14 @@
 -- admit: admit one call of an account against its plan's limits, or refuse
 -- it, atomically and in one round trip. (period.lua and period_holds.lua are
--- prepended.)
+-- prepended; events.lua too.)
 -- KEYS[1] plan hash          {a:<id>}:plan
 -- KEYS[2] usage hash         {a:<id>}:usage  (the period's counters and the period holds' sums)
 -- KEYS[3] rate hash          {a:<id>}:rpm    (w = minute index, n = calls in it)
 -- KEYS[4] period hold expiry {a:<id>}:phexp
 -- KEYS[5] period hold values {a:<id>}:phval
 -- KEYS[6] cost record        {a:<id>}:gen:<request id>
+-- KEYS[7] outgoing events    {a:<id>}:events (plan.limit_reached: once per limit and period,
+--                            requests_per_minute once per minute)
 -- ARGV[1]  calendar month start (unix s): the period when there is no live subscription
 -- ARGV[2], ARGV[3]  the plan id and seats the limits are for
 -- ARGV[4..8]  limits, 0 for none: requests, input tokens, output tokens, credits (mc),
@@ -30,7 +32,7 @@
 --                        counted, ask again with its limits
 --   {1, output granted, period start, period end, calls this minute, seconds left in the minute}
 --   {-1, limit, used (held included), limit value, least this call needs (0: anything),
---    period start, period end, calls this minute, seconds left in the minute}
+--    period start, period end, calls this minute, seconds left in the minute, event emitted (0/1)}
 local plan, usage, rate, phexp, phval, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local p = redis.call('HMGET', plan, 'plan', 'seats', 'status', 'period_end')
 if not p[1] or not tg_live(p[3]) then return {0} end
@@ -82,7 +84,18 @@ local usedIn = (tonumber(u[2]) or 0) + (tonumber(u[5]) or 0)
 local usedOut = (tonumber(u[3]) or 0) + (tonumber(u[6]) or 0)
 local usedMc = (tonumber(u[4]) or 0) + (tonumber(u[7]) or 0)
 local function refuse(limit, used, max, needed)
-  return {-1, limit, used, max, needed, period, periodEnd, n, minuteLeft}
+  local mark = tostring(period)
+  if limit == 'requests_per_minute' then mark = win end
+  local emitted = 0
+  if redis.call('HGET', usage, 'x:' .. limit) ~= mark then
+    redis.call('HSET', usage, 'x:' .. limit, mark)
+    local u, m = 'used', 'max'
+    if limit == 'credits' then u, m = 'used_mc', 'max_mc' end
+    tg_event(KEYS[7], 'plan.limit_reached', 'plan', ARGV[2], 'limit', limit, u, string.format('%d', used),
+      m, string.format('%d', max))
+    emitted = 1
+  end
+  return {-1, limit, used, max, needed, period, periodEnd, n, minuteLeft, emitted}
 end
 
 if limRpm > 0 and n > limRpm then return refuse('requests_per_minute', n, limRpm, 0) end

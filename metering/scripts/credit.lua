@@ -6,6 +6,10 @@
 -- KEYS[3] ledger       {a:<id>}:ledger (stream)
 -- KEYS[4] hold expiry  {a:<id>}:hexp
 -- KEYS[5] hold values  {a:<id>}:hval
+-- KEYS[6] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua is prepended:
+-- KEYS[7] promotional grants' remainders {a:<id>}:promov  a negative adjustment the
+--         paid credits cannot cover takes the rest from them)
+-- KEYS[8] outgoing events {a:<id>}:events (events.lua: a negative adjustment may cross the low-balance threshold)
 -- (holds.lua is prepended: an adjustment that leaves the account short shrinks its leases.)
 -- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), the
 --       reference as the CLI applied it before operator references had their own
@@ -26,7 +30,11 @@ local balance = redis.call('HINCRBY', acct, 'balance', amount)
 redis.call('HINCRBY', acct, total, amount)
 local rec = {}
 for i = 5, #ARGV do rec[#rec + 1] = ARGV[i] end
+if tonumber(amount) < 0 then tg_promo_field(rec, tg_promo_clamp(acct, KEYS[6], KEYS[7])) end
 local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
   'ref', ref, unpack(rec))
-if tonumber(amount) < 0 then tg_shrink_leases(acct, KEYS[4], KEYS[5]) end
+if tonumber(amount) < 0 then
+  tg_shrink_leases(acct, KEYS[4], KEYS[5])
+  tg_low_balance(acct, KEYS[8], balance - tonumber(amount), balance)
+end
 return {1, balance, eid}

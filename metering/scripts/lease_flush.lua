@@ -1,7 +1,7 @@
 -- lease_flush: apply a batch of a replica's settled and failed calls to its
 -- lease, renew the lease, and give back what the replica no longer needs —
--- one atomic script per account and batch. (holds.lua, debit.lua, period.lua
--- and period_holds.lua are prepended.)
+-- one atomic script per account and batch. (holds.lua, debit.lua, promo.lua, events.lua,
+-- period.lua and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -12,7 +12,10 @@
 -- KEYS[8] period hold expiry {a:<id>}:phexp
 -- KEYS[9] period hold values {a:<id>}:phval
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the flush's day)
--- KEYS[10+i] cost record of the i-th call {a:<id>}:gen:<request id>
+-- KEYS[11] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua)
+-- KEYS[12] promotional grants' remainders {a:<id>}:promov (hash)
+-- KEYS[13] outgoing events {a:<id>}:events (stream; events.lua: balance.low)
+-- KEYS[13+i] cost record of the i-th call {a:<id>}:gen:<request id>
 -- ARGV: lease id, ttl ms, record ttl s, calendar month start (unix s),
 --       mc to give back, give-back sequence number, then per call:
 --       kind ("s" settle | "r" release), request id, key id, cost mc, hold mc,
@@ -27,7 +30,7 @@
 -- account has: should available be negative after the batch, the leases shrink.
 -- Each call's period hold is dropped and its request counted (or given back)
 -- as settle and release do (period_holds.lua tg_end_call).
--- Returns {balance, lease after, available after, charged in all}, or {-1}
+-- Returns {balance, lease after, available after, charged in all, event emitted (0/1)}, or {-1}
 -- when the account does not exist.
 local acct, hexp, hval, ledger, plan, usage, gbMark = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local phexp, phval, day = KEYS[8], KEYS[9], KEYS[10]
@@ -52,7 +55,7 @@ local leaseUsed, total, served, requests, inSum, outSum = 0, 0, 0, 0, 0, 0
 local perKey = {}
 -- Per model: {calls, input tokens, output tokens, charged}, for the day's usage.
 local perModel = {}
-local i, k = 7, 11
+local i, k = 7, 14
 while i <= #ARGV do
   local kind, req, kid, cost, held = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local inTok, outTok, n = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
@@ -84,6 +87,8 @@ while i <= #ARGV do
       if over > 0 then t[2], t[3] = t[2] + over, t[3] + 1 end
       local rec = {unpack(ARGV, first, last)}
       if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
+      -- Promotional credits pay first, call by call (promo.lua).
+      tg_promo_field(rec, tg_promo_take(acct, KEYS[11], KEYS[12], cost))
       tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, rec)
       local model = tg_rec_model(rec)
       local d = perModel[model]
@@ -121,4 +126,6 @@ if tg_shrink_leases(acct, hexp, hval) > 0 then
   if v then lease = tg_parse_hold(v) end
 end
 local res = redis.call('HMGET', acct, 'balance', 'reserved')
-return {tonumber(res[1]), lease, tonumber(res[1]) - tonumber(res[2]), total}
+local emitted = 0
+if total > 0 then emitted = tg_low_balance(acct, KEYS[13], tonumber(res[1]) + total, tonumber(res[1])) end
+return {tonumber(res[1]), lease, tonumber(res[1]) - tonumber(res[2]), total, emitted}

@@ -8,6 +8,7 @@
 -- KEYS[5] payment record   {a:<id>}:pay:<payment>
 -- KEYS[6] billing history  {a:<id>}:billing
 -- KEYS[7] auto-recharge    {a:<id>}:ar
+-- KEYS[8] outgoing events  {a:<id>}:events (events.lua: auto_recharge.succeeded)
 -- ARGV: reference, request id, amount paid (minor), currency paid, payment id, now ms,
 --       then field/value pairs for the ledger entry.
 -- Returns {1, balance after, ledger entry id, credits} when credited now,
@@ -26,4 +27,8 @@ end
 
 local r = tg_sell(acct, refs, ledger, co, pay, hist, ref, paid, cur, pid, rid, now, 'auto_recharge', 7)
 if r[1] == 0 or r[1] == 1 then done() end
+if r[1] == 1 then
+  tg_event(KEYS[8], 'auto_recharge.succeeded', 'credits_mc', string.format('%d', r[4]), 'balance_mc', string.format('%d', r[2]),
+    'request', rid, 'payment', pid)
+end
 return r

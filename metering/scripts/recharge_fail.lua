@@ -3,6 +3,7 @@
 -- counted and, at max failures in a row, auto-recharge turns itself off and
 -- keeps the reason.
 -- KEYS[1] auto-recharge {a:<id>}:ar
+-- KEYS[2] outgoing events {a:<id>}:events (events.lua: auto_recharge.failed, for a failure of the card)
 -- ARGV: request id, reason, max failures, now ms, backoff ms, count ('1' a failure
 --       of the card, '0' not: nothing to charge)
 -- Returns {1, failures, disabled (0/1)}, or {0} when the request is not the
@@ -26,5 +27,9 @@ local disabled = 0
 if count == '1' and failures >= maxFail then
   redis.call('HSET', ar, 'enabled', 0, 'disabled_reason', reason, 'disabled_at', now)
   disabled = 1
+end
+if count == '1' then
+  tg_event(KEYS[2], 'auto_recharge.failed', 'reason', reason, 'failures', int(failures), 'disabled', tostring(disabled == 1),
+    'request', rid)
 end
 return {1, failures, disabled}

@@ -1,16 +1,17 @@
--- reserve: place a hold for the worst case of one call. (holds.lua and
--- keygov.lua are prepended.)
+-- reserve: place a hold for the worst case of one call. (holds.lua,
+-- keygov.lua and events.lua are prepended.)
 -- KEYS[1] account hash  {a:<id>}:acct
 -- KEYS[2] hold expiry   {a:<id>}:hexp   (zset hold id -> expiry ms)
 -- KEYS[3] hold values   {a:<id>}:hval   (hash hold id -> "amount:keyid")
 -- KEYS[4] key rules     {a:<id>}:kg:<key id>  (a governed key's settings and state)
 -- KEYS[5] cost record   {a:<id>}:gen:<hold id>
 -- KEYS[6] member budgets {a:<id>}:mb  (user → "mc:period"; keygov.lua)
+-- KEYS[7] outgoing events {a:<id>}:events (key.budget_exhausted, once per key and budget period)
 -- ARGV: hold id, key id, fixed mc, mc per output token, min output, max output, ttl ms,
 --       calendar month start (unix s), model (catalog id), input tokens the hold covers,
 --       output tokens billed per output token granted, record ttl s
 -- Returns {1, amount, output tokens granted, available after}
---      or {0, available, needed, limited_by}   (limited_by: "balance" | "key" | "budget" | "member_budget")
+--      or {0, available, needed, limited_by, event emitted (0/1)}   (limited_by: "balance" | "key" | "budget" | "member_budget")
 --      or {-2, limit, retry after ms, limit value}  a governed key's rule refused the call:
 --         expired, model, max_parallel, rpm, tpm (nothing was counted)
 --      or {-1} when the account does not exist.
@@ -94,7 +95,20 @@ if kid ~= '' then
 end
 
 local needed = fixed + per * minOut
-if avail < needed then return {0, avail, needed, limitedBy} end
+if avail < needed then
+  local emitted = 0
+  if limitedBy == 'budget' then
+    -- The key's budget is spent for this period: tell the operator once.
+    local ps = string.format('%d', tg_key_period(g.bper, nowS, month))
+    if redis.call('HGET', kg, 'bx') ~= ps then
+      redis.call('HSET', kg, 'bx', ps)
+      tg_event(KEYS[7], 'key.budget_exhausted', 'key', kid, 'budget_mc', string.format('%d', g.budget),
+        'period', g.bper, 'period_start', ps)
+      emitted = 1
+    end
+  end
+  return {0, avail, needed, limitedBy, emitted}
+end
 
 if per > 0 then
   local affordable = math.floor((avail - fixed) / per)

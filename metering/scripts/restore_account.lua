@@ -10,11 +10,13 @@
 -- KEYS[6] key hashes   {a:<id>}:keys:hash
 -- KEYS[7] active keys  {a:<id>}:keys:active
 -- KEYS[8…] the account's other records, in the order of ARGV's "records",
---          then the governed keys' rules {a:<id>}:kg:<key id>, in the order of "rules"
+--          then the governed keys' rules {a:<id>}:kg:<key id>, in the order of "rules",
+--          then promotional grants by expiry {a:<id>}:promo, their remainders {a:<id>}:promov
 -- ARGV[1] JSON: {"acct": [field, value, …], "last": [id, field, value, …] | [],
 --   "history": [[id, field, value, …], …], "refs": [ref, …],
 --   "keys": [[id, meta, hash, active "1"|"0", limit, spent, member who created it or ""], …],
---   "records": [[field, value, …], …], "rules": [[field, value, …], …]}
+--   "records": [[field, value, …], …], "rules": [[field, value, …], …],
+--   "promo": [[grant, expiry score ms, mc left], …]}
 -- Every number is a string: cjson would turn it into a double.
 -- All of the account or nothing: the one write that can fail (the XADD) comes
 -- first, and nothing else of the account is written by anyone else.
@@ -48,5 +50,10 @@ for i, r in ipairs(img.rules) do
   local kg = KEYS[7 + #img.records + i]
   redis.call('DEL', kg)
   if #r > 0 then redis.call('HSET', kg, unpack(r)) end
+end
+local pz, pv = KEYS[8 + #img.records + #img.rules], KEYS[9 + #img.records + #img.rules]
+for _, g in ipairs(img.promo or {}) do
+  redis.call('ZADD', pz, g[2], g[1])
+  redis.call('HSET', pv, g[1], g[3])
 end
 return 1

@@ -7,6 +7,10 @@
 -- KEYS[5] billing history  {a:<id>}:billing         (stream)
 -- KEYS[6] hold expiry      {a:<id>}:hexp
 -- KEYS[7] hold values      {a:<id>}:hval
+-- KEYS[8] promotional grants by expiry   {a:<id>}:promo  (promo.lua is prepended: what
+-- KEYS[9] promotional grants' remainders {a:<id>}:promov  the paid credits cannot cover
+--                                                         is taken from them)
+-- KEYS[10] outgoing events {a:<id>}:events (events.lua: credits.reversed, balance.low)
 -- (holds.lua is prepended: a reversal that leaves the account short shrinks its
 -- leases, and the replicas holding them are told at once.)
 -- ARGV: kind ('refund' | 'dispute' | 'dispute_won'), reference, mc, created_at ms,
@@ -65,7 +69,15 @@ redis.call('HINCRBY', acct, 'purchased', amount)
 local rec = {'type', kind, 'amount', amount, 'balance_after', balance, 'ref', ref,
   'session_id', f[5] or '', 'stripe_payment_id', pid, 'created_at', now}
 for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
+if delta > 0 then tg_promo_field(rec, tg_promo_clamp(acct, KEYS[8], KEYS[9])) end
 local eid = redis.call('XADD', ledger, '*', unpack(rec))
 redis.call('XADD', hist, eid, unpack(rec))
-if delta > 0 then tg_shrink_leases(acct, KEYS[6], KEYS[7]) end
+if delta > 0 then
+  tg_shrink_leases(acct, KEYS[6], KEYS[7])
+  tg_low_balance(acct, KEYS[10], balance + delta, balance)
+end
+local moved = delta
+if moved < 0 then moved = 0 - moved end -- a won dispute gives back: kind says which way
+tg_event(KEYS[10], 'credits.reversed', 'kind', kind, 'credits_mc', int(moved), 'balance_mc', int(balance),
+  'ref', ref, 'payment', pid)
 return {1, balance, eid, delta}

@@ -1,5 +1,5 @@
 -- settle: turn a call's hold into its charge, exactly once. (holds.lua,
--- keygov.lua, debit.lua, period.lua and period_holds.lua are prepended.)
+-- keygov.lua, debit.lua, promo.lua, events.lua, period.lua and period_holds.lua are prepended.)
 -- KEYS[1] account hash {a:<id>}:acct
 -- KEYS[2] hold expiry  {a:<id>}:hexp
 -- KEYS[3] hold values  {a:<id>}:hval
@@ -13,13 +13,16 @@
 -- KEYS[10] the day's usage  {a:<id>}:day:<YYYY-MM-DD> (UTC, the settle's day)
 -- KEYS[11] key rules   {a:<id>}:kg:<key id>   (a governed key: its budget period and tpm bucket)
 -- KEYS[12] member budgets {a:<id>}:mb          (the key's member: its budget period)
+-- KEYS[13] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua)
+-- KEYS[14] promotional grants' remainders {a:<id>}:promov (hash)
+-- KEYS[15] outgoing events {a:<id>}:events (stream; events.lua: balance.low)
 -- ARGV: hold id, key id, cost mc, record ttl s, calendar month start (unix s),
 --       input tokens, output tokens, then field/value pairs of the usage record.
 -- The call is charged its whole cost, even past its hold (the excess is
 -- recorded as over_hold, and leases shrink should the account now be short).
 -- Only a call whose hold had expired is charged at most what is available
 -- (capped): its credits may have gone to other calls meanwhile.
--- Returns {balance after, charged, capped (0/1), replay (0/1), over hold mc},
+-- Returns {balance after, charged, capped (0/1), replay (0/1), over hold mc, event emitted (0/1)},
 -- or {-1} when the account does not exist.
 local acct, hexp, hval, gen, ledger, plan, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local phexp, phval, day, kg = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
@@ -55,10 +58,13 @@ if kid ~= '' and kid == ARGV[2] then
 end
 local rec = {unpack(ARGV, 8)}
 if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
+-- Promotional credits pay first; the entry says how much of the charge they paid.
+tg_promo_field(rec, tg_promo_take(acct, KEYS[13], KEYS[14], charge))
 tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
 tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)
 -- The period's counters, which the plan limits and the usage API read; the
 -- call's period hold is dropped.
 tg_count(plan, usage, month, tg_end_call(plan, usage, phexp, phval, gen, id, month, true), inTok, outTok, charge)
 if over > 0 then tg_shrink_leases(acct, hexp, hval) end
-return {balance, charge, capped, 0, over}
+local emitted = tg_low_balance(acct, KEYS[15], balance + charge, balance)
+return {balance, charge, capped, 0, over, emitted}

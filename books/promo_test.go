@@ -1,0 +1,80 @@
+package books
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/internal/testledger"
+	"github.com/tollgate/tollgate/metering"
+)
+
+// Promotional grants, charges they pay for and their expiries ship to the
+// journal, reconcile, and a restore rebuilds the paid/promotional split and
+// what is left of each grant.
+func TestPromoShipReconcileRestore(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.account(t, "pr", 10_000)
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []metering.PromoCode{
+		{Code: "SHORT", Credits: 3000, GrantExpiresIn: time.Minute},
+		{Code: "LONG", Credits: 2000, GrantExpiresIn: 48 * time.Hour},
+		{Code: "EVER", Credits: 1000},
+	} {
+		if err := e.St.CreatePromoCode(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.St.Redeem(ctx, "pr", p.Code); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.call(t, e.St, "pr", "m", 1000) // from SHORT
+	if _, err := e.St.SweepPromos(ctx, time.Now().Add(time.Hour), 0); err != nil {
+		t.Fatal(err) // SHORT's 2000 expire
+	}
+	e.call(t, e.St, "pr", "m", 2500) // LONG's 2000, EVER's 500
+	want := e.Acct(t, "pr")
+	if want.Balance != 10_000+6000-1000-2000-2500 || want.Promotional != 500 {
+		t.Fatalf("before shipping: %+v", want)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.assertShipped(t, "pr")
+	e.reconcileClean(t, 5*time.Second)
+	testledger.Assert(t, e.St, "pr")
+
+	e.Srv.Flush(t)
+	res, err := e.b.Restore(ctx, e.St, io.Discard)
+	if err != nil || res.Restored != 1 {
+		t.Fatalf("Restore = %+v, %v", res, err)
+	}
+	got := e.Acct(t, "pr")
+	if got.Balance != want.Balance || got.Promotional != want.Promotional || got.Promoted != want.Promoted ||
+		got.Purchased != want.Purchased || got.Consumed != want.Consumed {
+		t.Fatalf("after restore %+v, want %+v", got, want)
+	}
+	grants, err := e.St.PromoGrants(ctx, "pr")
+	if err != nil || fmt.Sprint(grants) != "[{promo:EVER 500 0001-01-01 00:00:00 +0000 UTC}]" {
+		t.Fatalf("grants after restore: %v %v", grants, err)
+	}
+	// Spending goes on from the restored split; a code redeemed before is
+	// still redeemed.
+	e.call(t, e.St, "pr", "m", 700)
+	if a := e.Acct(t, "pr"); a.Promotional != 0 || a.Paid() != want.Paid()-200 {
+		t.Fatalf("after a call: %+v", a)
+	}
+	if _, err := e.St.Redeem(ctx, "pr", "EVER"); err == nil {
+		t.Fatal("a code redeemed again after restore")
+	}
+	// (Redis holds only the entries since the restore: the books check the rest.)
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.reconcileClean(t, 5*time.Second)
+}
