@@ -62,6 +62,8 @@ var routePermissions = map[string]permission{
 	"GET /api/billing/credits":               permUsage,
 	"POST /api/billing/credits/purchase":     permBilling,
 	"PUT /api/billing/credits/auto-recharge": permBilling,
+	"PUT /api/billing/credits/alerts":        permBilling,
+	"POST /v1/billing/redeem":                permBilling,
 	"GET /v1/members":                        permMembers,
 	"POST /v1/members":                       permMembers,
 	"DELETE /v1/members/{user}":              permMembers,
