@@ -260,7 +260,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	var customer string
 	var payments []string
 	keys := []string{acctKey(a), ledgerKey(a), historyKey(a), refsKey(a), keysKey(a), keysKey(a) + ":hash", keysKey(a) + ":active"}
-	var ruleKeys []string // after the records' keys
+	var ruleKeys []string          // after the records' keys
 	var budgeted map[string]string // member budgets: their keys are held call by call
 	for _, r := range img.Records {
 		if r.Name == "mbudget" {
