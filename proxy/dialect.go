@@ -25,6 +25,9 @@ type dialect interface {
 	requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64)
 	// usage reads a complete (non-streamed) answer's usage.
 	usage(v *fastjson.Value) (usage, bool)
+	// stored is the id of a complete answer the provider stores for the
+	// account to continue (responses.go), nil when the dialect stores none.
+	stored(v *fastjson.Value) []byte
 	// event meters one stream event (stream.go): it collects text, reads
 	// usage, and at the stream's end marker settles the call; it reports
 	// whether the event passes on as it came (false: the dialect wrote,
@@ -53,6 +56,9 @@ var (
 func bearer(h *fasthttp.RequestHeader, k *upstreamKey) {
 	h.SetCanonical(hdrAuthorization, k.auth)
 }
+
+// storesNothing is stored for the dialects whose answers are not stored.
+func storesNothing(*fastjson.Value) []byte { return nil }
 
 // noStream is the event handler of dialects that never stream.
 func noStream(*streamBody, []byte, []byte) bool { return true }

@@ -42,6 +42,8 @@ func (chatDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, mess
 
 func (chatDialect) usage(v *fastjson.Value) (usage, bool) { return parseOpenAIUsage(v.Get("usage")) }
 
+func (chatDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
+
 func (chatDialect) event(sb *streamBody, name, data []byte) bool { return openAIEvent(sb, name, data) }
 
 func (chatDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }

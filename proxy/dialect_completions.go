@@ -24,6 +24,8 @@ func (completionsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage"))
 }
 
+func (completionsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
+
 func (completionsDialect) event(sb *streamBody, name, data []byte) bool {
 	return openAIEvent(sb, name, data)
 }

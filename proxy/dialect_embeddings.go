@@ -26,6 +26,8 @@ func (embeddingsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage"))
 }
 
+func (embeddingsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
+
 func (embeddingsDialect) event(sb *streamBody, name, data []byte) bool {
 	return noStream(sb, name, data)
 }

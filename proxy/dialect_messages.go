@@ -47,6 +47,8 @@ func (messagesDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseAnthropicUsage(v.Get("usage"))
 }
 
+func (messagesDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
+
 // event: message_start has the input figures, message_delta the cumulative
 // output (held until message_stop so that it can carry the charge),
 // message_stop ends the stream.

@@ -35,6 +35,8 @@ func (moderationsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage")) // none from OpenAI; a server that reports it is believed
 }
 
+func (moderationsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
+
 func (moderationsDialect) event(sb *streamBody, name, data []byte) bool {
 	return noStream(sb, name, data)
 }

@@ -65,6 +65,9 @@ func (responsesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte,
 
 func (responsesDialect) usage(v *fastjson.Value) (usage, bool) { return parseResponse(v) }
 
+// stored: the response's id, recorded for the account once settled.
+func (responsesDialect) stored(v *fastjson.Value) []byte { return v.GetStringBytes("id") }
+
 // event: response.created records the stored response's owner;
 // response.completed (or .incomplete) carries the usage and ends the
 // stream, relayed with the charge in response.usage.
