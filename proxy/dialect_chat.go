@@ -11,7 +11,7 @@ import (
 // OpenAI-compatible server speaks it.
 type chatDialect struct{}
 
-func (chatDialect) inspect(_ *endpoint, r request, s *scanner, body []byte) (request, error) {
+func (chatDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) error {
 	r.addUsage = r.stream && !r.wantUsage
 	search := s.top[nameWebSearchOptions].present()
 	r.tools = s.toolOpenAI || search

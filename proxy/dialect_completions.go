@@ -9,7 +9,7 @@ import (
 // prompt or a batch of them, streamed like chat.
 type completionsDialect struct{}
 
-func (completionsDialect) inspect(_ *endpoint, r request, s *scanner, body []byte) (request, error) {
+func (completionsDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) error {
 	r.addUsage = r.stream && !r.wantUsage
 	r.prompts = promptCount(s.top[namePrompt])
 	return readChoices(r, s, body)

@@ -13,7 +13,7 @@ import (
 // message_delta, errors in Anthropic's envelope.
 type messagesDialect struct{}
 
-func (messagesDialect) inspect(ep *endpoint, r request, s *scanner, _ []byte) (request, error) {
+func (messagesDialect) inspect(ep *endpoint, r *request, s *scanner, _ []byte) error {
 	t := &s.top
 	r.tools = s.toolAnthropic
 	if r.remote == "" {
@@ -27,9 +27,9 @@ func (messagesDialect) inspect(ep *endpoint, r request, s *scanner, _ []byte) (r
 		}
 	}
 	if ep.maxField != "" && r.maxOut == 0 && !r.noOutput {
-		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
+		return invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
-	return r, nil
+	return nil
 }
 
 func (messagesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
