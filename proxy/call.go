@@ -266,6 +266,10 @@ deployments:
 			}
 			br.report(false)
 			wait, retry := c.retryWait(try)
+			if retry {
+				wait = c.s.opts.Retry.honourRetryAfter(wait, r.Header.Peek("Retry-After"))
+				retry = time.Since(c.start)+wait < c.deadline()
+			}
 			if !retry && !fallback {
 				resp, up = r, u // the last word: relayed (502 or 429) below
 				break deployments
