@@ -9,8 +9,9 @@ import (
 // the provider cannot have billed: it could not be reached (connect error),
 // or it answered 429 or 5xx before any byte was relayed to the caller. A
 // timeout after the request was sent is never retried (the provider may be
-// working on it). Each retry waits an exponential backoff with jitter,
-// within the call's deadline; after the last the next deployment (the
+// working on it). Each retry waits an exponential backoff with jitter (at
+// least the provider's Retry-After, within MaxBackoff), within the call's
+// deadline; after the last the next deployment (the
 // fallback) is tried. Zero values mean the documented defaults.
 type Retry struct {
 	// Attempts is how many times a failed call is resent to one deployment
