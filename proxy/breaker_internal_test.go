@@ -116,3 +116,25 @@ func TestRetryWait(t *testing.T) {
 		t.Fatalf("wait(200) = %s", w)
 	}
 }
+
+// A provider's Retry-After lengthens the wait, never past MaxBackoff.
+func TestHonourRetryAfter(t *testing.T) {
+	r := Retry{Backoff: 100 * time.Millisecond, MaxBackoff: 3 * time.Second}
+	r.init()
+	for _, tc := range []struct {
+		header     string
+		wait, want time.Duration
+	}{
+		{"", 150 * time.Millisecond, 150 * time.Millisecond},
+		{"2", 150 * time.Millisecond, 2 * time.Second},
+		{"60", 150 * time.Millisecond, 3 * time.Second},
+		{"0", 150 * time.Millisecond, 150 * time.Millisecond},
+		{"-1", 150 * time.Millisecond, 150 * time.Millisecond},
+		{"Wed, 21 Oct 2015 07:28:00 GMT", 150 * time.Millisecond, 150 * time.Millisecond},
+		{"1", 2 * time.Second, 2 * time.Second},
+	} {
+		if got := r.honourRetryAfter(tc.wait, []byte(tc.header)); got != tc.want {
+			t.Errorf("Retry-After %q, wait %s: %s, want %s", tc.header, tc.wait, got, tc.want)
+		}
+	}
+}

@@ -24,10 +24,11 @@ type flaky struct {
 	script   []int
 	fallback int
 	keys     map[string]int // Authorization values received
+	xkeys    map[string]int // x-api-key values received
 }
 
 func newFlaky(t *testing.T, status int) *flaky {
-	f := &flaky{fallback: status, keys: map[string]int{}}
+	f := &flaky{fallback: status, keys: map[string]int{}, xkeys: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.calls.Add(1)
 		f.mu.Lock()
@@ -36,6 +37,7 @@ func newFlaky(t *testing.T, status int) *flaky {
 			st, f.script = f.script[0], f.script[1:]
 		}
 		f.keys[r.Header.Get("Authorization")]++
+		f.xkeys[r.Header.Get("X-Api-Key")]++
 		f.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		if st != 200 {
@@ -138,6 +140,14 @@ func TestBreakerSkipsAFailingDeployment(t *testing.T) {
 	}
 	if got := bad.calls.Load(); got != 3 {
 		t.Fatalf("open deployment called %d times, want 3 (skipped while open)", got)
+	}
+	// A reload keeps the deployment's breaker (and its state).
+	if err := e.srv.Reload(proxy.Live{Catalog: e.opts.Catalog, Providers: e.opts.Providers}); err != nil {
+		t.Fatal(err)
+	}
+	call(200, "openai")
+	if got := bad.calls.Load(); got != 3 {
+		t.Fatalf("after a reload the open deployment was called (%d calls)", got)
 	}
 	// Without a fallback the open deployment is still tried (and refused).
 	if r := e.post("/v1/chat/completions", key, `{"model":"only-bad","messages":`+msg("hi")+`}`); r.status != 502 || bad.calls.Load() != 4 {
@@ -250,4 +260,28 @@ func TestConnectErrorRetriedThenFallback(t *testing.T) {
 		t.Fatalf("%d charges", n)
 	}
 	e.assertLedger("acme")
+}
+
+// Anthropic's native API gets the drawn key as x-api-key, never as a bearer.
+func TestWeightedKeysNative(t *testing.T) {
+	up := newFlaky(t, 200)
+	models := []pricing.ModelSpec{{ID: "claude-keyed", Tier: "core", ContextWindow: 128000, MaxOutputTokens: 8192,
+		Deployments: []pricing.DeploymentSpec{{Provider: "up", Model: "m"}}}}
+	e := newEnv(t, envOpts{proxy: withProvider(t, "up", up, models, func(o *proxy.Options) {
+		p := &o.Providers[len(o.Providers)-1]
+		p.Kind, p.APIKey, p.APIKeys = "anthropic", "", []proxy.APIKey{{Key: "sk-a", Weight: 1}, {Key: "sk-b", Weight: 1}}
+	})})
+	key := e.account("acme", 1000)
+	const n = 60
+	for i := 0; i < n; i++ {
+		if r := e.post("/v1/messages", key, `{"model":"claude-keyed","max_tokens":5,"messages":`+msg("hi")+`}`); r.status != 200 {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	// Each key is drawn with p = 1/2: both missing from 60 draws only by a bug.
+	if up.xkeys["sk-a"] == 0 || up.xkeys["sk-b"] == 0 || up.xkeys["sk-a"]+up.xkeys["sk-b"] != n || up.keys[""] != n {
+		t.Fatalf("x-api-key %v, Authorization %v", up.xkeys, up.keys)
+	}
 }

@@ -266,6 +266,10 @@ deployments:
 			}
 			br.report(false)
 			wait, retry := c.retryWait(try)
+			if retry {
+				wait = c.s.opts.Retry.honourRetryAfter(wait, r.Header.Peek("Retry-After"))
+				retry = time.Since(c.start)+wait < c.deadline()
+			}
 			if !retry && !fallback {
 				resp, up = r, u // the last word: relayed (502 or 429) below
 				break deployments
@@ -434,9 +438,9 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
 	body := resp.Body()
 	u, v := usageFromBody(c.parser, c.ep.dialect, body)
-	var stored []byte // a Responses response's id, recorded for the account once settled
-	if c.ep.dialect == dialectResponses {
-		stored = v.GetStringBytes("id")
+	var stored []byte // a stored response's id, recorded for the account once settled
+	if v != nil {
+		stored = c.ep.dialect.stored(v) // dialect_*.go
 	}
 	estimated := false
 	if !u.seen {

@@ -16,15 +16,18 @@ type dialect interface {
 	// batch size and choices, provider-side tools, input the body does not
 	// size (remote.go), and the checks only this API makes. ep is the
 	// endpoint (count_tokens shares the Messages dialect without an output
-	// limit). r goes in and out by value: a pointer through an interface
-	// call would move the call's request to the heap.
-	inspect(ep *endpoint, r request, s *scanner, body []byte) (request, error)
+	// limit). r is the scanner's (a local's address through an interface
+	// call would move it to the heap).
+	inspect(ep *endpoint, r *request, s *scanner, body []byte) error
 	// requestText appends the text of a parsed request that a tokenizer
 	// estimate counts (tokenize.go), and the number of messages and of
 	// tokens given as ids.
 	requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64)
 	// usage reads a complete (non-streamed) answer's usage.
 	usage(v *fastjson.Value) (usage, bool)
+	// stored is the id of a complete answer the provider stores for the
+	// account to continue (responses.go), nil when the dialect stores none.
+	stored(v *fastjson.Value) []byte
 	// event meters one stream event (stream.go): it collects text, reads
 	// usage, and at the stream's end marker settles the call; it reports
 	// whether the event passes on as it came (false: the dialect wrote,
@@ -54,12 +57,15 @@ func bearer(h *fasthttp.RequestHeader, k *upstreamKey) {
 	h.SetCanonical(hdrAuthorization, k.auth)
 }
 
+// storesNothing is stored for the dialects whose answers are not stored.
+func storesNothing(*fastjson.Value) []byte { return nil }
+
 // noStream is the event handler of dialects that never stream.
 func noStream(*streamBody, []byte, []byte) bool { return true }
 
 // readChoices reads "n" and "best_of" (chat, completions): completions
 // generated per prompt, each of which may use the output limit.
-func readChoices(r request, s *scanner, body []byte) (request, error) {
+func readChoices(r *request, s *scanner, body []byte) error {
 	t := &s.top
 	for i, nv := range [2]jsonValue{t[nameN], t[nameBestOf]} {
 		if !nv.present() {
@@ -68,9 +74,9 @@ func readChoices(r request, s *scanner, body []byte) (request, error) {
 		f := [2]string{"n", "best_of"}[i]
 		n, ok := parseInt(body[nv.start:nv.end])
 		if nv.kind != kindNumber || !ok || n < 1 || n > maxChoices {
-			return r, invalid(f, "Parameter '%s' must be an integer from 1 to %d.", f, maxChoices)
+			return invalid(f, "Parameter '%s' must be an integer from 1 to %d.", f, maxChoices)
 		}
 		r.choices = max(r.choices, n)
 	}
-	return r, nil
+	return nil
 }

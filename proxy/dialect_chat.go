@@ -11,7 +11,7 @@ import (
 // OpenAI-compatible server speaks it.
 type chatDialect struct{}
 
-func (chatDialect) inspect(_ *endpoint, r request, s *scanner, body []byte) (request, error) {
+func (chatDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) error {
 	r.addUsage = r.stream && !r.wantUsage
 	search := s.top[nameWebSearchOptions].present()
 	r.tools = s.toolOpenAI || search
@@ -41,6 +41,8 @@ func (chatDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, mess
 }
 
 func (chatDialect) usage(v *fastjson.Value) (usage, bool) { return parseOpenAIUsage(v.Get("usage")) }
+
+func (chatDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
 
 func (chatDialect) event(sb *streamBody, name, data []byte) bool { return openAIEvent(sb, name, data) }
 

@@ -9,7 +9,7 @@ import (
 // prompt or a batch of them, streamed like chat.
 type completionsDialect struct{}
 
-func (completionsDialect) inspect(_ *endpoint, r request, s *scanner, body []byte) (request, error) {
+func (completionsDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) error {
 	r.addUsage = r.stream && !r.wantUsage
 	r.prompts = promptCount(s.top[namePrompt])
 	return readChoices(r, s, body)
@@ -23,6 +23,8 @@ func (completionsDialect) requestText(dst []byte, v *fastjson.Value) (text []byt
 func (completionsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage"))
 }
+
+func (completionsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
 
 func (completionsDialect) event(sb *streamBody, name, data []byte) bool {
 	return openAIEvent(sb, name, data)

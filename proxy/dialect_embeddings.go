@@ -9,12 +9,12 @@ import (
 // only, an input or a batch of them, never streamed.
 type embeddingsDialect struct{}
 
-func (embeddingsDialect) inspect(_ *endpoint, r request, s *scanner, _ []byte) (request, error) {
+func (embeddingsDialect) inspect(_ *endpoint, r *request, s *scanner, _ []byte) error {
 	if r.stream {
-		return r, invalid("stream", "Embeddings cannot be streamed.")
+		return invalid("stream", "Embeddings cannot be streamed.")
 	}
 	r.prompts = promptCount(s.top[nameInput])
-	return r, nil
+	return nil
 }
 
 func (embeddingsDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
@@ -25,6 +25,8 @@ func (embeddingsDialect) requestText(dst []byte, v *fastjson.Value) (text []byte
 func (embeddingsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage"))
 }
+
+func (embeddingsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
 
 func (embeddingsDialect) event(sb *streamBody, name, data []byte) bool {
 	return noStream(sb, name, data)

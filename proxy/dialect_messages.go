@@ -13,7 +13,7 @@ import (
 // message_delta, errors in Anthropic's envelope.
 type messagesDialect struct{}
 
-func (messagesDialect) inspect(ep *endpoint, r request, s *scanner, _ []byte) (request, error) {
+func (messagesDialect) inspect(ep *endpoint, r *request, s *scanner, _ []byte) error {
 	t := &s.top
 	r.tools = s.toolAnthropic
 	if r.remote == "" {
@@ -27,9 +27,9 @@ func (messagesDialect) inspect(ep *endpoint, r request, s *scanner, _ []byte) (r
 		}
 	}
 	if ep.maxField != "" && r.maxOut == 0 && !r.noOutput {
-		return r, invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
+		return invalid("max_tokens", "Missing required parameter: 'max_tokens'.")
 	}
-	return r, nil
+	return nil
 }
 
 func (messagesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
@@ -46,6 +46,8 @@ func (messagesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, 
 func (messagesDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseAnthropicUsage(v.Get("usage"))
 }
+
+func (messagesDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
 
 // event: message_start has the input figures, message_delta the cumulative
 // output (held until message_stop so that it can carry the charge),

@@ -11,15 +11,15 @@ import (
 // when the request names none.
 type moderationsDialect struct{}
 
-func (moderationsDialect) inspect(_ *endpoint, r request, s *scanner, _ []byte) (request, error) {
+func (moderationsDialect) inspect(_ *endpoint, r *request, s *scanner, _ []byte) error {
 	if r.stream {
-		return r, invalid("stream", "Moderations cannot be streamed.")
+		return invalid("stream", "Moderations cannot be streamed.")
 	}
 	if !s.top[nameInput].present() {
-		return r, invalid("input", "Missing required parameter: 'input'.")
+		return invalid("input", "Missing required parameter: 'input'.")
 	}
 	r.prompts = promptCount(s.top[nameInput])
-	return r, nil
+	return nil
 }
 
 func (moderationsDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
@@ -34,6 +34,8 @@ func (moderationsDialect) requestText(dst []byte, v *fastjson.Value) (text []byt
 func (moderationsDialect) usage(v *fastjson.Value) (usage, bool) {
 	return parseOpenAIUsage(v.Get("usage")) // none from OpenAI; a server that reports it is believed
 }
+
+func (moderationsDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
 
 func (moderationsDialect) event(sb *streamBody, name, data []byte) bool {
 	return noStream(sb, name, data)

@@ -12,17 +12,17 @@ import (
 // named stream events ending in response.completed.
 type responsesDialect struct{}
 
-func (responsesDialect) inspect(_ *endpoint, r request, s *scanner, body []byte) (request, error) {
+func (responsesDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) error {
 	t := &s.top
 	if t[nameBackground].kind == kindTrue {
 		// A background response comes back queued, without usage; its
 		// output would be generated with nothing to meter it by.
-		return r, invalid("background", "Background responses are not supported by this gateway: their usage cannot be metered. Send the request without 'background' (streaming works).")
+		return invalid("background", "Background responses are not supported by this gateway: their usage cannot be metered. Send the request without 'background' (streaming works).")
 	}
 	switch pv := t[namePreviousResponseID]; {
 	case !pv.present():
 	case pv.kind != kindString:
-		return r, invalid("previous_response_id", "Parameter 'previous_response_id' must be a string.")
+		return invalid("previous_response_id", "Parameter 'previous_response_id' must be a string.")
 	case pv.escaped:
 		r.prevResponse = unescapeJSON(nil, body[pv.start+1:pv.end-1])
 	default:
@@ -42,7 +42,7 @@ func (responsesDialect) inspect(_ *endpoint, r request, s *scanner, body []byte)
 	case s.toolOpenAI:
 		r.remote = reasonTool
 	}
-	return r, nil
+	return nil
 }
 
 func (responsesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
@@ -64,6 +64,9 @@ func (responsesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte,
 }
 
 func (responsesDialect) usage(v *fastjson.Value) (usage, bool) { return parseResponse(v) }
+
+// stored: the response's id, recorded for the account once settled.
+func (responsesDialect) stored(v *fastjson.Value) []byte { return v.GetStringBytes("id") }
 
 // event: response.created records the stored response's owner;
 // response.completed (or .incomplete) carries the usage and ends the

@@ -100,7 +100,7 @@ func (r *chunkedReader) Read(p []byte) (int, error) {
 
 var (
 	fuzzDialects  = [...]*endpoint{epChat, epCompletions, epResponses, epMessages}
-	fuzzEndpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages}
+	fuzzEndpoints = [...]*endpoint{epChat, epCompletions, epEmbeddings, epResponses, epMessages, epModerations}
 )
 
 // FuzzSSEReader drives the relay's line and event machinery (streamBody)
@@ -293,6 +293,9 @@ func FuzzInspect(f *testing.F) {
 		`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x"}}]}],"tools":[{"type":"web_search_20250305","name":"web_search"}]}`,
 		`{"model":"m","prompt":["a",[1,2],"c"],"input":[[1],[2]],"n":3,"max_tokens":4}`,
 		`{"model":"m","input":[{"id":"msg_1"},{"type":"reasoning","id":"rs_1"}],"tools":[{"type":"mcp"}],"previous_response_id":null}`,
+		`{"input":"moderate me"}`,
+		`{"input":[{"type":"text","text":"T"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}`,
+		`{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"warm the cache"}]}`,
 	} {
 		for ep := range fuzzEndpoints {
 			f.Add(byte(ep), []byte(s))
@@ -331,10 +334,10 @@ func FuzzInspect(f *testing.F) {
 			}
 			return
 		}
-		if len(r.model) == 0 || r.maxOut < 0 || (r.stream && ep.dialect == dialectEmbeddings) {
+		if len(r.model) == 0 || r.maxOut < 0 || (r.stream && (ep.dialect == dialectEmbeddings || ep.dialect == dialectModerations)) {
 			t.Fatalf("accepted %q: %+v", body, r)
 		}
-		if ep.dialect == dialectMessages && r.maxOut < 1 {
+		if ep.dialect == dialectMessages && r.maxOut < 1 && !r.noOutput {
 			t.Fatalf("messages without max_tokens accepted: %q", body)
 		}
 		if r.prompts < 1 || r.choices < 1 {

@@ -121,29 +121,32 @@ var (
 // one scan (scan.go). The parser is no longer used (inspection builds no
 // tree); it stays in the signature while callers change.
 func inspect(ep *endpoint, body []byte) (request, error) {
-	var r request
 	if len(body) == 0 {
-		return r, invalid("", "Request body is empty; expected a JSON object.")
+		return request{}, invalid("", "Request body is empty; expected a JSON object.")
 	}
 	if !utf8.Valid(body) {
-		return r, invalid("", "Request body is not valid UTF-8.")
+		return request{}, invalid("", "Request body is not valid UTF-8.")
 	}
 	s := getScanner()
 	defer putScanner(s)
 	if err := s.scan(body); err != nil {
-		return r, err
+		return request{}, err
 	}
 	if !s.rootObject {
-		return r, invalid("", "Request body must be a JSON object.")
+		return request{}, invalid("", "Request body must be a JSON object.")
 	}
+	// The request is built in the pooled scanner: the dialect's inspect
+	// takes it by pointer without moving a local to the heap.
+	r := &s.req
+	*r = request{}
 	t := &s.top
 	switch mv := t[nameModel]; {
 	case mv.kind == kindNone && ep.defaultModel != "":
 		r.model, r.noModel = []byte(ep.defaultModel), true
 	case mv.kind == kindNone:
-		return r, invalid("model", "Missing required parameter: 'model'.")
+		return *r, invalid("model", "Missing required parameter: 'model'.")
 	case mv.kind != kindString || mv.end-mv.start == 2:
-		return r, invalid("model", "Parameter 'model' must be a non-empty string.")
+		return *r, invalid("model", "Parameter 'model' must be a non-empty string.")
 	case mv.escaped: // rare: the name is copied out unescaped
 		r.model = unescapeJSON(nil, body[mv.start+1:mv.end-1])
 	default:
@@ -154,7 +157,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		r.stream = true
 	case kindNone, kindFalse, kindNull:
 	default:
-		return r, invalid("stream", "Parameter 'stream' must be a boolean.")
+		return *r, invalid("stream", "Parameter 'stream' must be a boolean.")
 	}
 	if r.stream && t[nameStreamOptions].kind == kindObject && s.usage.kind == kindTrue {
 		r.wantUsage = true
@@ -171,24 +174,25 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		}
 		n, ok := parseInt(body[mt.start:mt.end])
 		if mt.kind != kindNumber || !ok {
-			return r, invalid(f, "Parameter '%s' must be an integer.", f)
+			return *r, invalid(f, "Parameter '%s' must be an integer.", f)
 		}
 		if n == 0 && ep.zeroOut && !r.noOutput {
 			r.noOutput, r.maxField = true, f
 			continue
 		}
 		if n < 1 {
-			return r, invalid(f, "Parameter '%s' must be at least 1.", f)
+			return *r, invalid(f, "Parameter '%s' must be at least 1.", f)
 		}
 		if r.maxOut != 0 {
 			// Servers disagree on which wins; the hold must cover either.
-			return r, invalid(f, "Give either '%s' or '%s', not both.", ep.maxField, ep.altMax)
+			return *r, invalid(f, "Give either '%s' or '%s', not both.", ep.maxField, ep.altMax)
 		}
 		r.maxOut, r.maxField = n, f
 	}
 	r.remote = s.remote // the dialect adds its own (remote.go)
 	r.choices, r.prompts = 1, 1
-	return ep.dialect.inspect(ep, r, s, body) // dialect_*.go
+	err := ep.dialect.inspect(ep, r, s, body) // dialect_*.go
+	return *r, err
 }
 
 // inputEstimate bounds the input tokens of a body of n bytes from above

@@ -95,7 +95,7 @@ func TestModerations(t *testing.T) {
 
 	// The free model, named by default (no model in the request).
 	before := e.balance("acme").Balance
-	res, err = client.Moderations.New(ctx, openai.ModerationNewParams{
+	_, err = client.Moderations.New(ctx, openai.ModerationNewParams{
 		Input: openai.ModerationNewParamsInputUnion{OfStringArray: []string{"one", "two"}},
 	}, option.WithResponseInto(&raw))
 	if err != nil {

@@ -9,8 +9,9 @@ import (
 // the provider cannot have billed: it could not be reached (connect error),
 // or it answered 429 or 5xx before any byte was relayed to the caller. A
 // timeout after the request was sent is never retried (the provider may be
-// working on it). Each retry waits an exponential backoff with jitter,
-// within the call's deadline; after the last the next deployment (the
+// working on it). Each retry waits an exponential backoff with jitter (at
+// least the provider's Retry-After, within MaxBackoff), within the call's
+// deadline; after the last the next deployment (the
 // fallback) is tried. Zero values mean the documented defaults.
 type Retry struct {
 	// Attempts is how many times a failed call is resent to one deployment
@@ -52,6 +53,20 @@ func (r *Retry) wait(n int) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
+// honourRetryAfter lengthens a wait to the provider's Retry-After (whole
+// seconds), within MaxBackoff: a provider that says when to come back is
+// not asked sooner, and never makes a call wait past the cap.
+func (r *Retry) honourRetryAfter(wait time.Duration, header []byte) time.Duration {
+	secs, ok := parseInt(header)
+	if !ok || secs <= 0 {
+		return wait
+	}
+	if secs > int64(r.MaxBackoff/time.Second) {
+		return max(wait, r.MaxBackoff)
+	}
+	return max(wait, time.Duration(secs)*time.Second)
+}
+
 // retryWait is the wait before retry n of the call; false when the
 // attempts are spent or the wait would pass the call's deadline (the call
 // then moves on to the next deployment).
@@ -60,9 +75,14 @@ func (c *call) retryWait(n int) (time.Duration, bool) {
 		return 0, false
 	}
 	d := c.s.opts.Retry.wait(n)
-	limit := c.s.opts.Timeouts.Request
+	return d, time.Since(c.start)+d < c.deadline()
+}
+
+// deadline is how long after its start a call may still be sent: the
+// request timeout, or for a stream the first-byte timeout.
+func (c *call) deadline() time.Duration {
 	if c.req.stream {
-		limit = c.s.opts.Timeouts.FirstByte
+		return c.s.opts.Timeouts.FirstByte
 	}
-	return d, time.Since(c.start)+d < limit
+	return c.s.opts.Timeouts.Request
 }

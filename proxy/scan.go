@@ -88,6 +88,7 @@ type frame struct {
 
 // scanner is the state of one scan (pooled).
 type scanner struct {
+	req    request // what inspect builds (inspect.go)
 	b      []byte
 	frames []frame
 	keys   []uint64 // the key hashes of the open objects
