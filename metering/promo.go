@@ -302,22 +302,17 @@ func (s *Store) SweepPromos(ctx context.Context, now time.Time, limit int64) (in
 }
 
 // PromoAccounts calls fn with every account that has promotional grants
-// (SCAN over their grant sets; the sweeper's backstop).
+// (SCAN over their grant sets, every master of a Cluster; the sweeper's
+// backstop).
 func (s *Store) PromoAccounts(ctx context.Context, fn func(account string) error) error {
-	iter := s.rdb.Scan(ctx, 0, "{a:*}:promo", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		if len(k) < len("{a:}:promo") {
-			continue
+	return s.scanAccounts(ctx, "{a:*}:promo", ":promo", func(accts []string) error {
+		for _, a := range accts {
+			if err := fn(a); err != nil {
+				return err
+			}
 		}
-		if err := fn(k[len("{a:") : len(k)-len("}:promo")]); err != nil {
-			return err
-		}
-	}
-	if err := iter.Err(); err != nil {
-		return unavailable("scanning promotional grants", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // IndexPromos puts account back in the sweeper's index at its earliest grant

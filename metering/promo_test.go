@@ -363,3 +363,33 @@ func TestPromoSplitUnderConcurrency(t *testing.T) {
 		t.Fatalf("grants hold %d, promotional %d", promo, a.Promotional)
 	}
 }
+
+// A lost sweeper index is rebuilt from the accounts' grant sets.
+func TestPromoIndexBackstop(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "lost", 0)
+	newCode(t, e.st, metering.PromoCode{Code: "LOST", Credits: 50, GrantExpiresIn: time.Minute})
+	if _, err := e.st.Redeem(ctx, "lost", "LOST"); err != nil {
+		t.Fatal(err)
+	}
+	e.rdb.Del(ctx, "tg:promo:due")
+	later := time.Now().Add(time.Hour)
+	if _, err := e.st.SweepPromos(ctx, later, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.acct(t, "lost"); a.Promotional != 50 {
+		t.Fatalf("swept without an index: %+v", a)
+	}
+	var seen []string
+	if err := e.st.PromoAccounts(ctx, func(a string) error { seen = append(seen, a); return e.st.IndexPromos(ctx, a) }); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.st.SweepPromos(ctx, later, 0); err != nil || n != 1 || fmt.Sprint(seen) != "[lost]" {
+		t.Fatalf("SweepPromos = %d, %v (accounts %v)", n, err, seen)
+	}
+	if a := e.acct(t, "lost"); a.Promotional != 0 || a.Balance != 0 {
+		t.Fatalf("after the rebuilt sweep: %+v", a)
+	}
+	assertLedger(t, e.st, "lost")
+}
