@@ -150,6 +150,13 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 	if !ValidPromoCode(code) {
 		return Redeemed{}, fmt.Errorf("redeeming code: %w", ErrNotFound)
 	}
+	// An account that does not exist must not take one of the code's
+	// redemptions (accounts are never deleted: checked once, before).
+	if n, err := s.rdb.Exists(ctx, acctKey(account)).Result(); err != nil {
+		return Redeemed{}, unavailable("redeeming code", err)
+	} else if n == 0 {
+		return Redeemed{}, s.missingAccount(ctx, "redeeming code", account)
+	}
 	now := time.Now()
 	res, err := promoClaimScript.Run(ctx, s.rdb, []string{promoCodeKey(code), promoTakersKey(code)}, account, now.UnixMilli()).Int64Slice()
 	if err != nil {
