@@ -18,6 +18,9 @@ func TestPromoShipReconcileRestore(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.account(t, "pr", 10_000)
+	if err := e.b.NewStore(e.St).SetLowBalance(ctx, "pr", 4321); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +61,9 @@ func TestPromoShipReconcileRestore(t *testing.T) {
 	if got.Balance != want.Balance || got.Promotional != want.Promotional || got.Promoted != want.Promoted ||
 		got.Purchased != want.Purchased || got.Consumed != want.Consumed {
 		t.Fatalf("after restore %+v, want %+v", got, want)
+	}
+	if low, err := e.St.LowBalance(ctx, "pr"); err != nil || low != 4321 {
+		t.Fatalf("low-balance alert after restore: %d, %v", low, err)
 	}
 	grants, err := e.St.PromoGrants(ctx, "pr")
 	if err != nil || fmt.Sprint(grants) != "[{promo:EVER 500 0001-01-01 00:00:00 +0000 UTC}]" {

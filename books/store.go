@@ -159,6 +159,14 @@ func (s *Store) SetAutoRecharge(ctx context.Context, account string, st metering
 	return s.b.SaveRecords(ctx, s.Store, account)
 }
 
+// SetLowBalance sets the low-balance alert, then records it in the books.
+func (s *Store) SetLowBalance(ctx context.Context, account string, mc int64) error {
+	if err := s.Store.SetLowBalance(ctx, account, mc); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
 func (s *Store) after(ctx context.Context, account string) func(bool, error) (bool, error) {
 	return func(ok bool, err error) (bool, error) {
 		if err != nil {
