@@ -28,6 +28,8 @@ const (
 var (
 	//go:embed scripts/promo.lua
 	promoSrc string
+	//go:embed scripts/promo_create.lua
+	promoCreateSrc string
 	//go:embed scripts/promo_claim.lua
 	promoClaimSrc string
 	//go:embed scripts/promo_grant.lua
@@ -35,6 +37,7 @@ var (
 	//go:embed scripts/promo_expire.lua
 	promoExpireSrc string
 
+	promoCreateScript = redis.NewScript(promoCreateSrc)
 	promoClaimScript  = redis.NewScript(promoClaimSrc)
 	promoGrantScript  = redis.NewScript(promoSrc + promoGrantSrc)
 	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + promoExpireSrc)
@@ -87,25 +90,41 @@ type PromoCode struct {
 
 // CreatePromoCode stores a new code; ErrPromoExists when the code is taken.
 func (s *Store) CreatePromoCode(ctx context.Context, p PromoCode) error {
+	_, err := s.createPromoCode(ctx, p, nil)
+	return err
+}
+
+func (s *Store) createPromoCode(ctx context.Context, p PromoCode, takers []string) (bool, error) {
 	if !ValidPromoCode(p.Code) || p.Credits <= 0 || p.MaxRedemptions < 0 || p.GrantExpiresIn < 0 {
-		return fmt.Errorf("creating promotional code %q: invalid", p.Code)
+		return false, fmt.Errorf("creating promotional code %q: invalid", p.Code)
 	}
 	var exp int64
 	if !p.ExpiresAt.IsZero() {
 		exp = p.ExpiresAt.UnixMilli()
 	}
-	ok, err := s.rdb.HSetNX(ctx, promoCodeKey(p.Code), "credits_mc", p.Credits).Result()
+	args := []any{p.Credits, p.MaxRedemptions, exp, p.GrantExpiresIn.Milliseconds(), nowMillis()}
+	for _, a := range takers {
+		args = append(args, a)
+	}
+	n, err := promoCreateScript.Run(ctx, s.rdb, []string{promoCodeKey(p.Code), promoTakersKey(p.Code)}, args...).Int()
 	if err != nil {
-		return unavailable("creating promotional code", err)
+		return false, unavailable("creating promotional code", err)
 	}
-	if !ok {
-		return fmt.Errorf("creating promotional code %q: %w", p.Code, ErrPromoExists)
+	if n == 0 {
+		return false, fmt.Errorf("creating promotional code %q: %w", p.Code, ErrPromoExists)
 	}
-	if err := s.rdb.HSet(ctx, promoCodeKey(p.Code), "max", p.MaxRedemptions, "expires_at", exp,
-		"grant_ttl", p.GrantExpiresIn.Milliseconds(), "created_at", nowMillis()).Err(); err != nil {
-		return unavailable("creating promotional code", err)
+	return true, nil
+}
+
+// RestorePromoCode writes back a code Redis lost, with the accounts that
+// redeemed it (restore; from the books). A code Redis has is left alone;
+// restored says which.
+func (s *Store) RestorePromoCode(ctx context.Context, p PromoCode, takers []string) (restored bool, err error) {
+	ok, err := s.createPromoCode(ctx, p, takers)
+	if errors.Is(err, ErrPromoExists) {
+		return false, nil
 	}
-	return nil
+	return ok, err
 }
 
 // PromoCode reads a code (ErrNotFound when unknown).
