@@ -24,8 +24,9 @@ func (s *Server) admin(h handlerFunc) http.Handler {
 	})
 }
 
-// accountJSON is an account's balances, in credits:
-// total_purchased + total_granted + total_adjusted − total_consumed = balance.
+// accountJSON is an account's balances, in credits: total_purchased +
+// total_granted + total_adjusted + total_promotional − total_consumed =
+// balance; promotional is the part of balance left of promotional grants.
 type accountJSON struct {
 	ID        string  `json:"id"`
 	Object    string  `json:"object"`
@@ -33,6 +34,7 @@ type accountJSON struct {
 	Reserved  Credits `json:"reserved"`
 	Available Credits `json:"available"`
 	totalsJSON
+	Promotional Credits `json:"promotional"`
 	// Calls charged past their holds, and what they cost beyond them.
 	OverHoldCalls int64   `json:"over_hold_calls"`
 	OverHold      Credits `json:"over_hold"`
@@ -41,23 +43,24 @@ type accountJSON struct {
 
 // totalsJSON is an account's totals by kind of credit (metering.Account):
 // purchases net of refunds and disputes, operators' grants, operators'
-// adjustments, and usage.
+// adjustments, promotional grants net of their expiries, and usage.
 type totalsJSON struct {
-	TotalPurchased Credits `json:"total_purchased"`
-	TotalGranted   Credits `json:"total_granted"`
-	TotalAdjusted  Credits `json:"total_adjusted"`
-	TotalConsumed  Credits `json:"total_consumed"`
+	TotalPurchased   Credits `json:"total_purchased"`
+	TotalGranted     Credits `json:"total_granted"`
+	TotalAdjusted    Credits `json:"total_adjusted"`
+	TotalPromotional Credits `json:"total_promotional"`
+	TotalConsumed    Credits `json:"total_consumed"`
 }
 
 func totalsView(a metering.Account) totalsJSON {
 	return totalsJSON{TotalPurchased: Credits(a.Purchased), TotalGranted: Credits(a.Granted),
-		TotalAdjusted: Credits(a.Adjusted), TotalConsumed: Credits(a.Consumed)}
+		TotalAdjusted: Credits(a.Adjusted), TotalPromotional: Credits(a.Promoted), TotalConsumed: Credits(a.Consumed)}
 }
 
 func accountView(a metering.Account) accountJSON {
 	return accountJSON{
 		ID: a.ID, Object: "account", Balance: Credits(a.Balance), Reserved: Credits(a.Reserved),
-		Available: Credits(a.Available()), totalsJSON: totalsView(a), OverHoldCalls: a.OverHoldCalls, OverHold: Credits(a.OverHold),
+		Available: Credits(a.Available()), totalsJSON: totalsView(a), Promotional: Credits(a.Promotional), OverHoldCalls: a.OverHoldCalls, OverHold: Credits(a.OverHold),
 		CreatedAt: timestamp(a.CreatedAt),
 	}
 }

@@ -289,6 +289,10 @@ func TestOpenAPIResponses(t *testing.T) {
 	want(c.do("POST", "/admin/v1/promo-codes", admin, map[string]any{"code": "OAS", "credits": 1}), http.StatusConflict)
 	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusOK)
 	want(c.do("POST", "/v1/billing/redeem", tok, map[string]any{"code": "OAS"}), http.StatusConflict)
+	if r := c.do("GET", "/admin/v1/promo-codes/OAS", admin, nil); r.status != http.StatusOK || r.num("redeemed") != "1" {
+		t.Fatalf("promo code: %d %s", r.status, r.raw)
+	}
+	want(c.do("GET", "/admin/v1/promo-codes/NOPE", admin, nil), http.StatusNotFound)
 	want(c.do("GET", "/v1/billing/history?starting_after=nope", tok, nil), http.StatusBadRequest)
 
 	// Credits, usage and plans.

@@ -18,6 +18,7 @@ import (
 type Promotions interface {
 	CreatePromoCode(ctx context.Context, p metering.PromoCode) error
 	Redeem(ctx context.Context, account, code string) (metering.Redeemed, error)
+	PromoCode(ctx context.Context, code string) (metering.PromoCode, error)
 	PromoGrants(ctx context.Context, account string) ([]metering.PromoGrantLeft, error)
 	SweepPromos(ctx context.Context, now time.Time, limit int64) (int, error)
 	PromoAccounts(ctx context.Context, fn func(account string) error) error
@@ -87,6 +88,23 @@ func (s *Server) adminCreatePromo(w http.ResponseWriter, r *http.Request) error 
 		return fmt.Errorf("creating promotional code: %w", err)
 	}
 	writeJSON(w, http.StatusCreated, promoCodeView(p))
+	return nil
+}
+
+// GET /admin/v1/promo-codes/{code} → the code and how many accounts redeemed it.
+func (s *Server) adminPromo(w http.ResponseWriter, r *http.Request) error {
+	promo, ok := s.store.(Promotions)
+	if !ok {
+		return errNoRoute
+	}
+	p, err := promo.PromoCode(r.Context(), r.PathValue("code"))
+	if errors.Is(err, metering.ErrNotFound) {
+		return notFound("code_not_found", "no such promotional code")
+	}
+	if err != nil {
+		return fmt.Errorf("reading promotional code: %w", err)
+	}
+	writeJSON(w, http.StatusOK, promoCodeView(p))
 	return nil
 }
 

@@ -258,6 +258,7 @@ func (s *Server) routes() *http.ServeMux {
 		mux.Handle("GET /admin/v1/accounts/{id}/ledger", s.admin(s.adminLedger))
 		mux.Handle("GET /admin/v1/books", s.admin(s.adminBooks))
 		mux.Handle("POST /admin/v1/promo-codes", s.admin(s.adminCreatePromo))
+		mux.Handle("GET /admin/v1/promo-codes/{code}", s.admin(s.adminPromo))
 		mux.Handle("GET /admin/v1/webhooks/deliveries", s.admin(s.adminDeliveries))
 	}
 	s.consoleRoutes(mux)

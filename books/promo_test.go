@@ -2,6 +2,7 @@ package books
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"testing"
@@ -18,15 +19,20 @@ func TestPromoShipReconcileRestore(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.account(t, "pr", 10_000)
+	e.account(t, "late", 1)
+	bs := e.b.NewStore(e.St)
+	if err := e.b.NewStore(e.St).SetLowBalance(ctx, "pr", 4321); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []metering.PromoCode{
 		{Code: "SHORT", Credits: 3000, GrantExpiresIn: time.Minute},
 		{Code: "LONG", Credits: 2000, GrantExpiresIn: 48 * time.Hour},
-		{Code: "EVER", Credits: 1000},
+		{Code: "EVER", Credits: 1000, MaxRedemptions: 1},
 	} {
-		if err := e.St.CreatePromoCode(ctx, p); err != nil {
+		if err := bs.CreatePromoCode(ctx, p); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := e.St.Redeem(ctx, "pr", p.Code); err != nil {
@@ -51,13 +57,16 @@ func TestPromoShipReconcileRestore(t *testing.T) {
 
 	e.Srv.Flush(t)
 	res, err := e.b.Restore(ctx, e.St, io.Discard)
-	if err != nil || res.Restored != 1 {
+	if err != nil || res.Restored != 2 {
 		t.Fatalf("Restore = %+v, %v", res, err)
 	}
 	got := e.Acct(t, "pr")
 	if got.Balance != want.Balance || got.Promotional != want.Promotional || got.Promoted != want.Promoted ||
 		got.Purchased != want.Purchased || got.Consumed != want.Consumed {
 		t.Fatalf("after restore %+v, want %+v", got, want)
+	}
+	if low, err := e.St.LowBalance(ctx, "pr"); err != nil || low != 4321 {
+		t.Fatalf("low-balance alert after restore: %d, %v", low, err)
 	}
 	grants, err := e.St.PromoGrants(ctx, "pr")
 	if err != nil || fmt.Sprint(grants) != "[{promo:EVER 500 0001-01-01 00:00:00 +0000 UTC}]" {
@@ -69,8 +78,18 @@ func TestPromoShipReconcileRestore(t *testing.T) {
 	if a := e.Acct(t, "pr"); a.Promotional != 0 || a.Paid() != want.Paid()-200 {
 		t.Fatalf("after a call: %+v", a)
 	}
-	if _, err := e.St.Redeem(ctx, "pr", "EVER"); err == nil {
-		t.Fatal("a code redeemed again after restore")
+	// The codes come back from the books, their redemptions counted.
+	if _, err := e.St.Redeem(ctx, "pr", "EVER"); !errors.Is(err, metering.ErrPromoRedeemed) {
+		t.Fatalf("a code redeemed again after restore: %v", err)
+	}
+	if _, err := e.St.Redeem(ctx, "late", "EVER"); !errors.Is(err, metering.ErrPromoExhausted) {
+		t.Fatalf("a code past its max_redemptions after restore: %v", err)
+	}
+	if p, err := e.St.PromoCode(ctx, "LONG"); err != nil || p.Redeemed != 1 || p.Credits != 2000 || p.GrantExpiresIn != 48*time.Hour {
+		t.Fatalf("code LONG after restore: %+v, %v", p, err)
+	}
+	if _, err := e.St.Redeem(ctx, "late", "LONG"); err != nil {
+		t.Fatalf("redeeming a restored code: %v", err)
 	}
 	// (Redis holds only the entries since the restore: the books check the rest.)
 	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {

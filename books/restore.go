@@ -17,6 +17,7 @@ type Restorer interface {
 	RestoreAccount(ctx context.Context, img metering.AccountImage) (bool, error)
 	RestoreCostRecords(ctx context.Context, account string, recs []metering.CostRecord) error
 	RecordTTL() time.Duration
+	RestorePromoCode(ctx context.Context, p metering.PromoCode, takers []string) (bool, error)
 	EnsureEpoch(ctx context.Context) (string, bool, error)
 }
 
@@ -120,6 +121,9 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 				fmt.Fprintf(w, "exists account=%s (left as it is)\n", a)
 			}
 		}
+	}
+	if err := b.restorePromoCodes(ctx, rs, w); err != nil {
+		return res, err
 	}
 	if _, _, err := rs.EnsureEpoch(ctx); err != nil {
 		return res, err
@@ -248,6 +252,52 @@ func (b *Books) restoreCostRecords(ctx context.Context, rs Restorer, account str
 		return n, unavailable("reading cost records", err)
 	}
 	return n, flush()
+}
+
+// restorePromoCodes writes back every promotional code Redis lacks, with the
+// accounts that redeemed it (its promo_grant entries in the journal), so
+// that its redemptions stay counted.
+func (b *Books) restorePromoCodes(ctx context.Context, rs Restorer, w io.Writer) error {
+	rows, err := b.pool.Query(ctx, `SELECT c.code, c.credits, c.max_redemptions, c.expires_at, c.grant_ttl_ms,
+			coalesce(array_agg(DISTINCT j.account) FILTER (WHERE j.account IS NOT NULL), '{}')
+		FROM promo_codes c LEFT JOIN journal j ON j.type = 'promo_grant' AND j.ref = 'promo:' || c.code
+		GROUP BY c.code ORDER BY c.code`)
+	if err != nil {
+		return unavailable("restoring promotional codes", err)
+	}
+	type code struct {
+		p      metering.PromoCode
+		takers []string
+	}
+	var codes []code
+	for rows.Next() {
+		var c code
+		var exp *time.Time
+		var ttl int64
+		if err := rows.Scan(&c.p.Code, &c.p.Credits, &c.p.MaxRedemptions, &exp, &ttl, &c.takers); err != nil {
+			rows.Close()
+			return unavailable("restoring promotional codes", err)
+		}
+		if exp != nil {
+			c.p.ExpiresAt = *exp
+		}
+		c.p.GrantExpiresIn = time.Duration(ttl) * time.Millisecond
+		codes = append(codes, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return unavailable("restoring promotional codes", err)
+	}
+	for _, c := range codes {
+		ok, err := rs.RestorePromoCode(ctx, c.p, c.takers)
+		if err != nil {
+			return fmt.Errorf("restoring promotional code %s: %w", c.p.Code, err)
+		}
+		if ok {
+			fmt.Fprintf(w, "restored promo_code=%s redeemed=%d\n", c.p.Code, len(c.takers))
+		}
+	}
+	return nil
 }
 
 // images builds the accounts' images from the books.

@@ -185,6 +185,14 @@ func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budge
 	return s.b.SaveRecords(ctx, s.Store, account)
 }
 
+// SetLowBalance sets the low-balance alert, then records it in the books.
+func (s *Store) SetLowBalance(ctx context.Context, account string, mc int64) error {
+	if err := s.Store.SetLowBalance(ctx, account, mc); err != nil {
+		return err
+	}
+	return s.b.SaveRecords(ctx, s.Store, account)
+}
+
 // AppendAudit records the entry in Redis, then in the books' audit_log.
 func (s *Store) AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error) {
 	e, err := s.Store.AppendAudit(ctx, e)
@@ -213,6 +221,25 @@ func (b *Books) AddAccount(ctx context.Context, id string) error {
 		return unavailable("recording account", err)
 	}
 	return nil
+}
+
+// CreatePromoCode records the code in the books, then creates it in Redis.
+// A code the books hold already (a retry after a crash between the two) is
+// created in Redis as the books have it.
+func (s *Store) CreatePromoCode(ctx context.Context, p metering.PromoCode) error {
+	if !metering.ValidPromoCode(p.Code) || p.Credits <= 0 {
+		return s.Store.CreatePromoCode(ctx, p) // its error
+	}
+	var exp *time.Time
+	if !p.ExpiresAt.IsZero() {
+		exp = &p.ExpiresAt
+	}
+	if _, err := s.b.pool.Exec(ctx, `INSERT INTO promo_codes (code, credits, max_redemptions, expires_at, grant_ttl_ms)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+		p.Code, p.Credits, p.MaxRedemptions, exp, p.GrantExpiresIn.Milliseconds()); err != nil {
+		return unavailable("recording promotional code", err)
+	}
+	return s.Store.CreatePromoCode(ctx, p)
 }
 
 // Recorder is what SaveRecords reads of Redis. *metering.Store implements it.

@@ -28,6 +28,8 @@ const (
 var (
 	//go:embed scripts/promo.lua
 	promoSrc string
+	//go:embed scripts/promo_create.lua
+	promoCreateSrc string
 	//go:embed scripts/promo_claim.lua
 	promoClaimSrc string
 	//go:embed scripts/promo_grant.lua
@@ -35,6 +37,7 @@ var (
 	//go:embed scripts/promo_expire.lua
 	promoExpireSrc string
 
+	promoCreateScript = redis.NewScript(promoCreateSrc)
 	promoClaimScript  = redis.NewScript(promoClaimSrc)
 	promoGrantScript  = redis.NewScript(promoSrc + promoGrantSrc)
 	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + promoExpireSrc)
@@ -87,25 +90,41 @@ type PromoCode struct {
 
 // CreatePromoCode stores a new code; ErrPromoExists when the code is taken.
 func (s *Store) CreatePromoCode(ctx context.Context, p PromoCode) error {
+	_, err := s.createPromoCode(ctx, p, nil)
+	return err
+}
+
+func (s *Store) createPromoCode(ctx context.Context, p PromoCode, takers []string) (bool, error) {
 	if !ValidPromoCode(p.Code) || p.Credits <= 0 || p.MaxRedemptions < 0 || p.GrantExpiresIn < 0 {
-		return fmt.Errorf("creating promotional code %q: invalid", p.Code)
+		return false, fmt.Errorf("creating promotional code %q: invalid", p.Code)
 	}
 	var exp int64
 	if !p.ExpiresAt.IsZero() {
 		exp = p.ExpiresAt.UnixMilli()
 	}
-	ok, err := s.rdb.HSetNX(ctx, promoCodeKey(p.Code), "credits_mc", p.Credits).Result()
+	args := []any{p.Credits, p.MaxRedemptions, exp, p.GrantExpiresIn.Milliseconds(), nowMillis()}
+	for _, a := range takers {
+		args = append(args, a)
+	}
+	n, err := promoCreateScript.Run(ctx, s.rdb, []string{promoCodeKey(p.Code), promoTakersKey(p.Code)}, args...).Int()
 	if err != nil {
-		return unavailable("creating promotional code", err)
+		return false, unavailable("creating promotional code", err)
 	}
-	if !ok {
-		return fmt.Errorf("creating promotional code %q: %w", p.Code, ErrPromoExists)
+	if n == 0 {
+		return false, fmt.Errorf("creating promotional code %q: %w", p.Code, ErrPromoExists)
 	}
-	if err := s.rdb.HSet(ctx, promoCodeKey(p.Code), "max", p.MaxRedemptions, "expires_at", exp,
-		"grant_ttl", p.GrantExpiresIn.Milliseconds(), "created_at", nowMillis()).Err(); err != nil {
-		return unavailable("creating promotional code", err)
+	return true, nil
+}
+
+// RestorePromoCode writes back a code Redis lost, with the accounts that
+// redeemed it (restore; from the books). A code Redis has is left alone;
+// restored says which.
+func (s *Store) RestorePromoCode(ctx context.Context, p PromoCode, takers []string) (restored bool, err error) {
+	ok, err := s.createPromoCode(ctx, p, takers)
+	if errors.Is(err, ErrPromoExists) {
+		return false, nil
 	}
-	return nil
+	return ok, err
 }
 
 // PromoCode reads a code (ErrNotFound when unknown).
@@ -149,6 +168,13 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 	}
 	if !ValidPromoCode(code) {
 		return Redeemed{}, fmt.Errorf("redeeming code: %w", ErrNotFound)
+	}
+	// An account that does not exist must not take one of the code's
+	// redemptions (accounts are never deleted: checked once, before).
+	if n, err := s.rdb.Exists(ctx, acctKey(account)).Result(); err != nil {
+		return Redeemed{}, unavailable("redeeming code", err)
+	} else if n == 0 {
+		return Redeemed{}, s.missingAccount(ctx, "redeeming code", account)
 	}
 	now := time.Now()
 	res, err := promoClaimScript.Run(ctx, s.rdb, []string{promoCodeKey(code), promoTakersKey(code)}, account, now.UnixMilli()).Int64Slice()
@@ -302,22 +328,17 @@ func (s *Store) SweepPromos(ctx context.Context, now time.Time, limit int64) (in
 }
 
 // PromoAccounts calls fn with every account that has promotional grants
-// (SCAN over their grant sets; the sweeper's backstop).
+// (SCAN over their grant sets, every master of a Cluster; the sweeper's
+// backstop).
 func (s *Store) PromoAccounts(ctx context.Context, fn func(account string) error) error {
-	iter := s.rdb.Scan(ctx, 0, "{a:*}:promo", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		if len(k) < len("{a:}:promo") {
-			continue
+	return s.scanAccounts(ctx, "{a:*}:promo", ":promo", func(accts []string) error {
+		for _, a := range accts {
+			if err := fn(a); err != nil {
+				return err
+			}
 		}
-		if err := fn(k[len("{a:") : len(k)-len("}:promo")]); err != nil {
-			return err
-		}
-	}
-	if err := iter.Err(); err != nil {
-		return unavailable("scanning promotional grants", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // IndexPromos puts account back in the sweeper's index at its earliest grant

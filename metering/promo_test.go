@@ -120,8 +120,26 @@ func TestRedeemRefusals(t *testing.T) {
 			t.Errorf("Redeem(%q) = %v, want %v", tt.code, err, tt.want)
 		}
 	}
-	if _, err := e.st.Redeem(ctx, "ghost", "OLD"); err == nil {
-		t.Error("Redeem for a missing account succeeded")
+	newCode(t, e.st, metering.PromoCode{Code: "ONE", Credits: 100, MaxRedemptions: 1})
+	if _, err := e.st.Redeem(ctx, "ghost", "ONE"); !errors.Is(err, metering.ErrNoAccount) {
+		t.Errorf("Redeem for a missing account = %v, want ErrNoAccount", err)
+	}
+	if _, err := e.st.Redeem(ctx, "r", "ONE"); err != nil { // the missing account took no redemption
+		t.Errorf("Redeem after a missing account's try: %v", err)
+	}
+	// A claim whose grant a crash cut short: the retry completes the grant,
+	// once, even after the code is exhausted or expired.
+	newCode(t, e.st, metering.PromoCode{Code: "CUT", Credits: 300, MaxRedemptions: 1})
+	e.rdb.SAdd(ctx, "{p:CUT}:by", "r") // as promo_claim.lua leaves it
+	e.rdb.HIncrBy(ctx, "{p:CUT}:code", "redeemed", 1)
+	if got, err := e.st.Redeem(ctx, "r", "CUT"); err != nil || got.Credits != 300 {
+		t.Fatalf("retry after a cut-short grant: %+v, %v", got, err)
+	}
+	if _, err := e.st.Redeem(ctx, "r", "CUT"); !errors.Is(err, metering.ErrPromoRedeemed) {
+		t.Fatalf("second retry: %v", err)
+	}
+	if a := e.acct(t, "r"); a.Promoted != 400 {
+		t.Fatalf("promoted %d, want 400", a.Promoted)
 	}
 	assertLedger(t, e.st, "r")
 }
@@ -362,4 +380,34 @@ func TestPromoSplitUnderConcurrency(t *testing.T) {
 	if promo != a.Promotional {
 		t.Fatalf("grants hold %d, promotional %d", promo, a.Promotional)
 	}
+}
+
+// A lost sweeper index is rebuilt from the accounts' grant sets.
+func TestPromoIndexBackstop(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "lost", 0)
+	newCode(t, e.st, metering.PromoCode{Code: "LOST", Credits: 50, GrantExpiresIn: time.Minute})
+	if _, err := e.st.Redeem(ctx, "lost", "LOST"); err != nil {
+		t.Fatal(err)
+	}
+	e.rdb.Del(ctx, "tg:promo:due")
+	later := time.Now().Add(time.Hour)
+	if _, err := e.st.SweepPromos(ctx, later, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.acct(t, "lost"); a.Promotional != 50 {
+		t.Fatalf("swept without an index: %+v", a)
+	}
+	var seen []string
+	if err := e.st.PromoAccounts(ctx, func(a string) error { seen = append(seen, a); return e.st.IndexPromos(ctx, a) }); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.st.SweepPromos(ctx, later, 0); err != nil || n != 1 || fmt.Sprint(seen) != "[lost]" {
+		t.Fatalf("SweepPromos = %d, %v (accounts %v)", n, err, seen)
+	}
+	if a := e.acct(t, "lost"); a.Promotional != 0 || a.Balance != 0 {
+		t.Fatalf("after the rebuilt sweep: %+v", a)
+	}
+	assertLedger(t, e.st, "lost")
 }

@@ -208,6 +208,10 @@ func TestRechargeCreditsOnceAndRespectsTheSpendingLimit(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("%d auto_recharge entries, want 2", n)
 	}
+	// One auto_recharge.succeeded event per credited recharge (replays: none).
+	if ev := outbox(t, e, "l", "auto_recharge.succeeded"); len(ev) != 2 || ev[0]["credits_mc"] != fmt.Sprint(packCredits) || ev[1]["payment"] != "pi_2" {
+		t.Fatalf("auto_recharge.succeeded events: %v", ev)
+	}
 	if e.streamLen(t) != 0 {
 		t.Fatal("acknowledged requests stay in the stream")
 	}
@@ -242,6 +246,12 @@ func TestRechargeFailuresDisableAutoRecharge(t *testing.T) {
 			t.Fatal("a second failure of the same request counted")
 		}
 		_ = e.st.AckRecharge(ctx, "billing", req.StreamID)
+	}
+	// One auto_recharge.failed event per counted decline (the no-op second
+	// failure: none); the last says auto-recharge turned itself off.
+	if ev := outbox(t, e, "f", "auto_recharge.failed"); len(ev) != 3 || ev[0]["disabled"] != "false" || ev[2]["disabled"] != "true" ||
+		ev[2]["failures"] != "3" || ev[2]["reason"] != "card_declined: insufficient funds" {
+		t.Fatalf("auto_recharge.failed events: %v", ev)
 	}
 	a := e.recharge(t, "f")
 	if a.Enabled || a.DisabledReason != "card_declined: insufficient funds" || a.Failures != 3 || a.Spent != 0 {

@@ -63,6 +63,7 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	hashes := pipe.HGetAll(ctx, keysKey(account)+":hash")
 	members := pipe.HGetAll(ctx, membersKey(account))
 	budgets := pipe.HGetAll(ctx, memberBudgetKey(account))
+	low := pipe.HGet(ctx, acctKey(account), "low_balance")
 	pays := make([]*redis.MapStringStringCmd, 0, len(payments))
 	var payIDs []string
 	for _, p := range payments {
@@ -89,6 +90,10 @@ func (s *Store) StateRecords(ctx context.Context, account string, payments ...st
 	}
 	if m := budgets.Val(); len(m) > 0 {
 		out = append(out, StateRecord{Name: "mbudget", Fields: m})
+	}
+	if v := low.Val(); v != "" {
+		// The low-balance alert's threshold (events.go), a field of the account hash.
+		out = append(out, StateRecord{Name: "alerts", Fields: map[string]string{"low_balance": v}})
 	}
 	for id, meta := range keys.Val() {
 		out = append(out, StateRecord{Name: "key:" + id, Fields: map[string]string{"meta": meta, "hash": hashes.Val()[id]}})
@@ -268,6 +273,12 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		}
 	}
 	for _, r := range img.Records {
+		if r.Name == "alerts" {
+			if v := r.Fields["low_balance"]; v != "" {
+				doc.Acct = append(doc.Acct, "low_balance", v)
+			}
+			continue
+		}
 		if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
 			var k Key
 			if json.Unmarshal([]byte(r.Fields["meta"]), &k) != nil || r.Fields["hash"] == "" {

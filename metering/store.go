@@ -115,7 +115,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 		fulfilScript, reverseScript, subscriptionScript, admitScript,
 		rechargeEnqueueScript, rechargeBeginScript, rechargeCreditScript, rechargeFailScript,
 		leaseGrantScript, leaseFlushScript, keySettingsScript, keyLimitedScript, membersScript, memberBudgetScript,
-		promoClaimScript, promoGrantScript, promoExpireScript, deliveryClaimScript,
+		promoCreateScript, promoClaimScript, promoGrantScript, promoExpireScript, deliveryClaimScript,
 	} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return unavailable("loading scripts", err)

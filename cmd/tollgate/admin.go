@@ -178,5 +178,6 @@ func accountView(a metering.Account) map[string]string {
 		"id": a.ID, "balance": pricing.FormatCredits(a.Balance), "reserved": pricing.FormatCredits(a.Reserved),
 		"total_purchased": pricing.FormatCredits(a.Purchased), "total_granted": pricing.FormatCredits(a.Granted),
 		"total_adjusted": pricing.FormatCredits(a.Adjusted), "total_consumed": pricing.FormatCredits(a.Consumed),
+		"total_promotional": pricing.FormatCredits(a.Promoted), "promotional": pricing.FormatCredits(a.Promotional),
 	}
 }

@@ -56,6 +56,7 @@ export function operatorView(ctx, main) {
         h('div', h('dt', 'Purchased'), h('dd', credits(a.total_purchased))),
         h('div', h('dt', 'Granted'), h('dd', credits(a.total_granted))),
         h('div', h('dt', 'Adjusted'), h('dd', credits(a.total_adjusted))),
+        h('div', h('dt', 'Promotional'), h('dd', credits(a.total_promotional), ' (', credits(a.promotional), ' left)')),
         h('div', h('dt', 'Consumed'), h('dd', credits(a.total_consumed))),
         h('div', h('dt', 'Calls past their hold'), h('dd', String(a.over_hold_calls), ' (', credits(a.over_hold), ' credits)'))));
   }

@@ -592,11 +592,15 @@ func (c *Config) Validate() error {
 	if c.Billing.AutoRecharge.MaxFailures < 1 {
 		bad("billing.auto_recharge.max_failures", "must be at least 1, got %d", c.Billing.AutoRecharge.MaxFailures)
 	}
+	hookURLs := map[string]int{}
 	for i, w := range c.Billing.Webhooks {
 		path := fmt.Sprintf("billing.webhooks[%d]", i)
 		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad(path+".url", "must be an http:// or https:// URL, got %q", w.URL)
+		} else if j, dup := hookURLs[w.URL]; dup {
+			bad(path+".url", "is billing.webhooks[%d]'s too (one endpoint per URL)", j)
 		}
+		hookURLs[w.URL] = i
 		if len(w.Secret) < 16 {
 			bad(path+".secret", "must be at least 16 characters (got %d)", len(w.Secret))
 		}

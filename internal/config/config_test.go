@@ -109,6 +109,7 @@ billing:
   webhooks:
     - {url: "ftp://hooks.example", secret: short, events: [balance.low, balance.high]}
     - {url: "http://127.0.0.1:9000/hook", secret: "0123456789abcdef"}
+    - {url: "http://127.0.0.1:9000/hook", secret: "0123456789abcdef"}
 providers:
   openai: {kind: grpc, base_url: "ftp://x"}
 pricing:
@@ -124,14 +125,14 @@ log:
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	if strings.Contains(err.Error(), "billing.webhooks[1]") || strings.Contains(err.Error(), "events[0]") {
+	if strings.Contains(err.Error(), "billing.webhooks[1].") || strings.Contains(err.Error(), "events[0]:") {
 		t.Errorf("a good webhook (or event) is reported:\n%v", err)
 	}
 	for _, want := range []string{
 		"proxy.max_body_bytes", "proxy.read_timeout", "billing.admin_token", "providers.openai.kind",
 		"providers.openai.base_url", "pricing.credits_per_usd", "pricing.models[0].tier",
 		"pricing.models[0].deployments[0].provider", "log.level",
-		"billing.webhooks[0].url", "billing.webhooks[0].secret", "billing.webhooks[0].events[1]",
+		"billing.webhooks[0].url", "billing.webhooks[0].secret", "billing.webhooks[0].events[1]", "billing.webhooks[2].url",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
