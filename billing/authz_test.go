@@ -47,6 +47,7 @@ var routeAccess = map[string]string{
 	"POST /admin/v1/accounts":                     "operator",
 	"GET /admin/v1/webhooks/deliveries":           "operator",
 	"POST /admin/v1/promo-codes":                  "operator",
+	"GET /admin/v1/promo-codes/{code}":            "operator",
 	"GET /admin/v1/accounts/{id}":                 "operator",
 	"POST /admin/v1/accounts/{id}/keys":           "operator",
 	"GET /admin/v1/accounts/{id}/keys":            "operator",
