@@ -3,7 +3,6 @@ package metering
 import (
 	"context"
 	_ "embed"
-	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,7 +56,7 @@ func (s *Store) GrantLease(ctx context.Context, g LeaseGrant) (LeaseGranted, err
 	}
 	switch res[0] {
 	case -1:
-		return LeaseGranted{}, fmt.Errorf("leasing credits of %q: %w", a, ErrNoAccount)
+		return LeaseGranted{}, s.missingAccount(ctx, "leasing credits", a)
 	case 0:
 		return LeaseGranted{Available: res[1], Balance: res[2]}, nil
 	}

@@ -323,7 +323,7 @@ func (s *Store) Reserve(ctx context.Context, r HoldRequest) (Hold, error) {
 		rule, _ := res[1].(string)
 		return Hold{}, &KeyRuleError{Rule: rule, RetryAfter: time.Duration(toInt(res[2])) * time.Millisecond, Max: toInt(res[3])}
 	default:
-		return Hold{}, fmt.Errorf("reserving credits for %q: %w", a, ErrNoAccount)
+		return Hold{}, s.missingAccount(ctx, "reserving credits", a)
 	}
 }
 
@@ -625,6 +625,6 @@ func (s *Store) Credit(ctx context.Context, c Credit) (Credited, error) {
 	case 0:
 		return Credited{Applied: false, BalanceAfter: toInt(res[1])}, nil
 	default:
-		return Credited{}, fmt.Errorf("crediting %q: %w", a, ErrNoAccount)
+		return Credited{}, s.missingAccount(ctx, "crediting", a)
 	}
 }
