@@ -54,7 +54,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 60s) each
 	  done; done
 
 soak: build ## the load and fault suites at full size
-	TOLLGATE_SOAK=full $(GO) test -count=1 -timeout 60m -run 'Soak|Fault' -v ./test/...
+	TOLLGATE_SOAK=full $(GO) test -count=1 -timeout 60m -run 'Soak|Fault' -v ./test/... ./books/
 
 lint: ## go vet, gofmt, staticcheck (pinned), go mod tidy leaves go.mod as it is
 	$(GO) vet ./...

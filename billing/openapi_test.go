@@ -294,6 +294,12 @@ func TestOpenAPIResponses(t *testing.T) {
 		t.Fatalf("daily usage: %s", d.raw)
 	}
 	want(c.do("GET", "/api/billing/usage/daily?days=99", tok, nil), http.StatusBadRequest)
+	x := c.do("GET", "/api/billing/usage/export?granularity=day", tok, nil)
+	want(x, http.StatusOK)
+	if !strings.HasPrefix(x.raw, "date,model,requests,input_tokens,output_tokens,credits\n") || strings.Count(x.raw, "\n") != 2 {
+		t.Fatalf("usage export: %q", x.raw)
+	}
+	want(c.do("GET", "/api/billing/usage/export?granularity=hour", tok, nil), http.StatusBadRequest)
 	want(c.do("GET", "/api/billing/credits?limit=2", tok, nil), http.StatusOK)
 	want(c.do("PUT", "/api/billing/credits/auto-recharge", tok, map[string]any{"enabled": true, "threshold": 100, "packId": "starter", "spendingLimit": 5000}), http.StatusOK)
 	e.customerFor("oas")

@@ -63,6 +63,10 @@ type Options struct {
 	Daily DailyUsage
 	// Books is the durable books' status for operators (books.go); nil: none.
 	Books Books
+	// Export is the source of the usage export (export.go). Default: Store,
+	// when it implements UsageExport (*metering.Store does, from Redis; the
+	// books' store from the journal).
+	Export UsageExport
 }
 
 func (o *Options) init() {
@@ -94,8 +98,9 @@ type Server struct {
 	payments Payments     // nil when payments are off
 	jwt      *jwtVerifier // nil: JWT routes answer 503
 	plans    []config.Plan
-	daily    DailyUsage // nil: the daily usage route answers 503
-	books    Books      // nil: no durable books (books.go)
+	daily    DailyUsage  // nil: the daily usage route answers 503
+	books    Books       // nil: no durable books (books.go)
+	export   UsageExport // nil: the usage export answers 503
 
 	adminHash  [32]byte // sha256 of the admin token
 	adminOn    bool
@@ -158,6 +163,10 @@ func New(opts Options) (*Server, error) {
 	s.books = opts.Books
 	if d, ok := opts.Store.(DailyUsage); ok && s.daily == nil {
 		s.daily = d
+	}
+	s.export = opts.Export
+	if x, ok := opts.Store.(UsageExport); ok && s.export == nil {
+		s.export = x
 	}
 	s.origins, s.redirects = make(map[string]bool), make(map[string]bool)
 	for _, o := range s.cfg.AllowedOrigins {
@@ -225,6 +234,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /api/billing/cancel", s.user(s.cancel))
 	mux.Handle("GET /api/billing/usage", s.user(s.usage))
 	mux.Handle("GET /api/billing/usage/daily", s.user(s.dailyUsage))
+	mux.Handle("GET /api/billing/usage/export", s.user(s.usageExport))
 	mux.Handle("GET /api/billing/credits", s.user(s.credits))
 	mux.Handle("POST /api/billing/credits/purchase", s.user(s.purchase))
 	mux.Handle("PUT /api/billing/credits/auto-recharge", s.user(s.setAutoRecharge))

@@ -33,6 +33,23 @@
 // an entry written meanwhile marks the account again) and from a periodic
 // full sweep of the ledgers (the backstop for marks lost with a process).
 //
+// # Reading
+//
+// With books, Redis keeps only the recent ledger (Shipper.Trim). Store.Ledger
+// answers a page from the journal and Redis together (each entry once), so
+// that billing's transactions and admin ledger list trimmed entries too;
+// Store.UsageCalls and UsageDays feed billing's usage export from the
+// journal. billing declares what it reads (billing.Store, billing.UsageExport)
+// and Store satisfies it; the tests drive billing's HTTP API over a Store.
+//
+// # Restore
+//
+// Restore rebuilds what Redis lost from the books: per lost account, the cost
+// records of its recent calls first, then the account in one script (all of
+// it or nothing: totals, newest entry, history, references, keys with their
+// spend and rules), then the global lookups, then the epoch marker; see
+// Books.Restore and docs/architecture.md §4a.
+//
 // # Lifetimes
 //
 // A *Books (a pgx pool) is safe for concurrent use and lives as long as its

@@ -15,6 +15,8 @@ import (
 type Restorer interface {
 	Accounts
 	RestoreAccount(ctx context.Context, img metering.AccountImage) (bool, error)
+	RestoreCostRecords(ctx context.Context, account string, recs []metering.CostRecord) error
+	RecordTTL() time.Duration
 	EnsureEpoch(ctx context.Context) (string, bool, error)
 }
 
@@ -25,18 +27,27 @@ type Restored struct {
 	Accounts  int // accounts in the books
 	Restored  int // written back into Redis
 	Existing  int // already in Redis, left alone
-	Unshipped int // entries written in Redis and never shipped, that the books lack
+	Unshipped int // entries of the accounts restored that Redis held and the books lack: lost
+	Records   int // cost records of charged calls written back
 }
 
 // Restore rebuilds Redis from the books after it lost its data: first it
 // ships whatever Redis still holds (nothing is dropped that can be kept),
-// then it writes back every account of the books that Redis lacks — totals
-// and balance from the journal, the newest entry (so that the stream's ids
-// continue after the cursor), the purchase history, the references applied,
-// API keys (revoked ones revoked), subscription, settings, Stripe customer
-// and payments — then the epoch marker, so that proxies serve again. It
-// writes one line per entry it knows was lost (in Redis, not shippable) and
-// returns the counts.
+// then it writes back every account of the books that Redis lacks — the cost
+// records of its calls charged in the last day (costRecordWindow: so that a
+// charge retried after the restore is replayed, never charged twice), then, in one
+// step, totals and balance from the journal, the newest entry (so that the
+// stream's ids continue after the cursor), the purchase history, the
+// references applied, API keys (revoked ones revoked) with their spend and
+// rules (a budget's spend in the current period from the usage entries that
+// name the key), subscription, settings, Stripe customer and payments — then
+// the epoch marker, so that proxies serve again. An account Redis still has
+// is left as it is (its keys' lookups are written again: a restore cut short
+// is finished by running it again).
+//
+// What can be lost is what Redis held of an account it lost and that could
+// not be shipped: those entries are not in the balance written back. Restore
+// writes one line per such entry and counts them in Unshipped.
 func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored, error) {
 	var res Restored
 	sh := b.NewShipper(rs, ShipperOptions{})
@@ -46,6 +57,7 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 	if _, err := sh.Sweep(ctx); err != nil {
 		fmt.Fprintf(w, "warning: shipping what Redis still holds failed: %v\n", err)
 	}
+	asOf := time.Now()
 	after := ""
 	for {
 		var page []string
@@ -70,22 +82,32 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 		}
 		after = page[len(page)-1]
 		res.Accounts += len(page)
-		imgs, err := b.images(ctx, page)
+		lost, err := b.lostAccounts(ctx, rs, page)
 		if err != nil {
 			return res, err
 		}
-		cursors, err := b.cursors(ctx)
+		// What Redis holds of the lost accounts is shipped first, so that
+		// their images include it (another shipper may hold an account a
+		// moment: it is tried again).
+		left, err := b.shipLost(ctx, sh, rs, lost)
+		if err != nil {
+			return res, err
+		}
+		imgs, err := b.images(ctx, page, asOf)
 		if err != nil {
 			return res, err
 		}
 		for _, a := range page {
-			// Entries Redis still holds past the cursor could not be shipped
-			// just now: they are what is lost.
-			if _, left, err := rs.BalanceAfter(ctx, a, cursors[a]); err == nil || isNoAccount(err) {
-				for _, e := range left {
+			if lost[a] {
+				for _, e := range left[a] {
 					res.Unshipped++
 					fmt.Fprintf(w, "unshipped account=%s entry=%s type=%s amount=%d ref=%s\n", a, e.ID, e.Type, e.Amount, e.Reference)
 				}
+				n, err := b.restoreCostRecords(ctx, rs, a, asOf)
+				if err != nil {
+					return res, fmt.Errorf("restoring %s: %w", a, err)
+				}
+				res.Records += n
 			}
 			ok, err := rs.RestoreAccount(ctx, *imgs[a])
 			if err != nil {
@@ -105,11 +127,134 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 	return res, nil
 }
 
+// lostAccounts returns which of accts Redis has no account hash for.
+func (b *Books) lostAccounts(ctx context.Context, rs Restorer, accts []string) (map[string]bool, error) {
+	cursors, err := b.cursorsOf(ctx, accts)
+	if err != nil {
+		return nil, err
+	}
+	lost := make(map[string]bool)
+	for _, a := range accts {
+		_, _, err := rs.BalanceAfter(ctx, a, cursors[a])
+		switch {
+		case isNoAccount(err):
+			lost[a] = true
+		case err != nil:
+			return nil, err
+		}
+	}
+	return lost, nil
+}
+
+// shipLost ships what Redis still holds of the lost accounts, a few times
+// while another shipper holds one, and returns the entries it could not ship
+// (per account, oldest first).
+func (b *Books) shipLost(ctx context.Context, sh *Shipper, rs Restorer, lost map[string]bool) (map[string][]metering.Entry, error) {
+	if len(lost) == 0 {
+		return nil, nil
+	}
+	accts := make([]string, 0, len(lost))
+	for a := range lost {
+		accts = append(accts, a)
+	}
+	for try := 0; ; try++ {
+		left, err := b.unshipped(ctx, rs, accts)
+		if err != nil || len(left) == 0 || try == 5 {
+			return left, err
+		}
+		pending := make([]string, 0, len(left))
+		for a := range left {
+			pending = append(pending, a)
+		}
+		if try > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if _, err := sh.Ship(ctx, pending); err != nil {
+			return b.unshipped(ctx, rs, accts)
+		}
+	}
+}
+
+// unshipped returns the entries Redis holds past the books' cursor of each
+// of accts that has any.
+func (b *Books) unshipped(ctx context.Context, rs Restorer, accts []string) (map[string][]metering.Entry, error) {
+	cursors, err := b.cursorsOf(ctx, accts)
+	if err != nil {
+		return nil, err
+	}
+	req := make([]metering.LedgerCursor, len(accts))
+	for i, a := range accts {
+		req[i] = metering.LedgerCursor{Account: a, After: cursors[a]}
+	}
+	pages, err := rs.LedgersAfter(ctx, req, 1_000_000)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]metering.Entry)
+	for i, p := range pages {
+		if len(p) > 0 {
+			out[accts[i]] = p
+		}
+	}
+	return out, nil
+}
+
+// costRecordWindow bounds how far back restore writes cost records. What
+// they guard against is a charge applied just before the loss whose answer
+// was lost, retried after the restore (charges that never reached Redis have
+// no record to find): those are seconds old, not days. A day of records is
+// written in a minute or two even at 10 M calls a day; RecordTTL's 30 days
+// would make a restore take an hour.
+const costRecordWindow = 24 * time.Hour
+
+// restoreCostRecords writes back the cost records of account's calls
+// charged within costRecordWindow (and the record TTL), a thousand at a
+// time, and returns how many.
+func (b *Books) restoreCostRecords(ctx context.Context, rs Restorer, account string, asOf time.Time) (int, error) {
+	rows, err := b.pool.Query(ctx, `SELECT ref, (extract(epoch from at) * 1000)::int8, seq, amount, balance_after,
+			coalesce((fields->>'over_hold')::int8, 0), coalesce(fields->>'capped', '0')
+		FROM journal WHERE account = $1 AND type = 'usage' AND ref <> '' AND at >= $2 ORDER BY at, seq`,
+		account, asOf.Add(-min(rs.RecordTTL(), costRecordWindow)))
+	if err != nil {
+		return 0, unavailable("reading cost records", err)
+	}
+	defer rows.Close()
+	n := 0
+	batch := make([]metering.CostRecord, 0, 1000)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := rs.RestoreCostRecords(ctx, account, batch)
+		n += len(batch)
+		batch = batch[:0]
+		return err
+	}
+	for rows.Next() {
+		var r metering.CostRecord
+		var id metering.EntryID
+		var amount int64
+		if err := rows.Scan(&r.RequestID, &id.Ms, &id.Seq, &amount, &r.BalanceAfter, &r.OverHold, &r.Capped); err != nil {
+			return n, unavailable("reading cost records", err)
+		}
+		r.Entry, r.Charged, r.At = id.String(), -amount, time.UnixMilli(id.Ms)
+		if batch = append(batch, r); len(batch) == cap(batch) {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return n, unavailable("reading cost records", err)
+	}
+	return n, flush()
+}
+
 // images builds the accounts' images from the books.
-func (b *Books) images(ctx context.Context, accts []string) (map[string]*metering.AccountImage, error) {
+func (b *Books) images(ctx context.Context, accts []string, asOf time.Time) (map[string]*metering.AccountImage, error) {
 	imgs := make(map[string]*metering.AccountImage, len(accts))
-	q := func(op, sql string, scan func(func(...any) error) error) error {
-		rows, err := b.pool.Query(ctx, sql, accts)
+	q := func(op, sql string, scan func(func(...any) error) error, args ...any) error {
+		rows, err := b.pool.Query(ctx, sql, append([]any{accts}, args...)...)
 		if err != nil {
 			return unavailable(op, err)
 		}
@@ -126,6 +271,7 @@ func (b *Books) images(ctx context.Context, accts []string) (map[string]*meterin
 		if err := scan(&img.ID, &img.CreatedAt); err != nil {
 			return err
 		}
+		img.AsOf, img.KeySpend = asOf, map[string]metering.KeySpend{}
 		imgs[img.ID] = &img
 		return nil
 	})
@@ -212,6 +358,27 @@ func (b *Books) images(ctx context.Context, accts []string) (map[string]*meterin
 			}
 			return nil
 		})
+	if err != nil {
+		return nil, err
+	}
+	// Each key's spend, in all and in the budget periods that hold at asOf,
+	// from the usage entries that name it.
+	err = q("reading key spend", `SELECT account, key_id, sum(-amount),
+			coalesce(sum(-amount) FILTER (WHERE at >= $2), 0), coalesce(sum(-amount) FILTER (WHERE at >= $3), 0),
+			coalesce(sum(-amount) FILTER (WHERE at >= $4), 0)
+		FROM journal WHERE account = ANY($1) AND type = 'usage' AND key_id IS NOT NULL GROUP BY account, key_id`,
+		func(scan func(...any) error) error {
+			var a, k string
+			var ks metering.KeySpend
+			if err := scan(&a, &k, &ks.Used, &ks.Day, &ks.Week, &ks.Month); err != nil {
+				return err
+			}
+			if imgs[a] != nil {
+				imgs[a].KeySpend[k] = ks
+			}
+			return nil
+		}, metering.KeyPeriodStart(metering.PeriodDay, asOf), metering.KeyPeriodStart(metering.PeriodWeek, asOf),
+		metering.KeyPeriodStart(metering.PeriodMonth, asOf))
 	if err != nil {
 		return nil, err
 	}

@@ -205,7 +205,7 @@ type row struct {
 	id      metering.EntryID
 }
 
-var journalColumns = []string{"account", "at", "seq", "type", "amount", "balance_after", "ref", "created_at", "model", "fields"}
+var journalColumns = []string{"account", "at", "seq", "type", "amount", "balance_after", "ref", "created_at", "model", "fields", "key_id"}
 
 // shipOnce ships one page of entries per account in one transaction and
 // returns the accounts whose page was full.
@@ -297,8 +297,12 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 	}
 	_, err = tx.CopyFrom(ctx, pgx.Identifier{"journal_stage"}, journalColumns, pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
 		r := &batch[i]
+		var key *string // NULL: the entry names no key
+		if k := r.e.Fields["key_id"]; k != "" {
+			key = &k
+		}
 		return []any{r.account, time.UnixMilli(r.id.Ms).UTC(), r.id.Seq, r.e.Type, r.e.Amount, r.e.BalanceAfter,
-			r.e.Reference, r.e.CreatedAt, r.e.Fields["model"], r.e.Fields}, nil
+			r.e.Reference, r.e.CreatedAt, r.e.Fields["model"], r.e.Fields, key}, nil
 	}))
 	if err != nil {
 		return 0, nil, unavailable("shipping", err)
@@ -306,18 +310,23 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 	// The rows really inserted (ON CONFLICT: a row shipped before is not
 	// inserted, nor counted, again) feed usage_daily in the same statement.
 	if _, err := tx.Exec(ctx, `WITH ins AS (
-			INSERT INTO journal SELECT * FROM journal_stage ON CONFLICT DO NOTHING
+			INSERT INTO journal (account, at, seq, type, amount, balance_after, ref, created_at, model, fields, key_id)
+			SELECT account, at, seq, type, amount, balance_after, ref, created_at, model, fields, key_id FROM journal_stage
+			ON CONFLICT DO NOTHING
 			RETURNING account, at, type, model, amount, fields)
 		INSERT INTO usage_daily AS u (account, day, model, calls, input_tokens, cached_input_tokens,
-			output_tokens, reasoning_tokens, credits)
+			output_tokens, reasoning_tokens, credits, cache_write_tokens, cache_write_1h_tokens)
 		SELECT account, (at AT TIME ZONE 'UTC')::date, model, count(*),
 			coalesce(sum((fields->>'input_tokens')::int8), 0), coalesce(sum((fields->>'cached_input_tokens')::int8), 0),
 			coalesce(sum((fields->>'output_tokens')::int8), 0), coalesce(sum((fields->>'reasoning_tokens')::int8), 0),
-			sum(-amount)
+			sum(-amount), coalesce(sum((fields->>'cache_write_tokens')::int8), 0),
+			coalesce(sum((fields->>'cache_write_1h_tokens')::int8), 0)
 		FROM ins WHERE type = 'usage' GROUP BY 1, 2, 3
 		ON CONFLICT (account, day, model) DO UPDATE SET calls = u.calls + excluded.calls,
 			input_tokens = u.input_tokens + excluded.input_tokens,
 			cached_input_tokens = u.cached_input_tokens + excluded.cached_input_tokens,
+			cache_write_tokens = u.cache_write_tokens + excluded.cache_write_tokens,
+			cache_write_1h_tokens = u.cache_write_1h_tokens + excluded.cache_write_1h_tokens,
 			output_tokens = u.output_tokens + excluded.output_tokens,
 			reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
 			credits = u.credits + excluded.credits`); err != nil {

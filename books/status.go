@@ -75,3 +75,22 @@ func (b *Books) cursors(ctx context.Context) (map[string]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// cursorsOf returns the shipping cursors of accts ("" for none).
+func (b *Books) cursorsOf(ctx context.Context, accts []string) (map[string]string, error) {
+	rows, err := b.pool.Query(ctx, `SELECT account, (extract(epoch from at) * 1000)::int8, seq FROM ship_cursor WHERE account = ANY($1)`, accts)
+	if err != nil {
+		return nil, unavailable("reading cursors", err)
+	}
+	defer rows.Close()
+	out := make(map[string]string, len(accts))
+	for rows.Next() {
+		var a string
+		var id metering.EntryID
+		if err := rows.Scan(&a, &id.Ms, &id.Seq); err != nil {
+			return nil, unavailable("reading cursors", err)
+		}
+		out[a] = id.String()
+	}
+	return out, rows.Err()
+}

@@ -100,6 +100,28 @@ func BenchmarkAuthenticate(b *testing.B) {
 	}
 }
 
+// BenchmarkRestoreCostRecords: how fast a restore writes back cost records
+// (a thousand per pipeline, as books.Restore sends them). Reports records/s.
+func BenchmarkRestoreCostRecords(b *testing.B) {
+	e := newEnv(b, metering.Options{})
+	ctx := context.Background()
+	recs := make([]metering.CostRecord, 1000)
+	now := time.Now()
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		for i := range recs {
+			n++
+			recs[i] = metering.CostRecord{RequestID: "req-" + strconv.Itoa(n), Entry: strconv.Itoa(n) + "-0",
+				Charged: 1234, BalanceAfter: 99_000, At: now}
+		}
+		if err := e.st.RestoreCostRecords(ctx, "bench", recs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
+}
+
 // BenchmarkMemberRole is the cost billing adds to every JWT request: one
 // pipelined round trip (HGET + EXISTS).
 func BenchmarkMemberRole(b *testing.B) {

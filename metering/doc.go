@@ -23,11 +23,13 @@
 //	{a:ID}:refs          set    credit references applied (never expires): "checkout:<session>"
 //	                            (sales, auto-recharges too), "refund:…", "dispute:…",
 //	                            "dispute_won:…", and "admin:<ref>" for operators' credits
-//	{a:ID}:ledger        stream one entry per credit or debit (the audit record)
+//	{a:ID}:ledger        stream one entry per credit or debit (the audit record); a
+//	                            usage entry names the API key charged (key_id) when there was one
 //	{a:ID}:gen:<req>     hash   cost record of one call, TTL: a settled call's answer and
 //	                            its ledger entry id (a failed call: the whole record); its
 //	                            settled field makes a retried settle (hold id = request id) a no-op;
-//	                            admitted = period when Admit counted the call as a request
+//	                            admitted = period when Admit counted the call as a request;
+//	                            a restore writes back those of charged calls (RestoreCostRecords)
 //	{a:ID}:resp:<id>     string provider that served the account's stored Responses API
 //	                            response <id> (the provider's id), TTL RecordTTL: GET/DELETE
 //	                            /v1/responses/<id> and previous_response_id are only for it

@@ -174,11 +174,12 @@ func (s *Store) SetKeySettings(ctx context.Context, account, keyID string, name 
 	return Key{}, fmt.Errorf("setting rules of %q: changed concurrently too often: %w", keyID, ErrUnavailable)
 }
 
-// writeKeyRules stores k's metadata (when it is still old) and rules, then
-// marks its lookup limited or not.
-func (s *Store) writeKeyRules(ctx context.Context, k Key, old string) (bool, error) {
-	meta, _ := json.Marshal(k)
-	ks := k.KeySettings
+// keyRuleFields are the names of a governed key's settings in its rules
+// hash (keygov.lua), in the order of keyRuleValues.
+var keyRuleFields = [...]string{"exp", "models", "par", "rpm", "tpm", "budget", "bper"}
+
+// keyRuleValues are ks as its rules hash holds them ("": no such rule).
+func keyRuleValues(ks KeySettings) [len(keyRuleFields)]string {
 	str := func(v int64) string {
 		if v <= 0 {
 			return ""
@@ -193,8 +194,18 @@ func (s *Store) writeKeyRules(ctx context.Context, k Key, old string) (bool, err
 	if !ks.ExpiresAt.IsZero() {
 		exp = strconv.FormatInt(max(ks.ExpiresAt.Unix(), 1), 10) // 0 would read as "never"
 	}
-	n, err := keySettingsScript.Run(ctx, s.rdb, []string{keysKey(k.Account), keyRulesKey(k.Account, k.ID)},
-		k.ID, old, meta, exp, models, str(ks.MaxParallel), str(ks.RPM), str(ks.TPM), str(ks.Budget), ks.BudgetPeriod).Int()
+	return [...]string{exp, models, str(ks.MaxParallel), str(ks.RPM), str(ks.TPM), str(ks.Budget), ks.BudgetPeriod}
+}
+
+// writeKeyRules stores k's metadata (when it is still old) and rules, then
+// marks its lookup limited or not.
+func (s *Store) writeKeyRules(ctx context.Context, k Key, old string) (bool, error) {
+	meta, _ := json.Marshal(k)
+	args := []any{k.ID, old, meta}
+	for _, v := range keyRuleValues(k.KeySettings) {
+		args = append(args, v)
+	}
+	n, err := keySettingsScript.Run(ctx, s.rdb, []string{keysKey(k.Account), keyRulesKey(k.Account, k.ID)}, args...).Int()
 	if err != nil {
 		return false, unavailable("setting key rules", err)
 	}

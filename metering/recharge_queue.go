@@ -59,8 +59,12 @@ type RechargeQueue struct {
 	store *Store
 	opts  RechargeQueueOptions
 
-	mu      sync.Mutex
-	pending map[string]struct{}
+	mu sync.Mutex
+	// pending: accounts with an enqueue goroutine running; true when a settle
+	// arrived meanwhile, so the goroutine runs once more (the settle that
+	// crossed the threshold may land while an earlier enqueue, which read
+	// the balance before it, is still running).
+	pending map[string]bool
 	wg      sync.WaitGroup
 
 	cacheMu sync.RWMutex
@@ -82,7 +86,7 @@ const maxRechargeHints = 100_000
 // NewRechargeQueue returns a queue that enqueues through s.
 func NewRechargeQueue(s *Store, opts RechargeQueueOptions) *RechargeQueue {
 	opts.init()
-	return &RechargeQueue{store: s, opts: opts, pending: make(map[string]struct{}), cache: make(map[string]rechargeHint)}
+	return &RechargeQueue{store: s, opts: opts, pending: make(map[string]bool), cache: make(map[string]rechargeHint)}
 }
 
 // OnSettle is a proxy settle hook: when the balance the settle left may be
@@ -101,6 +105,7 @@ func (q *RechargeQueue) OnSettle(account string, ch Charge) {
 	}
 	q.mu.Lock()
 	if _, dup := q.pending[account]; dup {
+		q.pending[account] = true
 		q.mu.Unlock()
 		return
 	}
@@ -109,22 +114,30 @@ func (q *RechargeQueue) OnSettle(account string, ch Charge) {
 		q.dropped.Add(1)
 		return
 	}
-	q.pending[account] = struct{}{}
+	q.pending[account] = false
 	q.wg.Add(1)
 	q.mu.Unlock()
 	go func() {
 		defer q.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), q.opts.Timeout)
-		_, err := q.Enqueue(ctx, account)
-		cancel()
-		q.mu.Lock()
-		delete(q.pending, account)
-		q.mu.Unlock()
-		if err != nil {
-			q.failed.Add(1)
-			if q.opts.OnError != nil {
-				q.opts.OnError(account, err)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), q.opts.Timeout)
+			_, err := q.Enqueue(ctx, account)
+			cancel()
+			if err != nil {
+				q.failed.Add(1)
+				if q.opts.OnError != nil {
+					q.opts.OnError(account, err)
+				}
 			}
+			q.mu.Lock()
+			again := q.pending[account]
+			if !again || err != nil {
+				delete(q.pending, account)
+				q.mu.Unlock()
+				return
+			}
+			q.pending[account] = false
+			q.mu.Unlock()
 		}
 	}()
 }

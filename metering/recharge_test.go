@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -329,5 +331,56 @@ func BenchmarkRechargeOnSettle(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		q.OnSettle("x", ch)
+	}
+}
+
+// blockAfterFirst is a go-redis hook that, after the first script call has
+// run, holds it until release is closed: an enqueue that read the balance and
+// has not yet finished.
+type blockAfterFirst struct {
+	once    sync.Once
+	ran     chan struct{}
+	release chan struct{}
+}
+
+func (h *blockAfterFirst) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *blockAfterFirst) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *blockAfterFirst) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if n := cmd.Name(); err == nil && (n == "evalsha" || n == "eval") {
+			h.once.Do(func() { close(h.ran); <-h.release })
+		}
+		return err
+	}
+}
+
+// TestSettleDuringAnEnqueueIsNotLost: the settle that takes the balance
+// under the threshold lands while an earlier settle's enqueue (which found
+// the balance above it) is still running. The queue runs the enqueue once
+// more, so the recharge is asked for without waiting for another call.
+func TestSettleDuringAnEnqueueIsNotLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, metering.Options{})
+	e.account(t, "late", 15_000)
+	e.autoRecharge(t, "late", 10_000, 1000)
+	hook := &blockAfterFirst{ran: make(chan struct{}), release: make(chan struct{})}
+	rdb := e.Srv.Client(t)
+	rdb.AddHook(hook)
+	q := metering.NewRechargeQueue(metering.New(rdb, metering.Options{KeyCacheTTL: -1}), metering.RechargeQueueOptions{CacheTTL: -1})
+
+	q.OnSettle("late", metering.Charge{BalanceAfter: 15_000})
+	<-hook.ran // the first enqueue found the balance above the threshold
+	ch := e.call(t, "late", "cross", 6_000, 1, 0, 1)
+	q.OnSettle("late", ch) // arrives while the first enqueue is still running
+	close(hook.release)
+	q.Wait()
+	if s := q.Stats(); s.Queued != 1 || s.Failed != 0 {
+		t.Fatalf("stats %+v: the settle that crossed the threshold asked for no recharge", s)
+	}
+	if n := e.streamLen(t); n != 1 {
+		t.Fatalf("stream holds %d requests, want 1", n)
 	}
 }

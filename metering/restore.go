@@ -120,6 +120,70 @@ type AccountImage struct {
 	// that a webhook or operator credit seen before is never applied again.
 	Refs    []string
 	Records []StateRecord
+	// KeySpend is what each key spent, from the usage entries that name it
+	// (entries from before they named their key are not in it): its spend
+	// towards its credit limit, and towards a budget in the current period.
+	KeySpend map[string]KeySpend
+	// AsOf is when KeySpend's periods were taken (zero: now).
+	AsOf time.Time
+}
+
+// KeySpend is a key's spend (mc): in all, and since the start of the day,
+// week and month (KeyPeriodStart) that held at AccountImage.AsOf.
+type KeySpend struct {
+	Used, Day, Week, Month int64
+}
+
+// CostRecord is a charged call's cost record (the idempotency record of its
+// charge), as the books know it from the call's usage entry: a settle or
+// lease flush of the same call after a restore finds it settled and
+// replays the answer instead of charging again.
+type CostRecord struct {
+	RequestID    string // the entry's reference (the hold id)
+	Entry        string // the usage entry's id
+	Charged      int64  // mc (the entry's amount, negated)
+	BalanceAfter int64
+	OverHold     int64
+	Capped       string // "1" when the charge was cut to what was available
+	At           time.Time
+}
+
+// RecordTTL is how long cost records are kept (Options.RecordTTL): a
+// restore writes back those of calls charged within it.
+func (s *Store) RecordTTL() time.Duration { return s.opts.RecordTTL }
+
+// RestoreCostRecords writes back charged calls' cost records, each expiring
+// RecordTTL after its charge (those already past it are skipped). Restore
+// writes them before the account itself (RestoreAccount), so that an account
+// is never back without them; on an account that is in Redis they change
+// nothing a settle reads differently.
+func (s *Store) RestoreCostRecords(ctx context.Context, account string, recs []CostRecord) error {
+	if !ValidAccountID(account) {
+		return notAccount("restoring cost records of", account)
+	}
+	now := time.Now()
+	pipe := s.rdb.Pipeline()
+	for _, r := range recs {
+		ttl := r.At.Add(s.opts.RecordTTL).Sub(now)
+		if r.RequestID == "" || ttl < time.Second {
+			continue
+		}
+		capped := r.Capped
+		if capped == "" {
+			capped = "0"
+		}
+		k := genKey(account, r.RequestID)
+		pipe.HSet(ctx, k, "settled", 1, "charged", r.Charged, "balance_after", r.BalanceAfter,
+			"over_hold", r.OverHold, "capped", capped, "entry", r.Entry)
+		pipe.Expire(ctx, k, ttl)
+	}
+	if pipe.Len() == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return unavailable("restoring cost records", err)
+	}
+	return nil
 }
 
 func entryArgs(e *Entry) []string {
@@ -132,14 +196,23 @@ func entryArgs(e *Entry) []string {
 	return out
 }
 
-// RestoreAccount writes an account back into a Redis that lost it: its
-// totals, newest ledger entry, purchase history, applied references, keys
-// (revoked ones stay revoked; a key's spend starts again from 0), and other
-// records. It leaves an account that exists alone (restored false).
+// RestoreAccount writes an account back into a Redis that lost it, in one
+// script call (all of it or nothing): its totals, newest ledger entry,
+// purchase history, applied references, keys (revoked ones stay revoked) with
+// their spend and, for governed keys, their rules and the budget period's
+// spend, and its other records. It leaves an account that exists alone
+// (restored false). The global lookups (API keys, Stripe customer, payments)
+// are written afterwards, also when the account was there already (a restore
+// run again after one cut short): a key is never usable before its account
+// and its rules are back.
 func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored bool, err error) {
 	a := img.ID
 	if !ValidAccountID(a) {
 		return false, notAccount("restoring", a)
+	}
+	asOf := img.AsOf
+	if asOf.IsZero() {
+		asOf = time.Now()
 	}
 	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
 	doc := struct {
@@ -149,12 +222,13 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		Refs    []string   `json:"refs"`
 		Keys    [][]string `json:"keys"`
 		Records [][]string `json:"records"`
+		Rules   [][]string `json:"rules"`
 	}{
 		Acct: []string{"balance", i64(img.Balance), "reserved", "0", "purchased", i64(img.Purchased),
 			"granted", i64(img.Granted), "adjusted", i64(img.Adjusted), "consumed", i64(img.Consumed),
 			"over_hold_calls", i64(img.OverHoldCalls), "over_hold_mc", i64(img.OverHold),
 			"created_at", i64(img.CreatedAt.Unix())},
-		Last: []string{}, History: [][]string{}, Refs: img.Refs, Keys: [][]string{}, Records: [][]string{},
+		Last: []string{}, History: [][]string{}, Refs: img.Refs, Keys: [][]string{}, Records: [][]string{}, Rules: [][]string{},
 	}
 	if doc.Refs == nil {
 		doc.Refs = []string{}
@@ -169,12 +243,8 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	var lookups []lookup
 	var customer string
 	var payments []string
-	type governed struct {
-		k    Key
-		meta string
-	}
-	var rules []governed // keys with rules: their rules hash is written back after the script
 	keys := []string{acctKey(a), ledgerKey(a), historyKey(a), refsKey(a), keysKey(a), keysKey(a) + ":hash", keysKey(a) + ":active"}
+	var ruleKeys []string // after the records' keys
 	var budgeted map[string]string // member budgets: their keys are held call by call
 	for _, r := range img.Records {
 		if r.Name == "mbudget" {
@@ -187,6 +257,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 			if json.Unmarshal([]byte(r.Fields["meta"]), &k) != nil || r.Fields["hash"] == "" {
 				continue
 			}
+			spend := img.KeySpend[id]
 			active, limited := "0", "0"
 			if !k.Revoked {
 				active = "1"
@@ -194,11 +265,24 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 					limited = "1" // held call by call, where the rules are checked
 				}
 				if k.Governed() {
-					rules = append(rules, governed{k, r.Fields["meta"]})
+					// Its rules hash, as PATCH writes it, and the budget
+					// period's spend.
+					rule := []string{}
+					for i, v := range keyRuleValues(k.KeySettings) {
+						if v != "" {
+							rule = append(rule, keyRuleFields[i], v)
+						}
+					}
+					if k.Budget > 0 {
+						used := map[string]int64{PeriodDay: spend.Day, PeriodWeek: spend.Week, PeriodMonth: spend.Month}[k.BudgetPeriod]
+						rule = append(rule, "bstart", i64(KeyPeriodStart(k.BudgetPeriod, asOf).Unix()), "bused", i64(used))
+					}
+					doc.Rules = append(doc.Rules, rule)
+					ruleKeys = append(ruleKeys, keyRulesKey(a, id))
 				}
 				lookups = append(lookups, lookup{r.Fields["hash"], id, limited})
 			}
-			doc.Keys = append(doc.Keys, []string{id, r.Fields["meta"], r.Fields["hash"], active, i64(k.CreditLimit), k.CreatedBy})
+			doc.Keys = append(doc.Keys, []string{id, r.Fields["meta"], r.Fields["hash"], active, i64(k.CreditLimit), i64(spend.Used), k.CreatedBy})
 			continue
 		}
 		key := stateKey(a, r.Name)
@@ -218,6 +302,7 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		keys = append(keys, key)
 		doc.Records = append(doc.Records, flat)
 	}
+	keys = append(keys, ruleKeys...)
 	js, err := json.Marshal(doc)
 	if err != nil {
 		return false, fmt.Errorf("restoring %q: %w", a, err)
@@ -226,8 +311,6 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	if err != nil {
 		return false, unavailable("restoring account", err)
 	}
-	// The global lookups, also when the account was there already (a restore
-	// run again after one cut short).
 	pipe := s.rdb.Pipeline()
 	for _, l := range lookups {
 		pipe.HSet(ctx, keyLookupKey(l.hash), "account", a, "id", l.id, "hash_of", "sha256", "limited", l.limited)
@@ -243,14 +326,8 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 			return false, unavailable("restoring account lookups", err)
 		}
 	}
-	// A governed key's rules (expiry, models, budget, rates) live in their own
-	// hash: written back from its metadata, as PATCH writes them. The budget's
-	// spend in the current period starts again from 0 (usage entries do not
-	// name their key).
-	for _, g := range rules {
-		if _, err := s.writeKeyRules(ctx, g.k, g.meta); err != nil {
-			return false, fmt.Errorf("restoring the rules of key %q: %w", g.k.ID, err)
-		}
+	for _, l := range lookups {
+		s.keys.forget(l.hash)
 	}
 	return n == 1, nil
 }

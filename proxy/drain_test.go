@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -88,5 +89,59 @@ func TestDrainTimeout(t *testing.T) {
 	cancel()
 	if err := e.srv.Drain(ctx); err == nil {
 		t.Fatal("Drain returned nil with a stream in flight and its context done")
+	}
+}
+
+// TestShutdownAfterDrainTimeoutCutsStreams: when Drain used the whole timeout
+// Shutdown gets an expired context, and must still cut the open streams
+// (charging each for what was generated) instead of waiting for their end.
+// fasthttp returns at once on an expired context, so a select between the two
+// once picked either at random: the loop makes that regression visible.
+func TestShutdownAfterDrainTimeoutCutsStreams(t *testing.T) {
+	for i := range 4 {
+		e := newEnv(t, envOpts{})
+		key := e.account(fmt.Sprintf("cut%d", i), 100)
+		// ~200 s of generation: only a cut ends it within the test.
+		body := `{"model":"gpt-4o-mini","stream":true,"max_tokens":4000,"messages":` + msg("long [mock:tokens=2000,rate=10]") + `}`
+		req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(resp.Body)
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := e.srv.Drain(ctx); err == nil {
+			t.Fatal("Drain returned nil with a stream in flight and its context done")
+		}
+		stopped := make(chan error, 1)
+		go func() { stopped <- e.srv.Shutdown(ctx) }()
+		select {
+		case err := <-stopped:
+			if err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("iteration %d: Shutdown with an expired context did not cut the open stream", i)
+		}
+		var last string
+		for {
+			line, err := br.ReadString('\n')
+			if strings.HasPrefix(line, "data:") {
+				last = line
+			}
+			if err != nil {
+				break
+			}
+		}
+		resp.Body.Close()
+		if strings.Contains(last, "[DONE]") {
+			t.Errorf("iteration %d: the stream ended normally; want it cut", i)
+		}
+		e.assertLedger(fmt.Sprintf("cut%d", i))
 	}
 }

@@ -272,26 +272,51 @@ func (s *Server) InFlight() int64 { return s.active.Load() }
 
 // Shutdown stops accepting, lets calls in flight finish until ctx is done,
 // then cuts the remaining streams, settling each for what was generated.
+//
+// fasthttp's ShutdownWithContext returns as soon as ctx is done, so when ctx
+// has already expired (Drain used the whole timeout) both it and ctx are
+// ready at once: whether the streams are cut must depend on ctx alone, never
+// on which of the two a select happens to pick.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	done := make(chan error, 1)
 	go func() { done <- s.srv.ShutdownWithContext(ctx) }()
+	var err error
 	select {
-	case err := <-done:
-		s.inflight.Wait()
-		return err
+	case err = <-done:
 	case <-ctx.Done():
+		err = <-done // returns promptly once ctx is done
 	}
-	s.streams.Range(func(k, _ any) bool {
-		k.(*streamBody).abort()
-		return true
-	})
-	s.inflight.Wait()
-	err := <-done
+	if ctx.Err() == nil {
+		s.inflight.Wait()
+	} else {
+		s.cutStreams()
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
+}
+
+// cutStreams aborts every open stream and waits for the calls in flight to
+// end, aborting again each tick: a call that was still waiting for its
+// provider's first byte at the deadline registers its stream later.
+func (s *Server) cutStreams() {
+	ended := make(chan struct{})
+	go func() { s.inflight.Wait(); close(ended) }()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.streams.Range(func(k, _ any) bool {
+			k.(*streamBody).abort()
+			return true
+		})
+		select {
+		case <-ended:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Handler is the fasthttp request handler (exported for tests and benchmarks).

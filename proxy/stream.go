@@ -664,7 +664,9 @@ func (sb *streamBody) end(err error) {
 // abort cuts the stream at shutdown: the blocked upstream read returns, and
 // the call is settled for what was generated.
 func (sb *streamBody) abort() {
-	sb.aborted.Store(true)
+	if sb.aborted.Swap(true) {
+		return // cut once: Shutdown aborts every open stream each tick
+	}
 	if sb.src != nil {
 		_ = sb.src.CloseWithError(errAborted)
 	}

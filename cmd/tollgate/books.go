@@ -197,7 +197,7 @@ func booksCommand(ctx context.Context, cfg *config.Config, st *metering.Store, a
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "accounts=%d restored=%d existing=%d\n", res.Accounts, res.Restored, res.Existing)
+		fmt.Fprintf(out, "accounts=%d restored=%d existing=%d cost_records=%d\n", res.Accounts, res.Restored, res.Existing, res.Records)
 		fmt.Fprintf(out, "unshipped=%d\n", res.Unshipped)
 		return nil
 	case "journal":

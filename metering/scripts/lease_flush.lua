@@ -83,6 +83,7 @@ while i <= #ARGV do
       t[1] = t[1] + cost
       if over > 0 then t[2], t[3] = t[2] + over, t[3] + 1 end
       local rec = {unpack(ARGV, first, last)}
+      if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
       tg_write_charge(ledger, gen, recTTL, req, cost, balance, over, 0, rec)
       local model = tg_rec_model(rec)
       local d = perModel[model]

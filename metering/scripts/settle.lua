@@ -54,6 +54,7 @@ if kid ~= '' and kid == ARGV[2] then
   tg_member_end(acct, KEYS[12], kid, charge, math.floor(now / 1000), month)
 end
 local rec = {unpack(ARGV, 8)}
+if kid ~= '' then local n = #rec; rec[n + 1], rec[n + 2] = 'key_id', kid end -- the key charged, for the books
 tg_write_charge(ledger, gen, recTTL, id, charge, balance, over, capped, rec)
 tg_count_day(day, tg_rec_model(rec), 1, inTok, outTok, charge)
 -- The period's counters, which the plan limits and the usage API read; the

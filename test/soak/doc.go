@@ -24,6 +24,10 @@
 //	TestFaultProxySIGKILL/SIGTERM   a replica killed with 200 open streams; a replica drained
 //	TestFaultSlowUpstream           hanging and trickling upstreams (raw TCP) against the timeouts
 //	TestFaultHoldTTLShorterThanACall a configuration whose holds could expire mid-call is refused
+//	TestSoakJournal                 the load suite with the durable books on (PostgreSQL stopped under
+//	                                it); tollgate admin reconcile: 0 mismatches
+//	TestFaultShipperSIGKILL         tollgate billing (the journal's shipper) SIGKILLed mid-batch, over and over
+//	TestFaultRedisFlushRestore      FLUSHALL under load: 503 store_unavailable, tollgate admin restore, keys work
 //	TestSoakWebhookStorm            signed Stripe events, half duplicates, shuffled, concurrent
 //	TestHostile*                    bad requests, duplicate keys, n choices, foreign cost records,
 //	                                slow clients, connections per address, JWTs
