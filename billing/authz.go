@@ -58,6 +58,7 @@ var routePermissions = map[string]permission{
 	"POST /api/billing/cancel":               permBilling,
 	"GET /api/billing/usage":                 permUsage,
 	"GET /api/billing/usage/daily":           permUsage,
+	"GET /api/billing/usage/export":          permUsage,
 	"GET /api/billing/credits":               permUsage,
 	"POST /api/billing/credits/purchase":     permBilling,
 	"PUT /api/billing/credits/auto-recharge": permBilling,

@@ -32,6 +32,7 @@ var routeAccess = map[string]string{
 	"POST /api/billing/portal":               "owner admin billing",
 	"POST /api/billing/cancel":               "owner admin billing",
 	"GET /api/billing/usage":                 "owner admin billing member",
+	"GET /api/billing/usage/export":          "owner admin billing member",
 	"GET /api/billing/usage/daily":           "owner admin billing member",
 	"GET /api/billing/credits":               "owner admin billing member",
 	"POST /api/billing/credits/purchase":     "owner admin billing",

@@ -235,7 +235,7 @@ func (e *env) doHeaders(method, path, bearer string, body any, hdr ...string) re
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
 	out := response{status: res.StatusCode, raw: string(raw), header: res.Header}
-	if len(bytes.TrimSpace(raw)) > 0 {
+	if len(bytes.TrimSpace(raw)) > 0 && !strings.HasPrefix(res.Header.Get("Content-Type"), "text/csv") {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.UseNumber()
 		if err := dec.Decode(&out.json); err != nil {

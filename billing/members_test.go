@@ -272,3 +272,51 @@ func TestMemberClaimConfigured(t *testing.T) {
 		t.Fatalf("ann's own account: %s", r.raw)
 	}
 }
+
+// TestRemoveMemberRevokesFirst: a removal revokes the member's keys before
+// the member (and its budget) goes; a removal that is refused touches no
+// key; and a DELETE of a user who is no longer a member but still has live
+// keys (a removal that failed after the member went) revokes them, 204.
+func TestRemoveMemberRevokesFirst(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	ctx := context.Background()
+	live := func(id string) bool {
+		t.Helper()
+		keys, err := e.store.Keys(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.ID == id {
+				return !k.Revoked
+			}
+		}
+		t.Fatalf("no key %s", id)
+		return false
+	}
+	// Refused: the last owner; an admin removing an owner. The keys stay.
+	r := e.do("POST", "/v1/keys", tm.tokens["owner"], map[string]any{"name": "o"})
+	e.expect(r, http.StatusCreated, "")
+	ownerKey := r.str("id")
+	e.expect(e.do("DELETE", "/v1/members/acme", tm.tokens["owner"], nil), http.StatusConflict, "last_owner")
+	e.expect(e.do("DELETE", "/v1/members/acme", tm.tokens["admin"], nil), http.StatusForbidden, "owner_required")
+	if !live(ownerKey) {
+		t.Fatal("a refused removal revoked the owner's key")
+	}
+	// max left the team, but its key survived (the removal failed after the
+	// member went): a retried DELETE revokes it.
+	r = e.do("POST", "/v1/keys", tm.tokens["member"], map[string]any{"name": "m"})
+	e.expect(r, http.StatusCreated, "")
+	maxKey := r.str("id")
+	if _, err := e.store.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "max", ByOwner: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNoContent, "")
+	if live(maxKey) {
+		t.Fatal("a former member's key is still live after its DELETE")
+	}
+	// Nothing left to revoke: 404.
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNotFound, "member_not_found")
+}

@@ -34,6 +34,7 @@ type Store interface {
 
 	// Teams (members.go): members, their roles, the audit log.
 	ChangeMember(ctx context.Context, c metering.MemberChange) (string, error)
+	CheckMemberRemoval(ctx context.Context, c metering.MemberChange) error
 	Members(ctx context.Context, account string) ([]metering.Member, error)
 	MemberRole(ctx context.Context, account, user string) (string, error)
 	AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error)

@@ -173,7 +173,35 @@ func (s *Store) ChangeMember(ctx context.Context, c metering.MemberChange) (stri
 	if serr := s.b.SaveRecords(ctx, s.Store, c.Account); serr != nil {
 		return prev, serr
 	}
+	// The change's audit entry was written in Redis with the change; it (and
+	// any a failed attempt left behind) reaches audit_log before the answer.
+	if serr := s.b.saveAuditTail(ctx, s.Store, c.Account); serr != nil {
+		return prev, serr
+	}
 	return prev, err
+}
+
+// auditTail is how many of the newest Redis audit entries ChangeMember
+// copies into audit_log: the change's own and those of earlier attempts
+// whose copy failed.
+const auditTail = 20
+
+// saveAuditTail copies an account's newest Redis audit entries into
+// audit_log (each once: the id is the primary key).
+func (b *Books) saveAuditTail(ctx context.Context, st *metering.Store, account string) error {
+	es, err := st.Audit(ctx, account, auditTail)
+	if err != nil {
+		return err
+	}
+	batch := &pgx.Batch{}
+	for _, e := range es {
+		batch.Queue(`INSERT INTO audit_log (account, id, actor, action, target, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, account, e.ID, e.Actor, e.Action, e.Target, e.CreatedAt)
+	}
+	if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return unavailable("recording audit entries", err)
+	}
+	return nil
 }
 
 // SetMemberBudget sets the budget in Redis and records it in the books
