@@ -135,6 +135,22 @@ func TestTeamsInBooks(t *testing.T) {
 	if res, err := e.b.Restore(ctx, e.St, io.Discard); err != nil || res.Restored != 1 {
 		t.Fatalf("Restore = %+v, %v", res, err)
 	}
+	// The audit log outlives Redis: read from audit_log (with what Redis
+	// holds), newest first.
+	if n, _ := e.St.Audit(ctx, "acme", 100); len(n) != 0 {
+		t.Fatalf("Redis's audit log after the flush: %d entries", len(n))
+	}
+	al, err := bs.Audit(ctx, "acme", 100)
+	if err != nil || len(al) != 10 || al[0].Action != metering.AuditMemberRemoved || al[0].Target != "zed" ||
+		al[9].Action != metering.AuditMemberAdded || al[9].Target != "ann" {
+		t.Fatalf("the audit log after Redis lost it: %+v, %v", al, err)
+	}
+	if _, err := bs.AppendAudit(ctx, metering.AuditEntry{Account: "acme", Actor: "ann", Action: "key.revoked", Target: "key_x"}); err != nil {
+		t.Fatal(err)
+	}
+	if al, err := bs.Audit(ctx, "acme", 2); err != nil || len(al) != 2 || al[0].Action != "key.revoked" || al[1].Target != "zed" {
+		t.Fatalf("the audit log, Redis's and the books' entries merged: %+v, %v", al, err)
+	}
 	ms, err := e.St.Members(ctx, "acme")
 	if err != nil || fmt.Sprint(ms) != "[{acme owner} {ann admin} {max member}]" {
 		t.Fatalf("members after restore: %v, %v", ms, err)
