@@ -92,7 +92,8 @@ const (
 )
 
 // GET /api/billing/credits?limit=&startingAfter= → the balance, the
-// auto-recharge setting and the transactions, newest first. Every credit is
+// auto-recharge setting and the transactions, newest first (the balance
+// alone for a member without permBilling). Every credit is
 // its own transaction; usage is one transaction per day and model (a day
 // and model may continue on the next page).
 func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string) error {
@@ -108,6 +109,17 @@ func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string)
 	a, err := s.store.Account(ctx, account)
 	if err != nil {
 		return fmt.Errorf("reading balance: %w", err)
+	}
+	if c, ok := callerFrom(ctx); ok && !c.may(permBilling) {
+		// Every member reads its balance here (the console shows it); the
+		// purchases, their prices and the auto-recharge settings are
+		// billing's.
+		writeJSON(w, http.StatusOK, struct {
+			Balance    Credits `json:"balance"`
+			HasMore    bool    `json:"hasMore"`
+			NextCursor *string `json:"nextCursor"`
+		}{Balance: Credits(a.Balance)})
+		return nil
 	}
 	ar, err := s.store.AutoRecharge(ctx, account)
 	if err != nil {

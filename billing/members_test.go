@@ -320,3 +320,27 @@ func TestRemoveMemberRevokesFirst(t *testing.T) {
 	// Nothing left to revoke: 404.
 	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNotFound, "member_not_found")
 }
+
+// TestCreditsByRole: every member reads the balance from GET
+// /api/billing/credits, but only a role with billing sees the purchases
+// (with their prices) and the auto-recharge settings; both answers follow
+// the OpenAPI document.
+func TestCreditsByRole(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	oas := newOASClient(t, e)
+	for _, c := range []struct {
+		role string
+		full bool
+	}{{"member", false}, {"billing", true}, {"admin", true}, {"owner", true}} {
+		r := oas.do("GET", "/api/billing/credits", tm.tokens[c.role], nil)
+		e.expect(r, http.StatusOK, "")
+		m := r.json
+		_, ar := m["autoRecharge"]
+		_, txs := m["transactions"]
+		if _, ok := m["balance"]; !ok || ar != c.full || txs != c.full {
+			t.Errorf("%s: %s", c.role, r.raw)
+		}
+	}
+}
