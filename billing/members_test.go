@@ -344,3 +344,23 @@ func TestCreditsByRole(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberClaimSeparateNamespaces: with an account claim other than sub,
+// user ids and account ids are two namespaces: a user whose sub equals an
+// account's id is not that account's (seeded) owner.
+func TestMemberClaimSeparateNamespaces(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{jwt: &config.JWT{Secret: testJWTSecret, Issuer: testIssuer, Audience: testAudience,
+		AccountClaim: "org", MemberClaim: "account"}})
+	owner := e.token("someone", func(c jwt.MapClaims) { c["org"] = "acme" })
+	e.expect(e.do("POST", "/v1/members", owner, map[string]string{"user": "ann", "role": "admin"}), http.StatusCreated, "")
+	e.expect(e.do("GET", "/v1/members", e.memberToken("ann", "acme"), nil), http.StatusOK, "")
+	// sub "acme" naming account acme: not its owner.
+	e.expect(e.do("GET", "/v1/members", e.memberToken("acme", "acme"), nil), http.StatusForbidden, "not_a_member")
+	e.expect(e.do("POST", "/v1/keys", e.memberToken("acme", "acme"), map[string]any{"name": "x"}), http.StatusForbidden, "not_a_member")
+	// Nor of an account that does not exist yet (nothing is created).
+	e.expect(e.do("GET", "/v1/api-credits", e.memberToken("ghost", "ghost"), nil), http.StatusForbidden, "not_a_member")
+	if _, err := e.store.Account(context.Background(), "ghost"); !errors.Is(err, metering.ErrNoAccount) {
+		t.Fatalf("a user's token created the account its sub names: %v", err)
+	}
+}
