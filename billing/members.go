@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 
-	"go.uber.org/zap"
-
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -21,7 +19,6 @@ const (
 	auditMemberAdded   = metering.AuditMemberAdded
 	auditMemberUpdated = metering.AuditMemberUpdated
 	auditMemberRemoved = metering.AuditMemberRemoved
-	auditKeyCreated    = "key.created"
 	auditKeyRevoked    = "key.revoked"
 	auditKeyUpdated    = "key.updated"
 )
@@ -223,13 +220,4 @@ func (s *Server) audit(ctx context.Context, account, action, target string) erro
 		return fmt.Errorf("recording %s of %s: %w", action, target, err)
 	}
 	return nil
-}
-
-// auditLogged is audit for a change whose answer must go out regardless (a
-// new key's secret is shown once): a failure is logged, not returned.
-func (s *Server) auditLogged(ctx context.Context, account, action, target string) {
-	if err := s.audit(ctx, account, action, target); err != nil {
-		s.log.Error("audit entry lost", zap.String("request_id", infoFrom(ctx).id), zap.String("account", account),
-			zap.String("action", action), zap.String("target", target), zap.Error(err))
-	}
 }

@@ -65,6 +65,12 @@ func (s *Store) IssueKey(ctx context.Context, nk metering.NewKey) (metering.Key,
 		_ = s.Store.RevokeKey(context.WithoutCancel(ctx), nk.Account, k.ID)
 		return metering.Key{}, "", err
 	}
+	if nk.Actor != "" { // its key.created entry, written with the key in Redis
+		if err := s.b.saveAuditTail(ctx, s.Store, nk.Account); err != nil {
+			_ = s.Store.RevokeKey(context.WithoutCancel(ctx), nk.Account, k.ID)
+			return metering.Key{}, "", err
+		}
+	}
 	return k, secret, nil
 }
 

@@ -53,6 +53,9 @@ type NewKey struct {
 	CreditLimit int64 // mc the key may spend in all; 0 = no limit
 	Settings    KeySettings
 	CreatedBy   string // the user creating it ("": the account itself or an operator)
+	// Actor, when set, is recorded in the audit log as the key's creator
+	// (key.created), in the script that creates the key.
+	Actor string
 	// MaxActive caps the account's active (not revoked) keys, the new one
 	// included: when the account already has MaxActive, the key is refused
 	// with ErrTooManyKeys. Counting and adding are one script, so that
@@ -103,8 +106,8 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	// The account's own records first (counted against the cap and added
 	// atomically), the global lookup last: a key is never usable before its
 	// account knows it.
-	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active"},
-		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy).Int64Slice()
+	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active", auditKey(account)},
+		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy, nk.Actor, time.Now().UnixMilli(), MaxAudit).Int64Slice()
 	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}

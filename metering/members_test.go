@@ -268,3 +268,59 @@ func TestMemberBudgetConcurrent(t *testing.T) {
 	}
 	assertLedger(t, e.st, "acme")
 }
+
+// TestAuditWithTheChange: a member change and a key's creation write their
+// audit entry in the script that makes them (a retried add is recorded once,
+// as member.added; a role set to the one it is records nothing); a removal
+// checked with CheckMemberRemoval changes and records nothing.
+func TestAuditWithTheChange(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	st := e.st
+	log := func() string {
+		t.Helper()
+		es, err := st.Audit(ctx, "acme", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := ""
+		for i := len(es) - 1; i >= 0; i-- {
+			out += es[i].Actor + ":" + es[i].Action + ":" + es[i].Target + " "
+		}
+		return out
+	}
+	add := metering.MemberChange{Account: "acme", User: "ann", Role: metering.RoleAdmin, ByOwner: true, Actor: "acme"}
+	for range 2 { // the retry of an add whose answer was lost
+		if _, err := st.ChangeMember(ctx, add); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Checked removals: refused ones are refused, allowed ones change nothing.
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "acme", ByOwner: true}); !errors.Is(err, metering.ErrLastOwner) {
+		t.Fatalf("checking the last owner's removal: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "acme"}); !errors.Is(err, metering.ErrOwnerOnly) {
+		t.Fatalf("checking an owner's removal by a non-owner: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "bob", ByOwner: true}); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("checking a non-member's removal: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "ann", ByOwner: true}); err != nil || roleOf(t, st, "acme", "ann") != metering.RoleAdmin {
+		t.Fatalf("checking an allowed removal: %v, role %q", err, roleOf(t, st, "acme", "ann"))
+	}
+	k, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "k", CreatedBy: "ann", Actor: "ann"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "quiet"}); err != nil { // no actor: no entry
+		t.Fatal(err)
+	}
+	if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "ann", ByOwner: true, Actor: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	want := "acme:member.added:ann ann:key.created:" + k.ID + " acme:member.removed:ann "
+	if got := log(); got != want {
+		t.Fatalf("audit log:\n%s\nwant\n%s", got, want)
+	}
+}

@@ -5,9 +5,11 @@
 -- KEYS[2] keys         {a:<id>}:keys       (hash: key id → metadata JSON)
 -- KEYS[3] key hashes   {a:<id>}:keys:hash  (hash: key id → SHA-256 of the secret, hex)
 -- KEYS[4] active keys  {a:<id>}:keys:active (set of the ids not revoked; RevokeKey removes one)
+-- KEYS[5] audit log    {a:<id>}:audit (stream: the key.created entry, with the key)
 -- ARGV: key id, metadata JSON, secret hash, credit limit mc ('0': none),
 --       cap on the active (not revoked) keys, this one included (0: none),
---       the member who creates it ('': none; its budget covers the key, keygov.lua).
+--       the member who creates it ('': none; its budget covers the key, keygov.lua),
+--       the actor for the audit entry ('': none), now (ms), the audit log's cap.
 -- Returns {1} when added, {0, active keys} when the cap is reached, {-1} when
 -- the account does not exist, {-2} when the key id is taken.
 -- The API key lookup (tg:key:<hash>, another slot) is written by the caller
@@ -37,4 +39,8 @@ redis.call('HSET', keys, id, meta)
 redis.call('HSET', hashes, id, hash)
 if limit ~= '0' then redis.call('HSET', acct, 'k:' .. id .. ':limit', limit) end
 if member ~= '' then redis.call('HSET', acct, 'k:' .. id .. ':m', member) end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
+    'actor', ARGV[7], 'action', 'key.created', 'target', id, 'created_at', ARGV[8])
+end
 return {1}
