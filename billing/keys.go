@@ -97,6 +97,9 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 	if errors.Is(err, metering.ErrTooManyKeys) && refusal != nil {
 		return refusal
 	}
+	if errors.Is(err, metering.ErrNoMember) { // removed since it was authorized
+		return errNotMember
+	}
 	if err != nil {
 		return fmt.Errorf("creating key: %w", err)
 	}

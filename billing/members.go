@@ -152,6 +152,13 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, account st
 	}
 	if member {
 		_, err = s.store.ChangeMember(ctx, mc)
+		if err == nil {
+			// A key the member created meanwhile (its request authorized
+			// before the removal) is revoked too; none can appear after it.
+			if _, err := s.revokeKeysOf(ctx, account, user); err != nil {
+				return err
+			}
+		}
 	}
 	// A user who is no longer a member (a retry of a removal that failed
 	// after it went) with live keys: they are revoked now, and that is the

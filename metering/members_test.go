@@ -323,4 +323,22 @@ func TestAuditWithTheChange(t *testing.T) {
 	if got := log(); got != want {
 		t.Fatalf("audit log:\n%s\nwant\n%s", got, want)
 	}
+	// A removed member creates no key (a request authorized before its
+	// removal included), nor does a user who never was one.
+	for _, by := range []string{"ann", "eve"} {
+		if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "late", CreatedBy: by, Actor: by}); !errors.Is(err, metering.ErrNoMember) {
+			t.Fatalf("a key created by non-member %s: %v", by, err)
+		}
+	}
+	if got := log(); got != want {
+		t.Fatalf("audit log after refused keys:\n%s\nwant\n%s", got, want)
+	}
+	// Before any member change an account's own id is its only member.
+	e.account(t, "solo", 0)
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "solo", Name: "own", CreatedBy: "solo"}); err != nil {
+		t.Fatalf("the account's own key: %v", err)
+	}
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "solo", Name: "x", CreatedBy: "eve"}); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("a stranger's key in an account without members: %v", err)
+	}
 }
