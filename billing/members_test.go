@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -362,5 +363,40 @@ func TestMemberClaimSeparateNamespaces(t *testing.T) {
 	e.expect(e.do("GET", "/v1/api-credits", e.memberToken("ghost", "ghost"), nil), http.StatusForbidden, "not_a_member")
 	if _, err := e.store.Account(context.Background(), "ghost"); !errors.Is(err, metering.ErrNoAccount) {
 		t.Fatalf("a user's token created the account its sub names: %v", err)
+	}
+}
+
+// TestRemoveMemberWhileItCreatesKeys: a member removed while it creates keys
+// from many goroutines is left with no live key (run with -race).
+func TestRemoveMemberWhileItCreatesKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range 4 {
+				r := e.do("POST", "/v1/keys", tm.tokens["member"], map[string]any{"name": "m"})
+				if r.status != http.StatusCreated && r.status != http.StatusForbidden {
+					t.Errorf("creating a key while being removed: %d %s", r.status, r.raw)
+				}
+			}
+		}()
+	}
+	close(start)
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNoContent, "")
+	wg.Wait()
+	keys, err := e.store.Keys(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.CreatedBy == "max" && !k.Revoked {
+			t.Fatalf("a removed member's key is live: %s", k.ID)
+		}
 	}
 }
