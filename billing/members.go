@@ -106,13 +106,14 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 		return err
 	}
 	if req.Budget != nil {
-		if err := s.store.SetMemberBudget(ctx, account, req.User, budget, period); err != nil {
-			return err
+		// A budget changed with the role is the role change's entry; one
+		// changed alone is recorded (member.updated) by the script that sets it.
+		by := ""
+		if prev == req.Role {
+			by = actor(ctx)
 		}
-		if prev == req.Role { // no role change recorded: the budget's
-			if err := s.audit(ctx, account, auditMemberUpdated, req.User); err != nil {
-				return err
-			}
+		if err := s.store.SetMemberBudgetBy(ctx, account, req.User, budget, period, by); err != nil {
+			return err
 		}
 	}
 	status := http.StatusOK

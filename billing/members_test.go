@@ -251,6 +251,19 @@ func TestTeamMemberBudget(t *testing.T) {
 	// A plain member cannot set budgets.
 	e.expect(e.do("POST", "/v1/members", tm.tokens["member"], map[string]any{"user": "max", "role": "member",
 		"budget": map[string]any{"credits": 100, "period": "day"}}), http.StatusForbidden, "permission_denied")
+	// Each change recorded once (budget, role, budget removed); a retry that
+	// changes nothing records nothing.
+	e.expect(e.do("POST", "/v1/members", tm.tokens["admin"], map[string]any{"user": "max", "role": "billing", "budget": nil}), http.StatusOK, "")
+	r = e.do("GET", "/v1/audit", tm.tokens["owner"], nil)
+	n := 0
+	for _, a := range r.list() {
+		if m := a.(map[string]any); m["action"] == "member.updated" && m["target"] == "max" && m["actor"] == "ann" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("member.updated entries for max: %d, want 3: %s", n, r.raw)
+	}
 }
 
 // TestMemberClaimConfigured: billing.jwt.member_claim names the claim; the

@@ -213,10 +213,22 @@ func (b *Books) saveAuditTail(ctx context.Context, st *metering.Store, account s
 // SetMemberBudget sets the budget in Redis and records it in the books
 // before it answers (a restore brings it back).
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
-	if err := s.Store.SetMemberBudget(ctx, account, user, budget, period); err != nil {
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+}
+
+// SetMemberBudgetBy is SetMemberBudget with its audit entry (by actor),
+// which reaches audit_log before the answer too.
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
+	if err := s.Store.SetMemberBudgetBy(ctx, account, user, budget, period, actor); err != nil {
 		return err
 	}
-	return s.b.SaveRecords(ctx, s.Store, account)
+	if err := s.b.SaveRecords(ctx, s.Store, account); err != nil {
+		return err
+	}
+	if actor == "" {
+		return nil
+	}
+	return s.b.saveAuditTail(ctx, s.Store, account)
 }
 
 // AppendAudit records the entry in Redis, then in the books' audit_log.

@@ -253,6 +253,13 @@ type MemberBudget struct {
 // from its lease does so for at most the key cache TTL. ErrNoMember when
 // user is not a member.
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+}
+
+// SetMemberBudgetBy is SetMemberBudget recording, when actor is not "" and
+// the budget changes, a member.updated entry by actor in the audit log, in
+// the script that sets it (a retry that changes nothing records nothing).
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
 	v := ""
 	if budget > 0 {
 		switch period {
@@ -265,8 +272,8 @@ func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budge
 	if budget < 0 || !ValidAccountID(user) {
 		return fmt.Errorf("setting member budget: %w", errMemberArgs)
 	}
-	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account)},
-		account, user, v).Int()
+	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account), auditKey(account)},
+		account, user, v, actor, time.Now().UnixMilli(), MaxAudit).Int()
 	if err != nil {
 		return unavailable("setting member budget", err)
 	}

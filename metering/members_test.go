@@ -316,10 +316,20 @@ func TestAuditWithTheChange(t *testing.T) {
 	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "quiet"}); err != nil { // no actor: no entry
 		t.Fatal(err)
 	}
+	// A budget set alone: recorded once however often it is retried; none
+	// without an actor.
+	for range 2 {
+		if err := st.SetMemberBudgetBy(ctx, "acme", "ann", 5000, metering.PeriodDay, "acme"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.SetMemberBudget(ctx, "acme", "ann", 6000, metering.PeriodDay); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "ann", ByOwner: true, Actor: "acme"}); err != nil {
 		t.Fatal(err)
 	}
-	want := "acme:member.added:ann ann:key.created:" + k.ID + " acme:member.removed:ann "
+	want := "acme:member.added:ann ann:key.created:" + k.ID + " acme:member.updated:ann acme:member.removed:ann "
 	if got := log(); got != want {
 		t.Fatalf("audit log:\n%s\nwant\n%s", got, want)
 	}
