@@ -92,7 +92,8 @@ const (
 )
 
 // GET /api/billing/credits?limit=&startingAfter= → the balance, the
-// auto-recharge setting and the transactions, newest first. Every credit is
+// auto-recharge setting and the transactions, newest first (the balance
+// alone for a member without permBilling). Every credit is
 // its own transaction; usage is one transaction per day and model (a day
 // and model may continue on the next page).
 func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string) error {
@@ -112,6 +113,20 @@ func (s *Server) credits(w http.ResponseWriter, r *http.Request, account string)
 	a, promoExp, err := s.promoSplit(ctx, a)
 	if err != nil {
 		return err
+	}
+	if c, ok := callerFrom(ctx); ok && !c.may(permBilling) {
+		// Every member reads its balance here (the console shows it); the
+		// purchases, their prices, the auto-recharge settings and the
+		// low-balance alert are billing's.
+		writeJSON(w, http.StatusOK, struct {
+			Balance              Credits `json:"balance"`
+			Paid                 Credits `json:"paid"`
+			Promotional          Credits `json:"promotional"`
+			PromotionalExpiresAt *string `json:"promotionalExpiresAt"`
+			HasMore              bool    `json:"hasMore"`
+			NextCursor           *string `json:"nextCursor"`
+		}{Credits(a.Balance), Credits(a.Paid()), Credits(a.Promotional), promoExp, false, nil})
+		return nil
 	}
 	ar, err := s.store.AutoRecharge(ctx, account)
 	if err != nil {

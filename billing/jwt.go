@@ -41,6 +41,11 @@ type jwtVerifier struct {
 	member string // the claim naming the account a member acts for
 }
 
+// userIDsAreAccountIDs: the account claim is sub, so a user's id and its own
+// account's id are one (the same person); otherwise they are two namespaces
+// and an account's id says nothing about a user.
+func (v *jwtVerifier) userIDsAreAccountIDs() bool { return v.claim == "sub" }
+
 // newJWTVerifier builds the verifier from config; nil (and no error) when no
 // key is configured.
 func newJWTVerifier(cfg config.JWT) (*jwtVerifier, error) {
@@ -122,7 +127,10 @@ func newJWTVerifier(cfg config.JWT) (*jwtVerifier, error) {
 // the claim's and the user is sub (a member, checked by the caller);
 // without it the account is the account claim's, as ever, and the user is
 // the account itself (its owner). Every failure is the same
-// errInvalidToken; the reason is for the log only.
+// errInvalidToken (the reason is for the log only), but for a member token
+// whose sub is the account's id when the account claim is not sub
+// (errNotMember: user and account ids are then different namespaces, and
+// only the account's own token is its seeded owner).
 func (v *jwtVerifier) account(token string) (account, user string, err error) {
 	if len(token) > maxTokenLen {
 		return "", "", fmt.Errorf("token of %d bytes: %w", len(token), errInvalidToken)
@@ -136,6 +144,12 @@ func (v *jwtVerifier) account(token string) (account, user string, err error) {
 		sub, _ := claims["sub"].(string)
 		if !metering.ValidAccountID(acct) || !metering.ValidAccountID(sub) {
 			return "", "", fmt.Errorf("claims %q and sub must be valid ids: %w", v.member, errInvalidToken)
+		}
+		if sub == acct && !v.userIDsAreAccountIDs() {
+			// The account's own id is its first owner (metering's seed),
+			// which stands for the account's own token: a user whose sub
+			// merely equals the id is not it.
+			return "", "", errNotMember
 		}
 		return acct, sub, nil
 	}

@@ -77,7 +77,8 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 		}
 		limit = mc
 	}
-	nk := metering.NewKey{Account: account, Name: req.Name, CreditLimit: limit}
+	// Its audit entry is written by the script that creates it.
+	nk := metering.NewKey{Account: account, Name: req.Name, CreditLimit: limit, Actor: actor(ctx)}
 	if c, ok := callerFrom(ctx); ok {
 		nk.CreatedBy = c.user
 	}
@@ -96,10 +97,12 @@ func (s *Server) createKey(ctx context.Context, w http.ResponseWriter, r *http.R
 	if errors.Is(err, metering.ErrTooManyKeys) && refusal != nil {
 		return refusal
 	}
+	if errors.Is(err, metering.ErrNoMember) { // removed since it was authorized
+		return errNotMember
+	}
 	if err != nil {
 		return fmt.Errorf("creating key: %w", err)
 	}
-	s.auditLogged(ctx, account, auditKeyCreated, k.ID)
 	writeJSON(w, http.StatusCreated, newKeyJSON{keyJSON: keyView(metering.KeyUsage{Key: k}), Key: secret})
 	return nil
 }

@@ -3,10 +3,9 @@ package billing
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
-
-	"go.uber.org/zap"
 
 	"github.com/tollgate/tollgate/metering"
 )
@@ -17,10 +16,9 @@ import (
 
 // Audit actions.
 const (
-	auditMemberAdded   = "member.added"
-	auditMemberUpdated = "member.updated"
-	auditMemberRemoved = "member.removed"
-	auditKeyCreated    = "key.created"
+	auditMemberAdded   = metering.AuditMemberAdded
+	auditMemberUpdated = metering.AuditMemberUpdated
+	auditMemberRemoved = metering.AuditMemberRemoved
 	auditKeyRevoked    = "key.revoked"
 	auditKeyUpdated    = "key.updated"
 )
@@ -100,22 +98,27 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 	}
 	ctx := r.Context()
 	c, _ := callerFrom(ctx)
+	// The role change is recorded in the audit log by the same script that
+	// makes it (a retried add is recorded once, as member.added).
 	prev, err := s.store.ChangeMember(ctx, metering.MemberChange{Account: account, User: req.User, Role: req.Role,
-		ByOwner: c.role == metering.RoleOwner})
+		ByOwner: c.role == metering.RoleOwner, Actor: actor(ctx)})
 	if err != nil {
 		return err
 	}
 	if req.Budget != nil {
-		if err := s.store.SetMemberBudget(ctx, account, req.User, budget, period); err != nil {
+		// A budget changed with the role is the role change's entry; one
+		// changed alone is recorded (member.updated) by the script that sets it.
+		by := ""
+		if prev == req.Role {
+			by = actor(ctx)
+		}
+		if err := s.store.SetMemberBudgetBy(ctx, account, req.User, budget, period, by); err != nil {
 			return err
 		}
 	}
-	action, status := auditMemberUpdated, http.StatusOK
+	status := http.StatusOK
 	if prev == "" {
-		action, status = auditMemberAdded, http.StatusCreated
-	}
-	if err := s.audit(ctx, account, action, req.User); err != nil {
-		return err
+		status = http.StatusCreated
 	}
 	budgets, err := s.store.MemberBudgets(ctx, account)
 	if err != nil {
@@ -131,42 +134,71 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, account st
 	if !metering.ValidAccountID(user) {
 		return notFound("member_not_found", "no such member")
 	}
-	c, _ := callerFrom(r.Context())
-	if _, err := s.store.ChangeMember(r.Context(), metering.MemberChange{Account: account, User: user,
-		ByOwner: c.role == metering.RoleOwner}); err != nil {
+	ctx := r.Context()
+	c, _ := callerFrom(ctx)
+	mc := metering.MemberChange{Account: account, User: user, ByOwner: c.role == metering.RoleOwner, Actor: actor(ctx)}
+	// The member's keys are revoked before the member (and its budget) goes:
+	// should anything fail half-way, the keys are revoked or still under the
+	// member's budget, never live without it. A removal that would be
+	// refused is refused before any key is touched.
+	member := true
+	if err := s.store.CheckMemberRemoval(ctx, mc); errors.Is(err, metering.ErrNoMember) {
+		member = false
+	} else if err != nil {
 		return err
 	}
-	if err := s.audit(r.Context(), account, auditMemberRemoved, user); err != nil {
+	revoked, err := s.revokeKeysOf(ctx, account, user)
+	if err != nil {
 		return err
 	}
-	if err := s.revokeKeysOf(r.Context(), account, user); err != nil {
+	if member {
+		_, err = s.store.ChangeMember(ctx, mc)
+		if err == nil {
+			// A key the member created meanwhile (its request authorized
+			// before the removal) is revoked too; none can appear after it.
+			if _, err := s.revokeKeysOf(ctx, account, user); err != nil {
+				return err
+			}
+		}
+	}
+	// A user who is no longer a member (a retry of a removal that failed
+	// after it went) with live keys: they are revoked now, and that is the
+	// removal's answer.
+	if !member || errors.Is(err, metering.ErrNoMember) {
+		if revoked == 0 {
+			return notFound("member_not_found", "no such member")
+		}
+		err = nil
+	}
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-// revokeKeysOf revokes the active keys a removed member created: someone
-// who left the team no longer spends its credits. (A retried removal finds
-// the member gone, 404, after this ran; should it have failed half-way, an
-// admin revokes what is left: the keys stay listed with their creator.)
-func (s *Server) revokeKeysOf(ctx context.Context, account, user string) error {
+// revokeKeysOf revokes the active keys user created and returns how many:
+// someone who leaves the team no longer spends its credits. Run again (a
+// retried removal) it revokes what is still live.
+func (s *Server) revokeKeysOf(ctx context.Context, account, user string) (int, error) {
 	keys, err := s.store.Keys(ctx, account)
 	if err != nil {
-		return fmt.Errorf("listing the removed member's keys: %w", err)
+		return 0, fmt.Errorf("listing the removed member's keys: %w", err)
 	}
+	n := 0
 	for _, k := range keys {
 		if k.Revoked || k.CreatedBy != user {
 			continue
 		}
 		if err := s.store.RevokeKey(ctx, account, k.ID); err != nil {
-			return fmt.Errorf("revoking the removed member's key: %w", err)
+			return n, fmt.Errorf("revoking the removed member's key: %w", err)
 		}
+		n++
 		if err := s.audit(ctx, account, auditKeyRevoked, k.ID); err != nil {
-			return err
+			return n, err
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // GET /v1/audit?limit=: the newest entries first.
@@ -196,13 +228,4 @@ func (s *Server) audit(ctx context.Context, account, action, target string) erro
 		return fmt.Errorf("recording %s of %s: %w", action, target, err)
 	}
 	return nil
-}
-
-// auditLogged is audit for a change whose answer must go out regardless (a
-// new key's secret is shown once): a failure is logged, not returned.
-func (s *Server) auditLogged(ctx context.Context, account, action, target string) {
-	if err := s.audit(ctx, account, action, target); err != nil {
-		s.log.Error("audit entry lost", zap.String("request_id", infoFrom(ctx).id), zap.String("account", account),
-			zap.String("action", action), zap.String("target", target), zap.Error(err))
-	}
 }

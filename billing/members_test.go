@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -250,6 +251,19 @@ func TestTeamMemberBudget(t *testing.T) {
 	// A plain member cannot set budgets.
 	e.expect(e.do("POST", "/v1/members", tm.tokens["member"], map[string]any{"user": "max", "role": "member",
 		"budget": map[string]any{"credits": 100, "period": "day"}}), http.StatusForbidden, "permission_denied")
+	// Each change recorded once (budget, role, budget removed); a retry that
+	// changes nothing records nothing.
+	e.expect(e.do("POST", "/v1/members", tm.tokens["admin"], map[string]any{"user": "max", "role": "billing", "budget": nil}), http.StatusOK, "")
+	r = e.do("GET", "/v1/audit", tm.tokens["owner"], nil)
+	n := 0
+	for _, a := range r.list() {
+		if m := a.(map[string]any); m["action"] == "member.updated" && m["target"] == "max" && m["actor"] == "ann" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("member.updated entries for max: %d, want 3: %s", n, r.raw)
+	}
 }
 
 // TestMemberClaimConfigured: billing.jwt.member_claim names the claim; the
@@ -270,5 +284,132 @@ func TestMemberClaimConfigured(t *testing.T) {
 	e.expect(r, http.StatusOK, "")
 	if r.str("data.0.user") != "ann" || len(r.list()) != 1 {
 		t.Fatalf("ann's own account: %s", r.raw)
+	}
+}
+
+// TestRemoveMemberRevokesFirst: a removal revokes the member's keys before
+// the member (and its budget) goes; a removal that is refused touches no
+// key; and a DELETE of a user who is no longer a member but still has live
+// keys (a removal that failed after the member went) revokes them, 204.
+func TestRemoveMemberRevokesFirst(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	ctx := context.Background()
+	live := func(id string) bool {
+		t.Helper()
+		keys, err := e.store.Keys(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.ID == id {
+				return !k.Revoked
+			}
+		}
+		t.Fatalf("no key %s", id)
+		return false
+	}
+	// Refused: the last owner; an admin removing an owner. The keys stay.
+	r := e.do("POST", "/v1/keys", tm.tokens["owner"], map[string]any{"name": "o"})
+	e.expect(r, http.StatusCreated, "")
+	ownerKey := r.str("id")
+	e.expect(e.do("DELETE", "/v1/members/acme", tm.tokens["owner"], nil), http.StatusConflict, "last_owner")
+	e.expect(e.do("DELETE", "/v1/members/acme", tm.tokens["admin"], nil), http.StatusForbidden, "owner_required")
+	if !live(ownerKey) {
+		t.Fatal("a refused removal revoked the owner's key")
+	}
+	// max left the team, but its key survived (the removal failed after the
+	// member went): a retried DELETE revokes it.
+	r = e.do("POST", "/v1/keys", tm.tokens["member"], map[string]any{"name": "m"})
+	e.expect(r, http.StatusCreated, "")
+	maxKey := r.str("id")
+	if _, err := e.store.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "max", ByOwner: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNoContent, "")
+	if live(maxKey) {
+		t.Fatal("a former member's key is still live after its DELETE")
+	}
+	// Nothing left to revoke: 404.
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNotFound, "member_not_found")
+}
+
+// TestCreditsByRole: every member reads the balance from GET
+// /api/billing/credits, but only a role with billing sees the purchases
+// (with their prices) and the auto-recharge settings; both answers follow
+// the OpenAPI document.
+func TestCreditsByRole(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	oas := newOASClient(t, e)
+	for _, c := range []struct {
+		role string
+		full bool
+	}{{"member", false}, {"billing", true}, {"admin", true}, {"owner", true}} {
+		r := oas.do("GET", "/api/billing/credits", tm.tokens[c.role], nil)
+		e.expect(r, http.StatusOK, "")
+		m := r.json
+		_, ar := m["autoRecharge"]
+		_, txs := m["transactions"]
+		if _, ok := m["balance"]; !ok || ar != c.full || txs != c.full {
+			t.Errorf("%s: %s", c.role, r.raw)
+		}
+	}
+}
+
+// TestMemberClaimSeparateNamespaces: with an account claim other than sub,
+// user ids and account ids are two namespaces: a user whose sub equals an
+// account's id is not that account's (seeded) owner.
+func TestMemberClaimSeparateNamespaces(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{jwt: &config.JWT{Secret: testJWTSecret, Issuer: testIssuer, Audience: testAudience,
+		AccountClaim: "org", MemberClaim: "account"}})
+	owner := e.token("someone", func(c jwt.MapClaims) { c["org"] = "acme" })
+	e.expect(e.do("POST", "/v1/members", owner, map[string]string{"user": "ann", "role": "admin"}), http.StatusCreated, "")
+	e.expect(e.do("GET", "/v1/members", e.memberToken("ann", "acme"), nil), http.StatusOK, "")
+	// sub "acme" naming account acme: not its owner.
+	e.expect(e.do("GET", "/v1/members", e.memberToken("acme", "acme"), nil), http.StatusForbidden, "not_a_member")
+	e.expect(e.do("POST", "/v1/keys", e.memberToken("acme", "acme"), map[string]any{"name": "x"}), http.StatusForbidden, "not_a_member")
+	// Nor of an account that does not exist yet (nothing is created).
+	e.expect(e.do("GET", "/v1/api-credits", e.memberToken("ghost", "ghost"), nil), http.StatusForbidden, "not_a_member")
+	if _, err := e.store.Account(context.Background(), "ghost"); !errors.Is(err, metering.ErrNoAccount) {
+		t.Fatalf("a user's token created the account its sub names: %v", err)
+	}
+}
+
+// TestRemoveMemberWhileItCreatesKeys: a member removed while it creates keys
+// from many goroutines is left with no live key (run with -race).
+func TestRemoveMemberWhileItCreatesKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range 4 {
+				r := e.do("POST", "/v1/keys", tm.tokens["member"], map[string]any{"name": "m"})
+				if r.status != http.StatusCreated && r.status != http.StatusForbidden {
+					t.Errorf("creating a key while being removed: %d %s", r.status, r.raw)
+				}
+			}
+		}()
+	}
+	close(start)
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["admin"], nil), http.StatusNoContent, "")
+	wg.Wait()
+	keys, err := e.store.Keys(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.CreatedBy == "max" && !k.Revoked {
+			t.Fatalf("a removed member's key is live: %s", k.ID)
+		}
 	}
 }

@@ -34,11 +34,12 @@ type Store interface {
 
 	// Teams (members.go): members, their roles, the audit log.
 	ChangeMember(ctx context.Context, c metering.MemberChange) (string, error)
+	CheckMemberRemoval(ctx context.Context, c metering.MemberChange) error
 	Members(ctx context.Context, account string) ([]metering.Member, error)
 	MemberRole(ctx context.Context, account, user string) (string, error)
 	AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error)
 	Audit(ctx context.Context, account string, limit int64) ([]metering.AuditEntry, error)
-	SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error
+	SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error
 	MemberBudgets(ctx context.Context, account string) (map[string]metering.MemberBudget, error)
 
 	// Subscriptions and plan usage.

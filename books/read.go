@@ -252,3 +252,54 @@ func (s *Store) dailyUsage(ctx context.Context, account string, from, to time.Ti
 	}
 	return out, nil
 }
+
+// Audit lists an account's newest audit entries, newest first, at most
+// limit, from audit_log and Redis together (each entry once, by id): what
+// Redis trimmed or lost is still listed. Should the database not answer,
+// the list is Redis's alone.
+func (s *Store) Audit(ctx context.Context, account string, limit int64) ([]metering.AuditEntry, error) {
+	hot, err := s.Store.Audit(ctx, account, limit)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.b.pool.Query(ctx, `SELECT id, actor, action, target, created_at FROM audit_log WHERE account = $1
+		ORDER BY split_part(id, '-', 1)::int8 DESC, split_part(id, '-', 2)::int8 DESC LIMIT $2`, account, limit)
+	if err != nil {
+		return hot, nil // the books away: Redis's
+	}
+	defer rows.Close()
+	cold := make([]metering.AuditEntry, 0, limit)
+	for rows.Next() {
+		e := metering.AuditEntry{Account: account}
+		if err := rows.Scan(&e.ID, &e.Actor, &e.Action, &e.Target, &e.CreatedAt); err != nil {
+			return nil, unavailable("reading the audit log", err)
+		}
+		e.CreatedAt = e.CreatedAt.UTC()
+		cold = append(cold, e)
+	}
+	if rows.Err() != nil {
+		return hot, nil
+	}
+	type keyed struct {
+		id metering.EntryID
+		e  metering.AuditEntry
+	}
+	seen := make(map[string]bool, len(hot)+len(cold))
+	all := make([]keyed, 0, len(hot)+len(cold))
+	for _, page := range [][]metering.AuditEntry{hot, cold} {
+		for _, e := range page {
+			id, err := metering.ParseEntryID(e.ID)
+			if err != nil || seen[e.ID] {
+				continue
+			}
+			seen[e.ID] = true
+			all = append(all, keyed{id, e})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[j].id.Less(all[i].id) })
+	out := make([]metering.AuditEntry, 0, min(int64(len(all)), limit))
+	for i := 0; i < len(all) && int64(i) < limit; i++ {
+		out = append(out, all[i].e)
+	}
+	return out, nil
+}

@@ -65,6 +65,12 @@ func (s *Store) IssueKey(ctx context.Context, nk metering.NewKey) (metering.Key,
 		_ = s.Store.RevokeKey(context.WithoutCancel(ctx), nk.Account, k.ID)
 		return metering.Key{}, "", err
 	}
+	if nk.Actor != "" { // its key.created entry, written with the key in Redis
+		if err := s.b.saveAuditTail(ctx, s.Store, nk.Account); err != nil {
+			_ = s.Store.RevokeKey(context.WithoutCancel(ctx), nk.Account, k.ID)
+			return metering.Key{}, "", err
+		}
+	}
 	return k, secret, nil
 }
 
@@ -173,16 +179,56 @@ func (s *Store) ChangeMember(ctx context.Context, c metering.MemberChange) (stri
 	if serr := s.b.SaveRecords(ctx, s.Store, c.Account); serr != nil {
 		return prev, serr
 	}
+	// The change's audit entry was written in Redis with the change; it (and
+	// any a failed attempt left behind) reaches audit_log before the answer.
+	if serr := s.b.saveAuditTail(ctx, s.Store, c.Account); serr != nil {
+		return prev, serr
+	}
 	return prev, err
+}
+
+// auditTail is how many of the newest Redis audit entries ChangeMember
+// copies into audit_log: the change's own and those of earlier attempts
+// whose copy failed.
+const auditTail = 20
+
+// saveAuditTail copies an account's newest Redis audit entries into
+// audit_log (each once: the id is the primary key).
+func (b *Books) saveAuditTail(ctx context.Context, st *metering.Store, account string) error {
+	es, err := st.Audit(ctx, account, auditTail)
+	if err != nil {
+		return err
+	}
+	batch := &pgx.Batch{}
+	for _, e := range es {
+		batch.Queue(`INSERT INTO audit_log (account, id, actor, action, target, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, account, e.ID, e.Actor, e.Action, e.Target, e.CreatedAt)
+	}
+	if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return unavailable("recording audit entries", err)
+	}
+	return nil
 }
 
 // SetMemberBudget sets the budget in Redis and records it in the books
 // before it answers (a restore brings it back).
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
-	if err := s.Store.SetMemberBudget(ctx, account, user, budget, period); err != nil {
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+}
+
+// SetMemberBudgetBy is SetMemberBudget with its audit entry (by actor),
+// which reaches audit_log before the answer too.
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
+	if err := s.Store.SetMemberBudgetBy(ctx, account, user, budget, period, actor); err != nil {
 		return err
 	}
-	return s.b.SaveRecords(ctx, s.Store, account)
+	if err := s.b.SaveRecords(ctx, s.Store, account); err != nil {
+		return err
+	}
+	if actor == "" {
+		return nil
+	}
+	return s.b.saveAuditTail(ctx, s.Store, account)
 }
 
 // SetLowBalance sets the low-balance alert, then records it in the books.

@@ -16,7 +16,7 @@ import (
 func TestTeamsInBooks(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.account(t, "acme", 1000)
+	e.account(t, "acme", 1_000_000)
 	bs := e.b.NewStore(e.St)
 	change := func(st interface {
 		ChangeMember(context.Context, metering.MemberChange) (string, error)
@@ -80,6 +80,8 @@ func TestTeamsInBooks(t *testing.T) {
 	if err := bs.SetMemberBudget(ctx, "acme", "max", 5000, metering.PeriodWeek); err != nil {
 		t.Fatal(err)
 	}
+	keyCall(t, e.St, "acme", k.ID, "mb-1", 1200)
+	keyCall(t, e.St, "acme", k.ID, "mb-2", 800)
 
 	// The books down: a member change is not acknowledged.
 	down, err := Open(ctx, e.pg.URL(), Options{})
@@ -102,6 +104,25 @@ func TestTeamsInBooks(t *testing.T) {
 	if err := change(bs, "zed", ""); err != nil { // the retry of a removal: heals the books
 		t.Fatal(err)
 	}
+	// Member changes are audited with the change (in Redis, by its script)
+	// and reach audit_log before the answer; the entry of the attempt made
+	// while the books were down is copied by the next change.
+	var log []string
+	lrows, err := e.b.pool.Query(ctx, `SELECT action || ':' || target FROM audit_log WHERE account = 'acme' AND action LIKE 'member.%' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for lrows.Next() {
+		var a string
+		if err := lrows.Scan(&a); err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, a)
+	}
+	lrows.Close()
+	if got := fmt.Sprint(log); got != "[member.added:ann member.added:max member.added:bob member.removed:bob member.added:zed member.removed:zed]" {
+		t.Fatalf("member changes in audit_log: %s", got)
+	}
 
 	// Redis loses everything; restore brings members and key creators back.
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
@@ -113,6 +134,22 @@ func TestTeamsInBooks(t *testing.T) {
 	e.Srv.Flush(t)
 	if res, err := e.b.Restore(ctx, e.St, io.Discard); err != nil || res.Restored != 1 {
 		t.Fatalf("Restore = %+v, %v", res, err)
+	}
+	// The audit log outlives Redis: read from audit_log (with what Redis
+	// holds), newest first.
+	if n, _ := e.St.Audit(ctx, "acme", 100); len(n) != 0 {
+		t.Fatalf("Redis's audit log after the flush: %d entries", len(n))
+	}
+	al, err := bs.Audit(ctx, "acme", 100)
+	if err != nil || len(al) != 10 || al[0].Action != metering.AuditMemberRemoved || al[0].Target != "zed" ||
+		al[9].Action != metering.AuditMemberAdded || al[9].Target != "ann" {
+		t.Fatalf("the audit log after Redis lost it: %+v, %v", al, err)
+	}
+	if _, err := bs.AppendAudit(ctx, metering.AuditEntry{Account: "acme", Actor: "ann", Action: "key.revoked", Target: "key_x"}); err != nil {
+		t.Fatal(err)
+	}
+	if al, err := bs.Audit(ctx, "acme", 2); err != nil || len(al) != 2 || al[0].Action != "key.revoked" || al[1].Target != "zed" {
+		t.Fatalf("the audit log, Redis's and the books' entries merged: %+v, %v", al, err)
 	}
 	ms, err := e.St.Members(ctx, "acme")
 	if err != nil || fmt.Sprint(ms) != "[{acme owner} {ann admin} {max member}]" {
@@ -128,6 +165,8 @@ func TestTeamsInBooks(t *testing.T) {
 	// The member's budget comes back, and its key is held call by call again.
 	if b, err := e.St.MemberBudgets(ctx, "acme"); err != nil || len(b) != 1 || b["max"].Budget != 5000 || b["max"].Period != metering.PeriodWeek {
 		t.Fatalf("member budgets after restore: %+v, %v", b, err)
+	} else if b["max"].PeriodUsed != 2000 {
+		t.Fatalf("the member's spend this week after restore: %d, want 2000 (what its key spent)", b["max"].PeriodUsed)
 	}
 	if id, err := e.St.Authenticate(ctx, []byte(secret)); err != nil || !id.Limited {
 		t.Fatalf("a key under a member budget after restore: %+v, %v", id, err)

@@ -53,6 +53,9 @@ type NewKey struct {
 	CreditLimit int64 // mc the key may spend in all; 0 = no limit
 	Settings    KeySettings
 	CreatedBy   string // the user creating it ("": the account itself or an operator)
+	// Actor, when set, is recorded in the audit log as the key's creator
+	// (key.created), in the script that creates the key.
+	Actor string
 	// MaxActive caps the account's active (not revoked) keys, the new one
 	// included: when the account already has MaxActive, the key is refused
 	// with ErrTooManyKeys. Counting and adding are one script, so that
@@ -69,7 +72,8 @@ func (s *Store) CreateKey(ctx context.Context, account, name string, creditLimit
 
 // IssueKey issues a new API key and returns its metadata and the secret,
 // which is shown once and never stored. It fails with ErrTooManyKeys when the
-// cap is reached, ErrNoAccount, or ErrUnavailable. Should Redis fail between
+// cap is reached, ErrNoAccount, ErrNoMember when nk.CreatedBy is not a
+// member of the account, or ErrUnavailable. Should Redis fail between
 // the account's records and the global lookup, the key is listed (and
 // counted) but never authenticates; revoking it clears it.
 func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
@@ -103,8 +107,8 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	// The account's own records first (counted against the cap and added
 	// atomically), the global lookup last: a key is never usable before its
 	// account knows it.
-	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active"},
-		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy).Int64Slice()
+	res, err := createKeyScript.Run(ctx, s.rdb, []string{acctKey(account), keysKey(account), keysKey(account) + ":hash", keysKey(account) + ":active", auditKey(account), membersKey(account)},
+		k.ID, meta, hashHex, nk.CreditLimit, nk.MaxActive, nk.CreatedBy, nk.Actor, time.Now().UnixMilli(), MaxAudit, account).Int64Slice()
 	if err != nil {
 		return Key{}, "", unavailable("creating key", err)
 	}
@@ -114,6 +118,8 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 		return Key{}, "", fmt.Errorf("creating key for %q: %d active, at most %d: %w", account, res[1], nk.MaxActive, ErrTooManyKeys)
 	case -1:
 		return Key{}, "", fmt.Errorf("creating key for %q: %w", account, ErrNoAccount)
+	case -3:
+		return Key{}, "", fmt.Errorf("creating key for %q by %q: %w", account, nk.CreatedBy, ErrNoMember)
 	default:
 		return Key{}, "", fmt.Errorf("creating key for %q: key id %s already taken", account, k.ID)
 	}

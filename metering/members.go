@@ -84,14 +84,39 @@ type MemberChange struct {
 	// ByOwner: the one asking is an owner of the account; only owners may
 	// grant, change or remove the owner role.
 	ByOwner bool
+	// Actor is the user who makes the change, for its audit entry.
+	Actor string
 }
 
-// ChangeMember applies c atomically: an account always keeps an owner
-// (ErrLastOwner), only owners touch the owner role (ErrOwnerOnly), a removal
-// names a member (ErrNoMember), and an account has at most MaxMembers
-// (ErrTooMany). It returns the user's previous role ("": was not a member).
-// Setting a member's role to the one it has changes nothing and succeeds.
+// Audit actions of member changes, recorded by ChangeMember in the same
+// script as the change.
+const (
+	AuditMemberAdded   = "member.added"
+	AuditMemberUpdated = "member.updated"
+	AuditMemberRemoved = "member.removed"
+)
+
+// ChangeMember applies c atomically with its audit entry (member.added,
+// member.updated or member.removed, by c.Actor): an account always keeps an
+// owner (ErrLastOwner), only owners touch the owner role (ErrOwnerOnly), a
+// removal names a member (ErrNoMember), and an account has at most
+// MaxMembers (ErrTooMany). It returns the user's previous role ("": was not
+// a member). Setting a member's role to the one it has changes and records
+// nothing and succeeds (a retried add is recorded once, as member.added).
 func (s *Store) ChangeMember(ctx context.Context, c MemberChange) (string, error) {
+	return s.changeMember(ctx, c, false)
+}
+
+// CheckMemberRemoval reports, changing nothing, whether ChangeMember would
+// remove c.User (c.Role is ignored): nil, or the error it would return.
+// Billing checks a removal before it revokes the member's keys.
+func (s *Store) CheckMemberRemoval(ctx context.Context, c MemberChange) error {
+	c.Role = ""
+	_, err := s.changeMember(ctx, c, true)
+	return err
+}
+
+func (s *Store) changeMember(ctx context.Context, c MemberChange, check bool) (string, error) {
 	if !ValidAccountID(c.Account) {
 		return "", notAccount("changing members of", c.Account)
 	}
@@ -102,11 +127,14 @@ func (s *Store) ChangeMember(ctx context.Context, c MemberChange) (string, error
 	if c.Role == "" {
 		op = "del"
 	}
+	if check {
+		op = "check"
+	}
 	if c.ByOwner {
 		owner = "1"
 	}
-	res, err := membersScript.Run(ctx, s.rdb, []string{acctKey(c.Account), membersKey(c.Account), memberBudgetKey(c.Account)},
-		op, c.Account, c.User, c.Role, owner, MaxMembers).Slice()
+	res, err := membersScript.Run(ctx, s.rdb, []string{acctKey(c.Account), membersKey(c.Account), memberBudgetKey(c.Account), auditKey(c.Account)},
+		op, c.Account, c.User, c.Role, owner, MaxMembers, c.Actor, time.Now().UnixMilli(), MaxAudit).Slice()
 	if err != nil {
 		return "", unavailable("changing member", err)
 	}
@@ -225,6 +253,13 @@ type MemberBudget struct {
 // from its lease does so for at most the key cache TTL. ErrNoMember when
 // user is not a member.
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+}
+
+// SetMemberBudgetBy is SetMemberBudget recording, when actor is not "" and
+// the budget changes, a member.updated entry by actor in the audit log, in
+// the script that sets it (a retry that changes nothing records nothing).
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
 	v := ""
 	if budget > 0 {
 		switch period {
@@ -237,8 +272,8 @@ func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budge
 	if budget < 0 || !ValidAccountID(user) {
 		return fmt.Errorf("setting member budget: %w", errMemberArgs)
 	}
-	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account)},
-		account, user, v).Int()
+	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account), auditKey(account)},
+		account, user, v, actor, time.Now().UnixMilli(), MaxAudit).Int()
 	if err != nil {
 		return unavailable("setting member budget", err)
 	}

@@ -268,3 +268,87 @@ func TestMemberBudgetConcurrent(t *testing.T) {
 	}
 	assertLedger(t, e.st, "acme")
 }
+
+// TestAuditWithTheChange: a member change and a key's creation write their
+// audit entry in the script that makes them (a retried add is recorded once,
+// as member.added; a role set to the one it is records nothing); a removal
+// checked with CheckMemberRemoval changes and records nothing.
+func TestAuditWithTheChange(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	st := e.st
+	log := func() string {
+		t.Helper()
+		es, err := st.Audit(ctx, "acme", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := ""
+		for i := len(es) - 1; i >= 0; i-- {
+			out += es[i].Actor + ":" + es[i].Action + ":" + es[i].Target + " "
+		}
+		return out
+	}
+	add := metering.MemberChange{Account: "acme", User: "ann", Role: metering.RoleAdmin, ByOwner: true, Actor: "acme"}
+	for range 2 { // the retry of an add whose answer was lost
+		if _, err := st.ChangeMember(ctx, add); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Checked removals: refused ones are refused, allowed ones change nothing.
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "acme", ByOwner: true}); !errors.Is(err, metering.ErrLastOwner) {
+		t.Fatalf("checking the last owner's removal: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "acme"}); !errors.Is(err, metering.ErrOwnerOnly) {
+		t.Fatalf("checking an owner's removal by a non-owner: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "bob", ByOwner: true}); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("checking a non-member's removal: %v", err)
+	}
+	if err := st.CheckMemberRemoval(ctx, metering.MemberChange{Account: "acme", User: "ann", ByOwner: true}); err != nil || roleOf(t, st, "acme", "ann") != metering.RoleAdmin {
+		t.Fatalf("checking an allowed removal: %v, role %q", err, roleOf(t, st, "acme", "ann"))
+	}
+	k, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "k", CreatedBy: "ann", Actor: "ann"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "quiet"}); err != nil { // no actor: no entry
+		t.Fatal(err)
+	}
+	// A budget set alone: recorded once however often it is retried; none
+	// without an actor.
+	for range 2 {
+		if err := st.SetMemberBudgetBy(ctx, "acme", "ann", 5000, metering.PeriodDay, "acme"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.SetMemberBudget(ctx, "acme", "ann", 6000, metering.PeriodDay); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "ann", ByOwner: true, Actor: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	want := "acme:member.added:ann ann:key.created:" + k.ID + " acme:member.updated:ann acme:member.removed:ann "
+	if got := log(); got != want {
+		t.Fatalf("audit log:\n%s\nwant\n%s", got, want)
+	}
+	// A removed member creates no key (a request authorized before its
+	// removal included), nor does a user who never was one.
+	for _, by := range []string{"ann", "eve"} {
+		if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "acme", Name: "late", CreatedBy: by, Actor: by}); !errors.Is(err, metering.ErrNoMember) {
+			t.Fatalf("a key created by non-member %s: %v", by, err)
+		}
+	}
+	if got := log(); got != want {
+		t.Fatalf("audit log after refused keys:\n%s\nwant\n%s", got, want)
+	}
+	// Before any member change an account's own id is its only member.
+	e.account(t, "solo", 0)
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "solo", Name: "own", CreatedBy: "solo"}); err != nil {
+		t.Fatalf("the account's own key: %v", err)
+	}
+	if _, _, err := st.IssueKey(ctx, metering.NewKey{Account: "solo", Name: "x", CreatedBy: "eve"}); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("a stranger's key in an account without members: %v", err)
+	}
+}

@@ -329,6 +329,26 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		keys = append(keys, key)
 		doc.Records = append(doc.Records, flat)
 	}
+	// Each budgeted member's spend in its budget period: what the keys it
+	// created (revoked ones too) spent since the period began.
+	memberUsed := map[string]int64{}
+	for _, r := range img.Records {
+		id, ok := strings.CutPrefix(r.Name, "key:")
+		if !ok {
+			continue
+		}
+		var k Key
+		if json.Unmarshal([]byte(r.Fields["meta"]), &k) != nil || k.CreatedBy == "" || budgeted[k.CreatedBy] == "" {
+			continue
+		}
+		_, period, _ := strings.Cut(budgeted[k.CreatedBy], ":")
+		spend := img.KeySpend[id]
+		memberUsed[k.CreatedBy] += map[string]int64{PeriodDay: spend.Day, PeriodWeek: spend.Week, PeriodMonth: spend.Month}[period]
+	}
+	for _, u := range sortedKeys(budgeted) {
+		_, period, _ := strings.Cut(budgeted[u], ":")
+		doc.Acct = append(doc.Acct, "m:"+u+":bstart", i64(KeyPeriodStart(period, asOf).Unix()), "m:"+u+":bused", i64(memberUsed[u]))
+	}
 	keys = append(keys, ruleKeys...)
 	keys = append(keys, promoKey(a), promoValKey(a)) // after the records and the rules
 	js, err := json.Marshal(doc)
