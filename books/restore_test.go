@@ -92,7 +92,7 @@ func TestRestoreKeySpendAndCostRecords(t *testing.T) {
 
 	e.Srv.Flush(t)
 	res, err := e.b.Restore(ctx, e.St, io.Discard)
-	if err != nil || res.Restored != 1 || res.Unshipped != 0 || res.Records != 7 {
+	if err != nil || res.Restored != 1 || res.Records != 7 {
 		t.Fatalf("Restore = %+v, %v; want 1 restored, 7 cost records", res, err)
 	}
 	after, afterPlain := keyOf(t, e.St, "acct-k", k.ID), keyOf(t, e.St, "acct-k", plain.ID)
@@ -224,10 +224,12 @@ func TestRestoreAllOrNothing(t *testing.T) {
 	}
 }
 
-// TestRestoreCountsUnshipped: entries Redis still holds of an account whose
-// account hash it lost, that cannot be shipped (another shipper holds the
-// account throughout), are counted and listed as lost, and the account is
-// rebuilt from the books beside its surviving ledger.
+// TestRestoreCountsUnshipped: the entries Redis still holds of an account
+// whose account hash it lost, while another shipper holds the account's lock
+// (2 s: longer than restore ever retried), are shipped by restore once it has
+// the lock and are in the balance written back — none is shipped later on
+// top of a balance that lacks it — and after the lock is let go, a sweep and
+// another call, reconcile finds no mismatch.
 func TestRestoreCountsUnshipped(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -236,14 +238,15 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+	sh := e.b.NewShipper(e.St, ShipperOptions{})
+	if _, err := sh.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, booked := e.journal(t, "acct-u")
 	for range 3 {
 		e.call(t, e.St, "acct-u", "m", 1000)
 	}
-	// Another shipper holds acct-u (its advisory lock) throughout.
+	want := e.Acct(t, "acct-u").Balance
+	// Another shipper holds acct-u (its advisory lock) for 2 s.
 	conn, err := e.b.pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -252,20 +255,36 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('tollgate.ship:acct-u', 0))`); err != nil {
 		t.Fatal(err)
 	}
+	released := make(chan error, 1)
+	go func() {
+		time.Sleep(2 * time.Second)
+		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
+		released <- err
+	}()
 	// The account hash is lost (and with it the epoch); its ledger is not.
 	if err := e.RDB.Del(ctx, "{a:acct-u}:acct", "{a:acct-ok}:acct", "tg:epoch").Err(); err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
 	res, err := e.b.Restore(ctx, e.St, &out)
-	if err != nil || res.Restored != 2 || res.Unshipped != 3 {
-		t.Fatalf("Restore = %+v, %v; want 2 restored, 3 unshipped\n%s", res, err, out.String())
+	if err != nil || res.Restored != 2 || res.Shipped != 3 {
+		t.Fatalf("Restore = %+v, %v; want 2 restored, 3 shipped\n%s", res, err, out.String())
 	}
-	if n := strings.Count(out.String(), "unshipped account=acct-u "); n != 3 {
-		t.Fatalf("%d entries listed, want 3:\n%s", n, out.String())
+	if err := <-released; err != nil {
+		t.Fatal(err)
 	}
-	if got := e.Acct(t, "acct-u"); got.Balance != booked {
-		t.Fatalf("acct-u restored with balance %d, the books say %d", got.Balance, booked)
+	if got := e.Acct(t, "acct-u"); got.Balance != want {
+		t.Fatalf("acct-u restored with balance %d, it was %d", got.Balance, want)
 	}
-	_, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
+	e.assertShipped(t, "acct-u")
+	e.call(t, e.St, "acct-u", "m", 1000)
+	if _, err := sh.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.b.Reconcile(ctx, e.St, ""); err != nil || len(r.Mismatches) != 0 {
+		t.Fatalf("reconcile after the restore: %v %v", r.Mismatches, err)
+	}
+	if got := e.Acct(t, "acct-u").Balance; got != want-1000 {
+		t.Fatalf("acct-u balance %d after one more call, want %d", got, want-1000)
+	}
 }

@@ -285,7 +285,7 @@ func TestFaultRedisFlushRestore(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	env := []string{redisURL, db}
 	lines, err := tollgateCmd(t, env, "admin", "--config", cfg, "restore")
-	if err != nil || !strings.HasPrefix(lines[len(lines)-1], "unshipped=") {
+	if err != nil || !strings.HasPrefix(lines[len(lines)-1], "shipped=") {
 		t.Fatalf("restore: %v\n%s", err, strings.Join(lines, "\n"))
 	}
 	restored := time.Now()
