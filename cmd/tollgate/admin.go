@@ -22,7 +22,8 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   key revoke <account> <key id>             revoke a key
   credit <account> <credits> <reference>    grant credits once per reference (negative: adjust);
                                             the same reference as the admin API's is the same credit
-  ledger <account> [limit]                  newest ledger entries
+  ledger <account> [limit]                  newest ledger entries (with DATABASE_URL: the journal
+                                            and Redis together, as billing reads them)
 
   reconcile [--account ID]                  the books (PostgreSQL) against Redis; one line per
                                             mismatch, then accounts=N mismatches=M (exit 1 if M > 0)
@@ -32,7 +33,7 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   journal status                            how far journal shipping stands (lag, backlog)
 
 Works against Redis directly (REDIS_URL or the config's redis section); the
-last three also need the books (DATABASE_URL).
+last three also need the books (DATABASE_URL), and ledger reads them when set.
 `
 
 // runAdmin performs control-plane operations directly in Redis.
@@ -61,10 +62,27 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if booksVerb(rest) {
 		return booksCommand(ctx, l.cfg, st, rest, stdout)
 	}
-	return adminCommand(ctx, st, rest, stdout)
+	var ledger ledgerReader = st
+	if rest[0] == "ledger" && databaseURL(l.cfg) != "" {
+		// The books and Redis together, as billing reads them: what
+		// retention trimmed from Redis is still listed.
+		b, err := openBooks(ctx, l.cfg)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		ledger = b.NewStore(st)
+	}
+	return adminCommand(ctx, st, ledger, rest, stdout)
 }
 
-func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Writer) error {
+// ledgerReader is where `admin ledger` reads: *metering.Store (Redis), or
+// with durable books *books.Store (the journal and Redis, each entry once).
+type ledgerReader interface {
+	Ledger(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
+}
+
+func adminCommand(ctx context.Context, st *metering.Store, ledger ledgerReader, a []string, out io.Writer) error {
 	need := func(n int) error {
 		if len(a) < n {
 			return fmt.Errorf("admin %s: missing arguments\n\n%s", strings.Join(a, " "), adminUsage)
@@ -161,7 +179,7 @@ func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Wr
 				return fmt.Errorf("limit: %w", err)
 			}
 		}
-		entries, err := st.Ledger(ctx, a[1], metering.LedgerQuery{Limit: limit})
+		entries, err := ledger.Ledger(ctx, a[1], metering.LedgerQuery{Limit: limit})
 		if err != nil {
 			return err
 		}

@@ -14,10 +14,12 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tollgate/tollgate/books"
 	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testpg"
 	"github.com/tollgate/tollgate/internal/testredis"
 	"github.com/tollgate/tollgate/internal/teststripe"
+	"github.com/tollgate/tollgate/metering"
 )
 
 // admin runs `tollgate admin …` (or another command) and returns its
@@ -234,5 +236,49 @@ func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAdminLedgerReadsTheBooks: with DATABASE_URL set, `tollgate admin
+// ledger` lists what retention trimmed from Redis (the shipped entries
+// before the cursor) (it reads the journal and
+// Redis together, as billing does) and what is not shipped yet.
+func TestAdminLedgerReadsTheBooks(t *testing.T) {
+	rs := testredis.Start(t)
+	pg := testpg.Start(t)
+	t.Setenv("REDIS_URL", rs.URL())
+	t.Setenv("DATABASE_URL", pg.URL())
+	t.Setenv("OPENAI_API_KEY", "sk-test")
+	const cfg = "../../configs/tollgate.yaml"
+	if _, err := runCmd(t, "migrate", "--config", cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"account", "create", "led-1"}, {"credit", "led-1", "5", "old-grant"},
+		{"credit", "led-1", "1", "kept-grant"}} {
+		if _, err := runCmd(t, append([]string{"admin", "--config", cfg}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	b, err := books.Open(ctx, pg.URL(), books.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
+	sh := b.NewShipper(st, books.ShipperOptions{Retention: time.Hour})
+	if _, err := sh.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sh.Trim(ctx, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("trim: %d %v", n, err)
+	}
+	if _, err := runCmd(t, "admin", "--config", cfg, "credit", "led-1", "2", "new-grant"); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := runCmd(t, "admin", "--config", cfg, "ledger", "led-1")
+	if err != nil || len(lines) != 3 || !strings.HasSuffix(lines[0], "new-grant") || !strings.HasSuffix(lines[1], "kept-grant") ||
+		!strings.HasSuffix(lines[2], "old-grant") {
+		t.Fatalf("admin ledger: %v %q, want the new grant (not shipped), the kept one and the old one (trimmed from Redis)", err, lines)
 	}
 }
