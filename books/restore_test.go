@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -286,5 +287,61 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	}
 	if got := e.Acct(t, "acct-u").Balance; got != want-1000 {
 		t.Fatalf("acct-u balance %d after one more call, want %d", got, want-1000)
+	}
+}
+
+// TestRestoreWhileShippersRun: Redis loses the account hashes of many
+// accounts whose ledgers survive with entries not shipped yet, while two
+// shippers keep running (sweeping every few ms): restore and the shippers
+// contend for the accounts' locks, and every account comes back with its
+// balance of before — no entry shipped between its image and its write —
+// and reconcile finds no mismatch.
+func TestRestoreWhileShippersRun(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const accounts = 20
+	for i := range accounts {
+		e.account(t, fmt.Sprintf("acct-r%02d", i), 10_000_000)
+	}
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := make(map[string]int64)
+	var lostKeys []string
+	for i := range accounts {
+		a := fmt.Sprintf("acct-r%02d", i)
+		for c := range 1 + i%4 {
+			e.call(t, e.St, a, "m", int64(100+c))
+		}
+		want[a] = e.Acct(t, a).Balance
+		lostKeys = append(lostKeys, "{a:"+a+"}:acct")
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range 2 {
+		sh := e.b.NewShipper(e.St, ShipperOptions{Batch: 3, Interval: time.Millisecond, SweepEvery: 5 * time.Millisecond})
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = sh.Run(runCtx) }()
+	}
+	if err := e.RDB.Del(ctx, append(lostKeys, "tg:epoch")...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.b.Restore(ctx, e.St, io.Discard)
+	stop()
+	wg.Wait()
+	if err != nil || res.Restored != accounts {
+		t.Fatalf("Restore = %+v, %v", res, err)
+	}
+	for a, bal := range want {
+		if got := e.Acct(t, a).Balance; got != bal {
+			t.Errorf("%s restored with balance %d, it was %d", a, got, bal)
+		}
+		e.assertShipped(t, a)
+	}
+	if r, err := e.b.Reconcile(ctx, e.St, ""); err != nil || len(r.Mismatches) != 0 {
+		t.Fatalf("reconcile after the restore: %v %v", r.Mismatches, err)
 	}
 }
