@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/books"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 )
@@ -33,10 +34,12 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   journal status                            how far journal shipping stands (lag, backlog)
 
 Works against Redis directly (REDIS_URL or the config's redis section); the
-last three also need the books (DATABASE_URL), and ledger reads them when set.
+last three also need the books (DATABASE_URL); when it is set, the others go
+through the books too (accounts and keys reach them; ledger reads the journal).
 `
 
-// runAdmin performs control-plane operations directly in Redis.
+// runAdmin performs control-plane operations in Redis, through the durable
+// books when a database is configured (as the billing API does).
 func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("admin", stderr)
 	cfgPath := fs.String("config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
@@ -62,27 +65,40 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if booksVerb(rest) {
 		return booksCommand(ctx, l.cfg, st, rest, stdout)
 	}
-	var ledger ledgerReader = st
-	if rest[0] == "ledger" && databaseURL(l.cfg) != "" {
-		// The books and Redis together, as billing reads them: what
-		// retention trimmed from Redis is still listed.
+	var as adminStore = st
+	if databaseURL(l.cfg) != "" {
+		// Through the books, as billing: accounts and keys reach them before
+		// they are acknowledged, and the ledger is the journal and Redis
+		// together (what retention trimmed from Redis is still listed).
 		b, err := openBooks(ctx, l.cfg)
 		if err != nil {
 			return err
 		}
 		defer b.Close()
-		ledger = b.NewStore(st)
+		as = b.NewStore(st)
 	}
-	return adminCommand(ctx, st, ledger, rest, stdout)
+	return adminCommand(ctx, as, rest, stdout)
 }
 
-// ledgerReader is where `admin ledger` reads: *metering.Store (Redis), or
-// with durable books *books.Store (the journal and Redis, each entry once).
-type ledgerReader interface {
+// adminStore is what the admin commands use: *metering.Store (Redis alone),
+// or with durable books *books.Store (writes reach PostgreSQL too; the
+// ledger reads the journal with Redis).
+type adminStore interface {
+	Account(ctx context.Context, id string) (metering.Account, error)
+	CreateAccount(ctx context.Context, id string) (metering.Account, error)
+	CreateKey(ctx context.Context, account, name string, limit int64) (metering.Key, string, error)
+	Keys(ctx context.Context, account string) ([]metering.KeyUsage, error)
+	RevokeKey(ctx context.Context, account, keyID string) error
+	Credit(ctx context.Context, c metering.Credit) (metering.Credited, error)
 	Ledger(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
 }
 
-func adminCommand(ctx context.Context, st *metering.Store, ledger ledgerReader, a []string, out io.Writer) error {
+var (
+	_ adminStore = (*metering.Store)(nil)
+	_ adminStore = (*books.Store)(nil)
+)
+
+func adminCommand(ctx context.Context, st adminStore, a []string, out io.Writer) error {
 	need := func(n int) error {
 		if len(a) < n {
 			return fmt.Errorf("admin %s: missing arguments\n\n%s", strings.Join(a, " "), adminUsage)
@@ -179,7 +195,7 @@ func adminCommand(ctx context.Context, st *metering.Store, ledger ledgerReader, 
 				return fmt.Errorf("limit: %w", err)
 			}
 		}
-		entries, err := ledger.Ledger(ctx, a[1], metering.LedgerQuery{Limit: limit})
+		entries, err := st.Ledger(ctx, a[1], metering.LedgerQuery{Limit: limit})
 		if err != nil {
 			return err
 		}

@@ -240,7 +240,8 @@ func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
 }
 
 // TestAdminLedgerReadsTheBooks: with DATABASE_URL set, `tollgate admin
-// ledger` lists what retention trimmed from Redis (the shipped entries
+// account create` and `key create` reach the books before they answer, and
+// `tollgate admin ledger` lists what retention trimmed from Redis (the shipped entries
 // before the cursor) (it reads the journal and
 // Redis together, as billing does) and what is not shipped yet.
 func TestAdminLedgerReadsTheBooks(t *testing.T) {
@@ -265,6 +266,21 @@ func TestAdminLedgerReadsTheBooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
+	// The account and a key created by the CLI are in the books before
+	// anything ships (a restore brings them back).
+	if _, err := runCmd(t, "admin", "--config", cfg, "key", "create", "led-1", "cli"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var accts, keys int
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM accounts WHERE id = 'led-1'),
+		(SELECT count(*) FROM account_records WHERE account = 'led-1' AND name LIKE 'key:%')`).Scan(&accts, &keys); err != nil || accts != 1 || keys != 1 {
+		t.Fatalf("the books after admin account create and key create: %d accounts, %d keys (%v); want 1 and 1", accts, keys, err)
+	}
 	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
 	sh := b.NewShipper(st, books.ShipperOptions{Retention: time.Hour})
 	if _, err := sh.Sweep(ctx); err != nil {
