@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,9 +35,15 @@ type Restored struct {
 	Records  int // cost records of charged calls written back
 }
 
-// RestoreLockWait bounds how long restore waits for another shipper to let
+// restoreLockWait bounds how long restore waits for another shipper to let
 // go of an account (a shipper holds one for a transaction: milliseconds).
-const RestoreLockWait = 30 * time.Second
+// A variable for the tests.
+var restoreLockWait = 30 * time.Second
+
+// ErrRestoreLocked is returned by Restore when another process held an
+// account's shipping lock for longer than it waits (30 s); running the
+// restore again finishes it.
+var ErrRestoreLocked = errors.New("books: an account to restore is held by another shipper")
 
 // Restore rebuilds Redis from the books after it lost its data: first it
 // ships whatever Redis still holds (nothing is dropped that can be kept),
@@ -59,7 +64,8 @@ const RestoreLockWait = 30 * time.Second
 //
 // Nothing Redis still holds is lost: what it held of a lost account is in
 // the journal before the account's image is read. An account another process
-// holds for longer than RestoreLockWait fails the restore (run it again).
+// holds for longer than 30 s fails the restore with ErrRestoreLocked (run it
+// again).
 func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored, error) {
 	var res Restored
 	sh := b.NewShipper(rs, ShipperOptions{})
@@ -126,13 +132,14 @@ func (b *Books) restorePage(ctx context.Context, sh *Shipper, rs Restorer, page 
 		// Waits for a shipper's transaction that holds one to end; in the
 		// order of the ids (two restores at once never deadlock; shippers
 		// only try).
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, RestoreLockWait.Milliseconds())); err != nil {
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, restoreLockWait.Milliseconds())); err != nil {
 			return unavailable("restoring", err)
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(`+shipLockKey+`) FROM unnest($1::text[]) WITH ORDINALITY AS u(a, i) ORDER BY i`, names); err != nil {
 			var pe *pgconn.PgError
 			if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
-				return fmt.Errorf("restoring: another process has been shipping one of %s for over %s; run the restore again: %w", strings.Join(names, ","), RestoreLockWait, err)
+				return fmt.Errorf("restoring %d accounts from %s: held for over %s; run the restore again: %w: %w",
+					len(names), names[0], restoreLockWait, ErrRestoreLocked, err)
 			}
 			return unavailable("restoring", err)
 		}

@@ -345,3 +345,51 @@ func TestRestoreWhileShippersRun(t *testing.T) {
 		t.Fatalf("reconcile after the restore: %v %v", r.Mismatches, err)
 	}
 }
+
+// TestRestoreLockedTooLong: an account whose shipping lock another process
+// holds for longer than restore waits fails the restore with
+// ErrRestoreLocked, having written nothing of that page; run again once the
+// lock is let go, the restore finishes, the entries Redis held in the
+// balance.
+func TestRestoreLockedTooLong(t *testing.T) {
+	defer func(d time.Duration) { restoreLockWait = d }(restoreLockWait)
+	restoreLockWait = 200 * time.Millisecond
+	e := newEnv(t)
+	ctx := context.Background()
+	e.account(t, "acct-l", 10_000_000)
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.call(t, e.St, "acct-l", "m", 1000)
+	want := e.Acct(t, "acct-l").Balance
+	conn, err := e.b.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('tollgate.ship:acct-l', 0))`); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RDB.Del(ctx, "{a:acct-l}:acct", "tg:epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.b.Restore(ctx, e.St, io.Discard); !errors.Is(err, ErrRestoreLocked) || res.Restored != 0 {
+		t.Fatalf("Restore while the lock is held = %+v, %v; want ErrRestoreLocked", res, err)
+	}
+	if n, _ := e.RDB.Exists(ctx, "{a:acct-l}:acct").Result(); n != 0 {
+		t.Fatal("the account was written without its lock")
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.b.Restore(ctx, e.St, io.Discard); err != nil || res.Restored != 1 {
+		t.Fatalf("Restore again = %+v, %v", res, err)
+	}
+	if got := e.Acct(t, "acct-l").Balance; got != want {
+		t.Fatalf("balance %d after the restore, it was %d", got, want)
+	}
+	e.reconcileClean(t, 0)
+}
