@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"go.uber.org/zap"
 
@@ -21,6 +22,7 @@ const (
 	typePayment        = "payment_required"
 	typeServer         = "server_error"
 	typeUnavailable    = "service_unavailable"
+	typeRateLimit      = "rate_limit_error"
 )
 
 // apiError is an error whose message is meant for the client. Every other
@@ -34,6 +36,8 @@ type apiError struct {
 	// url, when set, is written beside the error as "url": where the caller
 	// finishes what the request could not (a Checkout page after a 402).
 	url string
+	// retryAfter, when set, is sent as Retry-After (seconds).
+	retryAfter int
 }
 
 func (e *apiError) Error() string {
@@ -106,6 +110,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	b := body{Message: e.message, Type: e.typ, Code: e.code}
 	if e.param != "" {
 		b.Param = &e.param
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
 	}
 	if e.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tollgate"`)

@@ -36,6 +36,10 @@ const (
 	exportBuffer = 64 << 10
 )
 
+// errExportBusy answers an export while Options.MaxExports run.
+var errExportBusy = &apiError{status: http.StatusTooManyRequests, typ: typeRateLimit, code: "export_busy", retryAfter: 5,
+	message: "too many usage exports are running on this server; retry in a few seconds"}
+
 var (
 	callColumns = []string{"created_at", "request_id", "key_id", "model", "input_tokens", "output_tokens", "credits"}
 	dayColumns  = []string{"date", "model", "requests", "input_tokens", "output_tokens", "credits"}
@@ -81,6 +85,12 @@ func (s *Server) usageExport(w http.ResponseWriter, r *http.Request, account str
 	}
 	if to.Sub(from) > maxExportRange {
 		return badRequest("invalid_range", "from", "one export covers at most 366 days")
+	}
+	select {
+	case s.exports <- struct{}{}:
+		defer func() { <-s.exports }()
+	default:
+		return errExportBusy
 	}
 
 	out := &exportWriter{w: w, filename: fmt.Sprintf("usage-%s-%s-%s.csv",

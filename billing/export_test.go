@@ -132,3 +132,71 @@ func TestUsageExportRedis(t *testing.T) {
 	}
 	e.invariant("exp")
 }
+
+// blockingExport is a usage export that holds each export until released.
+type blockingExport struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingExport) UsageCalls(ctx context.Context, _ string, _, _ time.Time, fn func(metering.CallUsage) error) error {
+	b.started <- struct{}{}
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return fn(metering.CallUsage{RequestID: "req-1", Model: "m", Credits: 1})
+}
+
+func (b *blockingExport) UsageDays(ctx context.Context, account string, from, to time.Time, fn func(metering.DayUsage) error) error {
+	return b.UsageCalls(ctx, account, from, to, func(metering.CallUsage) error { return nil })
+}
+
+// TestUsageExportBusy: while MaxExports exports run (slow: held by the
+// source), one more is answered 429 export_busy with Retry-After, at once;
+// once they end, exports are served again.
+func TestUsageExportBusy(t *testing.T) {
+	t.Parallel()
+	src := &blockingExport{started: make(chan struct{}, 8), release: make(chan struct{})}
+	e := newEnv(t, envOptions{adjustOpts: func(o *Options) { o.Export, o.MaxExports = src, 2 }})
+	tok := e.token("busy", nil)
+	if r := e.do("GET", "/v1/api-credits", tok, nil); r.status != http.StatusOK {
+		t.Fatalf("first use: %d %s", r.status, r.raw)
+	}
+	get := func(query string) (int, string) {
+		req, _ := http.NewRequest("GET", e.http.URL+"/api/billing/usage/export?"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(body)
+	}
+	type result struct {
+		status int
+		body   string
+	}
+	done := make(chan result, 2)
+	for _, g := range []string{"call", "day"} {
+		go func() { st, body := get("granularity=" + g); done <- result{st, body} }()
+	}
+	<-src.started
+	<-src.started
+	r := e.do("GET", "/api/billing/usage/export", tok, nil)
+	if r.status != http.StatusTooManyRequests || r.str("error.code") != "export_busy" || r.str("error.type") != "rate_limit_error" ||
+		r.header.Get("Retry-After") != "5" {
+		t.Fatalf("a third export while two run: %d %v %s", r.status, r.header, r.raw)
+	}
+	close(src.release)
+	for range 2 {
+		if r := <-done; r.status != http.StatusOK {
+			t.Fatalf("a held export: %d %s", r.status, r.body)
+		}
+	}
+	if st, body := get("granularity=call"); st != http.StatusOK || !strings.Contains(body, "req-1") {
+		t.Fatalf("an export after they ended: %d %s", st, body)
+	}
+}

@@ -67,6 +67,11 @@ type Options struct {
 	// when it implements UsageExport (*metering.Store does, from Redis; the
 	// books' store from the journal).
 	Export UsageExport
+	// MaxExports is how many usage exports run at once; one more is
+	// answered 429 export_busy with Retry-After (a slow export must not hold
+	// the books' connections nor the process's memory for the others).
+	// Default 4.
+	MaxExports int
 }
 
 func (o *Options) init() {
@@ -85,6 +90,9 @@ func (o *Options) init() {
 	if o.MaxFailures <= 0 {
 		o.MaxFailures = 3
 	}
+	if o.MaxExports <= 0 {
+		o.MaxExports = 4
+	}
 }
 
 // Server is the billing sidecar's HTTP API. It is safe for concurrent use.
@@ -98,9 +106,10 @@ type Server struct {
 	payments Payments     // nil when payments are off
 	jwt      *jwtVerifier // nil: JWT routes answer 503
 	plans    []config.Plan
-	daily    DailyUsage  // nil: the daily usage route answers 503
-	books    Books       // nil: no durable books (books.go)
-	export   UsageExport // nil: the usage export answers 503
+	daily    DailyUsage    // nil: the daily usage route answers 503
+	books    Books         // nil: no durable books (books.go)
+	export   UsageExport   // nil: the usage export answers 503
+	exports  chan struct{} // one token per usage export running (Options.MaxExports)
 
 	adminHash  [32]byte // sha256 of the admin token
 	adminOn    bool
@@ -165,6 +174,7 @@ func New(opts Options) (*Server, error) {
 		s.daily = d
 	}
 	s.export = opts.Export
+	s.exports = make(chan struct{}, opts.MaxExports)
 	if x, ok := opts.Store.(UsageExport); ok && s.export == nil {
 		s.export = x
 	}

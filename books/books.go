@@ -68,6 +68,14 @@ func (b *Books) Ping(ctx context.Context) error {
 // partitions ahead. Several processes may run it at once: a session advisory
 // lock serialises them. It prints what it applied to w (nil: nothing).
 func (b *Books) Migrate(ctx context.Context, w io.Writer) error {
+	if err := b.migrateTo(ctx, w, goose.MaxVersion); err != nil {
+		return err
+	}
+	return b.EnsurePartitions(ctx, time.Now(), partitionsAhead)
+}
+
+// migrateTo applies the migrations up to version.
+func (b *Books) migrateTo(ctx context.Context, w io.Writer, version int64) error {
 	db := stdlib.OpenDBFromPool(b.pool)
 	defer db.Close()
 	locker, err := lock.NewPostgresSessionLocker()
@@ -79,7 +87,7 @@ func (b *Books) Migrate(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
-	res, err := p.Up(ctx)
+	res, err := p.UpTo(ctx, version)
 	if err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
@@ -90,7 +98,7 @@ func (b *Books) Migrate(ctx context.Context, w io.Writer) error {
 		v, _ := p.GetDBVersion(ctx)
 		fmt.Fprintf(w, "schema version %d\n", v)
 	}
-	return b.EnsurePartitions(ctx, time.Now(), partitionsAhead)
+	return nil
 }
 
 // partitionsAhead is how many months of partitions exist ahead of the

@@ -15,7 +15,10 @@
 // Versioned migrations (migrations/*.sql) are embedded and applied by goose
 // (Migrate: `tollgate migrate`, and the billing process at start with
 // database.migrate), under a session advisory lock so that several processes
-// may migrate at once. The journal is range-partitioned by month on the
+// may migrate at once. A migration that runs in a transaction changes the
+// catalog only; one that fills in data runs without one (goose NO
+// TRANSACTION), a slice per short transaction, under the slice's accounts'
+// shipping locks (00003). The journal is range-partitioned by month on the
 // entry id's time; partitions are created ahead (EnsurePartitions) by migrate
 // and the shipper, and a default partition catches older entries.
 //
@@ -44,8 +47,10 @@
 //
 // # Restore
 //
-// Restore rebuilds what Redis lost from the books: per lost account, the cost
-// records of its recent calls first, then the account in one script (all of
+// Restore rebuilds what Redis lost from the books: per lost account, under
+// its shipping lock (held from shipping what its surviving ledger holds past
+// the cursor until the account is written), the cost records of its recent
+// calls first, then the account in one script (all of
 // it or nothing: totals, newest entry, history, references, keys with their
 // spend and rules), then the global lookups, then the epoch marker; see
 // Books.Restore and docs/architecture.md §4a.

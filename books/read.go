@@ -142,66 +142,103 @@ func (b *Books) journalPage(ctx context.Context, account string, q metering.Ledg
 	return out, nil
 }
 
+// exportChunk is how many journal rows an export reads per query: the
+// connection goes back to the pool between chunks, so that a slow client
+// never holds one while it reads.
+const exportChunk = 2000
+
 // UsageCalls calls fn with each of an account's calls charged from from
 // (inclusive) to to (exclusive), oldest first, from the journal: what the
 // account has in Redis and not yet in the books is shipped first (unless
 // another shipper holds it this moment: then it arrives within a second).
+// It reads exportChunk rows at a time (keyset pagination on the journal's
+// primary key) and calls fn between reads, holding no connection.
 func (s *Store) UsageCalls(ctx context.Context, account string, from, to time.Time, fn func(metering.CallUsage) error) error {
 	if err := s.shipFirst(ctx, account); err != nil {
 		return err
 	}
-	rows, err := s.b.pool.Query(ctx, `SELECT `+journalCols+` FROM journal
-		WHERE account = $1 AND type = 'usage' AND at >= $2 AND at < $3 ORDER BY at, seq`, account, from, to)
-	if err != nil {
-		return unavailable("exporting usage", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		e, err := scanEntry(rows.Scan)
+	at, seq := from, int64(-1) // the first row is at from, seq ≥ 0
+	for {
+		rows, err := s.b.pool.Query(ctx, `SELECT `+journalCols+` FROM journal
+			WHERE account = $1 AND type = 'usage' AND (at, seq) > ($2, $3) AND at < $4 ORDER BY at, seq LIMIT $5`,
+			account, at, seq, to, exportChunk)
 		if err != nil {
 			return unavailable("exporting usage", err)
 		}
-		if u, ok := metering.UsageOf(e); ok {
-			if err := fn(u); err != nil {
-				return err
+		chunk, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (metering.Entry, error) { return scanEntry(r.Scan) })
+		if err != nil {
+			return unavailable("exporting usage", err)
+		}
+		for _, e := range chunk {
+			if u, ok := metering.UsageOf(e); ok {
+				if err := fn(u); err != nil {
+					return err
+				}
 			}
 		}
+		if len(chunk) < exportChunk {
+			return nil
+		}
+		id, err := metering.ParseEntryID(chunk[len(chunk)-1].ID)
+		if err != nil {
+			return fmt.Errorf("exporting usage: %w", err)
+		}
+		at, seq = time.UnixMilli(id.Ms).UTC(), id.Seq
 	}
-	if err := rows.Err(); err != nil {
-		return unavailable("exporting usage", err)
-	}
-	return nil
 }
 
 // UsageDays is an account's charged calls from from (inclusive) to to
 // (exclusive) per UTC day of their charge and model, oldest day first and
-// models in name order, summed by the database from the journal (the same
-// rows as UsageCalls).
+// models in name order (the same calls as UsageCalls): the whole days from
+// usage_daily (a row per day and model, whatever the calls), the part of a
+// day at either end from the journal. One query; the rows (at most a
+// year of days × models) are read before fn is called, so that no
+// connection waits for the client.
 func (s *Store) UsageDays(ctx context.Context, account string, from, to time.Time, fn func(metering.DayUsage) error) error {
 	if err := s.shipFirst(ctx, account); err != nil {
 		return err
 	}
+	from, to = from.UTC(), to.UTC()
+	// [from, first) and [last, to) are partial days; [first, last) whole
+	// ones (none when from and to fall in one day: then first = last = to).
+	first := from.Truncate(24 * time.Hour)
+	if first.Before(from) {
+		first = first.Add(24 * time.Hour)
+	}
+	last := to.Truncate(24 * time.Hour)
+	if !first.Before(last) {
+		first, last = to, to
+	}
 	n := func(f string) string { return `greatest(coalesce((fields->>'` + f + `')::int8, 0), 0)` }
-	rows, err := s.b.pool.Query(ctx, `SELECT to_char((at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD') AS day, model, count(*),
-			coalesce(sum(`+n("input_tokens")+` + `+n("cached_input_tokens")+` + `+n("cache_write_tokens")+` + `+n("cache_write_1h_tokens")+`), 0),
-			coalesce(sum(`+n("output_tokens")+`), 0), coalesce(sum(-amount), 0)
-		FROM journal WHERE account = $1 AND type = 'usage' AND at >= $2 AND at < $3
-		GROUP BY 1, 2 ORDER BY day, model COLLATE "C"`, account, from, to)
+	journal := `SELECT (at AT TIME ZONE 'UTC')::date AS day, model, count(*) AS calls,
+			coalesce(sum(` + n("input_tokens") + ` + ` + n("cached_input_tokens") + ` + ` + n("cache_write_tokens") + ` + ` + n("cache_write_1h_tokens") + `), 0) AS input,
+			coalesce(sum(` + n("output_tokens") + `), 0) AS output, coalesce(sum(-amount), 0) AS credits
+		FROM journal WHERE account = $1 AND type = 'usage' AND at >= %s AND at < %s GROUP BY 1, 2`
+	rows, err := s.b.pool.Query(ctx, `SELECT to_char(day, 'YYYY-MM-DD'), model, calls, input, output, credits FROM (
+			`+fmt.Sprintf(journal, "$2", "$3")+`
+			UNION ALL
+			SELECT day, model, calls, input_tokens + cached_input_tokens + cache_write_tokens + cache_write_1h_tokens,
+				output_tokens, credits
+			FROM usage_daily WHERE account = $1 AND day >= $5::date AND day < $6::date AND calls > 0
+			UNION ALL
+			`+fmt.Sprintf(journal, "$4", "$7")+`) d
+		ORDER BY day, model COLLATE "C"`,
+		account, from, first, last, first.Format(time.DateOnly), last.Format(time.DateOnly), to)
 	if err != nil {
 		return unavailable("exporting usage", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
+	days, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (metering.DayUsage, error) {
 		var d metering.DayUsage
-		if err := rows.Scan(&d.Date, &d.Model, &d.Requests, &d.Input, &d.Output, &d.Credits); err != nil {
-			return unavailable("exporting usage", err)
-		}
+		err := r.Scan(&d.Date, &d.Model, &d.Requests, &d.Input, &d.Output, &d.Credits)
+		return d, err
+	})
+	if err != nil {
+		return unavailable("exporting usage", err)
+	}
+	for _, d := range days {
 		if err := fn(d); err != nil {
 			return err
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return unavailable("exporting usage", err)
 	}
 	return nil
 }

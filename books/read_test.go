@@ -265,3 +265,93 @@ func TestUsageExportJournal(t *testing.T) {
 		t.Fatalf("daily usage after a restore %+v %v, before %+v", after, err, fromBooks)
 	}
 }
+
+// TestUsageExportChunks: the call export reads the journal in chunks and
+// calls its callback holding no connection (a slow client never holds one
+// of the pool), and lists every call once, in order, across chunk edges
+// (many calls in one millisecond).
+func TestUsageExportChunks(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	bs := e.b.NewStore(e.St)
+	const calls = 2*exportChunk + 5
+	base := time.Now().UTC().Add(-time.Hour).Truncate(time.Millisecond)
+	if _, err := e.b.pool.Exec(ctx, `INSERT INTO journal (account, at, seq, type, amount, balance_after, ref, created_at, model, fields)
+		SELECT 'acct-c', $1::timestamptz + (i / 7) * interval '1 millisecond', i % 7, 'usage', -1, -i, 'r-' || i, now(), 'm',
+			jsonb_build_object('model', 'm', 'input_tokens', '1')
+		FROM generate_series(0, $2 - 1) i`, base, calls); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var prev time.Time
+	err := bs.UsageCalls(ctx, "acct-c", base, base.Add(time.Hour), func(u metering.CallUsage) error {
+		if held := e.b.pool.Stat().AcquiredConns(); held != 0 {
+			return fmt.Errorf("call %d: %d connections held while the client is written to", n, held)
+		}
+		if want := fmt.Sprintf("r-%d", n); u.RequestID != want || u.At.Before(prev) {
+			return fmt.Errorf("call %d is %s at %s (after %s), want %s", n, u.RequestID, u.At, prev, want)
+		}
+		n, prev = n+1, u.At
+		return nil
+	})
+	if err != nil || n != calls {
+		t.Fatalf("UsageCalls: %d calls, want %d: %v", n, calls, err)
+	}
+}
+
+// TestUsageDaysFromUsageDaily: the day export takes whole days from
+// usage_daily and the partial days at either end from the journal. The
+// whole day's usage_daily row is marked (credits 1 mc off the journal's) to
+// see which answered.
+func TestUsageDaysFromUsageDaily(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	bs := e.b.NewStore(e.St)
+	d0 := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -3)
+	// Per day d0, d0+1, d0+2: a call at 03:00 and one at 15:00, 1000 mc each.
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := e.b.pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`INSERT INTO journal (account, at, seq, type, amount, balance_after, ref, created_at, model, fields)
+		SELECT 'acct-d', $1::timestamptz + d * interval '1 day' + h * interval '1 hour', 0, 'usage', -1000, 0, 'r', now(), 'm',
+			jsonb_build_object('model', 'm', 'input_tokens', '10', 'cache_write_tokens', '2', 'output_tokens', '5')
+		FROM generate_series(0, 2) d, unnest(ARRAY[3, 15]) h`, d0)
+	exec(`INSERT INTO usage_daily (account, day, model, calls, input_tokens, cache_write_tokens, output_tokens, credits)
+		SELECT account, (at AT TIME ZONE 'UTC')::date, model, count(*), count(*) * 10, count(*) * 2, count(*) * 5, sum(-amount)
+		FROM journal WHERE account = 'acct-d' GROUP BY 1, 2, 3`)
+	exec(`UPDATE usage_daily SET credits = credits + 1 WHERE account = 'acct-d' AND day = $1::date`, d0.AddDate(0, 0, 1))
+
+	days := func(from, to time.Time) string {
+		t.Helper()
+		var out []string
+		err := bs.UsageDays(ctx, "acct-d", from, to, func(d metering.DayUsage) error {
+			out = append(out, fmt.Sprintf("%s %s %d %d %d %d", d.Date, d.Model, d.Requests, d.Input, d.Output, d.Credits))
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(out, "; ")
+	}
+	day := func(i int) string { return d0.AddDate(0, 0, i).Format(time.DateOnly) }
+	for _, c := range []struct {
+		name     string
+		from, to time.Time
+		want     string
+	}{
+		{"partial, whole, partial", d0.Add(12 * time.Hour), d0.AddDate(0, 0, 2).Add(6 * time.Hour),
+			day(0) + " m 1 12 5 1000; " + day(1) + " m 2 24 10 2001; " + day(2) + " m 1 12 5 1000"},
+		{"whole days only", d0, d0.AddDate(0, 0, 2),
+			day(0) + " m 2 24 10 2000; " + day(1) + " m 2 24 10 2001"},
+		{"within one day", d0.Add(time.Hour), d0.Add(4 * time.Hour), day(0) + " m 1 12 5 1000"},
+		{"across one midnight", d0.Add(12 * time.Hour), d0.AddDate(0, 0, 1).Add(4 * time.Hour),
+			day(0) + " m 1 12 5 1000; " + day(1) + " m 1 12 5 1000"},
+	} {
+		if got := days(c.from, c.to); got != c.want {
+			t.Errorf("%s: %s\nwant %s", c.name, got, c.want)
+		}
+	}
+}

@@ -3,9 +3,13 @@ package books
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tollgate/tollgate/metering"
 )
@@ -25,30 +29,44 @@ var _ Restorer = (*metering.Store)(nil)
 
 // Restored is what Restore did.
 type Restored struct {
-	Accounts  int // accounts in the books
-	Restored  int // written back into Redis
-	Existing  int // already in Redis, left alone
-	Unshipped int // entries of the accounts restored that Redis held and the books lack: lost
-	Records   int // cost records of charged calls written back
+	Accounts int // accounts in the books
+	Restored int // written back into Redis
+	Existing int // already in Redis, left alone
+	Shipped  int // entries Redis still held of the accounts restored, shipped under their lock first
+	Records  int // cost records of charged calls written back
 }
+
+// restoreLockWait bounds how long restore waits for another shipper to let
+// go of an account (a shipper holds one for a transaction: milliseconds).
+// A variable for the tests.
+var restoreLockWait = 30 * time.Second
+
+// ErrRestoreLocked is returned by Restore when another process held an
+// account's shipping lock for longer than it waits (30 s); running the
+// restore again finishes it.
+var ErrRestoreLocked = errors.New("books: an account to restore is held by another shipper")
 
 // Restore rebuilds Redis from the books after it lost its data: first it
 // ships whatever Redis still holds (nothing is dropped that can be kept),
-// then it writes back every account of the books that Redis lacks — the cost
-// records of its calls charged in the last day (costRecordWindow: so that a
-// charge retried after the restore is replayed, never charged twice), then, in one
-// step, totals and balance from the journal, the newest entry (so that the
-// stream's ids continue after the cursor), the purchase history, the
-// references applied, API keys (revoked ones revoked) with their spend and
-// rules (a budget's spend in the current period from the usage entries that
-// name the key), subscription, settings, Stripe customer and payments — then
-// the epoch marker, so that proxies serve again. An account Redis still has
-// is left as it is (its keys' lookups are written again: a restore cut short
-// is finished by running it again).
+// then it writes back every account of the books that Redis lacks, holding
+// the account's shipping lock from before it ships the entries Redis still
+// holds of it (a ledger that survived its account hash) until the account is
+// back, so that no shipper moves anything between the image and the write:
+// the cost records of its calls charged in the last day (costRecordWindow:
+// so that a charge retried after the restore is replayed, never charged
+// twice), then, in one step, totals and balance from the journal, the newest
+// entry (so that the stream's ids continue after the cursor), the purchase
+// history, the references applied, API keys (revoked ones revoked) with their
+// spend and rules (a budget's spend in the current period from the usage
+// entries that name the key), subscription, settings, Stripe customer and
+// payments — then the epoch marker, so that proxies serve again. An account
+// Redis still has is left as it is (its keys' lookups are written again: a
+// restore cut short is finished by running it again).
 //
-// What can be lost is what Redis held of an account it lost and that could
-// not be shipped: those entries are not in the balance written back. Restore
-// writes one line per such entry and counts them in Unshipped.
+// Nothing Redis still holds is lost: what it held of a lost account is in
+// the journal before the account's image is read. An account another process
+// holds for longer than 30 s fails the restore with ErrRestoreLocked (run it
+// again).
 func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored, error) {
 	var res Restored
 	sh := b.NewShipper(rs, ShipperOptions{})
@@ -83,43 +101,8 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 		}
 		after = page[len(page)-1]
 		res.Accounts += len(page)
-		lost, err := b.lostAccounts(ctx, rs, page)
-		if err != nil {
+		if err := b.restorePage(ctx, sh, rs, page, asOf, w, &res); err != nil {
 			return res, err
-		}
-		// What Redis holds of the lost accounts is shipped first, so that
-		// their images include it (another shipper may hold an account a
-		// moment: it is tried again).
-		left, err := b.shipLost(ctx, sh, rs, lost)
-		if err != nil {
-			return res, err
-		}
-		imgs, err := b.images(ctx, page, asOf)
-		if err != nil {
-			return res, err
-		}
-		for _, a := range page {
-			if lost[a] {
-				for _, e := range left[a] {
-					res.Unshipped++
-					fmt.Fprintf(w, "unshipped account=%s entry=%s type=%s amount=%d ref=%s\n", a, e.ID, e.Type, e.Amount, e.Reference)
-				}
-				n, err := b.restoreCostRecords(ctx, rs, a, asOf)
-				if err != nil {
-					return res, fmt.Errorf("restoring %s: %w", a, err)
-				}
-				res.Records += n
-			}
-			ok, err := rs.RestoreAccount(ctx, *imgs[a])
-			if err != nil {
-				return res, fmt.Errorf("restoring %s: %w", a, err)
-			}
-			if ok {
-				res.Restored++
-			} else {
-				res.Existing++
-				fmt.Fprintf(w, "exists account=%s (left as it is)\n", a)
-			}
 		}
 	}
 	if err := b.restorePromoCodes(ctx, rs, w); err != nil {
@@ -129,6 +112,80 @@ func (b *Books) Restore(ctx context.Context, rs Restorer, w io.Writer) (Restored
 		return res, err
 	}
 	return res, nil
+}
+
+// restorePage restores the accounts of page (sorted) that Redis lost, in one
+// transaction that holds their shipping locks throughout.
+func (b *Books) restorePage(ctx context.Context, sh *Shipper, rs Restorer, page []string, asOf time.Time, w io.Writer, res *Restored) error {
+	lost, err := b.lostAccounts(ctx, rs, page)
+	if err != nil {
+		return err
+	}
+	tx, err := b.pool.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return unavailable("restoring", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit: a no-op
+	if len(lost) > 0 {
+		var names []string
+		for _, a := range page {
+			if lost[a] {
+				names = append(names, a)
+			}
+		}
+		// Waits for a shipper's transaction that holds one to end; in the
+		// order of the ids (two restores at once never deadlock; shippers
+		// only try).
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, restoreLockWait.Milliseconds())); err != nil {
+			return unavailable("restoring", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(`+shipLockKey+`) FROM unnest($1::text[]) WITH ORDINALITY AS u(a, i) ORDER BY i`, names); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
+				return fmt.Errorf("restoring %d accounts from %s: held for over %s; run the restore again: %w: %w",
+					len(names), names[0], restoreLockWait, ErrRestoreLocked, err)
+			}
+			return unavailable("restoring", err)
+		}
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
+			return unavailable("restoring", err)
+		}
+		for pending := names; len(pending) > 0; {
+			n, more, err := sh.shipLocked(ctx, tx, pending)
+			if err != nil {
+				return fmt.Errorf("shipping what Redis holds of the accounts it lost: %w", err)
+			}
+			res.Shipped += n
+			pending = more
+		}
+	}
+	imgs, err := b.images(ctx, tx, page, asOf)
+	if err != nil {
+		return err
+	}
+	for _, a := range page {
+		if lost[a] {
+			n, err := b.restoreCostRecords(ctx, tx, rs, a, asOf)
+			if err != nil {
+				return fmt.Errorf("restoring %s: %w", a, err)
+			}
+			res.Records += n
+		}
+		ok, err := rs.RestoreAccount(ctx, *imgs[a])
+		if err != nil {
+			return fmt.Errorf("restoring %s: %w", a, err)
+		}
+		if ok {
+			res.Restored++
+		} else {
+			res.Existing++
+			fmt.Fprintf(w, "exists account=%s (left as it is)\n", a)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return unavailable("restoring", err)
+	}
+	return nil
 }
 
 // lostAccounts returns which of accts Redis has no account hash for.
@@ -150,57 +207,9 @@ func (b *Books) lostAccounts(ctx context.Context, rs Restorer, accts []string) (
 	return lost, nil
 }
 
-// shipLost ships what Redis still holds of the lost accounts, a few times
-// while another shipper holds one, and returns the entries it could not ship
-// (per account, oldest first).
-func (b *Books) shipLost(ctx context.Context, sh *Shipper, rs Restorer, lost map[string]bool) (map[string][]metering.Entry, error) {
-	if len(lost) == 0 {
-		return nil, nil
-	}
-	accts := make([]string, 0, len(lost))
-	for a := range lost {
-		accts = append(accts, a)
-	}
-	for try := 0; ; try++ {
-		left, err := b.unshipped(ctx, rs, accts)
-		if err != nil || len(left) == 0 || try == 5 {
-			return left, err
-		}
-		pending := make([]string, 0, len(left))
-		for a := range left {
-			pending = append(pending, a)
-		}
-		if try > 0 {
-			time.Sleep(200 * time.Millisecond)
-		}
-		if _, err := sh.Ship(ctx, pending); err != nil {
-			return b.unshipped(ctx, rs, accts)
-		}
-	}
-}
-
-// unshipped returns the entries Redis holds past the books' cursor of each
-// of accts that has any.
-func (b *Books) unshipped(ctx context.Context, rs Restorer, accts []string) (map[string][]metering.Entry, error) {
-	cursors, err := b.cursorsOf(ctx, accts)
-	if err != nil {
-		return nil, err
-	}
-	req := make([]metering.LedgerCursor, len(accts))
-	for i, a := range accts {
-		req[i] = metering.LedgerCursor{Account: a, After: cursors[a]}
-	}
-	pages, err := rs.LedgersAfter(ctx, req, 1_000_000)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string][]metering.Entry)
-	for i, p := range pages {
-		if len(p) > 0 {
-			out[accts[i]] = p
-		}
-	}
-	return out, nil
+// querier is what reads need of a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
 // costRecordWindow bounds how far back restore writes cost records. What
@@ -214,8 +223,8 @@ const costRecordWindow = 24 * time.Hour
 // restoreCostRecords writes back the cost records of account's calls
 // charged within costRecordWindow (and the record TTL), a thousand at a
 // time, and returns how many.
-func (b *Books) restoreCostRecords(ctx context.Context, rs Restorer, account string, asOf time.Time) (int, error) {
-	rows, err := b.pool.Query(ctx, `SELECT ref, (extract(epoch from at) * 1000)::int8, seq, amount, balance_after,
+func (b *Books) restoreCostRecords(ctx context.Context, q querier, rs Restorer, account string, asOf time.Time) (int, error) {
+	rows, err := q.Query(ctx, `SELECT ref, (extract(epoch from at) * 1000)::int8, seq, amount, balance_after,
 			coalesce((fields->>'over_hold')::int8, 0), coalesce(fields->>'capped', '0')
 		FROM journal WHERE account = $1 AND type = 'usage' AND ref <> '' AND at >= $2 ORDER BY at, seq`,
 		account, asOf.Add(-min(rs.RecordTTL(), costRecordWindow)))
@@ -301,10 +310,10 @@ func (b *Books) restorePromoCodes(ctx context.Context, rs Restorer, w io.Writer)
 }
 
 // images builds the accounts' images from the books.
-func (b *Books) images(ctx context.Context, accts []string, asOf time.Time) (map[string]*metering.AccountImage, error) {
+func (b *Books) images(ctx context.Context, db querier, accts []string, asOf time.Time) (map[string]*metering.AccountImage, error) {
 	imgs := make(map[string]*metering.AccountImage, len(accts))
 	q := func(op, sql string, scan func(func(...any) error) error, args ...any) error {
-		rows, err := b.pool.Query(ctx, sql, append([]any{accts}, args...)...)
+		rows, err := db.Query(ctx, sql, append([]any{accts}, args...)...)
 		if err != nil {
 			return unavailable(op, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,7 +93,7 @@ func TestRestoreKeySpendAndCostRecords(t *testing.T) {
 
 	e.Srv.Flush(t)
 	res, err := e.b.Restore(ctx, e.St, io.Discard)
-	if err != nil || res.Restored != 1 || res.Unshipped != 0 || res.Records != 7 {
+	if err != nil || res.Restored != 1 || res.Records != 7 {
 		t.Fatalf("Restore = %+v, %v; want 1 restored, 7 cost records", res, err)
 	}
 	after, afterPlain := keyOf(t, e.St, "acct-k", k.ID), keyOf(t, e.St, "acct-k", plain.ID)
@@ -224,10 +225,12 @@ func TestRestoreAllOrNothing(t *testing.T) {
 	}
 }
 
-// TestRestoreCountsUnshipped: entries Redis still holds of an account whose
-// account hash it lost, that cannot be shipped (another shipper holds the
-// account throughout), are counted and listed as lost, and the account is
-// rebuilt from the books beside its surviving ledger.
+// TestRestoreCountsUnshipped: the entries Redis still holds of an account
+// whose account hash it lost, while another shipper holds the account's lock
+// (2 s: longer than restore ever retried), are shipped by restore once it has
+// the lock and are in the balance written back — none is shipped later on
+// top of a balance that lacks it — and after the lock is let go, a sweep and
+// another call, reconcile finds no mismatch.
 func TestRestoreCountsUnshipped(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -236,14 +239,15 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+	sh := e.b.NewShipper(e.St, ShipperOptions{})
+	if _, err := sh.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, booked := e.journal(t, "acct-u")
 	for range 3 {
 		e.call(t, e.St, "acct-u", "m", 1000)
 	}
-	// Another shipper holds acct-u (its advisory lock) throughout.
+	want := e.Acct(t, "acct-u").Balance
+	// Another shipper holds acct-u (its advisory lock) for 2 s.
 	conn, err := e.b.pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -252,20 +256,140 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('tollgate.ship:acct-u', 0))`); err != nil {
 		t.Fatal(err)
 	}
+	released := make(chan error, 1)
+	go func() {
+		time.Sleep(2 * time.Second)
+		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
+		released <- err
+	}()
 	// The account hash is lost (and with it the epoch); its ledger is not.
 	if err := e.RDB.Del(ctx, "{a:acct-u}:acct", "{a:acct-ok}:acct", "tg:epoch").Err(); err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
 	res, err := e.b.Restore(ctx, e.St, &out)
-	if err != nil || res.Restored != 2 || res.Unshipped != 3 {
-		t.Fatalf("Restore = %+v, %v; want 2 restored, 3 unshipped\n%s", res, err, out.String())
+	if err != nil || res.Restored != 2 || res.Shipped != 3 {
+		t.Fatalf("Restore = %+v, %v; want 2 restored, 3 shipped\n%s", res, err, out.String())
 	}
-	if n := strings.Count(out.String(), "unshipped account=acct-u "); n != 3 {
-		t.Fatalf("%d entries listed, want 3:\n%s", n, out.String())
+	if err := <-released; err != nil {
+		t.Fatal(err)
 	}
-	if got := e.Acct(t, "acct-u"); got.Balance != booked {
-		t.Fatalf("acct-u restored with balance %d, the books say %d", got.Balance, booked)
+	if got := e.Acct(t, "acct-u"); got.Balance != want {
+		t.Fatalf("acct-u restored with balance %d, it was %d", got.Balance, want)
 	}
-	_, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
+	e.assertShipped(t, "acct-u")
+	e.call(t, e.St, "acct-u", "m", 1000)
+	if _, err := sh.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.b.Reconcile(ctx, e.St, ""); err != nil || len(r.Mismatches) != 0 {
+		t.Fatalf("reconcile after the restore: %v %v", r.Mismatches, err)
+	}
+	if got := e.Acct(t, "acct-u").Balance; got != want-1000 {
+		t.Fatalf("acct-u balance %d after one more call, want %d", got, want-1000)
+	}
+}
+
+// TestRestoreWhileShippersRun: Redis loses the account hashes of many
+// accounts whose ledgers survive with entries not shipped yet, while two
+// shippers keep running (sweeping every few ms): restore and the shippers
+// contend for the accounts' locks, and every account comes back with its
+// balance of before — no entry shipped between its image and its write —
+// and reconcile finds no mismatch.
+func TestRestoreWhileShippersRun(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const accounts = 20
+	for i := range accounts {
+		e.account(t, fmt.Sprintf("acct-r%02d", i), 10_000_000)
+	}
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := make(map[string]int64)
+	var lostKeys []string
+	for i := range accounts {
+		a := fmt.Sprintf("acct-r%02d", i)
+		for c := range 1 + i%4 {
+			e.call(t, e.St, a, "m", int64(100+c))
+		}
+		want[a] = e.Acct(t, a).Balance
+		lostKeys = append(lostKeys, "{a:"+a+"}:acct")
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range 2 {
+		sh := e.b.NewShipper(e.St, ShipperOptions{Batch: 3, Interval: time.Millisecond, SweepEvery: 5 * time.Millisecond})
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = sh.Run(runCtx) }()
+	}
+	if err := e.RDB.Del(ctx, append(lostKeys, "tg:epoch")...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.b.Restore(ctx, e.St, io.Discard)
+	stop()
+	wg.Wait()
+	if err != nil || res.Restored != accounts {
+		t.Fatalf("Restore = %+v, %v", res, err)
+	}
+	for a, bal := range want {
+		if got := e.Acct(t, a).Balance; got != bal {
+			t.Errorf("%s restored with balance %d, it was %d", a, got, bal)
+		}
+		e.assertShipped(t, a)
+	}
+	if r, err := e.b.Reconcile(ctx, e.St, ""); err != nil || len(r.Mismatches) != 0 {
+		t.Fatalf("reconcile after the restore: %v %v", r.Mismatches, err)
+	}
+}
+
+// TestRestoreLockedTooLong: an account whose shipping lock another process
+// holds for longer than restore waits fails the restore with
+// ErrRestoreLocked, having written nothing of that page; run again once the
+// lock is let go, the restore finishes, the entries Redis held in the
+// balance.
+func TestRestoreLockedTooLong(t *testing.T) {
+	defer func(d time.Duration) { restoreLockWait = d }(restoreLockWait)
+	restoreLockWait = 200 * time.Millisecond
+	e := newEnv(t)
+	ctx := context.Background()
+	e.account(t, "acct-l", 10_000_000)
+	if _, _, err := e.St.EnsureEpoch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.call(t, e.St, "acct-l", "m", 1000)
+	want := e.Acct(t, "acct-l").Balance
+	conn, err := e.b.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('tollgate.ship:acct-l', 0))`); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RDB.Del(ctx, "{a:acct-l}:acct", "tg:epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.b.Restore(ctx, e.St, io.Discard); !errors.Is(err, ErrRestoreLocked) || res.Restored != 0 {
+		t.Fatalf("Restore while the lock is held = %+v, %v; want ErrRestoreLocked", res, err)
+	}
+	if n, _ := e.RDB.Exists(ctx, "{a:acct-l}:acct").Result(); n != 0 {
+		t.Fatal("the account was written without its lock")
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.b.Restore(ctx, e.St, io.Discard); err != nil || res.Restored != 1 {
+		t.Fatalf("Restore again = %+v, %v", res, err)
+	}
+	if got := e.Acct(t, "acct-l").Balance; got != want {
+		t.Fatalf("balance %d after the restore, it was %d", got, want)
+	}
+	e.reconcileClean(t, 0)
 }

@@ -220,7 +220,7 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 	// One shipper per account at a time; the others skip it (and mark it
 	// again so that it is not forgotten).
 	rows, err := tx.Query(ctx, `SELECT a FROM unnest($1::text[]) AS a
-		WHERE pg_try_advisory_xact_lock(hashtextextended('tollgate.ship:' || a, 0))`, accounts)
+		WHERE pg_try_advisory_xact_lock(`+shipLockKey+`)`, accounts)
 	if err != nil {
 		return 0, nil, unavailable("shipping", err)
 	}
@@ -235,8 +235,26 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 	if len(locked) == 0 {
 		return 0, nil, nil
 	}
+	n, more, err := s.shipLocked(ctx, tx, locked)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, nil, unavailable("shipping", err)
+	}
+	return n, more, nil
+}
+
+// shipLockKey is the advisory lock of the account a (a SQL expression): who
+// holds it in a transaction is the only one shipping a.
+const shipLockKey = `hashtextextended('tollgate.ship:' || a, 0)`
+
+// shipLocked ships, in tx, one page of entries of each of locked (whose
+// advisory locks tx holds) and returns how many it shipped and the accounts
+// whose page was full. It does not commit.
+func (s *Shipper) shipLocked(ctx context.Context, tx pgx.Tx, locked []string) (int, []string, error) {
 	cursors := make(map[string]metering.EntryID, len(locked))
-	rows, err = tx.Query(ctx, `SELECT account, at, seq FROM ship_cursor WHERE account = ANY($1)`, locked)
+	rows, err := tx.Query(ctx, `SELECT account, at, seq FROM ship_cursor WHERE account = ANY($1)`, locked)
 	if err != nil {
 		return 0, nil, unavailable("shipping", err)
 	}
@@ -289,10 +307,15 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 		}
 	}
 	if len(batch) == 0 {
-		return 0, nil, tx.Commit(ctx)
+		return 0, nil, nil
 	}
+	// Emptied first: a transaction that ships several pages (restore) must
+	// not stage a page twice.
 	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS journal_stage
 		(LIKE journal INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`); err != nil {
+		return 0, nil, unavailable("shipping", err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM journal_stage`); err != nil {
 		return 0, nil, unavailable("shipping", err)
 	}
 	_, err = tx.CopyFrom(ctx, pgx.Identifier{"journal_stage"}, journalColumns, pgx.CopyFromSlice(len(batch), func(i int) ([]any, error) {
@@ -352,9 +375,6 @@ func (s *Shipper) shipOnce(ctx context.Context, accounts []string) (int, []strin
 		ON CONFLICT (account) DO UPDATE SET at = excluded.at, seq = excluded.seq,
 			balance_after = excluded.balance_after, entries = c.entries + excluded.entries, shipped_at = now()`,
 		accts, ats, seqs, bals, ns); err != nil {
-		return 0, nil, unavailable("shipping", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
 		return 0, nil, unavailable("shipping", err)
 	}
 	return len(batch), more, nil

@@ -6,19 +6,16 @@
 --
 -- usage_daily counts cache writes too, so that its input tokens are those of
 -- the Redis day counters (input, cached input and cache writes): the daily
--- usage chart reads it when there are books. Existing rows are filled in from
--- the journal.
+-- usage chart reads it when there are books. Rows counted before are filled
+-- in from the journal by 00003, a slice at a time.
+--
+-- Catalog changes only (a nullable column, constant defaults): the ACCESS
+-- EXCLUSIVE locks they take are held for milliseconds, never for a scan.
 
 -- +goose Up
 ALTER TABLE journal ADD COLUMN key_id text;
 ALTER TABLE usage_daily ADD COLUMN cache_write_tokens int8 NOT NULL DEFAULT 0,
     ADD COLUMN cache_write_1h_tokens int8 NOT NULL DEFAULT 0;
-UPDATE usage_daily u SET cache_write_tokens = j.w, cache_write_1h_tokens = j.w1h
-FROM (SELECT account, (at AT TIME ZONE 'UTC')::date AS day, model,
-        coalesce(sum((fields->>'cache_write_tokens')::int8), 0) AS w,
-        coalesce(sum((fields->>'cache_write_1h_tokens')::int8), 0) AS w1h
-      FROM journal WHERE type = 'usage' GROUP BY 1, 2, 3) j
-WHERE u.account = j.account AND u.day = j.day AND u.model = j.model;
 
 -- +goose Down
 ALTER TABLE usage_daily DROP COLUMN cache_write_tokens, DROP COLUMN cache_write_1h_tokens;

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/books"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/pricing"
 )
@@ -22,19 +23,23 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   key revoke <account> <key id>             revoke a key
   credit <account> <credits> <reference>    grant credits once per reference (negative: adjust);
                                             the same reference as the admin API's is the same credit
-  ledger <account> [limit]                  newest ledger entries
+  ledger <account> [limit]                  newest ledger entries (with DATABASE_URL: the journal
+                                            and Redis together, as billing reads them)
 
   reconcile [--account ID]                  the books (PostgreSQL) against Redis; one line per
                                             mismatch, then accounts=N mismatches=M (exit 1 if M > 0)
   restore                                   rebuild a Redis that lost its data from the books;
-                                            last line unshipped=K (entries lost)
+                                            last line shipped=K (entries Redis still held of
+                                            the accounts it lost, shipped before each is written back)
   journal status                            how far journal shipping stands (lag, backlog)
 
 Works against Redis directly (REDIS_URL or the config's redis section); the
-last three also need the books (DATABASE_URL).
+last three also need the books (DATABASE_URL); when it is set, the others go
+through the books too (accounts and keys reach them; ledger reads the journal).
 `
 
-// runAdmin performs control-plane operations directly in Redis.
+// runAdmin performs control-plane operations in Redis, through the durable
+// books when a database is configured (as the billing API does).
 func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("admin", stderr)
 	cfgPath := fs.String("config", envOr("TOLLGATE_CONFIG", "configs/tollgate.yaml"), "configuration file")
@@ -60,10 +65,40 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if booksVerb(rest) {
 		return booksCommand(ctx, l.cfg, st, rest, stdout)
 	}
-	return adminCommand(ctx, st, rest, stdout)
+	var as adminStore = st
+	if databaseURL(l.cfg) != "" {
+		// Through the books, as billing: accounts and keys reach them before
+		// they are acknowledged, and the ledger is the journal and Redis
+		// together (what retention trimmed from Redis is still listed).
+		b, err := openBooks(ctx, l.cfg)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		as = b.NewStore(st)
+	}
+	return adminCommand(ctx, as, rest, stdout)
 }
 
-func adminCommand(ctx context.Context, st *metering.Store, a []string, out io.Writer) error {
+// adminStore is what the admin commands use: *metering.Store (Redis alone),
+// or with durable books *books.Store (writes reach PostgreSQL too; the
+// ledger reads the journal with Redis).
+type adminStore interface {
+	Account(ctx context.Context, id string) (metering.Account, error)
+	CreateAccount(ctx context.Context, id string) (metering.Account, error)
+	CreateKey(ctx context.Context, account, name string, limit int64) (metering.Key, string, error)
+	Keys(ctx context.Context, account string) ([]metering.KeyUsage, error)
+	RevokeKey(ctx context.Context, account, keyID string) error
+	Credit(ctx context.Context, c metering.Credit) (metering.Credited, error)
+	Ledger(ctx context.Context, account string, q metering.LedgerQuery) ([]metering.Entry, error)
+}
+
+var (
+	_ adminStore = (*metering.Store)(nil)
+	_ adminStore = (*books.Store)(nil)
+)
+
+func adminCommand(ctx context.Context, st adminStore, a []string, out io.Writer) error {
 	need := func(n int) error {
 		if len(a) < n {
 			return fmt.Errorf("admin %s: missing arguments\n\n%s", strings.Join(a, " "), adminUsage)

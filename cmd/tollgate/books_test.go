@@ -14,10 +14,12 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tollgate/tollgate/books"
 	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testpg"
 	"github.com/tollgate/tollgate/internal/testredis"
 	"github.com/tollgate/tollgate/internal/teststripe"
+	"github.com/tollgate/tollgate/metering"
 )
 
 // admin runs `tollgate admin …` (or another command) and returns its
@@ -39,7 +41,7 @@ func last(lines []string) string { return lines[len(lines)-1] }
 // processes: migrate (twice), billing ships the journal, a purchase, keys (one
 // revoked), metered calls; reconcile agrees; then Redis FLUSHALL: calls get
 // 503 store_unavailable (not 401) at once and /readyz fails; `admin restore`
-// rebuilds Redis (unshipped=0 last: the journal had caught up); the same key
+// rebuilds Redis (shipped=0 last: the journal had caught up); the same key
 // works, the revoked one does not, balances and totals are those of before,
 // the replayed webhook credits nothing twice, and reconcile says 0
 // mismatches.
@@ -180,7 +182,7 @@ func TestDurableBooksContract(t *testing.T) {
 	}
 
 	lines, err = runCmd(t, "admin", "--config", cfg, "restore")
-	if err != nil || last(lines) != "unshipped=0" {
+	if err != nil || last(lines) != "shipped=0" {
 		t.Fatalf("restore: %v %q", err, lines)
 	}
 	// Working again: the same key, the same balances and totals.
@@ -234,5 +236,65 @@ func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAdminLedgerReadsTheBooks: with DATABASE_URL set, `tollgate admin
+// account create` and `key create` reach the books before they answer, and
+// `tollgate admin ledger` lists what retention trimmed from Redis (the shipped entries
+// before the cursor) (it reads the journal and
+// Redis together, as billing does) and what is not shipped yet.
+func TestAdminLedgerReadsTheBooks(t *testing.T) {
+	rs := testredis.Start(t)
+	pg := testpg.Start(t)
+	t.Setenv("REDIS_URL", rs.URL())
+	t.Setenv("DATABASE_URL", pg.URL())
+	t.Setenv("OPENAI_API_KEY", "sk-test")
+	const cfg = "../../configs/tollgate.yaml"
+	if _, err := runCmd(t, "migrate", "--config", cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"account", "create", "led-1"}, {"credit", "led-1", "5", "old-grant"},
+		{"credit", "led-1", "1", "kept-grant"}} {
+		if _, err := runCmd(t, append([]string{"admin", "--config", cfg}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	b, err := books.Open(ctx, pg.URL(), books.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// The account and a key created by the CLI are in the books before
+	// anything ships (a restore brings them back).
+	if _, err := runCmd(t, "admin", "--config", cfg, "key", "create", "led-1", "cli"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var accts, keys int
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM accounts WHERE id = 'led-1'),
+		(SELECT count(*) FROM account_records WHERE account = 'led-1' AND name LIKE 'key:%')`).Scan(&accts, &keys); err != nil || accts != 1 || keys != 1 {
+		t.Fatalf("the books after admin account create and key create: %d accounts, %d keys (%v); want 1 and 1", accts, keys, err)
+	}
+	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
+	sh := b.NewShipper(st, books.ShipperOptions{Retention: time.Hour})
+	if _, err := sh.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sh.Trim(ctx, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("trim: %d %v", n, err)
+	}
+	if _, err := runCmd(t, "admin", "--config", cfg, "credit", "led-1", "2", "new-grant"); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := runCmd(t, "admin", "--config", cfg, "ledger", "led-1")
+	if err != nil || len(lines) != 3 || !strings.HasSuffix(lines[0], "new-grant") || !strings.HasSuffix(lines[1], "kept-grant") ||
+		!strings.HasSuffix(lines[2], "old-grant") {
+		t.Fatalf("admin ledger: %v %q, want the new grant (not shipped), the kept one and the old one (trimmed from Redis)", err, lines)
 	}
 }

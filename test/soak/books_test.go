@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tollgate/tollgate/internal/mockllm"
 	"github.com/tollgate/tollgate/internal/testpg"
 	"github.com/tollgate/tollgate/internal/testredis"
@@ -241,11 +244,15 @@ func adminJSON(t testing.TB, base, token, method, path, body string) (int, map[s
 // store_unavailable (never 401: the keys are not "unknown") until `tollgate
 // admin restore` has run; then the same keys work on both replicas, the
 // charges the proxies held are applied, and `tollgate admin reconcile` finds
-// every balance equal to the books: 0 mismatches.
+// every balance equal to the books: 0 mismatches. No request is charged twice
+// (no reference in two usage entries of the journal), and each account's
+// balance at the end is its balance at the flush (read in the same MULTI as
+// the FLUSHALL) less only the entries it lost unshipped (in its ledger then,
+// not in the journal) and the calls charged after it.
 func TestFaultRedisFlushRestore(t *testing.T) {
 	rs := testredis.Start(t)
 	cfg := writeConfig(t, nil)
-	_, db := startBooks(t, cfg)
+	pg, db := startBooks(t, cfg)
 	admin := strings.Repeat("a", 40)
 	redisURL := "REDIS_URL=" + rs.URL()
 	bill := startBilling(t, "billing", rs, db, "TOLLGATE_ADMIN_TOKEN="+admin)
@@ -278,14 +285,26 @@ func TestFaultRedisFlushRestore(t *testing.T) {
 	client := newClient(16)
 	d := drive(client, 8, gen, seed(t), 0)
 	time.Sleep(soakDuration(time.Second, 10*time.Second))
-	if err := rs.Client(t).FlushAll(context.Background()).Err(); err != nil {
+	// The flush, and in the same transaction each account's balance and its
+	// ledger's newest entries (what was there at the flush, exactly).
+	ctx := context.Background()
+	rdb := rs.Client(t)
+	atFlush := make([]*redis.StringCmd, n)
+	tails := make([]*redis.XMessageSliceCmd, n)
+	if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for i, a := range accts {
+			atFlush[i] = p.HGet(ctx, "{a:"+a.id+"}:acct", "balance")
+			tails[i] = p.XRevRangeN(ctx, "{a:"+a.id+"}:ledger", "+", "-", 500)
+		}
+		return p.FlushAll(ctx).Err()
+	}); err != nil {
 		t.Fatal(err)
 	}
 	flushed := time.Now()
 	time.Sleep(1500 * time.Millisecond)
 	env := []string{redisURL, db}
 	lines, err := tollgateCmd(t, env, "admin", "--config", cfg, "restore")
-	if err != nil || !strings.HasPrefix(lines[len(lines)-1], "unshipped=") {
+	if err != nil || !strings.HasPrefix(lines[len(lines)-1], "shipped=") {
 		t.Fatalf("restore: %v\n%s", err, strings.Join(lines, "\n"))
 	}
 	restored := time.Now()
@@ -323,6 +342,90 @@ func TestFaultRedisFlushRestore(t *testing.T) {
 	}
 	journalCaughtUp(t, env, cfg, 30*time.Second)
 	reconcileClean(t, env, cfg, n)
-	t.Logf("flush and restore: calls=%d ok=%d refused_503=%d restore: %s", len(results), ok, unavailable, strings.Join(lines[len(lines)-2:], " "))
+	lost := assertNoDoubleCharge(t, pg.URL(), rdb, accts, atFlush, tails)
+	t.Logf("flush and restore: calls=%d ok=%d refused_503=%d lost_unshipped=%d restore: %s", len(results), ok, unavailable, lost,
+		strings.Join(lines[len(lines)-2:], " "))
 	bill.assertAlive(t)
+}
+
+// assertNoDoubleCharge checks the journal after a flush and restore: no
+// reference in two usage entries, and each account's balance now equal to
+// its balance at the flush (atFlush) less the entries of its ledger then
+// (tails: newest first) that the journal lacks (lost unshipped) plus the
+// entries after them (calls charged after the flush). It returns how many
+// entries were lost.
+func assertNoDoubleCharge(t *testing.T, url string, rdb *redis.Client, accts []*account, atFlush []*redis.StringCmd, tails []*redis.XMessageSliceCmd) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var twice []string
+	rows, err := conn.Query(ctx, `SELECT ref || ' x' || count(*) FROM journal WHERE type = 'usage' AND ref <> ''
+		GROUP BY ref HAVING count(*) > 1 LIMIT 20`)
+	if err == nil {
+		twice, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil || len(twice) > 0 {
+		t.Fatalf("requests charged twice: %v %v", twice, err)
+	}
+	lostAll := 0
+	for i, a := range accts {
+		b0, err := atFlush[i].Int64()
+		if err != nil {
+			t.Fatalf("%s: balance at the flush: %v", a.id, err)
+		}
+		tail := tails[i].Val()
+		if len(tail) == 0 {
+			t.Fatalf("%s: no ledger at the flush", a.id)
+		}
+		journal := make(map[string]int64)
+		var after int64 // Σ entries after the newest at the flush
+		newest, _ := metering.ParseEntryID(tail[0].ID)
+		rows, err := conn.Query(ctx, `SELECT (extract(epoch from at) * 1000)::int8, seq, amount FROM journal WHERE account = $1`, a.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id metering.EntryID
+			var amount int64
+			if err := rows.Scan(&id.Ms, &id.Seq, &amount); err != nil {
+				t.Fatal(err)
+			}
+			journal[id.String()] = amount
+			if newest.Less(id) {
+				after += amount
+			}
+		}
+		rows.Close()
+		var lost int64
+		lostN := 0
+		for _, m := range tail {
+			if amount, ok := journal[m.ID]; ok {
+				if fmt.Sprint(amount) != fmt.Sprint(m.Values["amount"]) {
+					t.Errorf("%s: entry %s is %v in Redis, %d in the journal", a.id, m.ID, m.Values["amount"], amount)
+				}
+				continue
+			}
+			var amount int64
+			_, _ = fmt.Sscan(fmt.Sprint(m.Values["amount"]), &amount)
+			lost += amount
+			lostN++
+		}
+		if _, ok := journal[tail[len(tail)-1].ID]; !ok {
+			t.Fatalf("%s: the %d newest entries at the flush are all missing from the journal", a.id, len(tail))
+		}
+		lostAll += lostN
+		now, err := rdb.HGet(ctx, "{a:"+a.id+"}:acct", "balance").Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := b0 - lost + after; now != want {
+			t.Errorf("%s: balance %d; at the flush %d, lost unshipped %d (%d entries), charged after %d: want %d (diff %d)",
+				a.id, now, b0, lost, lostN, after, want, now-want)
+		}
+	}
+	return lostAll
 }

@@ -27,7 +27,8 @@
 //	TestSoakJournal                 the load suite with the durable books on (PostgreSQL stopped under
 //	                                it); tollgate admin reconcile: 0 mismatches
 //	TestFaultShipperSIGKILL         tollgate billing (the journal's shipper) SIGKILLed mid-batch, over and over
-//	TestFaultRedisFlushRestore      FLUSHALL under load: 503 store_unavailable, tollgate admin restore, keys work
+//	TestFaultRedisFlushRestore      FLUSHALL under load: 503 store_unavailable, tollgate admin restore, keys work;
+//	                                no request charged twice, each balance = at the flush − lost unshipped + charged after
 //	TestSoakWebhookStorm            signed Stripe events, half duplicates, shuffled, concurrent
 //	TestHostile*                    bad requests, duplicate keys, n choices, foreign cost records,
 //	                                slow clients, connections per address, JWTs
