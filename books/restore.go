@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,7 +34,12 @@ type Restored struct {
 	Restored int // written back into Redis
 	Existing int // already in Redis, left alone
 	Shipped  int // entries Redis still held of the accounts restored, shipped under their lock first
-	Records  int // cost records of charged calls written back
+	// Unshipped counts the entries Redis holds of a restored account past
+	// the books' cursor once it is back: entries the restored balance does
+	// not include (listed). Shipping under the lock leaves none; entries
+	// Redis lost before they shipped are gone with it and cannot be counted.
+	Unshipped int
+	Records   int // cost records of charged calls written back
 }
 
 // restoreLockWait bounds how long restore waits for another shipper to let
@@ -184,6 +190,39 @@ func (b *Books) restorePage(ctx context.Context, sh *Shipper, rs Restorer, page 
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return unavailable("restoring", err)
+	}
+	return b.countUnshipped(ctx, rs, lost, w, res)
+}
+
+// countUnshipped checks the accounts just restored: what Redis holds of each
+// past the books' cursor is not in its restored balance; each such entry is
+// listed and counted.
+func (b *Books) countUnshipped(ctx context.Context, rs Restorer, lost map[string]bool, w io.Writer, res *Restored) error {
+	if len(lost) == 0 {
+		return nil
+	}
+	accts := make([]string, 0, len(lost))
+	for a := range lost {
+		accts = append(accts, a)
+	}
+	sort.Strings(accts)
+	cursors, err := b.cursorsOf(ctx, accts)
+	if err != nil {
+		return err
+	}
+	req := make([]metering.LedgerCursor, len(accts))
+	for i, a := range accts {
+		req[i] = metering.LedgerCursor{Account: a, After: cursors[a]}
+	}
+	pages, err := rs.LedgersAfter(ctx, req, 10_000)
+	if err != nil {
+		return err
+	}
+	for i, p := range pages {
+		for _, e := range p {
+			res.Unshipped++
+			fmt.Fprintf(w, "unshipped account=%s entry=%s type=%s amount=%d ref=%s\n", accts[i], e.ID, e.Type, e.Amount, e.Reference)
+		}
 	}
 	return nil
 }

@@ -268,7 +268,7 @@ func TestRestoreCountsUnshipped(t *testing.T) {
 	}
 	var out strings.Builder
 	res, err := e.b.Restore(ctx, e.St, &out)
-	if err != nil || res.Restored != 2 || res.Shipped != 3 {
+	if err != nil || res.Restored != 2 || res.Shipped != 3 || res.Unshipped != 0 {
 		t.Fatalf("Restore = %+v, %v; want 2 restored, 3 shipped\n%s", res, err, out.String())
 	}
 	if err := <-released; err != nil {

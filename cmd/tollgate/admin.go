@@ -29,8 +29,10 @@ const adminUsage = `usage: tollgate admin [-config FILE] <command>
   reconcile [--account ID]                  the books (PostgreSQL) against Redis; one line per
                                             mismatch, then accounts=N mismatches=M (exit 1 if M > 0)
   restore                                   rebuild a Redis that lost its data from the books;
-                                            last line shipped=K (entries Redis still held of
-                                            the accounts it lost, shipped before each is written back)
+                                            shipped=S (entries Redis still held of the accounts
+                                            it lost, shipped before each is written back), then
+                                            last unshipped=K (entries Redis holds past the books
+                                            after the restore, not in the balance; listed)
   journal status                            how far journal shipping stands (lag, backlog)
 
 Works against Redis directly (REDIS_URL or the config's redis section); the

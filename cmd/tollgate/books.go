@@ -199,6 +199,7 @@ func booksCommand(ctx context.Context, cfg *config.Config, st *metering.Store, a
 		}
 		fmt.Fprintf(out, "accounts=%d restored=%d existing=%d cost_records=%d\n", res.Accounts, res.Restored, res.Existing, res.Records)
 		fmt.Fprintf(out, "shipped=%d\n", res.Shipped)
+		fmt.Fprintf(out, "unshipped=%d\n", res.Unshipped) // last: the contract's line
 		return nil
 	case "journal":
 		if len(a) < 2 || a[1] != "status" {
