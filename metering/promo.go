@@ -271,7 +271,8 @@ type ExpiredPromos struct {
 }
 
 // ExpirePromos takes back what is left of account's grants expired at now,
-// one promo_expired entry each. Idempotent.
+// one promo_expired entry each, but for what live holds still need (kept in
+// the grant; Next is then 30 s after now). Idempotent.
 func (s *Store) ExpirePromos(ctx context.Context, account string, now time.Time) (ExpiredPromos, error) {
 	res, err := promoExpireScript.Run(ctx, s.rdb,
 		[]string{acctKey(account), ledgerKey(account), promoKey(account), promoValKey(account), holdExpKey(account), holdValKey(account), eventsKey(account)},

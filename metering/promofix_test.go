@@ -105,3 +105,58 @@ func dispute(t *testing.T, e *env, won bool) {
 		t.Fatalf("ReversePurchase(%+v) = %+v, %v", r, res, err)
 	}
 }
+
+// An expiry leaves what live holds need: a call reserved against
+// promotional credits and settled after its grant expired is paid by them,
+// and the part kept back expires when the hold has ended.
+func TestPromoExpiryLeavesHolds(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "h", 0)
+	newCode(t, e.st, metering.PromoCode{Code: "HOLD", Credits: 1000, GrantExpiresIn: time.Hour})
+	redeem := func() {
+		if _, err := e.st.Redeem(ctx, "h", "HOLD"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redeem()
+	if _, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "h", HoldID: "c1", Fixed: 800}); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(2 * time.Hour)
+	if n, err := e.st.SweepPromos(ctx, at, 0); err != nil || n != 1 {
+		t.Fatalf("SweepPromos = %d, %v", n, err)
+	}
+	if a := e.acct(t, "h"); a.Balance != 800 || a.Promotional != 800 {
+		t.Fatalf("after the expiry with a hold of 800: %+v", a)
+	}
+	// Due again shortly, not at once.
+	if n, err := e.st.SweepPromos(ctx, at, 0); err != nil || n != 0 {
+		t.Fatalf("SweepPromos again = %d, %v", n, err)
+	}
+	if _, err := e.st.Settle(ctx, metering.Settlement{Account: "h", HoldID: "c1", Cost: 500, Record: metering.Record{RequestID: "c1", Model: "m"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.st.SweepPromos(ctx, at.Add(time.Minute), 0); err != nil || n != 1 {
+		t.Fatalf("SweepPromos after the settle = %d, %v", n, err)
+	}
+	a := e.acct(t, "h")
+	if a.Balance != 0 || a.Promotional != 0 || a.Consumed != 500 {
+		t.Fatalf("after the settle and the second expiry: %+v", a)
+	}
+	var expired int64
+	for _, en := range e.entries(t, "h") {
+		if en.Type == metering.PromoExpired {
+			expired -= en.Amount
+		}
+	}
+	if expired != 500 {
+		t.Fatalf("promo_expired entries take %d, want the 500 left unspent", expired)
+	}
+	assertLedger(t, e.st, "h")
+	assertReplay(t, e, "h")
+	n, err := e.rdb.ZCard(ctx, "tg:promo:due").Result()
+	if err != nil || n != 0 {
+		t.Fatalf("sweeper index holds %d accounts (%v), want none", n, err)
+	}
+}
