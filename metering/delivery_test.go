@@ -3,6 +3,7 @@ package metering_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -25,7 +26,7 @@ var errInjected = errors.New("injected: connection lost")
 func (f *failOnce) fail(cmds ...redis.Cmder) bool {
 	for _, c := range cmds {
 		for _, a := range c.Args() {
-			if s, ok := a.(string); ok && s == f.arg && f.done.CompareAndSwap(false, true) {
+			if fmt.Sprint(a) == f.arg && f.done.CompareAndSwap(false, true) {
 				return true
 			}
 		}

@@ -324,8 +324,31 @@ func (s *Store) SweepPromos(ctx context.Context, now time.Time, limit int64) (in
 		if err != nil {
 			return 0, unavailable("moving promotional expiry", err)
 		}
+		// A Redeem may have written an earlier expiry (ZADD LT) between the
+		// expiry and the move, which the move overwrote: index again from
+		// the earliest grant not yet due.
+		if err := s.reindexPromos(ctx, a, now); err != nil {
+			return 0, err
+		}
 	}
 	return len(due), nil
+}
+
+// reindexPromos lowers account's place in the sweeper's index to its
+// earliest grant expiring after now, if that is earlier.
+func (s *Store) reindexPromos(ctx context.Context, account string, now time.Time) error {
+	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, promoKey(account), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf", Count: 1}).Result()
+	if err != nil {
+		return unavailable("reading promotional grants", err)
+	}
+	if len(zs) == 0 || zs[0].Score >= promoNever {
+		return nil
+	}
+	if err := s.rdb.ZAddLT(ctx, promoDueKey, redis.Z{Score: zs[0].Score, Member: account}).Err(); err != nil {
+		return unavailable("indexing promotional grant", err)
+	}
+	return nil
 }
 
 // PromoAccounts calls fn with every account that has promotional grants

@@ -2,9 +2,13 @@ package metering_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tollgate/tollgate/metering"
 )
@@ -159,4 +163,84 @@ func TestPromoExpiryLeavesHolds(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("sweeper index holds %d accounts (%v), want none", n, err)
 	}
+}
+
+// A code is created whole: when the step that writes its bound fails, the
+// retry creates it with its bound and expiry (it was left unbounded).
+func TestCreatePromoCodeWhole(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	rdb := e.srv.Client(t)
+	exp := time.UnixMilli(4102444800123).UTC()
+	rdb.AddHook(&failOnce{arg: fmt.Sprint(exp.UnixMilli())})
+	st := metering.New(rdb, metering.Options{})
+	p := metering.PromoCode{Code: "ONE", Credits: 100, MaxRedemptions: 1, ExpiresAt: exp}
+	for try := 0; ; try++ {
+		err := st.CreatePromoCode(ctx, p)
+		if err == nil || errors.Is(err, metering.ErrPromoExists) {
+			break
+		}
+		if try == 3 {
+			t.Fatalf("CreatePromoCode: %v", err)
+		}
+	}
+	got, err := st.PromoCode(ctx, "ONE")
+	if err != nil || got.MaxRedemptions != 1 || !got.ExpiresAt.Equal(exp) || got.Credits != 100 {
+		t.Fatalf("PromoCode = %+v, %v", got, err)
+	}
+}
+
+// A sweep does not overwrite the earlier expiry a concurrent Redeem indexed
+// between the expiry and the sweep's move of the account.
+func TestSweepKeepsConcurrentRedeemExpiry(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "s", 0)
+	newCode(t, e.st, metering.PromoCode{Code: "SHORT", Credits: 10, GrantExpiresIn: time.Minute})
+	newCode(t, e.st, metering.PromoCode{Code: "LONG", Credits: 10, GrantExpiresIn: 3 * time.Hour})
+	newCode(t, e.st, metering.PromoCode{Code: "MID", Credits: 10, GrantExpiresIn: time.Hour})
+	for _, c := range []string{"SHORT", "LONG"} {
+		if _, err := e.st.Redeem(ctx, "s", c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb := e.srv.Client(t)
+	rdb.AddHook(&beforeMove{run: func() {
+		if _, err := e.st.Redeem(ctx, "s", "MID"); err != nil {
+			t.Error(err)
+		}
+	}})
+	sweeper := metering.New(rdb, metering.Options{})
+	if n, err := sweeper.SweepPromos(ctx, time.Now().Add(30*time.Minute), 0); err != nil || n != 1 {
+		t.Fatalf("SweepPromos = %d, %v", n, err)
+	}
+	gs, err := e.st.PromoGrants(ctx, "s")
+	if err != nil || len(gs) != 2 || gs[0].ID != "promo:MID" {
+		t.Fatalf("grants %+v, %v", gs, err)
+	}
+	score, err := e.rdb.ZScore(ctx, "tg:promo:due", "s").Result()
+	if err != nil || int64(score) != gs[0].ExpiresAt.UnixMilli() {
+		t.Fatalf("due at %v (%v), want MID's expiry %v", int64(score), err, gs[0].ExpiresAt.UnixMilli())
+	}
+}
+
+// beforeMove runs run once, before the sweeper's first write of the index.
+type beforeMove struct {
+	run  func()
+	done atomic.Bool
+}
+
+func (b *beforeMove) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (b *beforeMove) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if (cmd.Name() == "zadd" || cmd.Name() == "zrem") && fmt.Sprint(cmd.Args()[1]) == "tg:promo:due" && b.done.CompareAndSwap(false, true) {
+			b.run()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (b *beforeMove) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
