@@ -205,7 +205,10 @@ func TestSweepKeepsConcurrentRedeemExpiry(t *testing.T) {
 		}
 	}
 	rdb := e.srv.Client(t)
-	rdb.AddHook(&beforeMove{run: func() {
+	// the sweeper's first write of the index
+	rdb.AddHook(&beforeCmd{match: func(c redis.Cmder) bool {
+		return (c.Name() == "zadd" || c.Name() == "zrem") && hasArg(c, "tg:promo:due")
+	}, run: func() {
 		if _, err := e.st.Redeem(ctx, "s", "MID"); err != nil {
 			t.Error(err)
 		}
@@ -224,23 +227,77 @@ func TestSweepKeepsConcurrentRedeemExpiry(t *testing.T) {
 	}
 }
 
-// beforeMove runs run once, before the sweeper's first write of the index.
-type beforeMove struct {
-	run  func()
-	done atomic.Bool
+// beforeCmd runs run once, before the first command that match accepts.
+type beforeCmd struct {
+	match func(redis.Cmder) bool
+	run   func()
+	done  atomic.Bool
 }
 
-func (b *beforeMove) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (b *beforeCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (b *beforeMove) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (b *beforeCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if (cmd.Name() == "zadd" || cmd.Name() == "zrem") && fmt.Sprint(cmd.Args()[1]) == "tg:promo:due" && b.done.CompareAndSwap(false, true) {
+		if b.match(cmd) && b.done.CompareAndSwap(false, true) {
 			b.run()
 		}
 		return next(ctx, cmd)
 	}
 }
 
-func (b *beforeMove) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (b *beforeCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// A code lost (say by a restore) and created again takes no redemption from
+// an account that holds its grant already, whether the account is seen
+// before the claim or only by the grant (the claim is then given back).
+func TestRecreatedCodeNotRedeemedTwice(t *testing.T) {
+	for _, raced := range []bool{false, true} {
+		t.Run(fmt.Sprint("raced=", raced), func(t *testing.T) {
+			e := newEnv(t, metering.Options{})
+			ctx := context.Background()
+			e.account(t, "old", 0)
+			e.account(t, "new", 0)
+			p := metering.PromoCode{Code: "ONCE", Credits: 100, MaxRedemptions: 1}
+			newCode(t, e.st, p)
+			if _, err := e.st.Redeem(ctx, "old", "ONCE"); err != nil {
+				t.Fatal(err)
+			}
+			e.rdb.Del(ctx, "{p:ONCE}:code", "{p:ONCE}:by") // the code is lost
+			newCode(t, e.st, p)
+			st := e.st
+			if raced {
+				// The reference comes back (a restore) between the check and the claim.
+				rdb := e.srv.Client(t)
+				e.rdb.SRem(ctx, "{a:old}:refs", "promo:ONCE")
+				rdb.AddHook(&beforeCmd{match: func(c redis.Cmder) bool { return hasArg(c, "{p:ONCE}:by") },
+					run: func() { e.rdb.SAdd(ctx, "{a:old}:refs", "promo:ONCE") }})
+				st = metering.New(rdb, metering.Options{})
+			}
+			if _, err := st.Redeem(ctx, "old", "ONCE"); !errors.Is(err, metering.ErrPromoRedeemed) {
+				t.Fatalf("Redeem by the account that has it = %v, want ErrPromoRedeemed", err)
+			}
+			if got, err := e.st.PromoCode(ctx, "ONCE"); err != nil || got.Redeemed != 0 {
+				t.Fatalf("PromoCode = %+v, %v; want no redemption used", got, err)
+			}
+			if _, err := e.st.Redeem(ctx, "new", "ONCE"); err != nil {
+				t.Fatalf("Redeem by another account: %v", err)
+			}
+			if a := e.acct(t, "old"); a.Balance != 100 || a.Promoted != 100 {
+				t.Fatalf("account old: %+v", a)
+			}
+			assertLedger(t, e.st, "old")
+			assertLedger(t, e.st, "new")
+		})
+	}
+}
+
+func hasArg(c redis.Cmder, arg string) bool {
+	for _, a := range c.Args() {
+		if fmt.Sprint(a) == arg {
+			return true
+		}
+	}
+	return false
 }
