@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -300,4 +301,80 @@ func hasArg(c redis.Cmder, arg string) bool {
 		}
 	}
 	return false
+}
+
+// Calls on promotional credits alone race their expiry, from two replicas:
+// every call reserved is paid by them, the balance never goes below zero,
+// and what was left unspent is what expired.
+func TestPromoExpiryRacesHolds(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "rh", 0)
+	other := e.replica(t, metering.Options{})
+	newCode(t, e.st, metering.PromoCode{Code: "RACE", Credits: 100_000, GrantExpiresIn: time.Hour})
+	if _, err := e.st.Redeem(ctx, "rh", "RACE"); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(2 * time.Hour) // the grant has expired for the sweeper
+	var charged atomic.Int64
+	for round := range 3 {
+		// Each round: 8 calls reserve, then settle while the grant expires.
+		holds := make([]string, 0, 8)
+		for w := range 8 {
+			id := fmt.Sprintf("r%d-w%d", round, w)
+			if _, err := e.st.Reserve(ctx, metering.HoldRequest{Account: "rh", HoldID: id, Fixed: 400}); errors.Is(err, metering.ErrInsufficient) {
+				continue
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			holds = append(holds, id)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := e.st.ExpirePromos(ctx, "rh", past); err != nil {
+				t.Error(err)
+			}
+		}()
+		for w, id := range holds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st := e.st
+				if w%2 == 1 {
+					st = other
+				}
+				cost := int64(100 + (w*37+round*11)%300)
+				s, err := st.Settle(ctx, metering.Settlement{Account: "rh", HoldID: id, Cost: cost, Record: metering.Record{RequestID: id, Model: "m"}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if s.BalanceAfter < 0 {
+					t.Errorf("balance %d after %s", s.BalanceAfter, id)
+				}
+				charged.Add(cost)
+			}()
+		}
+		wg.Wait()
+	}
+	if _, err := e.st.ExpirePromos(ctx, "rh", past); err != nil {
+		t.Fatal(err)
+	}
+	a := e.acct(t, "rh")
+	if a.Balance != 0 || a.Promotional != 0 || a.Consumed != charged.Load() || a.OverHold != 0 || charged.Load() == 0 {
+		t.Fatalf("account %+v, charged %d", a, charged.Load())
+	}
+	var expired int64
+	for _, en := range e.entries(t, "rh") {
+		if en.Type == metering.PromoExpired {
+			expired -= en.Amount
+		}
+	}
+	if expired != 100_000-charged.Load() {
+		t.Fatalf("expired %d, want %d", expired, 100_000-charged.Load())
+	}
+	assertLedger(t, e.st, "rh")
+	assertReplay(t, e, "rh")
 }
