@@ -58,3 +58,46 @@ func TestPromoCodeBoundSurvivesRestore(t *testing.T) {
 	}
 	e.reconcileClean(t, 5*time.Second)
 }
+
+// What a won dispute gave back to a grant comes back with a restore (the
+// replay reads its promo_grants field).
+func TestPromoDisputeWonRestored(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.account(t, "dw", 10_000)
+	if err := e.St.CreatePromoCode(ctx, metering.PromoCode{Code: "DW", Credits: 100_000, GrantExpiresIn: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Redeem(ctx, "dw", "DW"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.St.Credit(ctx, metering.Credit{Account: "dw", Amount: -8000, Reference: "adj", Type: metering.Adjustment}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []metering.Reversal{
+		{Account: "dw", PaymentID: "pi_fund-dw", Kind: metering.Dispute, Reference: "dispute:dp", Linked: "dispute_won:dp", Minor: 100},
+		{Account: "dw", PaymentID: "pi_fund-dw", Kind: metering.DisputeWon, Reference: "dispute_won:dp", Linked: "dispute:dp"},
+	} {
+		if res, err := e.St.ReversePurchase(ctx, r); err != nil || !res.Applied {
+			t.Fatalf("ReversePurchase(%s) = %+v, %v", r.Kind, res, err)
+		}
+	}
+	want := e.Acct(t, "dw")
+	wantGrants, err := e.St.PromoGrants(ctx, "dw")
+	if err != nil || want.Promotional != 100_000 || want.Paid() != 2000 {
+		t.Fatalf("before restore: %+v %v", want, err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.Srv.Flush(t)
+	if _, err := e.b.Restore(ctx, e.St, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	got := e.Acct(t, "dw")
+	grants, err := e.St.PromoGrants(ctx, "dw")
+	if err != nil || got.Balance != want.Balance || got.Promotional != want.Promotional || fmt.Sprint(grants) != fmt.Sprint(wantGrants) {
+		t.Fatalf("after restore %+v grants %v (%v), want %+v grants %v", got, grants, err, want, wantGrants)
+	}
+	e.reconcileClean(t, 5*time.Second)
+}
