@@ -190,8 +190,13 @@ func (s *Server) promoSplit(ctx context.Context, a metering.Account) (metering.A
 		}
 	}
 	if !earliest.IsZero() && !earliest.After(time.Now()) {
-		if _, err := promo.ExpirePromos(ctx, a.ID, time.Now()); err != nil {
+		ex, err := promo.ExpirePromos(ctx, a.ID, time.Now())
+		if err != nil {
 			return a, nil, fmt.Errorf("expiring promotional credits: %w", err)
+		}
+		if ex.Taken == 0 {
+			// Kept for calls in flight (promo_expire.lua): shown as it is.
+			return a, optString(timestamp(earliest)), nil
 		}
 		if a, err = s.store.Account(ctx, a.ID); err != nil {
 			return a, nil, fmt.Errorf("reading balance: %w", err)

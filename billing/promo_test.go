@@ -127,3 +127,34 @@ func TestPromoExpiresLazilyAndBySweeper(t *testing.T) {
 		}
 	}
 }
+
+// A grant past its expiry that a call in flight holds is kept for it: the
+// balance is shown (the lazy expiry does not loop), with its expiry.
+func TestPromoKeptForHoldShown(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx := context.Background()
+	if err := e.store.CreatePromoCode(ctx, metering.PromoCode{Code: "HELD", Credits: 900, GrantExpiresIn: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.EnsureAccount(ctx, "held"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Redeem(ctx, "held", "HELD"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Reserve(ctx, metering.HoldRequest{Account: "held", HoldID: "c1", Fixed: 900}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	done := make(chan response, 1)
+	go func() { done <- e.do("GET", "/v1/api-credits", e.token("held", nil), nil) }()
+	select {
+	case c := <-done:
+		if c.num("balance") != "0.900" || c.num("promotional") != "0.900" || c.get("promotional_expires_at") == nil {
+			t.Fatalf("api-credits with the grant kept for a call: %s", c.raw)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("api-credits did not answer")
+	}
+	testledger.Assert(t, e.store, "held")
+}

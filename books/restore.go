@@ -449,7 +449,7 @@ func (b *Books) images(ctx context.Context, db querier, accts []string, asOf tim
 	}
 	promo := map[string][]metering.Entry{}
 	err = q("reading promotional entries", `SELECT `+cols+` FROM journal WHERE account = ANY($1)
-		AND (type IN ('promo_grant', 'promo_expired') OR fields ? 'promo') ORDER BY account, at, seq`,
+		AND (type IN ('promo_grant', 'promo_expired') OR fields ? 'promo' OR fields ? 'promo_grants') ORDER BY account, at, seq`,
 		func(scan func(...any) error) error {
 			a, e, err := entry(scan)
 			if err == nil {

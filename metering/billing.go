@@ -398,6 +398,13 @@ func (s *Store) ReversePurchase(ctx context.Context, r Reversal) (Reversed, erro
 		id, _ := res[2].(string)
 		s.markDirty(a)
 		s.markEvents(a)
+		if len(res) > 4 && toInt(res[4]) > 0 {
+			// Promotional credits went back to their grants, perhaps to one
+			// already past its expiry: the sweeper's index must know them.
+			if err := s.IndexPromos(ctx, a); err != nil {
+				return Reversed{}, unavailable("indexing promotional grants", err)
+			}
+		}
 		return Reversed{Applied: true, BalanceAfter: toInt(res[1]), EntryID: id, Removed: toInt(res[3])}, nil
 	case 0:
 		return Reversed{BalanceAfter: toInt(res[1])}, nil

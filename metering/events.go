@@ -34,6 +34,10 @@ var (
 	//go:embed scripts/delivery_claim.lua
 	deliveryClaimSrc    string
 	deliveryClaimScript = redis.NewScript(deliveryClaimSrc)
+
+	//go:embed scripts/delivery_schedule.lua
+	deliveryScheduleSrc    string
+	deliveryScheduleScript = redis.NewScript(deliveryScheduleSrc)
 )
 
 const (
@@ -286,27 +290,18 @@ const (
 )
 
 // ScheduleDelivery creates d (pending, due now) unless a delivery with its
-// id exists; created says which.
+// id exists; created says which. One script (delivery_schedule.lua): a
+// delivery is never left without its body, due entry or TTL.
 func (s *Store) ScheduleDelivery(ctx context.Context, d Delivery, now time.Time) (created bool, err error) {
-	ok, err := s.rdb.HSetNX(ctx, deliveryKey(d.ID), "event", d.EventID).Result()
+	ms := now.UnixMilli()
+	n, err := deliveryScheduleScript.Run(ctx, s.rdb, []string{deliveryKey(d.ID), deliveryDueKey, deliveryIndexKey},
+		d.ID, ms, DeliveryTTL.Milliseconds(), maxDeliveryIndex,
+		"event", d.EventID, "type", d.Type, "account", d.Account, "endpoint", d.Endpoint, "url", d.URL,
+		"body", d.Body, "state", DeliveryPending, "attempts", 0, "created", ms, "updated", ms, "next", ms).Int()
 	if err != nil {
 		return false, unavailable("scheduling delivery", err)
 	}
-	if !ok {
-		return false, nil
-	}
-	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, deliveryKey(d.ID), "type", d.Type, "account", d.Account, "endpoint", d.Endpoint, "url", d.URL,
-		"body", d.Body, "state", DeliveryPending, "attempts", 0, "created", now.UnixMilli(), "updated", now.UnixMilli(),
-		"next", now.UnixMilli())
-	pipe.Expire(ctx, deliveryKey(d.ID), DeliveryTTL)
-	pipe.ZAdd(ctx, deliveryDueKey, redis.Z{Score: float64(now.UnixMilli()), Member: d.ID})
-	pipe.ZAdd(ctx, deliveryIndexKey, redis.Z{Score: float64(now.UnixMilli()), Member: d.ID})
-	pipe.ZRemRangeByRank(ctx, deliveryIndexKey, 0, -maxDeliveryIndex-1)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return false, unavailable("scheduling delivery", err)
-	}
-	return true, nil
+	return n == 1, nil
 }
 
 // ClaimDeliveries takes up to n due deliveries for lease (see

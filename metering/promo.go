@@ -36,11 +36,15 @@ var (
 	promoGrantSrc string
 	//go:embed scripts/promo_expire.lua
 	promoExpireSrc string
+	//go:embed scripts/promo_unclaim.lua
+	promoUnclaimSrc string
 
 	promoCreateScript = redis.NewScript(promoCreateSrc)
 	promoClaimScript  = redis.NewScript(promoClaimSrc)
 	promoGrantScript  = redis.NewScript(promoSrc + promoGrantSrc)
 	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + promoExpireSrc)
+
+	promoUnclaimScript = redis.NewScript(promoUnclaimSrc)
 )
 
 // Promo-code errors (with ErrNotFound for an unknown code); test with errors.Is.
@@ -176,6 +180,14 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 	} else if n == 0 {
 		return Redeemed{}, s.missingAccount(ctx, "redeeming code", account)
 	}
+	// An account that holds the code's reference already (the code was lost,
+	// say by a restore, and created again) takes no redemption of it.
+	ref := promoReference(code)
+	if had, err := s.rdb.SIsMember(ctx, refsKey(account), ref).Result(); err != nil {
+		return Redeemed{}, unavailable("redeeming code", err)
+	} else if had {
+		return Redeemed{}, fmt.Errorf("redeeming code %q: %w", code, ErrPromoRedeemed)
+	}
 	now := time.Now()
 	res, err := promoClaimScript.Run(ctx, s.rdb, []string{promoCodeKey(code), promoTakersKey(code)}, account, now.UnixMilli()).Int64Slice()
 	if err != nil {
@@ -200,7 +212,7 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 	}
 	g, err := promoGrantScript.Run(ctx, s.rdb,
 		[]string{acctKey(account), refsKey(account), ledgerKey(account), promoKey(account), promoValKey(account)},
-		mc, promoReference(code), exp, code, now.UnixMilli()).Slice()
+		mc, ref, exp, code, now.UnixMilli()).Slice()
 	if err != nil {
 		return Redeemed{}, unavailable("granting promotional credits", err)
 	}
@@ -220,6 +232,13 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 		}
 		return r, nil
 	case 0:
+		if res[0] == 1 {
+			// Claimed now, yet granted before (the check above raced a
+			// restore): the claim goes back, the redemption is not used.
+			if err := promoUnclaimScript.Run(ctx, s.rdb, []string{promoCodeKey(code), promoTakersKey(code)}, account).Err(); err != nil {
+				return Redeemed{}, unavailable("giving back a promotional claim", err)
+			}
+		}
 		return Redeemed{}, fmt.Errorf("redeeming code %q: %w", code, ErrPromoRedeemed)
 	default:
 		return Redeemed{}, s.missingAccount(ctx, "redeeming code", account)
@@ -271,7 +290,8 @@ type ExpiredPromos struct {
 }
 
 // ExpirePromos takes back what is left of account's grants expired at now,
-// one promo_expired entry each. Idempotent.
+// one promo_expired entry each, but for what live holds still need (kept in
+// the grant; Next is then 30 s after now). Idempotent.
 func (s *Store) ExpirePromos(ctx context.Context, account string, now time.Time) (ExpiredPromos, error) {
 	res, err := promoExpireScript.Run(ctx, s.rdb,
 		[]string{acctKey(account), ledgerKey(account), promoKey(account), promoValKey(account), holdExpKey(account), holdValKey(account), eventsKey(account)},
@@ -323,8 +343,31 @@ func (s *Store) SweepPromos(ctx context.Context, now time.Time, limit int64) (in
 		if err != nil {
 			return 0, unavailable("moving promotional expiry", err)
 		}
+		// A Redeem may have written an earlier expiry (ZADD LT) between the
+		// expiry and the move, which the move overwrote: index again from
+		// the earliest grant not yet due.
+		if err := s.reindexPromos(ctx, a, now); err != nil {
+			return 0, err
+		}
 	}
 	return len(due), nil
+}
+
+// reindexPromos lowers account's place in the sweeper's index to its
+// earliest grant expiring after now, if that is earlier.
+func (s *Store) reindexPromos(ctx context.Context, account string, now time.Time) error {
+	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, promoKey(account), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf", Count: 1}).Result()
+	if err != nil {
+		return unavailable("reading promotional grants", err)
+	}
+	if len(zs) == 0 || zs[0].Score >= promoNever {
+		return nil
+	}
+	if err := s.rdb.ZAddLT(ctx, promoDueKey, redis.Z{Score: zs[0].Score, Member: account}).Err(); err != nil {
+		return unavailable("indexing promotional grant", err)
+	}
+	return nil
 }
 
 // PromoAccounts calls fn with every account that has promotional grants

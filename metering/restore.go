@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -388,7 +389,9 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 // ReplayPromo rebuilds what is left of each promotional grant from an
 // account's entries, oldest first: the promo_grant and promo_expired entries
 // and every entry whose "promo" field says what it took from the grants
-// (earliest expiry first, as promo.lua takes). Other entries are ignored.
+// (earliest expiry first, as promo.lua takes) or whose "promo_grants" field
+// says what it gave back to which grant (a won dispute). An expiry takes its
+// amount from its grant. Other entries are ignored.
 func ReplayPromo(entries []Entry) []PromoGrantLeft {
 	var grants []PromoGrantLeft
 	score := func(g PromoGrantLeft) int64 {
@@ -410,13 +413,42 @@ func ReplayPromo(entries []Entry) []PromoGrantLeft {
 				return si < sj || si == sj && grants[i].ID < grants[j].ID
 			})
 		case PromoExpired:
+			// An expiry takes what it says (holds may defer a part of it).
 			for i := range grants {
 				if grants[i].ID == e.Fields["grant"] {
-					grants = append(grants[:i], grants[i+1:]...)
+					grants[i].Left += e.Amount
+					if grants[i].Left <= 0 {
+						grants = append(grants[:i], grants[i+1:]...)
+					}
 					break
 				}
 			}
 		default:
+			// A won dispute gives the promotional part of its dispute back
+			// to the grants it came from ("grant=mc@expiry;…").
+			for _, part := range strings.Split(e.Fields["promo_grants"], ";") {
+				id, rest, ok1 := strings.Cut(part, "=")
+				mcs, exps, ok2 := strings.Cut(rest, "@")
+				mc, err1 := strconv.ParseInt(mcs, 10, 64)
+				exp, err2 := strconv.ParseInt(exps, 10, 64)
+				if !ok1 || !ok2 || err1 != nil || err2 != nil || mc <= 0 {
+					continue
+				}
+				i := slices.IndexFunc(grants, func(g PromoGrantLeft) bool { return g.ID == id })
+				if i < 0 {
+					g := PromoGrantLeft{ID: id}
+					if exp < promoNever {
+						g.ExpiresAt = time.UnixMilli(exp).UTC()
+					}
+					grants = append(grants, g)
+					i = len(grants) - 1
+				}
+				grants[i].Left += mc
+				sort.SliceStable(grants, func(i, j int) bool {
+					si, sj := score(grants[i]), score(grants[j])
+					return si < sj || si == sj && grants[i].ID < grants[j].ID
+				})
+			}
 			take, _ := strconv.ParseInt(e.Fields["promo"], 10, 64)
 			for take > 0 && len(grants) > 0 {
 				t := min(take, grants[0].Left)

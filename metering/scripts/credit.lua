@@ -7,8 +7,9 @@
 -- KEYS[4] hold expiry  {a:<id>}:hexp
 -- KEYS[5] hold values  {a:<id>}:hval
 -- KEYS[6] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua is prepended:
--- KEYS[7] promotional grants' remainders {a:<id>}:promov  a negative adjustment the
---         paid credits cannot cover takes the rest from them)
+-- KEYS[7] promotional grants' remainders {a:<id>}:promov  a negative adjustment
+--         takes from paid first, and from them only what a non-negative paid
+--         part cannot cover)
 -- KEYS[8] outgoing events {a:<id>}:events (events.lua: a negative adjustment may cross the low-balance threshold)
 -- (holds.lua is prepended: an adjustment that leaves the account short shrinks its leases.)
 -- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), the
@@ -30,7 +31,7 @@ local balance = redis.call('HINCRBY', acct, 'balance', amount)
 redis.call('HINCRBY', acct, total, amount)
 local rec = {}
 for i = 5, #ARGV do rec[#rec + 1] = ARGV[i] end
-if tonumber(amount) < 0 then tg_promo_field(rec, tg_promo_clamp(acct, KEYS[6], KEYS[7])) end
+if tonumber(amount) < 0 then tg_promo_field(rec, tg_promo_debit(acct, KEYS[6], KEYS[7], 0 - tonumber(amount))) end
 local eid = redis.call('XADD', ledger, '*', 'type', etype, 'amount', amount, 'balance_after', balance,
   'ref', ref, unpack(rec))
 if tonumber(amount) < 0 then

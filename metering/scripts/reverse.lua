@@ -8,8 +8,13 @@
 -- KEYS[6] hold expiry      {a:<id>}:hexp
 -- KEYS[7] hold values      {a:<id>}:hval
 -- KEYS[8] promotional grants by expiry   {a:<id>}:promo  (promo.lua is prepended: what
--- KEYS[9] promotional grants' remainders {a:<id>}:promov  the paid credits cannot cover
---                                                         is taken from them)
+-- KEYS[9] promotional grants' remainders {a:<id>}:promov  a non-negative paid part cannot
+--                                                         cover is taken from them; a
+--                                                         dispute remembers the grants' parts
+--                                                         under '<ref>:promo', and its won
+--                                                         closing gives them back to the
+--                                                         same grants, recorded on its entry
+--                                                         as promo_back and promo_grants)
 -- KEYS[10] outgoing events {a:<id>}:events (events.lua: credits.reversed, balance.low)
 -- (holds.lua is prepended: a reversal that leaves the account short shrinks its
 -- leases, and the replicas holding them are told at once.)
@@ -26,7 +31,8 @@
 --                once. Delivered before the dispute itself, it is only recorded.
 -- The credits removed in all are min(bought, refunded + disputed); a change of that
 -- figure is one ledger entry (negative when taking, positive when giving back).
--- Returns {1, balance after, ledger entry id, mc removed now (negative: given back)}
+-- Returns {1, balance after, ledger entry id, mc removed now (negative: given back),
+--         promotional mc given back}
 --         when the balance changed, {0, balance, '', 0} when nothing did (already
 --         applied, or nothing to take), {-1} when the account does not exist, {-2}
 --         when the purchase is unknown.
@@ -69,7 +75,22 @@ redis.call('HINCRBY', acct, 'purchased', amount)
 local rec = {'type', kind, 'amount', amount, 'balance_after', balance, 'ref', ref,
   'session_id', f[5] or '', 'stripe_payment_id', pid, 'created_at', now}
 for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
-if delta > 0 then tg_promo_field(rec, tg_promo_clamp(acct, KEYS[8], KEYS[9])) end
+local promoBack = 0
+if delta > 0 then
+  local parts = {}
+  tg_promo_field(rec, tg_promo_debit(acct, KEYS[8], KEYS[9], delta, parts))
+  if kind == 'dispute' and #parts > 0 then redis.call('HSET', pay, ref .. ':promo', tg_promo_encode(parts)) end
+elseif kind == 'dispute_won' then
+  -- Back to the side it was taken from: the promotional part to its grants.
+  local back
+  promoBack, back = tg_promo_give(acct, KEYS[8], KEYS[9], tg_promo_decode(redis.call('HGET', pay, linked .. ':promo')), 0 - delta)
+  if promoBack > 0 then
+    rec[#rec + 1] = 'promo_back'
+    rec[#rec + 1] = int(promoBack)
+    rec[#rec + 1] = 'promo_grants'
+    rec[#rec + 1] = tg_promo_encode(back)
+  end
+end
 local eid = redis.call('XADD', ledger, '*', unpack(rec))
 redis.call('XADD', hist, eid, unpack(rec))
 if delta > 0 then
@@ -80,4 +101,4 @@ local moved = delta
 if moved < 0 then moved = 0 - moved end -- a won dispute gives back: kind says which way
 tg_event(KEYS[10], 'credits.reversed', 'kind', kind, 'credits_mc', int(moved), 'balance_mc', int(balance),
   'ref', ref, 'payment', pid)
-return {1, balance, eid, delta}
+return {1, balance, eid, delta, promoBack}
