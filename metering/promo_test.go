@@ -207,12 +207,12 @@ func TestPromoSpentFirstAndExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	left(map[string]int64{"promo:B": 1500})
-	// A negative adjustment past the paid credits takes the rest from B.
+	// A negative adjustment past the paid credits is a debt: B pays none of it.
 	if _, err := e.st.Credit(ctx, metering.Credit{Account: "p", Amount: -1000, Reference: "adj", Type: metering.Adjustment}); err != nil {
 		t.Fatal(err)
 	}
-	left(map[string]int64{"promo:B": 500})
-	if a := e.acct(t, "p"); a.Balance != 500 || a.Paid() != 0 {
+	left(map[string]int64{"promo:B": 1500})
+	if a := e.acct(t, "p"); a.Balance != 500 || a.Paid() != -1000 || a.Promotional != 1500 {
 		t.Fatalf("after reversals: %+v", a)
 	}
 }

@@ -41,10 +41,10 @@ func TestPromoNeverPaysDebt(t *testing.T) {
 		{name: "adjustment in debt", run: func(t *testing.T, e *env, ctx context.Context) {
 			credit(t, e, -50_000, "debt")
 			redeem(t, e, "DEBT")
-			// paid is a debt: it covers nothing, the grant pays the 10,000
-			// (the clamp took 60,000: the debt was paid off).
+			// The adjustment deepens the debt; the grant pays none of it (the
+			// old clamp took 60,000 from it: the debt was paid off).
 			credit(t, e, -10_000, "more")
-		}, paid: -50_000, promo: 90_000, afterExpiry: -50_000},
+		}, paid: -60_000, promo: 100_000, afterExpiry: -60_000},
 		{name: "dispute in debt, won", fund: 10_000, run: func(t *testing.T, e *env, ctx context.Context) {
 			credit(t, e, -60_000, "debt")
 			redeem(t, e, "DEBT")
@@ -54,11 +54,11 @@ func TestPromoNeverPaysDebt(t *testing.T) {
 		{name: "dispute past paid, won", fund: 10_000, run: func(t *testing.T, e *env, ctx context.Context) {
 			redeem(t, e, "DEBT")
 			credit(t, e, -8_000, "adj")
-			dispute(t, e, false) // paid 2000 pays 2000, the grant 8000
-			if a := e.acct(t, "d"); a.Balance != 92_000 || a.Promotional != 92_000 {
+			dispute(t, e, false) // paid pays all 10,000 (2,000 → −8,000); the grant nothing
+			if a := e.acct(t, "d"); a.Balance != 92_000 || a.Promotional != 100_000 {
 				t.Fatalf("after the dispute: %+v", a)
 			}
-			dispute(t, e, true) // the 8000 go back to the grant
+			dispute(t, e, true) // the 10,000 go back to paid
 		}, paid: 2_000, promo: 100_000, afterExpiry: 2_000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,8 +8,7 @@
 -- KEYS[5] hold values  {a:<id>}:hval
 -- KEYS[6] promotional grants by expiry {a:<id>}:promo  (zset; promo.lua is prepended:
 -- KEYS[7] promotional grants' remainders {a:<id>}:promov  a negative adjustment
---         takes from paid first, and from them only what a non-negative paid
---         part cannot cover)
+--         is taken from paid alone, even into a debt: tg_promo_debit)
 -- KEYS[8] outgoing events {a:<id>}:events (events.lua: a negative adjustment may cross the low-balance threshold)
 -- (holds.lua is prepended: an adjustment that leaves the account short shrinks its leases.)
 -- ARGV: signed amount mc, reference, entry type ('grant' | 'adjustment'), the

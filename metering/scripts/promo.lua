@@ -10,9 +10,8 @@
 -- and leaves the debt as it was; promotional credits never pay a debt).
 -- A charge is paid from promotional credits first, earliest-expiring grant
 -- first (ties: the grant id's order); a debit that is not a charge (a refund,
--- a dispute, a negative adjustment) takes from paid first and from them only
--- what a non-negative paid part cannot cover (tg_promo_debit). Whatever is
--- taken is recorded on the entry as 'promo'.
+-- a dispute, a negative adjustment) is paid by paid alone (tg_promo_debit).
+-- Whatever a debit takes from the grants is recorded on its entry as 'promo'.
 
 local TG_PROMO_NEVER = 253402300799000 -- 9999-12-31T23:59:59Z
 
@@ -45,17 +44,15 @@ local function tg_promo_take(acct, pz, pv, amount, parts)
   return taken
 end
 
--- tg_promo_debit splits a debit that is not a charge, of amount mc, already
--- taken off the balance: paid pays first, and the promotional credits only
--- what a non-negative paid part cannot cover,
--- max(0, amount − max(paid before, 0)), at most what they hold. Returns what
--- it took from the grants (parts as in tg_promo_take).
+-- tg_promo_debit splits a debit that is not a charge (a refund, a dispute, a
+-- negative adjustment), of amount mc, already taken off the balance: paid
+-- pays all of it, even into a debt, and the promotional credits nothing, so
+-- that a gift never pays back money refunded or disputed (a grant left
+-- unspent expires later and leaves the debt whole). Returns what it took
+-- from the grants: nothing (parts unchanged). Kept as the one place the rule
+-- lives, for the scripts that record a debit's promotional part.
 local function tg_promo_debit(acct, pz, pv, amount, parts)
-  local f = redis.call('HMGET', acct, 'balance', 'promo')
-  local bal, left = tonumber(f[1]) or 0, tonumber(f[2]) or 0
-  local paid = bal + amount - left -- paid before the debit
-  if paid < 0 then paid = 0 end
-  return tg_promo_take(acct, pz, pv, amount - paid, parts)
+  return 0
 end
 
 -- tg_promo_encode writes parts as 'grant=mc@expiry;…'; tg_promo_decode reads

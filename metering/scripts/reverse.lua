@@ -7,9 +7,9 @@
 -- KEYS[5] billing history  {a:<id>}:billing         (stream)
 -- KEYS[6] hold expiry      {a:<id>}:hexp
 -- KEYS[7] hold values      {a:<id>}:hval
--- KEYS[8] promotional grants by expiry   {a:<id>}:promo  (promo.lua is prepended: what
--- KEYS[9] promotional grants' remainders {a:<id>}:promov  a non-negative paid part cannot
---                                                         cover is taken from them; a
+-- KEYS[8] promotional grants by expiry   {a:<id>}:promo  (promo.lua is prepended: a
+-- KEYS[9] promotional grants' remainders {a:<id>}:promov  reversal is taken from paid
+--                                                         alone (tg_promo_debit); a
 --                                                         dispute remembers the grants' parts
 --                                                         under '<ref>:promo', and its won
 --                                                         closing gives them back to the
