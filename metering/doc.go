@@ -62,7 +62,7 @@
 //	{a:ID}:events        stream outbox of outgoing events, appended by the scripts that
 //	                            cause them (events.go, events.lua)
 //	{p:CODE}:code        hash   a promotional code: credits_mc, max, expires_at, grant_ttl, redeemed (promo_create.lua)
-//	{p:CODE}:by          set    accounts that claimed the code (promo_claim.lua, promo_unclaim.lua)
+//	{p:CODE}:by          set    accounts that claimed the code (promo_claim.lua)
 //	{wh}:events          stream the webhook queue (consumer group "webhooks")
 //	{wh}:d:<delivery>    hash   one event's delivery to one endpoint (body, state, attempts), TTL 7 days
 //	{wh}:due             zset   delivery → next attempt ms

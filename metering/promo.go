@@ -36,15 +36,11 @@ var (
 	promoGrantSrc string
 	//go:embed scripts/promo_expire.lua
 	promoExpireSrc string
-	//go:embed scripts/promo_unclaim.lua
-	promoUnclaimSrc string
 
 	promoCreateScript = redis.NewScript(promoCreateSrc)
 	promoClaimScript  = redis.NewScript(promoClaimSrc)
 	promoGrantScript  = redis.NewScript(promoSrc + promoGrantSrc)
 	promoExpireScript = redis.NewScript(holdsSrc + promoSrc + eventsSrc + promoExpireSrc)
-
-	promoUnclaimScript = redis.NewScript(promoUnclaimSrc)
 )
 
 // Promo-code errors (with ErrNotFound for an unknown code); test with errors.Is.
@@ -232,13 +228,12 @@ func (s *Store) Redeem(ctx context.Context, account, code string) (Redeemed, err
 		}
 		return r, nil
 	case 0:
-		if res[0] == 1 {
-			// Claimed now, yet granted before (the check above raced a
-			// restore): the claim goes back, the redemption is not used.
-			if err := promoUnclaimScript.Run(ctx, s.rdb, []string{promoCodeKey(code), promoTakersKey(code)}, account).Err(); err != nil {
-				return Redeemed{}, unavailable("giving back a promotional claim", err)
-			}
-		}
+		// Granted before. The claim is kept even when it was made now: two
+		// redeems of one account at once both reach here, and giving one
+		// claim back would free a redemption the account holds (one more
+		// account could then redeem past max_redemptions). Only a code
+		// created again after a restore, redeemed by an account that raced
+		// the reference check above, uses a slot it does not need.
 		return Redeemed{}, fmt.Errorf("redeeming code %q: %w", code, ErrPromoRedeemed)
 	default:
 		return Redeemed{}, s.missingAccount(ctx, "redeeming code", account)

@@ -17,7 +17,7 @@
 
 -- +goose Up
 -- +goose StatementBegin
-CREATE PROCEDURE tollgate_fill_cache_writes() LANGUAGE plpgsql AS $$
+CREATE OR REPLACE PROCEDURE tollgate_fill_cache_writes() LANGUAGE plpgsql AS $$
 DECLARE
     m     timestamp;  -- the month's first day, UTC (timestamp: months of UTC, whatever the session's zone)
     last  timestamp;
@@ -56,7 +56,7 @@ END
 $$;
 -- +goose StatementEnd
 CALL tollgate_fill_cache_writes();
-DROP PROCEDURE tollgate_fill_cache_writes();
+DROP PROCEDURE IF EXISTS tollgate_fill_cache_writes();
 
 -- +goose Down
 SELECT 1;

@@ -24,6 +24,9 @@ local acct, ledger, pz, pv = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = tonumber(ARGV[1])
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 local n, total = 0, 0
+-- Holds past their expiry (a proxy that died mid-call) are dropped first:
+-- they would otherwise keep part of an expired grant alive for ever.
+tg_sweep(acct, KEYS[5], KEYS[6], tg_now())
 local f = redis.call('HMGET', acct, 'balance', 'reserved')
 local bal, reserved = tonumber(f[1]) or 0, tonumber(f[2]) or 0
 if reserved < 0 then reserved = 0 end
