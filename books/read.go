@@ -45,23 +45,31 @@ func (s *Store) Ledger(ctx context.Context, account string, q metering.LedgerQue
 // mergeEntries merges two pages of the same order (ascending or not) into
 // one of at most limit entries, each id once.
 func mergeEntries(a, b []metering.Entry, ascending bool, limit int) []metering.Entry {
+	return mergeByID(a, b, func(e metering.Entry) string { return e.ID }, ascending, limit)
+}
+
+// mergeByID merges two pages of records named by entry ids (the ledger's,
+// the audit log's), in the same order, into one of at most limit, each id
+// once; a record whose id does not parse is left out.
+func mergeByID[T any](a, b []T, idOf func(T) string, ascending bool, limit int) []T {
 	type keyed struct {
 		id metering.EntryID
-		e  metering.Entry
+		v  T
 	}
 	seen := make(map[string]bool, len(a)+len(b))
 	all := make([]keyed, 0, len(a)+len(b))
-	for _, page := range [][]metering.Entry{a, b} {
-		for _, e := range page {
-			if seen[e.ID] {
+	for _, page := range [][]T{a, b} {
+		for _, v := range page {
+			s := idOf(v)
+			if seen[s] {
 				continue
 			}
-			id, err := metering.ParseEntryID(e.ID)
+			id, err := metering.ParseEntryID(s)
 			if err != nil {
 				continue
 			}
-			seen[e.ID] = true
-			all = append(all, keyed{id, e})
+			seen[s] = true
+			all = append(all, keyed{id, v})
 		}
 	}
 	sort.Slice(all, func(i, j int) bool {
@@ -70,9 +78,9 @@ func mergeEntries(a, b []metering.Entry, ascending bool, limit int) []metering.E
 		}
 		return all[j].id.Less(all[i].id)
 	})
-	out := make([]metering.Entry, 0, min(len(all), limit))
+	out := make([]T, 0, min(len(all), limit))
 	for i := 0; i < len(all) && i < limit; i++ {
-		out = append(out, all[i].e)
+		out = append(out, all[i].v)
 	}
 	return out
 }
@@ -317,26 +325,6 @@ func (s *Store) Audit(ctx context.Context, account string, limit int64) ([]meter
 	if rows.Err() != nil {
 		return hot, nil
 	}
-	type keyed struct {
-		id metering.EntryID
-		e  metering.AuditEntry
-	}
-	seen := make(map[string]bool, len(hot)+len(cold))
-	all := make([]keyed, 0, len(hot)+len(cold))
-	for _, page := range [][]metering.AuditEntry{hot, cold} {
-		for _, e := range page {
-			id, err := metering.ParseEntryID(e.ID)
-			if err != nil || seen[e.ID] {
-				continue
-			}
-			seen[e.ID] = true
-			all = append(all, keyed{id, e})
-		}
-	}
-	sort.Slice(all, func(i, j int) bool { return all[j].id.Less(all[i].id) })
-	out := make([]metering.AuditEntry, 0, min(int64(len(all)), limit))
-	for i := 0; i < len(all) && int64(i) < limit; i++ {
-		out = append(out, all[i].e)
-	}
+	out := mergeByID(hot, cold, func(e metering.AuditEntry) string { return e.ID }, false, int(limit))
 	return out, nil
 }

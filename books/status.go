@@ -59,26 +59,14 @@ func (b *Books) Status(ctx context.Context, l Ledger) (JournalStatus, error) {
 
 // cursors returns every account's shipping cursor as an entry id.
 func (b *Books) cursors(ctx context.Context) (map[string]string, error) {
-	rows, err := b.pool.Query(ctx, `SELECT account, (extract(epoch from at) * 1000)::int8, seq FROM ship_cursor`)
-	if err != nil {
-		return nil, unavailable("reading cursors", err)
-	}
-	defer rows.Close()
-	out := make(map[string]string)
-	for rows.Next() {
-		var a string
-		var id metering.EntryID
-		if err := rows.Scan(&a, &id.Ms, &id.Seq); err != nil {
-			return nil, unavailable("reading cursors", err)
-		}
-		out[a] = id.String()
-	}
-	return out, rows.Err()
+	return b.cursorsOf(ctx, nil)
 }
 
-// cursorsOf returns the shipping cursors of accts ("" for none).
+// cursorsOf returns the shipping cursors of accts (nil: of every account;
+// an account without one is absent).
 func (b *Books) cursorsOf(ctx context.Context, accts []string) (map[string]string, error) {
-	rows, err := b.pool.Query(ctx, `SELECT account, (extract(epoch from at) * 1000)::int8, seq FROM ship_cursor WHERE account = ANY($1)`, accts)
+	rows, err := b.pool.Query(ctx, `SELECT account, (extract(epoch from at) * 1000)::int8, seq FROM ship_cursor
+		WHERE $1::text[] IS NULL OR account = ANY($1)`, accts)
 	if err != nil {
 		return nil, unavailable("reading cursors", err)
 	}

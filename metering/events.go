@@ -54,39 +54,9 @@ const (
 func eventsKey(id string) string   { return "{a:" + id + "}:events" }
 func deliveryKey(id string) string { return "{wh}:d:" + id }
 
-// markEvents notes that account's outbox has an event to move.
-func (s *Store) markEvents(account string) {
-	d := &s.evMarks
-	d.mu.Lock()
-	if d.m == nil {
-		d.m = make(map[string]struct{})
-	}
-	d.m[account] = struct{}{}
-	if !d.scheduled {
-		d.scheduled = true
-		time.AfterFunc(dirtyDelay, s.flushEventMarks)
-	}
-	d.mu.Unlock()
-}
-
-func (s *Store) flushEventMarks() {
-	d := &s.evMarks
-	d.mu.Lock()
-	accts := make([]any, 0, len(d.m))
-	for a := range d.m {
-		accts = append(accts, a)
-	}
-	clear(d.m)
-	d.scheduled = false
-	d.mu.Unlock()
-	if len(accts) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	// A mark lost here (Redis away) is found by the dispatcher's sweep.
-	_ = s.rdb.SAdd(ctx, eventsDirtyKey, accts...).Err()
-}
+// markEvents notes that account's outbox has an event to move. A mark lost
+// on the way (Redis away) is found by the dispatcher's sweep.
+func (s *Store) markEvents(account string) { s.mark(&s.evMarks, eventsDirtyKey, account) }
 
 // TakeEventMarks removes and returns up to n accounts whose outbox may hold
 // events. (Taken before the outbox is read: an event written after marks

@@ -22,9 +22,10 @@ import (
 
 const dirtyKey = "tg:ledger:dirty"
 
-// dirtyMarks collects accounts whose ledgers grew, and writes them to
-// tg:ledger:dirty a few milliseconds later in one command: the mark is never
-// on a call's path, and never inside a script (another slot).
+// dirtyMarks collects accounts to add to a Redis set (tg:ledger:dirty for
+// ledgers that grew, tg:events:dirty for outboxes) a few milliseconds later
+// in one command: the mark is never on a call's path, and never inside a
+// script (another slot).
 type dirtyMarks struct {
 	mu        sync.Mutex
 	m         map[string]struct{}
@@ -34,8 +35,12 @@ type dirtyMarks struct {
 const dirtyDelay = 20 * time.Millisecond
 
 // markDirty notes that account's ledger has an entry a shipper has not seen.
-func (s *Store) markDirty(account string) {
-	d := &s.dirty
+// A mark lost on the way (Redis away) is found by the shipper's sweep.
+func (s *Store) markDirty(account string) { s.mark(&s.dirty, dirtyKey, account) }
+
+// mark adds account to d, and schedules the write of d's accounts to the
+// Redis set key dirtyDelay later (one write for every mark meanwhile).
+func (s *Store) mark(d *dirtyMarks, key, account string) {
 	d.mu.Lock()
 	if d.m == nil {
 		d.m = make(map[string]struct{})
@@ -43,13 +48,14 @@ func (s *Store) markDirty(account string) {
 	d.m[account] = struct{}{}
 	if !d.scheduled {
 		d.scheduled = true
-		time.AfterFunc(dirtyDelay, s.flushDirty)
+		time.AfterFunc(dirtyDelay, func() { s.flushMarks(d, key) })
 	}
 	d.mu.Unlock()
 }
 
-func (s *Store) flushDirty() {
-	d := &s.dirty
+// flushMarks writes d's accounts to the set key. A mark lost here (Redis
+// away) is found by its consumer's sweep.
+func (s *Store) flushMarks(d *dirtyMarks, key string) {
 	d.mu.Lock()
 	accts := make([]any, 0, len(d.m))
 	for a := range d.m {
@@ -63,8 +69,7 @@ func (s *Store) flushDirty() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	// A mark lost here (Redis away) is found by the shipper's sweep.
-	_ = s.rdb.SAdd(ctx, dirtyKey, accts...).Err()
+	_ = s.rdb.SAdd(ctx, key, accts...).Err()
 }
 
 // MarkDirty marks accounts as having unshipped entries (a shipper gives back
