@@ -239,6 +239,9 @@ try {
     await down.getByText('pending').waitFor();
     assert.match(await down.locator('td[data-label="Next attempt"]').innerText(), /\d{4}/);
     assert.equal(await down.locator('td[data-label="Last result"] .mono').innerText(), '500');
+    // The endpoint's URL (the operator's config) is text, never markup.
+    assert.match(await down.locator('td[data-label="Endpoint"]').innerText(), /\/hooks\/down\?note=<b>hostile<\/b>$/);
+    assert.equal(await op.locator('main b').count(), 0);
     // What the console shows is what the admin API says.
     const listed = JSON.parse(await api('/admin/v1/webhooks/deliveries?limit=50', ADMIN));
     const mine = listed.data.filter((d) => d.account === ACCOUNT);

@@ -93,7 +93,8 @@ func TestConsole(t *testing.T) {
 		http.Error(w, "receiver is down", http.StatusInternalServerError)
 	}))
 	t.Cleanup(hookDown.Close)
-	cfg := withWebhooks(t, filepath.Join(root, "configs", "tollgate.yaml"), hookOK.URL+"/hooks/ok", hookDown.URL+"/hooks/down")
+	cfg := withWebhooks(t, filepath.Join(root, "configs", "tollgate.yaml"), hookOK.URL+"/hooks/ok",
+		hookDown.URL+"/hooks/down?note=<b>hostile</b>") // the console shows the URL as text
 	billingURL := "http://127.0.0.1:" + fmt.Sprint(testredis.FreePort(t))
 	startBilling(t, bin, cfg, billingURL, rs, mock)
 
