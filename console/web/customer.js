@@ -28,9 +28,10 @@ export function customerViews(ctx) {
 
   // guard renders a view's failure in place instead of leaving it blank; a
   // member whose role does not allow the view is told so, not shown an error.
-  const guard = (el, work) => work().catch((err) => replace(el, err.status === 403 && err.code === 'permission_denied'
+  const failure = (err) => (err.status === 403 && err.code === 'permission_denied'
     ? notice('info', 'Your role in this account does not include this. Ask an owner or admin of the account.')
-    : notice('error', errorText(err))));
+    : notice('error', errorText(err)));
+  const guard = (el, work) => work().catch((err) => replace(el, failure(err)));
 
   async function overview(main) {
     const balanceEl = h('div', loading('Loading your balance'));
@@ -188,7 +189,7 @@ export function customerViews(ctx) {
                 ` New balance: ${credits(res.balance)} credits.`,
                 res.expires_at ? ` The promotional credits expire on ${date(res.expires_at)}.` : ''));
             } catch (err) {
-              replace(out, notice('error', errorText(err)));
+              replace(out, failure(err));
             }
           });
         },
