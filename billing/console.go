@@ -38,6 +38,9 @@ type consoleConfigJSON struct {
 	// Books is the operator's books status route once the books exist (the
 	// PostgreSQL journal and its reconciliation); null until then.
 	Books *string `json:"books"`
+	// Webhooks is how many endpoints receive outgoing events
+	// (billing.webhooks): the operator's deliveries panel says so when none.
+	Webhooks int `json:"webhooks"`
 }
 
 type consolePlanJSON struct {
@@ -49,7 +52,7 @@ type consolePlanJSON struct {
 
 func (s *Server) consoleConfig(r *http.Request) consoleConfigJSON {
 	out := consoleConfigJSON{Auth: s.jwt != nil, Payments: s.stripe != nil, Admin: s.adminOn,
-		Plans: make([]consolePlanJSON, 0, len(s.plans))}
+		Webhooks: len(s.cfg.Webhooks), Plans: make([]consolePlanJSON, 0, len(s.plans))}
 	scheme := "http"
 	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		scheme = "https"

@@ -74,15 +74,19 @@ context.setDefaultNavigationTimeout(90000);
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BILLING });
 
 // Every response and console message of the whole run, to check that nothing failed.
+// A page may expect some failures (a plain member's 403 on the team's routes):
+// each is named exactly, kept apart in `expected`, and must have happened.
 const failures = [];
+const expected = [];
 const requestURLs = [];
 const dialogs = [];
-function watch(page) {
+function watch(page, allow = []) {
+  const fail = (what) => (allow.includes(what) ? expected : failures).push(what);
   page.on('response', (r) => {
-    if (r.status() >= 400) failures.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+    if (r.status() >= 400) fail(`${r.status()} ${r.request().method()} ${r.url()}`);
   });
   page.on('request', (r) => requestURLs.push(r.url()));
-  page.on('console', (m) => { if (m.type() === 'error') failures.push('console: ' + m.text()); });
+  page.on('console', (m) => { if (m.type() === 'error') fail('console: ' + m.text()); });
   page.on('pageerror', (e) => failures.push('page error: ' + e.message));
   page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   return page;
@@ -214,6 +218,41 @@ try {
     await page.screenshot({ path: join(OUT, 'history.png'), fullPage: true });
   });
 
+  await step("the operator sees the purchase's webhook deliveries: one delivered, one retried after a 500", async () => {
+    const op = watch(await context.newPage());
+    await op.goto(`${BILLING}/console/`);
+    await op.getByLabel('Admin token').fill(ADMIN);
+    await op.getByRole('button', { name: 'Sign in' }).click();
+    const list = op.getByRole('region', { name: 'Webhook deliveries' });
+    const ok = list.getByRole('row').filter({ hasText: '/hooks/ok' }).filter({ hasText: ACCOUNT });
+    const down = list.getByRole('row').filter({ hasText: '/hooks/down' }).filter({ hasText: ACCOUNT });
+    // The dispatcher sends within a second or so: refresh until both show.
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      await op.getByRole('button', { name: 'Refresh webhook deliveries' }).waitFor();
+      if (await ok.filter({ hasText: 'delivered' }).count() && await down.filter({ hasText: 'endpoint answered 500' }).count()) break;
+      assert.ok(Date.now() < deadline, 'both deliveries within 30 s: ' + await op.locator('main').innerText());
+      await op.waitForTimeout(500);
+      await op.getByRole('button', { name: 'Refresh webhook deliveries' }).click();
+    }
+    await ok.getByText('credits.purchased').waitFor();
+    await down.getByText('pending').waitFor();
+    assert.match(await down.locator('td[data-label="Next attempt"]').innerText(), /\d{4}/);
+    assert.equal(await down.locator('td[data-label="Last result"] .mono').innerText(), '500');
+    // The endpoint's URL (the operator's config) is text, never markup.
+    assert.match(await down.locator('td[data-label="Endpoint"]').innerText(), /\/hooks\/down\?note=<b>hostile<\/b>$/);
+    assert.equal(await op.locator('main b').count(), 0);
+    // What the console shows is what the admin API says.
+    const listed = JSON.parse(await api('/admin/v1/webhooks/deliveries?limit=50', ADMIN));
+    const mine = listed.data.filter((d) => d.account === ACCOUNT);
+    assert.deepEqual(mine.map((d) => d.type), ['credits.purchased', 'credits.purchased']);
+    await op.screenshot({ path: join(OUT, 'operator-webhooks.png'), fullPage: true });
+    // A delivery's account opens in the finder.
+    await ok.getByRole('button', { name: `Open account ${ACCOUNT}` }).click();
+    await op.getByTestId('op-balance').filter({ hasText: grouped(rawNumber(await api('/api/billing/credits?limit=1', token), 'balance')) }).waitFor();
+    await op.close();
+  });
+
   await step('auto-recharge is edited', async () => {
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.getByLabel('Recharge automatically when my balance runs low').check();
@@ -245,6 +284,80 @@ try {
     await page.screenshot({ path: join(OUT, 'plan.png'), fullPage: true });
   });
 
+  await step('a promotional code is redeemed and its credits shown apart', async () => {
+    const code = 'E2E-' + ACCOUNT.toUpperCase().replace(/[^A-Z0-9]/g, '');
+    await api('/admin/v1/promo-codes', ADMIN, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ code, credits: 250, grant_expires_in: '720h' }) });
+    const before = rawNumber(await api('/api/billing/credits?limit=1', token), 'balance');
+    await page.getByRole('link', { name: 'Buy credits' }).click();
+    await page.getByLabel('Promotional code').fill(code);
+    await page.getByRole('button', { name: 'Redeem' }).click();
+    await page.getByText('250.000 promotional credits added.').waitFor();
+    const after = rawNumber(await api('/api/billing/credits?limit=1', token), 'balance');
+    assert.equal(Math.round(Number(after) * 1000) - Math.round(Number(before) * 1000), 250000);
+    await page.getByText(`New balance: ${grouped(after)} credits.`).waitFor();
+    await page.getByText(/The promotional credits expire on/).waitFor();
+    await page.screenshot({ path: join(OUT, 'redeem.png'), fullPage: true });
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.getByTestId('balance').filter({ hasText: grouped(after) }).waitFor();
+    await page.getByTestId('promotional').filter({ hasText: '250.000' }).waitFor();
+  });
+
+  const MATE = 'e2e-mate-' + Date.now().toString(36);
+  await step('an owner adds a member, sees it and the audit entry', async () => {
+    await page.getByRole('link', { name: 'Team' }).click();
+    const members = page.getByRole('region', { name: 'Team members' });
+    await members.getByRole('row').filter({ hasText: ACCOUNT }).getByText('owner').waitFor();
+    // The only owner has no Remove button (the API would refuse).
+    assert.equal(await members.getByRole('button', { name: `Remove member ${ACCOUNT}` }).count(), 0);
+    await page.getByLabel('User id').fill(MATE);
+    await page.getByLabel('Role').selectOption('member');
+    await page.getByRole('button', { name: 'Add member' }).click();
+    await page.getByText(`${MATE} added as member`).waitFor();
+    await members.getByRole('row').filter({ hasText: MATE }).getByText('member', { exact: true }).waitFor();
+    const audit = page.getByRole('region', { name: 'Audit log entries' });
+    await audit.getByRole('row').filter({ hasText: 'member.added' }).filter({ hasText: MATE }).waitFor();
+    const listed = JSON.parse(await api('/v1/members', token)).data;
+    assert.deepEqual(listed.map((m) => [m.user, m.role]).sort(), [[ACCOUNT, 'owner'], [MATE, 'member']].sort());
+    await page.screenshot({ path: join(OUT, 'team.png'), fullPage: true });
+  });
+
+  await step('a plain member sees no team, and no error, where the API answers 403', async () => {
+    const mateToken = (await helper(`/token?sub=${MATE}&account=${ACCOUNT}`)).trim();
+    const forbidden = `403 GET ${BILLING}/v1/members`;
+    const mp = watch(await context.newPage(), [forbidden, 'console: Failed to load resource: the server responded with a status of 403 (Forbidden)']);
+    await mp.goto(`${BILLING}/console/#token=${encodeURIComponent(mateToken)}`);
+    await mp.getByTestId('balance').waitFor();
+    // The balance is every member's; the auto-recharge setting is billing's.
+    await mp.getByText('Auto-recharge is managed by the account’s owners, admins and billing members.').waitFor();
+    assert.equal(await mp.locator('main [role="alert"]').count(), 0);
+    await mp.getByRole('link', { name: 'Team' }).click();
+    await mp.getByText('Only the account’s owners and admins see and manage its members').waitFor();
+    assert.equal(await mp.locator('main [role="alert"]').count(), 0);
+    assert.equal(await mp.getByRole('button', { name: 'Add member' }).count(), 0);
+    assert.ok(expected.includes(forbidden), `the member's page asked for the members: ${expected}`);
+    // Asked once: coming back does not ask again.
+    const asked = expected.filter((e) => e === forbidden).length;
+    await mp.getByRole('link', { name: 'Overview' }).click();
+    await mp.getByTestId('balance').waitFor();
+    await mp.getByRole('link', { name: 'Team' }).click();
+    await mp.getByText('Only the account’s owners and admins').waitFor();
+    assert.equal(expected.filter((e) => e === forbidden).length, asked);
+    await mp.screenshot({ path: join(OUT, 'team-member.png'), fullPage: true });
+    await mp.close();
+  });
+
+  await step('the owner removes the member, and the audit log says so', async () => {
+    const members = page.getByRole('region', { name: 'Team members' });
+    await members.getByRole('button', { name: `Remove member ${MATE}` }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Remove member' }).click();
+    await page.getByText(`${MATE} removed`).waitFor();
+    await members.getByRole('row').filter({ hasText: MATE }).waitFor({ state: 'detached' });
+    await page.getByRole('region', { name: 'Audit log entries' }).getByRole('row').filter({ hasText: 'member.removed' }).filter({ hasText: MATE }).waitFor();
+    const listed = JSON.parse(await api('/v1/members', token)).data;
+    assert.deepEqual(listed.map((m) => m.user), [ACCOUNT]);
+  });
+
   await step('keyboard: tabs are reachable and followed with Enter', async () => {
     await page.getByRole('link', { name: 'Overview' }).focus();
     await page.keyboard.press('Tab');
@@ -264,10 +377,17 @@ try {
     const overflowKeys = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflowKeys <= 0, `keys page is ${overflowKeys}px wider than the phone`);
     await page.screenshot({ path: join(OUT, 'phone-keys.png'), fullPage: true });
+    await page.getByRole('link', { name: 'Team' }).click();
+    await page.getByRole('region', { name: 'Audit log entries' }).waitFor();
+    const overflowTeam = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflowTeam <= 0, `team page is ${overflowTeam}px wider than the phone`);
+    await page.screenshot({ path: join(OUT, 'phone-team.png'), fullPage: true });
   });
 
-  await step('no request failed, no console error, and the token never appeared in a URL', async () => {
+  await step("no request failed, no console error (but the member's expected 403), and the token never appeared in a URL", async () => {
     assert.deepEqual(failures, []);
+    assert.ok(expected.length >= 1, 'the expected 403 happened');
+    console.log('     expected: ' + expected.join(' | '));
     const leaked = requestURLs.filter((u) => u.includes(token));
     assert.deepEqual(leaked, []);
     assert.deepEqual(dialogs, []);

@@ -12,7 +12,11 @@ export const SECTIONS = [
   ['keys', 'API keys'],
   ['plan', 'Plan'],
   ['history', 'History'],
+  ['team', 'Team'],
 ];
+
+// ROLES are the roles of an account's members, least powerful first.
+const ROLES = [['member', 'Member'], ['billing', 'Billing'], ['admin', 'Admin'], ['owner', 'Owner']];
 
 export function customerViews(ctx) {
   const api = (method, path, body) => call(method, path, { token: ctx.token, body });
@@ -22,8 +26,12 @@ export function customerViews(ctx) {
     return packsPromise;
   };
 
-  // guard renders a view's failure in place instead of leaving it blank.
-  const guard = (el, work) => work().catch((err) => replace(el, notice('error', errorText(err))));
+  // guard renders a view's failure in place instead of leaving it blank; a
+  // member whose role does not allow the view is told so, not shown an error.
+  const failure = (err) => (err.status === 403 && err.code === 'permission_denied'
+    ? notice('info', 'Your role in this account does not include this. Ask an owner or admin of the account.')
+    : notice('error', errorText(err)));
+  const guard = (el, work) => work().catch((err) => replace(el, failure(err)));
 
   async function overview(main) {
     const balanceEl = h('div', loading('Loading your balance'));
@@ -35,7 +43,10 @@ export function customerViews(ctx) {
     await guard(balanceEl, async () => {
       const [cr, ac, ps] = await Promise.all([api('GET', '/api/billing/credits?limit=1'), api('GET', '/v1/api-credits'), packs().catch(() => [])]);
       renderBalance(balanceEl, cr, ac, ps);
-      renderAutoRecharge(autoEl, cr.autoRecharge, ps);
+      // A member whose role does not include billing reads the balance
+      // alone (no autoRecharge): the setting is not theirs to see.
+      if (cr.autoRecharge) renderAutoRecharge(autoEl, cr.autoRecharge, ps);
+      else replace(autoEl, empty('Auto-recharge is managed by the account’s owners, admins and billing members.'));
     });
     if (autoEl.querySelector('.loading')) replace(autoEl);
   }
@@ -123,7 +134,7 @@ export function customerViews(ctx) {
 
   async function buy(main) {
     const el = h('div', loading('Loading packs'));
-    replace(main, h('h1.sr-only', 'Buy credits'), card('Buy credits', el));
+    replace(main, h('h1.sr-only', 'Buy credits'), card('Buy credits', el), card('Redeem a code', redeemForm()));
     await guard(el, async () => {
       const ps = await packs();
       if (!ctx.config.payments) {
@@ -156,6 +167,35 @@ export function customerViews(ctx) {
             btn);
         })));
     });
+  }
+
+  // redeemForm: a promotional code's credits, once per account. They are
+  // spent before paid credits and may expire.
+  function redeemForm() {
+    const code = field({ label: 'Promotional code', maxlength: 64, autocomplete: 'off', spellcheck: 'false', required: true, placeholder: 'e.g. WELCOME-2026' });
+    const submit = h('button.btn.btn-secondary', { type: 'submit' }, 'Redeem');
+    const out = h('div');
+    const form = h('form.form.form-inline', {
+      on: {
+        submit: (ev) => {
+          ev.preventDefault();
+          const value = code.input.value.trim();
+          if (!value) return;
+          busy(submit, async () => {
+            try {
+              const res = await api('POST', '/v1/billing/redeem', { code: value });
+              form.reset();
+              replace(out, notice('ok', h('strong', `${credits(res.credits)} promotional credits added.`),
+                ` New balance: ${credits(res.balance)} credits.`,
+                res.expires_at ? ` The promotional credits expire on ${date(res.expires_at)}.` : ''));
+            } catch (err) {
+              replace(out, failure(err));
+            }
+          });
+        },
+      },
+    }, code.el, h('div.actions', submit));
+    return h('div', h('p.lead', 'Promotional credits are spent before the credits you bought.'), form, out);
   }
 
   async function usage(main) {
@@ -407,6 +447,110 @@ export function customerViews(ctx) {
     ]);
   }
 
+  // team: the account's members and its audit log, for owners and admins.
+  // Others are answered 403 by the API: the view then says who can help
+  // instead of showing an error, and is not asked for again.
+  let teamDenied = false;
+  async function team(main) {
+    const denied = () => replace(main, h('h1.sr-only', 'Team'), card('Team',
+      notice('info', 'Only the account’s owners and admins see and manage its members and audit log. Ask one of them to add someone or change a role.')));
+    if (teamDenied) {
+      denied();
+      return;
+    }
+    const membersEl = h('div', loading('Loading members'));
+    const auditEl = h('div', loading('Loading the audit log'));
+    const formOut = h('div');
+    const user = field({ label: 'User id', maxlength: 128, autocomplete: 'off', spellcheck: 'false', required: true, placeholder: 'e.g. user_42', hint: 'Their user id in your app (the token’s subject).' });
+    const role = field({ label: 'Role', type: 'select', hint: 'Members use the API with their own keys; billing members also buy credits; admins also manage every key and the team; owners, everything.' });
+    for (const [v, label] of ROLES) role.input.append(h('option', { value: v }, label));
+    const add = h('button.btn.btn-primary', { type: 'submit' }, 'Add member');
+    let current = [];
+    const form = h('form.form.form-inline', {
+      on: {
+        submit: (ev) => {
+          ev.preventDefault();
+          const body = { user: user.input.value.trim(), role: role.input.value };
+          if (!body.user) return;
+          const had = current.find((m) => m.user === body.user);
+          busy(add, async () => {
+            try {
+              await api('POST', '/v1/members', body);
+              form.reset();
+              replace(formOut);
+              toast(had ? `${body.user} is now ${body.role}` : `${body.user} added as ${body.role}`);
+              await refresh();
+            } catch (err) {
+              replace(formOut, notice('error', errorText(err)));
+            }
+          });
+        },
+      },
+    }, user.el, role.el, h('div.actions', add));
+
+    async function loadMembers() {
+      const res = await api('GET', '/v1/members');
+      current = res.data || [];
+      const owners = current.filter((m) => m.role === 'owner').length;
+      replace(membersEl, table('Team members', [
+        { label: 'User', value: (m) => h('span.ident', m.user) },
+        { label: 'Role', value: (m) => h('span.badge', { class: m.role === 'owner' || m.role === 'admin' ? 'badge-on' : 'badge-off' }, m.role) },
+        { label: 'Budget', num: true, value: (m) => (m.budget ? `${credits(m.budget.credits)} / ${m.budget.period}` : 'No budget') },
+        { label: 'Used this period', num: true, value: (m) => credits(m.period_used) },
+        {
+          // The last owner cannot be removed (the API refuses): no button.
+          label: 'Actions', value: (m) => (m.role === 'owner' && owners <= 1 ? '' : button('Remove', async (ev) => {
+            if (!await confirmDialog('Remove this member?', `${m.user} will no longer act for this account, and the API keys they created are revoked.`, 'Remove member')) return;
+            await busy(ev.target, async () => {
+              try {
+                await api('DELETE', '/v1/members/' + encodeURIComponent(m.user));
+                toast(`${m.user} removed`);
+                await refresh();
+              } catch (err) {
+                toast(errorText(err));
+              }
+            });
+          }, { kind: 'danger-quiet', 'aria-label': `Remove member ${m.user}` })),
+        },
+      ], current));
+    }
+
+    async function loadAudit() {
+      await guard(auditEl, async () => {
+        const res = await api('GET', '/v1/audit?limit=50');
+        const rows = res.data || [];
+        if (!rows.length) {
+          replace(auditEl, empty('Nothing recorded yet. Member and key changes appear here.'));
+          return;
+        }
+        replace(auditEl, table('Audit log entries', [
+          { label: 'When', value: (e) => dateTime(e.created_at) },
+          { label: 'Actor', value: (e) => h('span.ident', e.actor) },
+          { label: 'Action', value: (e) => h('code', e.action) },
+          { label: 'Target', value: (e) => h('span.ident', e.target) },
+          { label: 'Id', value: (e) => h('span.detail', e.id) },
+        ], rows), res.has_more ? h('p.muted', 'The newest 50 entries.') : null);
+      });
+    }
+
+    const refresh = () => guard(membersEl, loadMembers).then(loadAudit);
+    try {
+      await loadMembers();
+    } catch (err) {
+      if (err.status === 403) {
+        teamDenied = true;
+        denied();
+        return;
+      }
+      replace(membersEl, notice('error', errorText(err)));
+    }
+    replace(main, h('h1.sr-only', 'Team'),
+      card('Add a member', form, formOut),
+      card('Members', membersEl),
+      card('Audit log', auditEl));
+    await loadAudit();
+  }
+
   // pager shows pages one at a time with Newer/Older buttons (cursor pages).
   async function pager(el, fetchPage, emptyText, render) {
     const stack = [null];
@@ -426,7 +570,7 @@ export function customerViews(ctx) {
     await show();
   }
 
-  return { overview, buy, usage, keys, plan, history };
+  return { overview, buy, usage, keys, plan, history, team };
 }
 
 function kindLabel(t) {

@@ -18,8 +18,12 @@ export function operatorView(ctx, main) {
     },
   }, id.el, h('div.actions', find));
   const booksEl = h('div');
-  replace(main, h('h1.sr-only', 'Operator'), card('Find an account', form), resultEl, card('Books', booksEl));
+  const hooksEl = h('div', loading('Loading webhook deliveries'));
+  const hooksRefresh = button('Refresh', (ev) => busy(ev.target, () => webhooks(hooksEl)), { kind: 'quiet', 'aria-label': 'Refresh webhook deliveries' });
+  replace(main, h('h1.sr-only', 'Operator'), card('Find an account', form), resultEl,
+    card('Webhooks', h('div.card-tools', hooksRefresh), hooksEl), card('Books', booksEl));
   books(booksEl);
+  webhooks(hooksEl);
   id.input.focus();
 
   async function open(accountID) {
@@ -156,6 +160,44 @@ export function operatorView(ctx, main) {
     await show();
   }
 
+  // webhooks lists the newest deliveries of outgoing events to the
+  // operator's endpoints (billing.webhooks), newest first: what was sent,
+  // where, and what became of it.
+  async function webhooks(el) {
+    try {
+      const res = await api('GET', '/admin/v1/webhooks/deliveries?limit=50');
+      const ds = res.data || [];
+      if (!ds.length) {
+        replace(el, empty(ctx.config.webhooks
+          ? `No deliveries yet. Events are sent to ${ctx.config.webhooks === 1 ? 'the configured endpoint' : `the ${ctx.config.webhooks} configured endpoints`} as they happen.`
+          : 'No webhook endpoints are configured (billing.webhooks), so no events are sent.'));
+        return;
+      }
+      const counts = { pending: 0, delivered: 0, failed: 0 };
+      for (const d of ds) if (counts[d.state] !== undefined) counts[d.state] += 1;
+      replace(el,
+        h('p.muted', { 'data-testid': 'delivery-counts' },
+          `The newest ${ds.length}: ${counts.delivered} delivered, ${counts.pending} pending, ${counts.failed} failed.`),
+        table('Webhook deliveries', [
+          { label: 'Created', value: (d) => dateTime(d.created_at) },
+          { label: 'Event', value: (d) => h('code', d.type) },
+          {
+            label: 'Account', value: (d) => h('button.linkish.ident', {
+              type: 'button', 'aria-label': `Open account ${d.account}`,
+              on: { click: () => { id.input.value = d.account; busy(find, () => open(d.account)); window.scrollTo(0, 0); } },
+            }, d.account),
+          },
+          { label: 'Endpoint', value: (d) => h('span.ident', d.url) },
+          { label: 'State', value: (d) => deliveryState(d.state) },
+          { label: 'Attempts', num: true, value: (d) => String(d.attempts) },
+          { label: 'Last result', value: (d) => lastResult(d) },
+          { label: 'Next attempt', value: (d) => (d.next_attempt_at ? dateTime(d.next_attempt_at) : '—') },
+        ], ds));
+    } catch (err) {
+      replace(el, notice('error', err.status === 401 ? 'The admin token was refused. Sign out and sign in again.' : errorText(err)));
+    }
+  }
+
   // books shows the books' status (the PostgreSQL journal: reconcile and
   // journal lag) when the server has them: config.books names the route.
   async function books(el) {
@@ -171,6 +213,20 @@ export function operatorView(ctx, main) {
       replace(el, notice('error', errorText(err)));
     }
   }
+}
+
+function deliveryState(state) {
+  const kind = { delivered: 'badge-on', pending: 'badge-warn', failed: 'badge-bad' }[state] || 'badge-off';
+  return h('span.badge', { class: kind }, state);
+}
+
+// lastResult: the last attempt's HTTP status and error, as text.
+function lastResult(d) {
+  const parts = [];
+  if (d.last_status !== null && d.last_status !== undefined) parts.push(h('span.mono', String(d.last_status)));
+  if (d.last_error) parts.push(h('span.detail', (parts.length ? ' · ' : ''), d.last_error));
+  if (!parts.length) return d.attempts ? '' : h('span.muted', 'Not tried yet');
+  return h('span.result', parts);
 }
 
 function detail(fields) {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +22,14 @@ import (
 	"github.com/tollgate/tollgate/internal/testredis"
 	"github.com/tollgate/tollgate/internal/teststripe"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/webhooks"
 )
 
 const (
 	adminToken    = "e2e-admin-token-0123456789abcdef-0123456789"
 	jwtSecret     = "e2e-jwt-secret-0123456789abcdef-0123456789"
 	webhookSecret = "whsec_e2e_0123456789abcdef"
+	hookSecret    = "e2e-outgoing-0123456789abcdef"
 	chromium      = "/usr/bin/chromium"
 )
 
@@ -80,8 +84,19 @@ func TestConsole(t *testing.T) {
 
 	rs := testredis.Start(t)
 	mock := teststripe.Start(t)
+	// Two receivers of outgoing events: one takes them (delivered), one
+	// answers 500 (pending, retried), so the operator's panel shows both.
+	hooks := &receiver{}
+	hookOK := httptest.NewServer(hooks)
+	t.Cleanup(hookOK.Close)
+	hookDown := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "receiver is down", http.StatusInternalServerError)
+	}))
+	t.Cleanup(hookDown.Close)
+	cfg := withWebhooks(t, filepath.Join(root, "configs", "tollgate.yaml"), hookOK.URL+"/hooks/ok",
+		hookDown.URL+"/hooks/down?note=<b>hostile</b>") // the console shows the URL as text
 	billingURL := "http://127.0.0.1:" + fmt.Sprint(testredis.FreePort(t))
-	startBilling(t, bin, root, billingURL, rs, mock)
+	startBilling(t, bin, cfg, billingURL, rs, mock)
 
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -100,14 +115,70 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("browser tests failed: %v", err)
 	}
 	t.Logf("screenshots in %s", out)
+	if hooks.count() == 0 {
+		t.Error("the receiver got no signed event")
+	}
 }
 
-// startBilling starts `tollgate billing` with the shipped config and waits
+// withWebhooks writes a copy of the shipped config whose billing section
+// names the given endpoints for outgoing events, and returns its path.
+func withWebhooks(t *testing.T, shipped string, urls ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list strings.Builder
+	list.WriteString("billing:\n  webhooks:\n")
+	for _, u := range urls {
+		fmt.Fprintf(&list, "    - {url: %q, secret: %q}\n", u, hookSecret)
+	}
+	text := string(b)
+	if !strings.Contains(text, "\nbilling:\n") {
+		t.Fatalf("%s has no billing section", shipped)
+	}
+	text = strings.Replace(text, "\nbilling:\n", "\n"+list.String(), 1)
+	p := filepath.Join(t.TempDir(), "tollgate.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// receiver takes outgoing events, checking each signature.
+type receiver struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := webhooks.Verify(r.Header.Get(webhooks.SignatureHeader), body, hookSecret, 5*time.Minute); err != nil {
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	rc.mu.Lock()
+	rc.n++
+	rc.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (rc *receiver) count() int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.n
+}
+
+// startBilling starts `tollgate billing` with the config at cfg and waits
 // until it listens.
-func startBilling(t *testing.T, bin, root, url string, rs *testredis.Server, mock *teststripe.Server) {
+func startBilling(t *testing.T, bin, cfg, url string, rs *testredis.Server, mock *teststripe.Server) {
 	t.Helper()
 	addr := strings.TrimPrefix(url, "http://")
-	cmd := exec.Command(bin, "billing", "--config", filepath.Join(root, "configs", "tollgate.yaml"), "--addr", addr, "--metrics-addr", "off")
+	cmd := exec.Command(bin, "billing", "--config", cfg, "--addr", addr, "--metrics-addr", "off")
 	cmd.Env = append(os.Environ(),
 		"REDIS_URL="+rs.URL(), "REDIS_ADDRS=", "REDIS_MASTER_NAME=", "REDIS_PASSWORD=",
 		"TOLLGATE_ADMIN_TOKEN="+adminToken, "TOLLGATE_JWT_SECRET="+jwtSecret,
@@ -166,13 +237,16 @@ func startBilling(t *testing.T, bin, root, url string, rs *testredis.Server, moc
 
 // helperHandler serves what the browser test needs from outside the console:
 //
-//	GET  /token?sub=ID                     → a JWT for the account, as the app would issue
+//	GET  /token?sub=ID[&account=TEAM]      → a JWT for the account (or a member acting for TEAM), as the app would issue
 //	POST /paid {account,session,pack,amount,currency} → Stripe's signed checkout.session.completed
 //	POST /usage {account}                  → calls settled for the account, as a proxy would
 func helperHandler(store *metering.Store, billingURL string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /token", func(w http.ResponseWriter, r *http.Request) {
 		claims := jwt.MapClaims{"sub": r.URL.Query().Get("sub"), "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}
+		if team := r.URL.Query().Get("account"); team != "" {
+			claims["account"] = team
+		}
 		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(jwtSecret))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
