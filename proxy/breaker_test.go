@@ -285,3 +285,42 @@ func TestWeightedKeysNative(t *testing.T) {
 		t.Fatalf("x-api-key %v, Authorization %v", up.xkeys, up.keys)
 	}
 }
+
+// An answer over MaxResponseBytes reached the provider (which generated and
+// billed it): the call fails uncharged, but it is not sent again to the
+// fallback, and it does not count against the deployment's breaker (the
+// request itself made it large: a few such calls must not shut a healthy
+// deployment for everyone).
+func TestOversizeAnswerNeitherFallsBackNorTripsTheBreaker(t *testing.T) {
+	big := newFlaky(t, 200)
+	other := newFlaky(t, 200)
+	models := []pricing.ModelSpec{
+		{ID: "big-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
+			Deployments: []pricing.DeploymentSpec{{Provider: "big", Model: "x"}, {Provider: "other", Model: "y"}}},
+	}
+	e := newEnv(t, envOpts{proxy: withProvider(t, "big", big, models, func(o *proxy.Options) {
+		o.Providers = append(o.Providers, proxy.Provider{Name: "other", Kind: "openai", BaseURL: other.srv.URL + "/v1", APIKey: "sk-other"})
+		o.Breaker = proxy.Breaker{Failures: 2, CoolDown: time.Minute}
+		o.MaxResponseBytes = 64 // every completion of newFlaky is larger
+	})})
+	key := e.account("big", 100)
+	for i := 1; i <= 4; i++ {
+		r := e.post("/v1/chat/completions", key, `{"model":"big-model","messages":`+msg("hi")+`}`)
+		if r.status < 500 {
+			t.Fatalf("call %d: status %d, want a 5xx for an answer over the limit: %s", i, r.status, r.body)
+		}
+		if got := big.calls.Load(); got != int64(i) {
+			t.Fatalf("after %d calls the first deployment was called %d times (want one per call: the breaker stays closed)", i, got)
+		}
+	}
+	if got := other.calls.Load(); got != 0 {
+		t.Fatalf("the fallback was called %d times: each call would have been generated twice", got)
+	}
+	if st := e.srv.BreakerState("big", "x"); st != proxy.BreakerClosed {
+		t.Fatalf("breaker %s after oversize answers, want closed", st)
+	}
+	if n := e.usageEntries("big"); n != 0 {
+		t.Fatalf("%d charges for failed calls", n)
+	}
+	e.assertLedger("big")
+}

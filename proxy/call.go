@@ -246,13 +246,26 @@ deployments:
 		for try := 0; ; try++ {
 			r, err := c.send(ctx, u, out)
 			if err != nil {
-				br.report(false)
 				lastErr = upstreamErr(err)
 				c.upstreamFailed(u, upstreamReason(err, 0))
-				if !isDialError(err) && errors.Is(lastErr, errTimeout) {
-					break deployments // the provider may be working on it: never send it twice
+				if !isDialError(err) {
+					// The request reached the provider (a timeout, an answer
+					// over MaxResponseBytes, a connection cut mid-answer): it
+					// may have generated and billed it, so it is never sent
+					// again, here or to a fallback (a client could otherwise
+					// have several generations made for one failed, uncharged
+					// call). A timeout counts against the deployment's
+					// breaker; an answer too large or cut does not: its
+					// cause may be the request itself (a huge max_tokens, n
+					// or logprobs), and five such calls would shut a
+					// healthy deployment for every account.
+					if errors.Is(lastErr, errTimeout) {
+						br.report(false)
+					}
+					break deployments
 				}
-				if wait, ok := c.retryWait(try); ok && isDialError(err) {
+				br.report(false)
+				if wait, ok := c.retryWait(try); ok {
 					time.Sleep(wait)
 					continue // nothing reached the provider
 				}

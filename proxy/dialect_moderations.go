@@ -23,12 +23,37 @@ func (moderationsDialect) inspect(_ *endpoint, r *request, s *scanner, _ []byte)
 }
 
 func (moderationsDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, messages, direct int64) {
-	in := v.Get("input")
-	if a := in.GetArray(); len(a) > 0 && a[0].Type() == fastjson.TypeObject {
-		return appendRequestContent(dst, in), 0, 0 // text and image parts
+	return appendModerationInput(dst, v.Get("input")), 0, 0
+}
+
+// appendModerationInput appends what a moderation's input holds to be
+// counted: strings, and the text of text parts (image parts are counted by
+// imageParts). Whatever else a request puts there (an object input, nested
+// arrays, other parts) is counted as its whole JSON, so that no shape of
+// input is estimated below its size.
+func appendModerationInput(dst []byte, in *fastjson.Value) []byte {
+	if in == nil {
+		return dst
 	}
-	dst, direct = appendPrompt(dst, in)
-	return dst, 0, direct
+	switch in.Type() {
+	case fastjson.TypeString:
+		return append(dst, in.GetStringBytes()...)
+	case fastjson.TypeArray:
+		for _, e := range in.GetArray() {
+			switch {
+			case e.Type() == fastjson.TypeString:
+				dst = append(dst, e.GetStringBytes()...)
+			case e.Type() == fastjson.TypeObject && string(e.GetStringBytes("type")) == "text":
+				dst = append(dst, e.GetStringBytes("text")...)
+			case e.Type() == fastjson.TypeObject && string(e.GetStringBytes("type")) == "image_url":
+				// counted by imageParts
+			default:
+				dst = e.MarshalTo(dst)
+			}
+		}
+		return dst
+	}
+	return in.MarshalTo(dst)
 }
 
 func (moderationsDialect) usage(v *fastjson.Value) (usage, bool) {

@@ -328,3 +328,21 @@ func TestCountTokensConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A moderation's estimate follows its input's size whatever its shape: a
+// large text hidden behind a first short string, in an object, in nested
+// arrays or in a part of another type is counted.
+func TestModerationEstimateFollowsTheInput(t *testing.T) {
+	big := strings.Repeat("word ", 20_000) // ~20,000 tokens
+	for _, body := range []string{
+		`{"input":"` + big + `"}`,
+		`{"input":["x",{"type":"text","text":"` + big + `"}]}`,
+		`{"input":{"text":"` + big + `"}}`,
+		`{"input":[["` + big + `"]]}`,
+		`{"input":[{"type":"other","data":"` + big + `"}]}`,
+	} {
+		if got := requestTokens(encO200K, dialectModerations, []byte(body)); got < 19_000 {
+			t.Errorf("estimate %d tokens for %.60s…; want ≥ 19,000", got, body)
+		}
+	}
+}
