@@ -78,11 +78,11 @@ func (b *breaker) allow() bool {
 	if ok && st != stClosed {
 		b.until = now.Add(b.s.opts.Breaker.CoolDown) // the probe's lease
 		b.state.Store(stHalfOpen)
+		if st == stOpen { // under the lock: changes reach the metric in order
+			b.s.breakerChanged(b, stOpen, stHalfOpen)
+		}
 	}
 	b.mu.Unlock()
-	if ok && st == stOpen {
-		b.s.breakerChanged(b, stOpen, stHalfOpen)
-	}
 	return ok
 }
 
@@ -118,11 +118,9 @@ func (b *breaker) report(ok bool) {
 			b.until = now.Add(b.s.opts.Breaker.CoolDown)
 		}
 		b.state.Store(to)
+		b.s.breakerChanged(b, from, to) // under the lock: changes reach the metric in order
 	}
 	b.mu.Unlock()
-	if to != from {
-		b.s.breakerChanged(b, from, to)
-	}
 }
 
 // breakerFor returns the breaker of a deployment, the same one across
