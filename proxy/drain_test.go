@@ -47,16 +47,7 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("Drain returned (%v) with a stream in flight", err)
 	default:
 	}
-	var last string
-	for {
-		line, err := br.ReadString('\n')
-		if strings.HasPrefix(line, "data:") {
-			last = line
-		}
-		if err != nil {
-			break
-		}
-	}
+	last := lastEvent(br)
 	resp.Body.Close()
 	if !strings.Contains(last, "[DONE]") {
 		t.Errorf("the stream in flight did not end normally: last event %q", last)
@@ -128,20 +119,25 @@ func TestShutdownAfterDrainTimeoutCutsStreams(t *testing.T) {
 		case <-time.After(60 * time.Second):
 			t.Fatalf("iteration %d: Shutdown with an expired context did not cut the open stream", i)
 		}
-		var last string
-		for {
-			line, err := br.ReadString('\n')
-			if strings.HasPrefix(line, "data:") {
-				last = line
-			}
-			if err != nil {
-				break
-			}
-		}
+		last := lastEvent(br)
 		resp.Body.Close()
 		if strings.Contains(last, "[DONE]") {
 			t.Errorf("iteration %d: the stream ended normally; want it cut", i)
 		}
 		e.assertLedger(fmt.Sprintf("cut%d", i))
+	}
+}
+
+// lastEvent reads a stream to its end and returns its last data line.
+func lastEvent(br *bufio.Reader) string {
+	var last string
+	for {
+		line, err := br.ReadString('\n')
+		if strings.HasPrefix(line, "data:") {
+			last = line
+		}
+		if err != nil {
+			return last
+		}
 	}
 }

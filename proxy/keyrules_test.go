@@ -96,17 +96,7 @@ func TestKeyBudgetExactAcrossReplicas(t *testing.T) {
 	const budget = 300 // mc: a call of gpt-4o-mini with max_tokens 50 holds 100+ mc
 	key, id := e.governedKey("acme", 100, metering.KeySettings{Budget: budget, BudgetPeriod: metering.PeriodDay})
 	rs := e.burst([]string{e.url, second}, key, limitBody(50, "tokens=50"), 40)
-	var served, charged int64
-	for _, r := range rs {
-		switch {
-		case r.status == http.StatusOK:
-			served++
-			charged += credits(t, r.header.Get("X-Credits-Charged"))
-		case r.status == http.StatusPaymentRequired && r.errorCode(t) == "key_budget_exhausted":
-		default:
-			t.Errorf("status %d: %s", r.status, r.body)
-		}
-	}
+	served, charged := tallyBudget(t, rs, "key_budget_exhausted")
 	e.settleAll(secondLease)
 	ku := e.keyUsage("acme", id)
 	if served == 0 || charged > budget || ku.PeriodUsed != charged || ku.Used != charged {
@@ -240,17 +230,7 @@ func TestMemberBudgetExactAcrossReplicas(t *testing.T) {
 	go func() { defer wg.Done(); rs2 = e.burst([]string{second, e.url}, k2, limitBody(50, "tokens=50"), 20) }()
 	wg.Wait()
 	rs := append(rs1, rs2...)
-	var served, charged int64
-	for _, r := range rs {
-		switch {
-		case r.status == http.StatusOK:
-			served++
-			charged += credits(t, r.header.Get("X-Credits-Charged"))
-		case r.status == http.StatusPaymentRequired && r.errorCode(t) == "member_budget_exhausted":
-		default:
-			t.Errorf("status %d: %s", r.status, r.body)
-		}
-	}
+	served, charged := tallyBudget(t, rs, "member_budget_exhausted")
 	e.settleAll(secondLease)
 	b, err := e.store.MemberBudgets(ctx, "acme")
 	if err != nil {
@@ -267,4 +247,21 @@ func TestMemberBudgetExactAcrossReplicas(t *testing.T) {
 		t.Fatalf("another member's key: %d %s", r.status, r.body)
 	}
 	testledger.Assert(t, e.store, "acme")
+}
+
+// tallyBudget counts the calls of a burst served and what they were
+// charged; every other answer must be a 402 with code (the budget refused it).
+func tallyBudget(t *testing.T, rs []result, code string) (served, charged int64) {
+	t.Helper()
+	for _, r := range rs {
+		switch {
+		case r.status == http.StatusOK:
+			served++
+			charged += credits(t, r.header.Get("X-Credits-Charged"))
+		case r.status == http.StatusPaymentRequired && r.errorCode(t) == code:
+		default:
+			t.Errorf("status %d: %s", r.status, r.body)
+		}
+	}
+	return served, charged
 }
