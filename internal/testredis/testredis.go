@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -122,15 +123,46 @@ func ping(addr string) error {
 	return nil
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago. It is
+// drawn at random from below the kernel's ephemeral range, where neither an
+// outgoing connection's source port nor a ":0" listener ever lands: a port
+// handed out by the kernel (the old way) could be taken by any client socket
+// of a parallel test before the process meant for it bound it. What is left
+// is two tests drawing the same port, about one chance in 20,000.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	lo := ephemeralLow()
+	for range 200 {
+		p := portFloor + rand.IntN(lo-portFloor)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("finding a free port: %v", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// portFloor is the lowest port FreePort draws: above the well-known services.
+const portFloor = 12000
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux;
+// 32768 elsewhere or when unreadable).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > portFloor+1000 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // Flush empties the server's database (between subtests).
