@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bytes"
+	"math"
 	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+	"github.com/valyala/fastjson/fastfloat"
 
 	"github.com/tollgate/tollgate/pricing"
 )
@@ -22,18 +24,71 @@ type usage struct {
 	seen      bool
 }
 
-// tokenField reads a non-negative integer field; absent, negative or
-// non-integer values are 0, values past maxReportedTokens are clamped.
+// tokenField reads a token count (see tokenCount); anything that is not one
+// reads 0.
 func tokenField(v *fastjson.Value, keys ...string) int64 {
-	f := v.Get(keys...)
-	if f == nil || f.Type() != fastjson.TypeNumber {
-		return 0
+	n, _ := tokenCount(v.Get(keys...))
+	return n
+}
+
+// tokenCount reads a token count: a non-negative integer, or a number or a
+// numeric string that stands for one (12.0, 1e3, "12"; a fraction rounds
+// up), clamped at maxReportedTokens. ok is false for anything else —
+// absent, null, negative, text — so that a usage object whose counts are
+// garbled is not taken for a free call (see validCounts).
+func tokenCount(f *fastjson.Value) (n int64, ok bool) {
+	if f == nil {
+		return 0, false
 	}
-	n, err := f.Int64()
-	if err != nil || n < 0 {
-		return 0
+	var x float64
+	switch f.Type() {
+	case fastjson.TypeNumber:
+		if n, err := f.Int64(); err == nil {
+			return clampCount(n)
+		}
+		x = f.GetFloat64()
+	case fastjson.TypeString:
+		var err error
+		if x, err = fastfloat.Parse(string(f.GetStringBytes())); err != nil {
+			return 0, false
+		}
+	default:
+		return 0, false
 	}
-	return min(n, maxReportedTokens)
+	switch {
+	case math.IsNaN(x) || x < 0:
+		return 0, false
+	case x >= maxReportedTokens:
+		return maxReportedTokens, true
+	}
+	return int64(math.Ceil(x)), true
+}
+
+func clampCount(n int64) (int64, bool) {
+	if n < 0 {
+		return 0, false
+	}
+	return min(n, maxReportedTokens), true
+}
+
+// validCounts says whether a usage object states the call's counts: at
+// least one of the fields named is a count, and none of them is present
+// without being one. A provider answer whose usage is {} or
+// {"prompt_tokens":null} is estimated as if it had sent none (it would
+// otherwise be charged 0).
+func validCounts(u *fastjson.Value, fields ...string) bool {
+	found := false
+	for _, k := range fields {
+		f := u.Get(k)
+		if f == nil {
+			continue
+		}
+		if _, ok := tokenCount(f); !ok {
+			return false
+		}
+		found = true
+	}
+	return found
 }
 
 // parseOpenAIUsage reads an OpenAI-style usage object (chat, completions,
@@ -47,7 +102,7 @@ func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
 	}
-	if u.Get("prompt_tokens") == nil && u.Get("completion_tokens") == nil {
+	if !validCounts(u, "prompt_tokens", "completion_tokens") {
 		return usage{}, false
 	}
 	prompt := tokenField(u, "prompt_tokens")
@@ -116,7 +171,8 @@ func countItems(a *fastjson.Value, typ string) int64 {
 
 // parseResponsesUsage reads an OpenAI Responses API usage object.
 func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
-	if u == nil || u.Type() != fastjson.TypeObject || u.Get("input_tokens") == nil {
+	if u == nil || u.Type() != fastjson.TypeObject || u.Get("input_tokens") == nil ||
+		!validCounts(u, "input_tokens", "output_tokens") {
 		return usage{}, false
 	}
 	in := tokenField(u, "input_tokens")
@@ -136,7 +192,8 @@ func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
 // includes thinking; output_tokens_details.thinking_tokens, when present, says
 // how much of it was reasoning.
 func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
-	if u == nil || u.Type() != fastjson.TypeObject {
+	if u == nil || u.Type() != fastjson.TypeObject ||
+		!validCounts(u, "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens") {
 		return usage{}, false
 	}
 	r := usage{seen: true}

@@ -39,8 +39,8 @@ func TestParseAnthropicUsageCacheWrites(t *testing.T) {
 			pricing.Usage{Input: 3, CacheWrite: 7, CacheWrite1h: 11}},
 		{"cache_creation not an object", `{"cache_creation_input_tokens":12,"cache_creation":[1,2]}`,
 			pricing.Usage{CacheWrite: 12}},
-		{"negative and garbled counts", `{"input_tokens":-4,"cache_creation_input_tokens":"5","cache_read_input_tokens":-1,"cache_creation":{"ephemeral_1h_input_tokens":-9}}`,
-			pricing.Usage{}},
+		{"a count given as a string or a float", `{"input_tokens":"4","cache_read_input_tokens":2.0,"output_tokens":1e1}`,
+			pricing.Usage{Input: 4, CachedInput: 2, Output: 10}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,5 +86,44 @@ func TestParseOpenAIUsageWebSearches(t *testing.T) {
 		if u, _ := parseOpenAIUsage(v); u.Usage != want {
 			t.Errorf("%s: %+v, want %+v", body, u.Usage, want)
 		}
+	}
+}
+
+// A usage object whose counts are garbled is no usage: the call is
+// estimated, never charged 0 for a count that could not be read.
+func TestGarbledUsageIsNoUsage(t *testing.T) {
+	tests := []struct {
+		name  string
+		parse func(*fastjson.Value) (usage, bool)
+		json  string
+		ok    bool
+		want  pricing.Usage
+	}{
+		{"openai: empty", parseOpenAIUsage, `{}`, false, pricing.Usage{}},
+		{"openai: null counts", parseOpenAIUsage, `{"prompt_tokens":null,"completion_tokens":null}`, false, pricing.Usage{}},
+		{"openai: null prompt", parseOpenAIUsage, `{"prompt_tokens":null,"completion_tokens":12}`, false, pricing.Usage{}},
+		{"openai: negative", parseOpenAIUsage, `{"prompt_tokens":-5,"completion_tokens":12}`, false, pricing.Usage{}},
+		{"openai: text", parseOpenAIUsage, `{"prompt_tokens":"many","completion_tokens":12}`, false, pricing.Usage{}},
+		{"openai: float and string", parseOpenAIUsage, `{"prompt_tokens":"30","completion_tokens":12.0}`, true, pricing.Usage{Input: 30, Output: 12}},
+		{"openai: a fraction rounds up", parseOpenAIUsage, `{"prompt_tokens":30.2,"completion_tokens":1}`, true, pricing.Usage{Input: 31, Output: 1}},
+		{"openai: embeddings (no completion)", parseOpenAIUsage, `{"prompt_tokens":8,"total_tokens":8}`, true, pricing.Usage{Input: 8}},
+		{"responses: null output", parseResponsesUsage, `{"input_tokens":10,"output_tokens":null}`, false, pricing.Usage{}},
+		{"responses: float", parseResponsesUsage, `{"input_tokens":10,"output_tokens":3.0}`, true, pricing.Usage{Input: 10, Output: 3}},
+		{"anthropic: empty", parseAnthropicUsage, `{}`, false, pricing.Usage{}},
+		{"anthropic: garbled", parseAnthropicUsage, `{"input_tokens":-4,"cache_creation_input_tokens":"x","cache_read_input_tokens":-1}`, false, pricing.Usage{}},
+		{"anthropic: null output", parseAnthropicUsage, `{"output_tokens":null}`, false, pricing.Usage{}},
+		{"anthropic: delta", parseAnthropicUsage, `{"output_tokens":15}`, true, pricing.Usage{Output: 15}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, err := fastjson.Parse(tt.json)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, ok := tt.parse(v)
+			if ok != tt.ok || u.Usage != tt.want {
+				t.Fatalf("= %+v, %v; want %+v, %v", u.Usage, ok, tt.want, tt.ok)
+			}
+		})
 	}
 }
