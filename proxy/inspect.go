@@ -159,6 +159,9 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	default:
 		return *r, invalid("stream", "Parameter 'stream' must be a boolean.")
 	}
+	if err := checkServiceTier(t[nameServiceTier], body); err != nil {
+		return *r, err
+	}
 	if r.stream && t[nameStreamOptions].kind == kindObject && s.usage.kind == kindTrue {
 		r.wantUsage = true
 	}
@@ -193,6 +196,25 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 	r.choices, r.prompts = 1, 1
 	err := ep.dialect.inspect(ep, r, s, body) // dialect_*.go
 	return *r, err
+}
+
+// checkServiceTier refuses a processing tier the provider bills above its
+// standard rates (OpenAI's "priority", the older "scale"): the catalog prices
+// the standard tier, so such a call would be charged less than it costs.
+// The standard and cheaper tiers pass: "auto" and "default" (the project's
+// tier, the operator's choice), "flex", and Anthropic's "standard_only".
+func checkServiceTier(v jsonValue, body []byte) error {
+	if !v.present() {
+		return nil
+	}
+	if v.kind == kindString && !v.escaped {
+		switch string(body[v.start+1 : v.end-1]) {
+		case "auto", "default", "flex", "standard_only":
+			return nil
+		}
+	}
+	return invalid("service_tier", "Parameter 'service_tier' must be 'auto', 'default', 'flex' or 'standard_only': "+
+		"this gateway charges standard rates and does not offer a tier the provider bills above them.")
 }
 
 // inputEstimate bounds the input tokens of a body of n bytes from above

@@ -353,3 +353,39 @@ func TestRewriteKeepsClientBytes(t *testing.T) {
 		})
 	}
 }
+
+// A processing tier the provider bills above its standard rates is refused
+// (the catalog prices the standard tier); the standard and cheaper ones pass.
+func TestInspectServiceTier(t *testing.T) {
+	tests := []struct {
+		ep   *endpoint
+		tier string // the JSON value
+		ok   bool
+	}{
+		{epChat, `"auto"`, true},
+		{epChat, `"default"`, true},
+		{epChat, `"flex"`, true},
+		{epChat, `null`, true},
+		{epChat, `"priority"`, false},
+		{epChat, `"scale"`, false},
+		{epChat, `"pri\u006frity"`, false},
+		{epChat, `1`, false},
+		{epResponses, `"priority"`, false},
+		{epResponses, `"flex"`, true},
+		{epMessages, `"standard_only"`, true},
+		{epMessages, `"priority"`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.ep.path+" "+tt.tier, func(t *testing.T) {
+			body := `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"input":"hi","service_tier":` + tt.tier + `}`
+			_, err := inspect(tt.ep, []byte(body))
+			var br *badRequest
+			switch {
+			case tt.ok && err != nil:
+				t.Fatalf("refused: %v", err)
+			case !tt.ok && (!errors.As(err, &br) || br.param != "service_tier"):
+				t.Fatalf("err = %v, want a 400 naming service_tier", err)
+			}
+		})
+	}
+}

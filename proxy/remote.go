@@ -65,6 +65,7 @@ const (
 	nameMCPServers
 	nameContainer
 	nameBackground
+	nameServiceTier
 
 	nameCount
 )
@@ -125,6 +126,8 @@ func nameOf(k []byte) name {
 		return nameContainer
 	case "background":
 		return nameBackground
+	case "service_tier":
+		return nameServiceTier
 	}
 	return nameOther
 }
