@@ -44,6 +44,18 @@ func TestCountTokensBoundedAndExtrapolated(t *testing.T) {
 	if got < want*99/100 || got > want*101/100 {
 		t.Fatalf("extrapolated %d tokens for %d bytes, want about %d", got, len(long), want)
 	}
+	// Dense text behind a sparse head (32 KiB of spaces, then CJK) is
+	// counted as dense: scaling the head's density counted it at ~1 %.
+	cjk := []byte(strings.Repeat(" ", maxExactBytes) + strings.Repeat("计量网关按实际用量收费，每个令牌都被计算。", 8000))
+	exact, err = codecs[encCL100K].get().Count(string(cjk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 { // random windows: any draw must land near
+		if got := countTokens(encCL100K, cjk); got < int64(exact)*90/100 || got > int64(exact)*110/100 {
+			t.Fatalf("sparse head, dense rest: %d tokens, exact %d", got, exact)
+		}
+	}
 	// Multi-byte text cut at the exact bound is cut between runes.
 	emoji := []byte(strings.Repeat("é🙂", maxExactBytes/3))
 	if got := countTokens(encCL100K, emoji); got <= 0 || got > int64(len(emoji)) {
