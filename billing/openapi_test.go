@@ -269,6 +269,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	want(c.do("DELETE", "/v1/members/oas-dev", tok, nil), http.StatusNoContent)
 	want(c.do("DELETE", "/v1/members/oas", tok, nil), http.StatusConflict)
 	want(c.do("GET", "/v1/audit?limit=5", tok, nil), http.StatusOK)
+	want(c.do("GET", "/v1/me", tok, nil), http.StatusOK)
+	want(c.do("GET", "/v1/me", e.memberToken("stranger", "oas"), nil), http.StatusForbidden)
 	co := c.do("POST", "/v1/billing/checkout", tok, map[string]any{"pack": "growth"})
 	want(co, http.StatusOK)
 	want(c.do("POST", "/v1/billing/checkout", tok, map[string]any{"pack": "nope"}), http.StatusBadRequest)
