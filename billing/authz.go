@@ -79,6 +79,7 @@ var routePermissions = map[string]permission{
 	"POST /v1/billing/redeem":                permBilling,
 	"GET /v1/members":                        permMembers,
 	"POST /v1/members":                       permMembers,
+	"PATCH /v1/members/{user}":               permMembers,
 	"DELETE /v1/members/{user}":              permMembers,
 	"GET /v1/audit":                          permAudit,
 	"GET /v1/me":                             permMember,

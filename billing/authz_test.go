@@ -43,6 +43,7 @@ var routeAccess = map[string]string{
 	"POST /v1/billing/redeem":                "owner admin billing",
 	"GET /v1/members":                        "owner admin",
 	"POST /v1/members":                       "owner admin",
+	"PATCH /v1/members/{user}":               "owner admin",
 	"DELETE /v1/members/{user}":              "owner admin",
 	"GET /v1/audit":                          "owner admin",
 	"GET /v1/me":                             "owner admin billing member",
