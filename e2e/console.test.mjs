@@ -337,7 +337,8 @@ try {
     // Cancelled: nothing changes, the select shows the role again.
     await row.getByLabel(`Role of ${MATE}`).selectOption('admin');
     await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
-    assert.equal(await row.getByLabel(`Role of ${MATE}`).inputValue(), 'billing');
+    await page.getByRole('dialog').waitFor({ state: 'detached' });
+    await page.waitForFunction((u) => document.querySelector(`select[data-user="${u}"]`).value === 'billing', MATE);
     // Back to a plain member for the next step.
     await row.getByLabel(`Role of ${MATE}`).selectOption('member');
     await page.getByRole('dialog').getByRole('button', { name: 'Change role' }).click();
@@ -402,6 +403,31 @@ try {
     assert.ok(overflow <= 0, `the member's page is ${overflow}px wider than the phone`);
     await mp.screenshot({ path: join(OUT, 'member-overview.png'), fullPage: true });
     await mp.close();
+  });
+
+  await step("an admin manages members but not the owner: no select, budget or remove on the owner's row", async () => {
+    const ADMIN_MATE = 'e2e-admin-' + Date.now().toString(36);
+    await api('/v1/members', token, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: ADMIN_MATE, role: 'admin' }) });
+    const adminToken = (await helper(`/token?sub=${ADMIN_MATE}&account=${ACCOUNT}`)).trim();
+    const ap = watch(await context.newPage());
+    await ap.goto(`${BILLING}/console/#token=${encodeURIComponent(adminToken)}`);
+    await ap.getByTestId('balance').waitFor();
+    await ap.getByRole('link', { name: 'Team' }).click();
+    const members = ap.getByRole('region', { name: 'Team members' });
+    const ownerRow = members.getByRole('row').filter({ hasText: ACCOUNT });
+    await ownerRow.getByText('owner', { exact: true }).waitFor();
+    assert.equal(await ownerRow.getByRole('combobox').count(), 0);
+    assert.equal(await ownerRow.getByRole('button').count(), 0);
+    // The member's row is the admin's to change, but never to owner.
+    const mateRole = members.getByLabel(`Role of ${MATE}`);
+    await mateRole.waitFor();
+    assert.deepEqual(await mateRole.locator('option').allInnerTexts(), ['Member', 'Billing', 'Admin']);
+    assert.deepEqual(await ap.getByLabel('Role', { exact: true }).locator('option').allInnerTexts(), ['Member', 'Billing', 'Admin']);
+    await members.getByRole('button', { name: `Edit budget of ${MATE}` }).waitFor();
+    await ap.getByRole('region', { name: 'Audit log entries' }).waitFor();
+    await ap.close();
+    await api('/v1/members/' + ADMIN_MATE, token, { method: 'DELETE' });
   });
 
   await step('the owner removes the member, and the audit log says so', async () => {
