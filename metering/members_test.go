@@ -137,6 +137,73 @@ func TestChangeExistingMember(t *testing.T) {
 	}
 }
 
+// TestChangeExistingMemberConcurrent: role changes from many clients race
+// a removal; whatever the order, the removed member stays removed (no
+// change lands after the removal: none is recorded after its entry), and
+// each change that succeeded was recorded once.
+func TestChangeExistingMemberConcurrent(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	st := e.st
+	for round := 0; round < 20; round++ {
+		user := fmt.Sprintf("dev-%d", round)
+		if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, Role: metering.RoleMember, ByOwner: true, Actor: "acme"}); err != nil {
+			t.Fatal(err)
+		}
+		const writers = 16
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		changed := 0
+		start := make(chan struct{})
+		for i := 0; i < writers; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				<-start
+				role := []string{metering.RoleBilling, metering.RoleAdmin}[i%2]
+				prev, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, Role: role, Actor: "acme", Existing: true})
+				switch {
+				case errors.Is(err, metering.ErrNoMember):
+				case err != nil:
+					t.Error(err)
+				case prev != role:
+					mu.Lock()
+					changed++
+					mu.Unlock()
+				}
+			}(i)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, ByOwner: true, Actor: "acme"}); err != nil {
+				t.Error(err)
+			}
+		}()
+		close(start)
+		wg.Wait()
+		if r := roleOf(t, st, "acme", user); r != "" {
+			t.Fatalf("round %d: the removed member is back as %q", round, r)
+		}
+		es, err := st.Audit(ctx, "acme", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Newest first: the removal, then the changes, then the add.
+		var mine []string
+		for _, e := range es {
+			if e.Target == user {
+				mine = append(mine, e.Action)
+			}
+		}
+		if len(mine) != changed+2 || mine[0] != metering.AuditMemberRemoved || mine[len(mine)-1] != metering.AuditMemberAdded {
+			t.Fatalf("round %d: %d changes, audit %v", round, changed, mine)
+		}
+	}
+}
+
 // TestMembersLastOwnerConcurrent: owners demoting and removing one another
 // from many goroutines on two replicas never leave the account without an
 // owner, and exactly all but one of the removals succeed.
