@@ -33,6 +33,19 @@ const (
 	permAudit
 )
 
+// permMember: any member of the account (GET /v1/me: who the caller is).
+const permMember permission = 0
+
+// permissionNames are the names GET /v1/me gives the permissions, in bit
+// order (the console shows what a role may do from them).
+var permissionNames = []struct {
+	p    permission
+	name string
+}{
+	{permUsage, "usage"}, {permKeys, "keys"}, {permAllKeys, "all_keys"},
+	{permBilling, "billing"}, {permMembers, "members"}, {permAudit, "audit"},
+}
+
 // rolePermissions: what each role may do. Owners and admins may do
 // everything; only an owner may grant, change or remove the owner role
 // (metering.ChangeMember enforces it atomically).
@@ -66,8 +79,10 @@ var routePermissions = map[string]permission{
 	"POST /v1/billing/redeem":                permBilling,
 	"GET /v1/members":                        permMembers,
 	"POST /v1/members":                       permMembers,
+	"PATCH /v1/members/{user}":               permMembers,
 	"DELETE /v1/members/{user}":              permMembers,
 	"GET /v1/audit":                          permAudit,
+	"GET /v1/me":                             permMember,
 }
 
 // caller is who makes a JWT request: the account it acts for, the user
@@ -139,4 +154,27 @@ func (s *Server) authorize(r *http.Request, account, user string) (caller, error
 		return caller{}, errForbidden(role)
 	}
 	return c, nil
+}
+
+// meJSON is GET /v1/me: who the caller is in the account it acts for, and
+// what its role may do (the console shows only what the caller may use).
+type meJSON struct {
+	Object      string   `json:"object"`
+	User        string   `json:"user"`
+	Account     string   `json:"account"`
+	Role        string   `json:"role"`
+	Permissions []string `json:"permissions"`
+}
+
+// GET /v1/me
+func (s *Server) me(w http.ResponseWriter, r *http.Request, account string) error {
+	c, _ := callerFrom(r.Context())
+	out := meJSON{Object: "member", User: c.user, Account: account, Role: c.role, Permissions: make([]string, 0, len(permissionNames))}
+	for _, pn := range permissionNames {
+		if c.may(pn.p) {
+			out.Permissions = append(out.Permissions, pn.name)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }

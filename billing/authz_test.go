@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // Who may call each route. Every route billing registers must be here
@@ -41,8 +43,10 @@ var routeAccess = map[string]string{
 	"POST /v1/billing/redeem":                "owner admin billing",
 	"GET /v1/members":                        "owner admin",
 	"POST /v1/members":                       "owner admin",
+	"PATCH /v1/members/{user}":               "owner admin",
 	"DELETE /v1/members/{user}":              "owner admin",
 	"GET /v1/audit":                          "owner admin",
+	"GET /v1/me":                             "owner admin billing member",
 
 	"POST /admin/v1/accounts":                     "operator",
 	"GET /admin/v1/webhooks/deliveries":           "operator",
@@ -155,5 +159,55 @@ func TestRouteAccess(t *testing.T) {
 		if !slices.Contains(routes, route) {
 			t.Errorf("routePermissions names %q, which billing does not register", route)
 		}
+	}
+}
+
+// TestMe: GET /v1/me names the caller, its role and exactly the permissions
+// the console may rely on: a role is given a permission's name if and only if
+// routeAccess lets it call every route that needs that permission. A
+// non-member is refused, as on every JWT route.
+func TestMe(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	users := map[string]string{"owner": "acme", "admin": "ann", "billing": "bob", "member": "max"}
+	for role, user := range users {
+		t.Run(role, func(t *testing.T) {
+			r := e.do("GET", "/v1/me", tm.tokens[role], nil)
+			if r.status != http.StatusOK || r.str("object") != "member" || r.str("user") != user || r.str("account") != "acme" || r.str("role") != role {
+				t.Fatalf("GET /v1/me as %s: %s", role, r.raw)
+			}
+			got := map[string]bool{}
+			for _, p := range r.get("permissions").([]any) {
+				got[p.(string)] = true
+			}
+			for _, pn := range permissionNames {
+				if want := rolePermissions[role]&pn.p != 0; got[pn.name] != want {
+					t.Errorf("%s: permission %q listed %v, want %v", role, pn.name, got[pn.name], want)
+				}
+				for route, need := range routePermissions {
+					if need != pn.p {
+						continue
+					}
+					if allowed := slices.Contains(strings.Fields(routeAccess[route]), role); allowed != got[pn.name] {
+						t.Errorf("%s: permission %q listed %v, but routeAccess allows %s: %v", role, pn.name, got[pn.name], route, allowed)
+					}
+				}
+				delete(got, pn.name)
+			}
+			if len(got) != 0 {
+				t.Errorf("unknown permissions %v", got)
+			}
+		})
+	}
+	e.expect(e.do("GET", "/v1/me", tm.tokens["stranger"], nil), http.StatusForbidden, "not_a_member")
+	e.expect(e.do("GET", "/v1/me", "", nil), http.StatusUnauthorized, "")
+	// Every permission has a name (one missing would hide a feature from
+	// every role in the console).
+	var named permission
+	for _, pn := range permissionNames {
+		named |= pn.p
+	}
+	if all := rolePermissions[metering.RoleOwner]; named != all {
+		t.Errorf("permissions without a name: %b", all&^named)
 	}
 }

@@ -40,6 +40,13 @@ type memberRequest struct {
 	Budget json.RawMessage `json:"budget"`
 }
 
+// memberPatch is PATCH /v1/members/{user}: an absent field leaves it as it
+// is; budget null removes it.
+type memberPatch struct {
+	Role   *string         `json:"role"`
+	Budget json.RawMessage `json:"budget"`
+}
+
 func memberView(m metering.Member, b metering.MemberBudget) memberJSON {
 	v := memberJSON{User: m.User, Role: m.Role, PeriodUsed: Credits(b.PeriodUsed)}
 	if b.Budget > 0 {
@@ -125,6 +132,80 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 		return err
 	}
 	writeJSON(w, status, memberView(metering.Member{User: req.User, Role: req.Role}, budgets[req.User]))
+	return nil
+}
+
+// PATCH /v1/members/{user} {"role","budget"}: changes a member's role, its
+// budget, or both; never adds a member (404 member_not_found: a change made
+// from a list read before someone removed the member must not bring them
+// back, which POST, an upsert, would). Only owners change an owner's role or
+// budget (403 owner_required), as with POST.
+func (s *Server) patchMember(w http.ResponseWriter, r *http.Request, account string) error {
+	user := r.PathValue("user")
+	if !metering.ValidAccountID(user) {
+		return notFound("member_not_found", "no such member")
+	}
+	var req memberPatch
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Role == nil && req.Budget == nil {
+		return badRequest("invalid_json", "", "name role, budget or both")
+	}
+	if req.Role != nil && !metering.ValidRole(*req.Role) {
+		return badRequest("invalid_role", "role", `role must be "owner", "admin", "billing" or "member"`)
+	}
+	var budget int64
+	var period string
+	if req.Budget != nil {
+		var err error
+		if budget, period, err = parseBudget(req.Budget); err != nil {
+			return err
+		}
+	}
+	ctx := r.Context()
+	c, _ := callerFrom(ctx)
+	byOwner := c.role == metering.RoleOwner
+	role, changed := "", false
+	if req.Role != nil {
+		// Atomic with the rules (last owner, owner-only) and its audit entry.
+		prev, err := s.store.ChangeMember(ctx, metering.MemberChange{Account: account, User: user, Role: *req.Role,
+			ByOwner: byOwner, Actor: actor(ctx), Existing: true})
+		if err != nil {
+			return err
+		}
+		role, changed = *req.Role, prev != *req.Role
+	} else {
+		var err error
+		if role, err = s.store.MemberRole(ctx, account, user); err != nil {
+			return fmt.Errorf("reading the member's role: %w", err)
+		}
+		if role == "" {
+			return notFound("member_not_found", "no such member")
+		}
+		// Read, then set: a promotion to owner in between leaves the owner
+		// with the budget an admin set just before it, as the other order
+		// would; the budget script refuses a member removed meanwhile.
+		if role == metering.RoleOwner && !byOwner {
+			return fmt.Errorf("setting the budget of %q: %w", user, metering.ErrOwnerOnly)
+		}
+	}
+	if req.Budget != nil {
+		// A budget changed with the role is the role change's entry; one
+		// changed alone is recorded (member.updated) by the script that sets it.
+		by := actor(ctx)
+		if changed {
+			by = ""
+		}
+		if err := s.store.SetMemberBudgetBy(ctx, account, user, budget, period, by); err != nil {
+			return err
+		}
+	}
+	budgets, err := s.store.MemberBudgets(ctx, account)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, memberView(metering.Member{User: user, Role: role}, budgets[user]))
 	return nil
 }
 

@@ -3,6 +3,7 @@ package billing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -411,5 +412,71 @@ func TestRemoveMemberWhileItCreatesKeys(t *testing.T) {
 		if k.CreatedBy == "max" && !k.Revoked {
 			t.Fatalf("a removed member's key is live: %s", k.ID)
 		}
+	}
+}
+
+// TestPatchMember: PATCH /v1/members/{user} changes a member's role or
+// budget, each alone or both, with the rules POST keeps (only owners touch
+// owners) and its audit entries, and never adds a member: a change made
+// from a stale list does not bring back a removed member.
+func TestPatchMember(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tm := newTeam(t, e)
+	for _, c := range []struct {
+		name, as, user string
+		body           any
+		status         int
+		code           string
+		role, budget   string // the answer's role and budget.credits ("": null)
+	}{
+		{"owner changes a role", "owner", "max", map[string]any{"role": "billing"}, 200, "", "billing", ""},
+		{"admin sets a budget alone", "admin", "max", map[string]any{"budget": map[string]any{"credits": "12.5", "period": "week"}}, 200, "", "billing", "12.500"},
+		{"role and budget at once", "admin", "max", map[string]any{"role": "member", "budget": map[string]any{"credits": 20, "period": "day"}}, 200, "", "member", "20.000"},
+		{"a role alone keeps the budget", "admin", "max", map[string]any{"role": "member"}, 200, "", "member", "20.000"},
+		{"null removes the budget", "admin", "max", map[string]any{"budget": nil}, 200, "", "member", ""},
+		{"admin may not budget an owner", "admin", "acme", map[string]any{"budget": map[string]any{"credits": 1, "period": "day"}}, 403, "owner_required", "", ""},
+		{"admin may not grant owner", "admin", "max", map[string]any{"role": "owner"}, 403, "owner_required", "", ""},
+		{"an owner budgets an owner", "owner", "acme", map[string]any{"budget": map[string]any{"credits": 1, "period": "month"}}, 200, "", "owner", "1.000"},
+		{"the last owner stays", "owner", "acme", map[string]any{"role": "admin"}, 409, "last_owner", "", ""},
+		{"a stranger's role is not set", "owner", "eve", map[string]any{"role": "member"}, 404, "member_not_found", "", ""},
+		{"a stranger's budget is not set", "owner", "eve", map[string]any{"budget": map[string]any{"credits": 1, "period": "day"}}, 404, "member_not_found", "", ""},
+		{"nothing to change", "owner", "max", map[string]any{}, 400, "invalid_json", "", ""},
+		{"unknown role", "owner", "max", map[string]any{"role": "root"}, 400, "invalid_role", "", ""},
+		{"bad budget", "owner", "max", map[string]any{"budget": map[string]any{"credits": 1, "period": "year"}}, 400, "invalid_budget", "", ""},
+		{"unknown field", "owner", "max", map[string]any{"user": "eve"}, 400, "", "", ""},
+		{"a member may not", "member", "max", map[string]any{"role": "admin"}, 403, "permission_denied", "", ""},
+	} {
+		r := e.do("PATCH", "/v1/members/"+c.user, tm.tokens[c.as], c.body)
+		if r.status != c.status || (c.code != "" && r.str("error.code") != c.code) {
+			t.Errorf("%s: %d %s", c.name, r.status, r.raw)
+			continue
+		}
+		if c.status == 200 && (r.str("user") != c.user || r.str("role") != c.role || r.num("budget.credits") != c.budget) {
+			t.Errorf("%s: %s", c.name, r.raw)
+		}
+	}
+	if ms := e.do("GET", "/v1/members", tm.tokens["owner"], nil).raw; strings.Contains(ms, `"eve"`) {
+		t.Fatalf("a PATCH added a member: %s", ms)
+	}
+	// Removed, then changed from a list read before: refused, not re-added.
+	e.expect(e.do("DELETE", "/v1/members/max", tm.tokens["owner"], nil), http.StatusNoContent, "")
+	e.expect(e.do("PATCH", "/v1/members/max", tm.tokens["admin"], map[string]any{"role": "billing"}), http.StatusNotFound, "member_not_found")
+	e.expect(e.do("PATCH", "/v1/members/max", tm.tokens["admin"], map[string]any{"budget": map[string]any{"credits": 5, "period": "day"}}), http.StatusNotFound, "member_not_found")
+	if ms := e.do("GET", "/v1/members", tm.tokens["owner"], nil).raw; strings.Contains(ms, `"max"`) {
+		t.Fatalf("a removed member came back: %s", ms)
+	}
+	// One entry per change that changed something: the role (owner), the
+	// budget (ann), role and budget (one entry, ann), the budget removed
+	// (ann); the owner's own budget (acme).
+	var got []string
+	for _, a := range e.do("GET", "/v1/audit", tm.tokens["owner"], nil).list() {
+		m := a.(map[string]any)
+		if m["action"] == "member.updated" {
+			got = append(got, m["actor"].(string)+">"+m["target"].(string))
+		}
+	}
+	if want := "[acme>acme ann>max ann>max ann>max acme>max]"; fmt.Sprint(got) != want {
+		t.Fatalf("member.updated entries %v, want %s", got, want)
 	}
 }

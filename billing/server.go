@@ -254,8 +254,10 @@ func (s *Server) routes() *http.ServeMux {
 	// Teams (members.go); who may call what: authz.go.
 	mux.Handle("GET /v1/members", s.user(s.listMembers))
 	mux.Handle("POST /v1/members", s.user(s.setMember))
+	mux.Handle("PATCH /v1/members/{user}", s.user(s.patchMember))
 	mux.Handle("DELETE /v1/members/{user}", s.user(s.removeMember))
 	mux.Handle("GET /v1/audit", s.user(s.listAudit))
+	mux.Handle("GET /v1/me", s.user(s.me))
 
 	if s.adminOn {
 		mux.Handle("POST /admin/v1/accounts", s.admin(s.adminCreateAccount))

@@ -7,7 +7,10 @@
 // their app's JWT in the URL fragment (/console/#token=…), which the page
 // moves to sessionStorage and sends as an Authorization header, never in a
 // URL; operators sign in with the admin token the same way. Every value the
-// server returns is rendered with textContent, never as markup.
+// server returns is rendered with textContent, never as markup. A
+// customer's console asks GET /v1/me first and shows only the sections and
+// controls the caller's role may use (its permissions), so a member never
+// meets a 403.
 //
 // # Imports
 //

@@ -86,6 +86,10 @@ type MemberChange struct {
 	ByOwner bool
 	// Actor is the user who makes the change, for its audit entry.
 	Actor string
+	// Existing: change the role of a member only, never add one
+	// (ErrNoMember when User is not a member). A role change from a list
+	// read earlier must not bring back someone removed meanwhile.
+	Existing bool
 }
 
 // Audit actions of member changes, recorded by ChangeMember in the same
@@ -99,7 +103,7 @@ const (
 // ChangeMember applies c atomically with its audit entry (member.added,
 // member.updated or member.removed, by c.Actor): an account always keeps an
 // owner (ErrLastOwner), only owners touch the owner role (ErrOwnerOnly), a
-// removal names a member (ErrNoMember), and an account has at most
+// removal or an Existing change names a member (ErrNoMember), and an account has at most
 // MaxMembers (ErrTooMany). It returns the user's previous role ("": was not
 // a member). Setting a member's role to the one it has changes and records
 // nothing and succeeds (a retried add is recorded once, as member.added).
@@ -126,6 +130,8 @@ func (s *Store) changeMember(ctx context.Context, c MemberChange, check bool) (s
 	op, owner := "set", "0"
 	if c.Role == "" {
 		op = "del"
+	} else if c.Existing {
+		op = "update"
 	}
 	if check {
 		op = "check"
@@ -146,7 +152,7 @@ func (s *Store) changeMember(ctx context.Context, c MemberChange, check bool) (s
 	case -1:
 		return "", fmt.Errorf("changing members of %q: %w", c.Account, ErrNoAccount)
 	case -2:
-		return "", fmt.Errorf("removing %q: %w", c.User, ErrNoMember)
+		return "", fmt.Errorf("changing %q: %w", c.User, ErrNoMember)
 	case -3:
 		return "", fmt.Errorf("changing %q: %w", c.User, ErrLastOwner)
 	case -4:

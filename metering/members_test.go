@@ -78,6 +78,132 @@ func TestMembers(t *testing.T) {
 	}
 }
 
+// TestChangeExistingMember: an Existing change sets a member's role and
+// never adds one (a change from a stale list must not bring back a removed
+// member), with the same rules and audit entries as any change.
+func TestChangeExistingMember(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	st := e.st
+	change := func(user, role string, byOwner bool) (string, error) {
+		return st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, Role: role, ByOwner: byOwner,
+			Actor: "acme", Existing: true})
+	}
+	if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "max", Role: metering.RoleMember, ByOwner: true, Actor: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		user, role string
+		byOwner    bool
+		prev       string
+		err        error
+	}{
+		{"a stranger is not added", "eve", metering.RoleMember, true, "", metering.ErrNoMember},
+		{"a member's role changes", "max", metering.RoleAdmin, false, metering.RoleMember, nil},
+		{"the same role again", "max", metering.RoleAdmin, false, metering.RoleAdmin, nil},
+		{"admin may not grant owner", "max", metering.RoleOwner, false, "", metering.ErrOwnerOnly},
+		{"the last owner stays", "acme", metering.RoleAdmin, true, "", metering.ErrLastOwner},
+		{"an owner grants owner", "max", metering.RoleOwner, true, metering.RoleAdmin, nil},
+	} {
+		prev, err := change(c.user, c.role, c.byOwner)
+		if !errors.Is(err, c.err) || (err == nil) != (c.err == nil) || prev != c.prev {
+			t.Fatalf("%s: prev %q, err %v; want %q, %v", c.name, prev, err, c.prev, c.err)
+		}
+	}
+	if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: "max", ByOwner: true, Actor: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := change("max", metering.RoleMember, true); !errors.Is(err, metering.ErrNoMember) {
+		t.Fatalf("a removed member's role changed: %v", err)
+	}
+	if r := roleOf(t, st, "acme", "max"); r != "" {
+		t.Fatalf("the removed member came back as %q", r)
+	}
+	if r := roleOf(t, st, "acme", "eve"); r != "" {
+		t.Fatalf("a stranger was added as %q", r)
+	}
+	es, err := st.Audit(ctx, "acme", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, e := range es {
+		actions = append(actions, e.Action+" "+e.Target)
+	}
+	if want := "[member.removed max member.updated max member.updated max member.added max]"; fmt.Sprint(actions) != want {
+		t.Fatalf("audit %v, want %s", actions, want)
+	}
+}
+
+// TestChangeExistingMemberConcurrent: role changes from many clients race
+// a removal; whatever the order, the removed member stays removed (no
+// change lands after the removal: none is recorded after its entry), and
+// each change that succeeded was recorded once.
+func TestChangeExistingMemberConcurrent(t *testing.T) {
+	e := newEnv(t, metering.Options{})
+	ctx := context.Background()
+	e.account(t, "acme", 0)
+	st := e.st
+	for round := 0; round < 20; round++ {
+		user := fmt.Sprintf("dev-%d", round)
+		if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, Role: metering.RoleMember, ByOwner: true, Actor: "acme"}); err != nil {
+			t.Fatal(err)
+		}
+		const writers = 16
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		changed := 0
+		start := make(chan struct{})
+		for i := 0; i < writers; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				<-start
+				role := []string{metering.RoleBilling, metering.RoleAdmin}[i%2]
+				prev, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, Role: role, Actor: "acme", Existing: true})
+				switch {
+				case errors.Is(err, metering.ErrNoMember):
+				case err != nil:
+					t.Error(err)
+				case prev != role:
+					mu.Lock()
+					changed++
+					mu.Unlock()
+				}
+			}(i)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := st.ChangeMember(ctx, metering.MemberChange{Account: "acme", User: user, ByOwner: true, Actor: "acme"}); err != nil {
+				t.Error(err)
+			}
+		}()
+		close(start)
+		wg.Wait()
+		if r := roleOf(t, st, "acme", user); r != "" {
+			t.Fatalf("round %d: the removed member is back as %q", round, r)
+		}
+		es, err := st.Audit(ctx, "acme", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Newest first: the removal, then the changes, then the add.
+		var mine []string
+		for _, e := range es {
+			if e.Target == user {
+				mine = append(mine, e.Action)
+			}
+		}
+		if len(mine) != changed+2 || mine[0] != metering.AuditMemberRemoved || mine[len(mine)-1] != metering.AuditMemberAdded {
+			t.Fatalf("round %d: %d changes, audit %v", round, changed, mine)
+		}
+	}
+}
+
 // TestMembersLastOwnerConcurrent: owners demoting and removing one another
 // from many goroutines on two replicas never leave the account without an
 // owner, and exactly all but one of the removals succeed.

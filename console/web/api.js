@@ -47,15 +47,3 @@ export const session = {
   setAdmin(t) { sessionStorage.setItem(KEY_ADMIN, t); },
   clear() { sessionStorage.removeItem(KEY_USER); sessionStorage.removeItem(KEY_ADMIN); },
 };
-
-// accountOf reads the account id shown in the header from the JWT's claims
-// (display only: the server decides who the caller is).
-export function claimsOf(jwt) {
-  try {
-    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const json = decodeURIComponent(Array.from(atob(part), (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0')).join(''));
-    return JSON.parse(json);
-  } catch {
-    return {};
-  }
-}

@@ -1,6 +1,6 @@
 // app: start-up, the token handoff, and the router (#overview, #keys, …).
 import { h, replace, field } from './dom.js';
-import { call, session, claimsOf } from './api.js';
+import { call, session } from './api.js';
 import { card, notice, loading, errorText } from './ui.js';
 import { SECTIONS, customerViews } from './customer.js';
 import { operatorView } from './operator.js';
@@ -94,13 +94,29 @@ function operator(ctx) {
   operatorView(ctx, main);
 }
 
-function customer(ctx, paid) {
-  const claims = claimsOf(ctx.token);
-  who.textContent = typeof claims.sub === 'string' ? claims.sub : '';
+// customer asks who the caller is (GET /v1/me: its role and what the role
+// may do) before it shows anything, and shows only the sections and
+// controls the role may use: a member never meets a 403.
+async function customer(ctx, paid) {
   signout.hidden = false;
+  tabs.hidden = true;
+  let me;
+  try {
+    me = await call('GET', '/v1/me', { token: ctx.token });
+  } catch (err) {
+    replace(main, notice('error', err.status === 403 && err.code === 'not_a_member'
+      ? 'You are not a member of this account. Ask an owner or admin of the account to add you.'
+      : errorText(err)));
+    return;
+  }
+  const perms = new Set(me.permissions || []);
+  ctx.me = me;
+  ctx.can = (p) => perms.has(p);
+  who.textContent = me.user === me.account ? `${me.user} · ${me.role}` : `${me.user} · ${me.role} of ${me.account}`;
   const views = customerViews(ctx);
+  const sections = SECTIONS.filter(([id]) => views[id]);
   const links = new Map();
-  replace(tabs, h('ul', SECTIONS.map(([id, label]) => {
+  replace(tabs, h('ul', sections.map(([id, label]) => {
     const a = h('a', { href: '#' + id, id: 'tab-' + id }, label);
     links.set(id, a);
     return h('li', a);
@@ -114,13 +130,13 @@ function customer(ctx, paid) {
       else a.removeAttribute('aria-current');
     }
     resizeHandler = null;
-    document.title = `${SECTIONS.find((s) => s[0] === id)[1]} · Billing console`;
+    document.title = `${sections.find((s) => s[0] === id)[1]} · Billing console`;
     replace(main, loading());
     await views[id](main);
     if (focus) main.focus({ preventScroll: true });
   };
   window.addEventListener('hashchange', () => route(true));
-  route(false).then(() => { if (paid) pollBalance(ctx); });
+  route(false).then(() => { if (paid && ctx.can('billing')) pollBalance(ctx); });
 }
 
 // pollBalance refreshes the overview a few times after Checkout, until the

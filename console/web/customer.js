@@ -1,24 +1,41 @@
 // customer: the views of a customer signed in with their app's JWT.
-import { h, replace, field } from './dom.js';
+import { h, replace, field, uid } from './dom.js';
 import { call } from './api.js';
 import { credits, creditsNumber, integer, money, date, dateTime, lastDays } from './format.js';
 import { card, notice, empty, loading, table, button, busy, toast, confirmDialog, errorText, copyText } from './ui.js';
 import { draw } from './chart.js';
 
+// SECTIONS: id, tab label, and the permission (GET /v1/me) a role needs
+// to see the section at all.
 export const SECTIONS = [
-  ['overview', 'Overview'],
-  ['buy', 'Buy credits'],
-  ['usage', 'Usage'],
-  ['keys', 'API keys'],
-  ['plan', 'Plan'],
-  ['history', 'History'],
-  ['team', 'Team'],
+  ['overview', 'Overview', 'usage'],
+  ['buy', 'Buy credits', 'billing'],
+  ['usage', 'Usage', 'usage'],
+  ['keys', 'API keys', 'keys'],
+  ['plan', 'Plan', 'usage'],
+  ['history', 'History', 'billing'],
+  ['team', 'Team', 'members'],
 ];
 
-// ROLES are the roles of an account's members, least powerful first.
-const ROLES = [['member', 'Member'], ['billing', 'Billing'], ['admin', 'Admin'], ['owner', 'Owner']];
+// ROLES are the roles of an account's members, least powerful first, with
+// what each may do.
+const ROLES = [
+  ['member', 'Member', 'uses the API with their own keys and sees usage and the balance'],
+  ['billing', 'Billing', 'also buys credits, manages plans and auto-recharge, and reads the purchase history'],
+  ['admin', 'Admin', 'also manages every key, the team and its budgets, and reads the audit log'],
+  ['owner', 'Owner', 'everything, and only owners grant, change or remove the owner role'],
+];
+const roleLabel = (r) => (ROLES.find((x) => x[0] === r) || [r, r])[1];
 
+// PERIODS of a member budget (UTC; weeks start on Monday).
+const PERIODS = [['day', 'Day'], ['week', 'Week'], ['month', 'Month']];
+
+// CREDITS_RE: an amount of credits as the API takes it (three decimals at most).
+const CREDITS_RE = /^\d{1,12}(\.\d{1,3})?$/;
+
+// customerViews returns the views the caller's role may see (ctx.can).
 export function customerViews(ctx) {
+  const can = ctx.can;
   const api = (method, path, body) => call(method, path, { token: ctx.token, body });
   let packsPromise = null;
   const packs = () => {
@@ -64,7 +81,9 @@ export function customerViews(ctx) {
           ? h('div', h('dt', 'Promotional (spent first)'), h('dd', { 'data-testid': 'promotional' }, credits(ac.promotional),
             ac.promotional_expires_at ? ' · expires ' + new Date(ac.promotional_expires_at).toLocaleDateString() : ''))
           : null),
-      hint ? notice('warn', hint, ' ', ctx.config.payments ? h('a', { href: '#buy' }, 'Buy credits') : null) : null);
+      hint ? notice('warn', hint, ' ', !can('billing')
+        ? 'Ask an owner, admin or billing member of the account to add credits.'
+        : ctx.config.payments ? h('a', { href: '#buy' }, 'Buy credits') : null) : null);
   }
 
   function lowBalanceHint(cr, ps) {
@@ -361,7 +380,9 @@ export function customerViews(ctx) {
         meter('Active API keys', lim.apiKeys.used, lim.apiKeys.limit, integer),
         meter('Requests this minute', lim.requestsPerMinute.used, lim.requestsPerMinute.limit, integer));
       const actions = h('div.actions');
-      if (ctx.config.payments) {
+      // Buying, the portal and cancelling are billing's (a member reads the plan).
+      const billing = ctx.config.payments && can('billing');
+      if (billing) {
         actions.append(button('Manage billing', (ev) => busy(ev.target, async () => {
           try {
             const body = ctx.config.returnToConsole ? { returnUrl: consoleURL('plan') } : {};
@@ -387,7 +408,7 @@ export function customerViews(ctx) {
           }, { kind: 'danger-quiet' }));
         }
       }
-      const offers = (!live && ctx.config.payments && ctx.config.plans.length)
+      const offers = (!live && billing && ctx.config.plans.length)
         ? h('div', h('h3', 'Subscribe'), h('ul.plans', ctx.config.plans.map((p) => h('li.plan',
           h('span.plan-offer', p.name),
           button(`Subscribe to ${p.name}`, (ev) => busy(ev.target, async () => {
@@ -404,7 +425,8 @@ export function customerViews(ctx) {
             }
           }))))))
         : null;
-      replace(el, head, h('h3', 'This period'), meters, offers, actions.children.length ? actions : null);
+      replace(el, head, h('h3', 'This period'), meters, offers, actions.children.length ? actions : null,
+        ctx.config.payments && !can('billing') ? h('p.muted', 'The account’s owners, admins and billing members choose and pay for its plan.') : null);
     });
   }
 
@@ -447,23 +469,22 @@ export function customerViews(ctx) {
     ]);
   }
 
-  // team: the account's members and its audit log, for owners and admins.
-  // Others are answered 403 by the API: the view then says who can help
-  // instead of showing an error, and is not asked for again.
-  let teamDenied = false;
+  // team: the account's members, their roles and budgets, and the audit
+  // log, for owners and admins (the only roles shown the tab). A role
+  // changed since the page loaded may still be answered 403: the view then
+  // says who can help instead of showing an error.
   async function team(main) {
     const denied = () => replace(main, h('h1.sr-only', 'Team'), card('Team',
       notice('info', 'Only the account’s owners and admins see and manage its members and audit log. Ask one of them to add someone or change a role.')));
-    if (teamDenied) {
-      denied();
-      return;
-    }
+    // Only owners grant, change or remove the owner role, or set an owner's budget.
+    const isOwner = ctx.me.role === 'owner';
+    const grantable = ROLES.filter(([v]) => isOwner || v !== 'owner');
     const membersEl = h('div', loading('Loading members'));
     const auditEl = h('div', loading('Loading the audit log'));
     const formOut = h('div');
     const user = field({ label: 'User id', maxlength: 128, autocomplete: 'off', spellcheck: 'false', required: true, placeholder: 'e.g. user_42', hint: 'Their user id in your app (the token’s subject).' });
     const role = field({ label: 'Role', type: 'select', hint: 'Members use the API with their own keys; billing members also buy credits; admins also manage every key and the team; owners, everything.' });
-    for (const [v, label] of ROLES) role.input.append(h('option', { value: v }, label));
+    for (const [v, label] of grantable) role.input.append(h('option', { value: v }, label));
     const add = h('button.btn.btn-primary', { type: 'submit' }, 'Add member');
     let current = [];
     const form = h('form.form.form-inline', {
@@ -481,41 +502,145 @@ export function customerViews(ctx) {
               toast(had ? `${body.user} is now ${body.role}` : `${body.user} added as ${body.role}`);
               await refresh();
             } catch (err) {
-              replace(formOut, notice('error', errorText(err)));
+              replace(formOut, failure(err));
             }
           });
         },
       },
     }, user.el, role.el, h('div.actions', add));
 
+    // afterChange reloads the list, or the whole console when the caller
+    // changed its own role (what it may see changes with it).
+    const afterChange = async (m) => {
+      if (m.user === ctx.me.user) {
+        location.reload();
+        return;
+      }
+      await refresh();
+    };
+
+    // roleCell: a select per member whose role the caller may change (an
+    // owner's only by an owner; the last owner's by no one), else the role.
+    const roleCell = (m, owners) => {
+      const badge = h('span.badge', { class: m.role === 'owner' || m.role === 'admin' ? 'badge-on' : 'badge-off' }, m.role);
+      if (m.role === 'owner' && (!isOwner || owners <= 1)) return badge;
+      const sel = h('select.row-select', { 'aria-label': `Role of ${m.user}`, 'data-user': m.user });
+      for (const [v, label] of grantable) {
+        const o = h('option', { value: v }, label);
+        if (v === m.role) o.selected = true;
+        sel.append(o);
+      }
+      sel.addEventListener('change', async () => {
+        const to = sel.value;
+        const what = (ROLES.find((r) => r[0] === to) || [])[2] || '';
+        const self = m.user === ctx.me.user ? ' This is you: what you may do here changes with it.' : '';
+        if (!await confirmDialog(`Make ${m.user} ${roleLabel(to).toLowerCase()}?`, `${roleLabel(to)}: ${what}.${self}`, 'Change role')) {
+          sel.value = m.role;
+          sel.focus();
+          return;
+        }
+        sel.disabled = true;
+        try {
+          await api('PATCH', '/v1/members/' + encodeURIComponent(m.user), { role: to });
+          toast(`${m.user} is now ${to}`);
+          await afterChange(m);
+        } catch (err) {
+          sel.value = m.role;
+          sel.disabled = false;
+          toast(errorText(err));
+        }
+      });
+      return sel;
+    };
+
     async function loadMembers() {
       const res = await api('GET', '/v1/members');
       current = res.data || [];
       const owners = current.filter((m) => m.role === 'owner').length;
+      // An owner's budget and membership are an owner's to change.
+      const mine = (m) => isOwner || m.role !== 'owner';
       replace(membersEl, table('Team members', [
-        { label: 'User', value: (m) => h('span.ident', m.user) },
-        { label: 'Role', value: (m) => h('span.badge', { class: m.role === 'owner' || m.role === 'admin' ? 'badge-on' : 'badge-off' }, m.role) },
+        { label: 'User', value: (m) => h('span.ident', m.user, m.user === ctx.me.user ? h('span.muted', ' (you)') : null) },
+        { label: 'Role', value: (m) => roleCell(m, owners) },
         { label: 'Budget', num: true, value: (m) => (m.budget ? `${credits(m.budget.credits)} / ${m.budget.period}` : 'No budget') },
-        { label: 'Used this period', num: true, value: (m) => credits(m.period_used) },
+        // Spend is counted against a budget: without one there is none to show.
+        { label: 'Used this period', num: true, value: (m) => (m.budget ? credits(m.period_used) : '—') },
         {
-          // The last owner cannot be removed (the API refuses): no button.
-          label: 'Actions', value: (m) => (m.role === 'owner' && owners <= 1 ? '' : button('Remove', async (ev) => {
-            if (!await confirmDialog('Remove this member?', `${m.user} will no longer act for this account, and the API keys they created are revoked.`, 'Remove member')) return;
-            await busy(ev.target, async () => {
-              try {
-                await api('DELETE', '/v1/members/' + encodeURIComponent(m.user));
-                toast(`${m.user} removed`);
-                await refresh();
-              } catch (err) {
-                toast(errorText(err));
-              }
-            });
-          }, { kind: 'danger-quiet', 'aria-label': `Remove member ${m.user}` })),
+          label: 'Actions', value: (m) => h('div.row-actions',
+            mine(m) ? button(m.budget ? 'Edit budget' : 'Set budget', () => budgetDialog(m), { kind: 'quiet', 'aria-label': `${m.budget ? 'Edit' : 'Set'} budget of ${m.user}` }) : null,
+            // The last owner cannot be removed (the API refuses): no button.
+            !mine(m) || (m.role === 'owner' && owners <= 1) ? null : button('Remove', async (ev) => {
+              if (!await confirmDialog('Remove this member?', `${m.user} will no longer act for this account, and the API keys they created are revoked.`, 'Remove member')) return;
+              await busy(ev.target, async () => {
+                try {
+                  await api('DELETE', '/v1/members/' + encodeURIComponent(m.user));
+                  toast(`${m.user} removed`);
+                  await afterChange(m);
+                } catch (err) {
+                  toast(errorText(err));
+                }
+              });
+            }, { kind: 'danger-quiet', 'aria-label': `Remove member ${m.user}` })),
         },
       ], current));
     }
 
+    // budgetDialog edits a member's budget: the credits all the keys they
+    // created may spend together per period. Esc or Cancel changes nothing.
+    function budgetDialog(m) {
+      const titleId = uid('dlg');
+      const amount = field({ label: 'Credits per period', inputmode: 'decimal', autocomplete: 'off', required: true, placeholder: 'e.g. 500',
+        value: m.budget ? m.budget.credits : '', hint: 'What all the API keys this member created may spend together.' });
+      const period = field({ label: 'Period', type: 'select', hint: 'Periods start at 00:00 UTC; weeks on Monday, months on the 1st.' });
+      for (const [v, label] of PERIODS) {
+        const o = h('option', { value: v }, label);
+        if (v === (m.budget ? m.budget.period : 'month')) o.selected = true;
+        period.input.append(o);
+      }
+      const out = h('div');
+      const save = h('button.btn.btn-primary', { type: 'submit' }, 'Save budget');
+      const send = (btn, budget) => busy(btn, async () => {
+        try {
+          const res = await api('PATCH', '/v1/members/' + encodeURIComponent(m.user), { budget });
+          dlg.close();
+          toast(res.budget ? `${m.user}’s budget is ${credits(res.budget.credits)} credits per ${res.budget.period}` : `${m.user} has no budget now`);
+          await afterChange(m);
+        } catch (err) {
+          replace(out, failure(err));
+        }
+      });
+      const dlg = h('dialog.dialog', { 'aria-labelledby': titleId },
+        h('form.form', {
+          on: {
+            submit: (ev) => {
+              ev.preventDefault();
+              const v = amount.input.value.trim().replace(/,/g, '');
+              if (!CREDITS_RE.test(v) || !/[1-9]/.test(v)) {
+                replace(out, notice('error', 'Enter a number of credits greater than zero, such as 500 or 12.5.'));
+                amount.input.focus();
+                return;
+              }
+              send(save, { credits: v, period: period.input.value });
+            },
+          },
+        },
+        h('h2', { id: titleId }, `Budget of ${m.user}`),
+        amount.el, period.el, out,
+        h('div.actions',
+          button('Cancel', () => dlg.close(), { kind: 'quiet' }),
+          m.budget ? button('Remove budget', (ev) => send(ev.target, null), { kind: 'danger-quiet' }) : null,
+          save)));
+      dlg.addEventListener('close', () => dlg.remove());
+      document.body.append(dlg);
+      dlg.showModal();
+      amount.input.focus();
+    }
+
     async function loadAudit() {
+      if (!can('audit')) {
+        replace(auditEl, empty('The audit log is for the account’s owners and admins.'));
+        return;
+      }
       await guard(auditEl, async () => {
         const res = await api('GET', '/v1/audit?limit=50');
         const rows = res.data || [];
@@ -538,7 +663,6 @@ export function customerViews(ctx) {
       await loadMembers();
     } catch (err) {
       if (err.status === 403) {
-        teamDenied = true;
         denied();
         return;
       }
@@ -570,7 +694,8 @@ export function customerViews(ctx) {
     await show();
   }
 
-  return { overview, buy, usage, keys, plan, history, team };
+  const views = { overview, buy, usage, keys, plan, history, team };
+  return Object.fromEntries(SECTIONS.filter(([, , need]) => can(need)).map(([id]) => [id, views[id]]));
 }
 
 function kindLabel(t) {

@@ -5,7 +5,8 @@
 -- KEYS[2] members      {a:<id>}:members (hash: user → role)
 -- KEYS[3] budgets      {a:<id>}:mb (a removed member's budget goes with it)
 -- KEYS[4] audit log    {a:<id>}:audit (stream)
--- ARGV: op ("set" | "del" | "check": would "del" succeed, changing nothing),
+-- ARGV: op ("set" | "update": "set" of a member only, never an add |
+--       "del" | "check": would "del" succeed, changing nothing),
 --       account id, user, role (set), actor is an owner ("1" | "0"),
 --       the most members an account may have, actor, now (ms), audit cap.
 -- Before the first change the account's own id is its owner: the hash is
@@ -14,10 +15,12 @@
 -- Returns {1, previous role or "", audit entry id or ""} when changed (or
 -- when "check" finds the removal allowed; a "set" to the role the user has
 -- changes and records nothing), {-1} no such account, {-2} no such member
--- (del, check), {-3} the last owner would go, {-4} only an owner may grant,
+-- (update, del, check), {-3} the last owner would go, {-4} only an owner may grant,
 -- change or remove the owner role, {-5} too many members.
 local acct, members = KEYS[1], KEYS[2]
 local op, account, user, role, actorOwner, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local update = op == 'update'
+if update then op = 'set' end
 if redis.call('EXISTS', acct) == 0 then return {-1} end
 local seeded = redis.call('EXISTS', members) == 1
 local cur = false
@@ -27,7 +30,7 @@ elseif user == account then
   cur = 'owner'
 end
 if not cur then
-  if op ~= 'set' then return {-2} end
+  if op ~= 'set' or update then return {-2} end
   cur = ''
 end
 if actorOwner ~= '1' and (cur == 'owner' or role == 'owner') then return {-4} end
