@@ -3,6 +3,7 @@ package metering_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,7 +78,31 @@ func TestKeyChangesReachOtherStores(t *testing.T) {
 					t.Fatalf("before the change: %+v, %v", id, err)
 				}
 			}
-			if err := c.change(ctx, e.st, k); err != nil {
+			// Lookups from many goroutines while the change is made and
+			// published (the cache's eviction against its puts, under -race).
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
+			defer halt()
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := other.Authenticate(ctx, []byte(secret)); err != nil && !errors.Is(err, metering.ErrBadKey) {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			err = c.change(ctx, e.st, k)
+			if err != nil {
 				t.Fatal(err)
 			}
 			// The message is on its way: the next lookups see the change
@@ -92,6 +117,12 @@ func TestKeyChangesReachOtherStores(t *testing.T) {
 					t.Fatalf("after the change the other Store still says %+v, %v", id, err)
 				}
 				time.Sleep(time.Millisecond)
+			}
+			halt()
+			// Once the change is seen, it stays seen: nothing read before it
+			// was cached after it.
+			if id, err := other.Authenticate(ctx, []byte(secret)); !errors.Is(err, c.wantErr) || (c.wantErr == nil && id.Limited != c.limited) {
+				t.Fatalf("after the burst of lookups the other Store says %+v, %v", id, err)
 			}
 		})
 	}
