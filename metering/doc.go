@@ -74,6 +74,8 @@
 //	tg:pay:<intent>      string Stripe payment intent → account
 //	tg:recharge          stream auto-recharge requests (consumer group "billing")
 //	tg:leases:revoked    Pub/Sub channel: accounts whose leases a debit shrank
+//	tg:keys:changed      Pub/Sub channel: API keys (sha256) whose lookup changed (revoked,
+//	                            limited or not); every Store's key cache forgets them (keywatch.go)
 //	tg:ledger:dirty      set    accounts whose ledger grew since a shipper last took them
 //	                            (journal.go; written after the script, never inside one)
 //	tg:epoch             string the epoch marker: its absence, once seen, means Redis lost its
@@ -89,7 +91,9 @@
 // cost record: settle and lease_flush write a charge the same way), period.lua
 // (the billing period and its counters), sell.lua (crediting a sale),
 // promo.lua (the paid/promotional split: promotional credits pay first),
-// events.lua (appending an outgoing event, balance.low's crossing rule).
+// events.lua (appending an outgoing event, balance.low's crossing rule),
+// keygov.lua (a governed key's rules and budget period, a member's budget:
+// reserve, settle, release and lease_flush).
 //
 // # Charges
 //
@@ -142,7 +146,9 @@
 //
 // # Lifetimes
 //
-// A *Store is safe for concurrent use and holds no request state. Holds carry
+// A *Store is safe for concurrent use and holds no request state. Unless its
+// key cache is disabled, it keeps one Pub/Sub connection and goroutine
+// (watchKeys) from New until its Redis client is closed. Holds carry
 // an expiry; a proxy that dies mid-call frees its holds within the hold TTL,
 // the next time any reserve runs on that account, and its period holds the
 // next time Admit runs on it.

@@ -22,9 +22,13 @@ import (
 //	                        period's start and spend)
 //	{a:ID}:acct       field k:<key>:n, the key's holds in flight (max_parallel)
 //
-// A key with rules (or a credit limit) is "limited": its calls are held in
-// Redis one by one, never from a replica's credit lease. A key without any
-// keeps the lease path: no round trip per call.
+// A key with rules (or a credit limit, or a member budget over it) is
+// "limited": its calls are held in Redis one by one, never from a replica's
+// credit lease. A key without any keeps the lease path: no round trip per
+// call. A key that becomes limited is published on KeysChangedChannel, so
+// that every replica's key cache forgets it; calls a replica served from its
+// lease before it heard still count in the key's (and its member's) budget
+// period (lease_flush.lua), and may pass it by what they cost.
 
 var (
 	//go:embed scripts/key_settings.lua
@@ -142,7 +146,10 @@ func (e *KeyRuleError) Error() string {
 
 // SetKeySettings replaces a key's rules, and its name when name is not nil.
 // Its calls see them at once; a replica that served the key from its lease
-// (a key that had no rules) holds it call by call within the key cache TTL.
+// (a key that had no rules) is told to hold it call by call
+// (KeysChangedChannel; within the key cache TTL should the message be lost),
+// and what calls it served from its lease meanwhile still count in the key's
+// budget (lease_flush.lua).
 // It fails with ErrNoKey for an unknown or revoked key.
 func (s *Store) SetKeySettings(ctx context.Context, account, keyID string, name *string, ks KeySettings) (Key, error) {
 	if err := ks.Validate(); err != nil {
@@ -269,7 +276,7 @@ func (s *Store) markLimited(ctx context.Context, k Key, hash string) error {
 		limited = "1"
 	}
 	// Only an existing lookup is updated: a revoked key's is gone.
-	if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, limited).Err(); err != nil {
+	if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, limited, KeysChangedChannel, hash).Err(); err != nil {
 		return unavailable("marking key limited", err)
 	}
 	if limited == "0" {
@@ -277,7 +284,7 @@ func (s *Store) markLimited(ctx context.Context, k Key, hash string) error {
 			return err
 		}
 		if budgeted {
-			if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, "1").Err(); err != nil {
+			if err := keyLimitedScript.Run(ctx, s.rdb, []string{keyLookupKey(hash)}, "1", KeysChangedChannel, hash).Err(); err != nil {
 				return unavailable("marking key limited", err)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -150,8 +151,10 @@ func (s *Store) IssueKey(ctx context.Context, nk NewKey) (Key, string, error) {
 	return k, secret, nil
 }
 
-// RevokeKey disables a key: its lookup entry is deleted first, so that it is
-// refused everywhere within the key cache TTL.
+// RevokeKey disables a key: its lookup entry is deleted first, and every
+// Store's key cache told so (KeysChangedChannel) in the same MULTI, so that
+// its next call is refused everywhere (within the key cache TTL should the
+// message be lost).
 func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
 	hash, err := s.rdb.HGet(ctx, keysKey(account)+":hash", keyID).Result()
 	if err != nil {
@@ -160,7 +163,11 @@ func (s *Store) RevokeKey(ctx context.Context, account, keyID string) error {
 		}
 		return unavailable("revoking key", err)
 	}
-	if err := s.rdb.Del(ctx, keyLookupKey(hash)).Err(); err != nil {
+	if _, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, keyLookupKey(hash))
+		p.Publish(ctx, KeysChangedChannel, hash)
+		return nil
+	}); err != nil {
 		return unavailable("revoking key", err)
 	}
 	meta, err := s.rdb.HGet(ctx, keysKey(account), keyID).Bytes()
@@ -257,7 +264,7 @@ type Identity struct {
 
 // Authenticate resolves an API key secret to its account. Unknown and revoked
 // keys fail with ErrBadKey. Results (hits and misses) are cached in process for
-// Options.KeyCacheTTL.
+// Options.KeyCacheTTL, or until a change to the key is published (keywatch.go).
 func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, error) {
 	if s.epoch.lost.Load() {
 		// Redis lost its data: every key is unknown there, and 503 (not
@@ -270,6 +277,9 @@ func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, erro
 	if id, err, ok := s.keys.get(hash); ok {
 		return id, err
 	}
+	// Read before the lookup: a change published while it is on its way
+	// keeps what it read out of the cache (keyCache.put).
+	gen := s.keys.gen.Load()
 	var hexHash [64]byte
 	hex.Encode(hexHash[:], hash[:])
 	vals, err := s.rdb.HMGet(ctx, keyLookupKey(string(hexHash[:])), "account", "id", "limited").Result()
@@ -285,23 +295,28 @@ func (s *Store) Authenticate(ctx context.Context, secret []byte) (Identity, erro
 				return Identity{}, err
 			}
 		}
-		s.keys.put(hash, Identity{}, ErrBadKey)
+		s.keys.put(hash, Identity{}, ErrBadKey, gen)
 		return Identity{}, ErrBadKey
 	}
 	// A key stored before "limited" existed counts as limited: the exact
 	// path, never a limit skipped.
 	lim, _ := vals[2].(string)
 	id := Identity{Account: acct, KeyID: kid, Limited: lim != "0"}
-	s.keys.put(hash, id, nil)
+	s.keys.put(hash, id, nil, gen)
 	return id, nil
 }
 
 func hashKey(secret []byte) [32]byte { return sha256.Sum256(secret) }
 
-// keyCache remembers key lookups for a short TTL. Bounded: it is cleared
-// whole when it grows past maxEntries.
+// keyCache remembers key lookups for a short TTL, or until a change to the
+// key is published (keywatch.go). Bounded: it is cleared whole when it grows
+// past maxEntries.
 type keyCache struct {
 	ttl time.Duration
+	// gen counts evictions (forget, clear): a lookup read from Redis is
+	// cached only when none happened since it was sent (put), so that an
+	// answer read before a change never outlives the change's message.
+	gen atomic.Uint64
 	mu  sync.RWMutex
 	m   map[[32]byte]cachedKey
 }
@@ -332,11 +347,17 @@ func (c *keyCache) get(h [32]byte) (Identity, error, bool) {
 	return e.id, e.err, true
 }
 
-func (c *keyCache) put(h [32]byte, id Identity, err error) {
+// put caches a lookup that was sent when the eviction count was gen, unless
+// an eviction happened since.
+func (c *keyCache) put(h [32]byte, id Identity, err error, gen uint64) {
 	if c.ttl < 0 {
 		return
 	}
 	c.mu.Lock()
+	if c.gen.Load() != gen {
+		c.mu.Unlock()
+		return
+	}
 	if len(c.m) >= maxCachedKeys {
 		c.m = make(map[[32]byte]cachedKey)
 	}
@@ -346,6 +367,7 @@ func (c *keyCache) put(h [32]byte, id Identity, err error) {
 
 func (c *keyCache) clear() {
 	c.mu.Lock()
+	c.gen.Add(1)
 	clear(c.m)
 	c.mu.Unlock()
 }
@@ -356,6 +378,7 @@ func (c *keyCache) forget(hashHex string) {
 		return
 	}
 	c.mu.Lock()
+	c.gen.Add(1)
 	delete(c.m, h)
 	c.mu.Unlock()
 }

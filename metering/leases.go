@@ -3,6 +3,7 @@ package metering
 import (
 	"context"
 	_ "embed"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,7 +21,7 @@ var (
 	leaseFlushSrc string
 
 	leaseGrantScript = redis.NewScript(holdsSrc + leaseGrantSrc)
-	leaseFlushScript = redis.NewScript(holdsSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + leaseFlushSrc)
+	leaseFlushScript = redis.NewScript(holdsSrc + keygovSrc + debitSrc + promoSrc + eventsSrc + periodSrc + periodHoldsSrc + leaseFlushSrc)
 )
 
 // RevokedChannel is the Redis channel on which a script that shrank an
@@ -94,19 +95,33 @@ type LeaseApplied struct {
 
 // ApplyLease runs one batch against a replica's lease: each call's charge,
 // ledger entry, cost record and period counting as Settle (or, for a failed
-// call, Release) does them, the give-back, and the lease's renewal —
-// atomically, and idempotently per call and give-back. It fails with
-// ErrNoAccount or ErrUnavailable.
+// call, Release) does them, its key's budget and its member's budget spend
+// (a key a replica still served from its lease after its first rule), the
+// give-back, and the lease's renewal — atomically, and idempotently per call
+// and give-back. It fails with ErrNoAccount or ErrUnavailable.
 func (s *Store) ApplyLease(ctx context.Context, b LeaseBatch) (LeaseApplied, error) {
 	a := b.Account
 	now := time.Now()
-	keys := make([]string, 0, 13+len(b.Calls))
+	// The batch's keys, each once: their rules' hashes are declared (the
+	// script adds the calls' cost to their budgets).
+	var kidBuf [8]string
+	kids := kidBuf[:0]
+	for i := range b.Calls {
+		if kid := b.Calls[i].KeyID; kid != "" && !slices.Contains(kids, kid) {
+			kids = append(kids, kid)
+		}
+	}
+	keys := make([]string, 0, 14+len(kids)+len(b.Calls))
 	keys = append(keys, acctKey(a), holdExpKey(a), holdValKey(a), ledgerKey(a), planKey(a), usageKey(a),
 		"{a:"+a+"}:gb:"+b.LeaseID, periodHoldExpKey(a), periodHoldValKey(a), dayKey(a, now),
-		promoKey(a), promoValKey(a), eventsKey(a))
-	args := make([]any, 0, 6+len(b.Calls)*50)
+		promoKey(a), promoValKey(a), eventsKey(a), memberBudgetKey(a))
+	args := make([]any, 0, 7+len(kids)+len(b.Calls)*50)
 	args = append(args, b.LeaseID, b.TTL.Milliseconds(), int64(s.opts.RecordTTL/time.Second), MonthStart(now).Unix(),
-		b.GiveBack, b.GiveBackSeq)
+		b.GiveBack, b.GiveBackSeq, len(kids))
+	for _, kid := range kids {
+		keys = append(keys, keyRulesKey(a, kid))
+		args = append(args, kid)
+	}
 	for i := range b.Calls {
 		c := &b.Calls[i]
 		kind := "s"

@@ -46,8 +46,11 @@ type Options struct {
 	// proxy). It must exceed the longest call. Default 15m.
 	HoldTTL time.Duration
 	// KeyCacheTTL bounds how long an API key lookup (hit or miss) is reused in
-	// process; a revoked key is refused at most this long after revocation.
-	// Default 500ms; negative disables the cache.
+	// process. A change to a key (revoked, rules that make it limited) is
+	// published and evicts it from every Store's cache at once (keywatch.go);
+	// the TTL is the backstop for a lost message: a revoked key is refused at
+	// most this long after revocation. Default 500ms; negative disables the
+	// cache (and its subscription).
 	KeyCacheTTL time.Duration
 	// RecordTTL is how long per-call cost records are kept. Default 30 days.
 	RecordTTL time.Duration
@@ -88,10 +91,16 @@ type Store struct {
 }
 
 // New returns a Store over rdb (standalone, Sentinel or Cluster client).
+// Unless its key cache is disabled, the Store subscribes to
+// KeysChangedChannel (one Pub/Sub connection and goroutine), until rdb is
+// closed.
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts.init()
 	s := &Store{rdb: rdb, opts: opts, pipe: pipeliner{rdb: rdb, max: max(opts.Pipelines, 0)}}
 	s.keys.init(opts.KeyCacheTTL)
+	if opts.KeyCacheTTL >= 0 {
+		go s.watchKeys() // until rdb is closed
+	}
 	return s
 }
 

@@ -48,6 +48,7 @@ type env struct {
 	t       *testing.T
 	opts    proxy.Options // the first replica's
 	limiter func(*metering.Store) proxy.Limiter
+	keyTTL  time.Duration // every replica's key cache TTL
 	redis   *testredis.Server
 	store   *metering.Store
 	lease   *lease.Leaser
@@ -72,12 +73,17 @@ type envOpts struct {
 	redisArgs []string
 	// limiter, when set, gives each replica a Limiter over its own Store.
 	limiter func(*metering.Store) proxy.Limiter
+	// keyCacheTTL is every replica's metering.Options.KeyCacheTTL (0: 200ms).
+	keyCacheTTL time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, redis: testredis.Start(t, o.redisArgs...), limiter: o.limiter}
-	e.store = metering.New(e.redis.Client(t), metering.Options{HoldTTL: o.holdTTL, KeyCacheTTL: 200 * time.Millisecond})
+	e := &env{t: t, redis: testredis.Start(t, o.redisArgs...), limiter: o.limiter, keyTTL: o.keyCacheTTL}
+	if e.keyTTL == 0 {
+		e.keyTTL = 200 * time.Millisecond
+	}
+	e.store = metering.New(e.redis.Client(t), metering.Options{HoldTTL: o.holdTTL, KeyCacheTTL: e.keyTTL})
 	var err error
 	if e.catalog, err = pricing.New(testSpec()); err != nil {
 		t.Fatal(err)
@@ -138,7 +144,7 @@ func (e *env) serve(opts proxy.Options) {
 // and its own credit Leaser) and returns its base URL and its Leaser.
 func (e *env) replica(id string) (string, *lease.Leaser) {
 	e.t.Helper()
-	st := metering.New(e.redis.Client(e.t), metering.Options{KeyCacheTTL: 200 * time.Millisecond})
+	st := metering.New(e.redis.Client(e.t), metering.Options{KeyCacheTTL: e.keyTTL})
 	lr := lease.New(st, lease.Options{ID: id, IdleReturn: time.Hour, OnError: func(a string, err error) { e.t.Logf("lease of %s: %v", a, err) }})
 	opts := e.opts
 	opts.Meter = lr

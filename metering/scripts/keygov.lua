@@ -1,6 +1,7 @@
 -- keygov: prepended to the scripts that hold, settle and release single
--- calls (reserve, settle, release), so that a governed API key's rules live
--- in one place. (holds.lua is prepended before it.)
+-- calls (reserve, settle, release) and to lease_flush (which counts leased
+-- calls' spend in budgets), so that a governed API key's rules live in one
+-- place. (holds.lua is prepended before it.)
 --
 -- A governed key has a hash {a:<id>}:kg:<key id>:
 --   settings  exp (unix s; absent: never), models (",id,id,": catalog ids the
@@ -51,6 +52,29 @@ local function tg_key_used(g, now, month)
   return tonumber(g.bused) or 0, cur
 end
 
+-- tg_key_spend adds charge (mc) to the budget period of the key whose rules
+-- hash is kg, when it has a budget (bper: its period's kind, bstart: the
+-- start of the period it spent in last, as read from kg).
+local function tg_key_spend(kg, bper, bstart, charge, nowS, month)
+  if charge <= 0 or not bper then return end
+  local start = tg_key_period(bper, nowS, month)
+  local cur = tonumber(bstart)
+  if cur == nil or cur < start then -- a new period (never back to an older one)
+    redis.call('HSET', kg, 'bstart', start, 'bused', string.format('%d', charge))
+  else
+    redis.call('HINCRBY', kg, 'bused', charge)
+  end
+end
+
+-- tg_key_charge adds what a key's calls cost (mc) to its budget period, when
+-- the key has a budget: lease_flush.lua's calls, served from a replica's
+-- lease (a key whose first rule a replica's key cache had not seen yet).
+-- Not idempotent: the caller charges each call once.
+local function tg_key_charge(kg, charge, nowS, month)
+  local f = redis.call('HMGET', kg, 'bper', 'bstart')
+  tg_key_spend(kg, f[1], f[2], charge, nowS, month)
+end
+
 -- tg_key_end ends a governed key's call: charge (mc) is added to its budget
 -- period, and the tpm bucket gets back what the call held but did not use
 -- (used tokens; a failed call used none). Idempotent per call: the call's
@@ -58,15 +82,7 @@ end
 local function tg_key_end(kg, gen, charge, used, nowS, nowMs, month)
   if redis.call('EXISTS', kg) == 0 then return end
   local f = redis.call('HMGET', kg, 'bper', 'bstart', 'bused', 'tpm', 'tl', 'tt')
-  if charge > 0 and f[1] then
-    local start = tg_key_period(f[1], nowS, month)
-    local cur = tonumber(f[2])
-    if cur == nil or cur < start then -- a new period (never back to an older one)
-      redis.call('HSET', kg, 'bstart', start, 'bused', string.format('%d', charge))
-    else
-      redis.call('HINCRBY', kg, 'bused', charge)
-    end
-  end
+  tg_key_spend(kg, f[1], f[2], charge, nowS, month)
   local held = tonumber(redis.call('HGET', gen, 'ktok') or '')
   if held then
     redis.call('HDEL', gen, 'ktok')
