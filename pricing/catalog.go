@@ -340,6 +340,7 @@ func (c *Catalog) buildModel(errs *problems, path string, ms *ModelSpec) *Model 
 		}
 	}
 
+	m.Book = book
 	overrides := [...]struct {
 		name string
 		v    *Rate

@@ -81,6 +81,10 @@ type Model struct {
 	// Prices in effective order (at least one); a passthrough model's are
 	// its price book's, converted at the catalog's credits per USD.
 	Prices []Price
+	// Book is the provider's published prices from the model's price_book,
+	// converted, whatever its mode (nil without one): what BelowCost
+	// compares a tier's rates with.
+	Book []Price
 	// Source and Checked are where a passthrough model's prices are
 	// published and when they were last read there ("" for tiers).
 	Source, Checked string
@@ -106,13 +110,16 @@ func (u *Usage) prompt() int64 {
 
 // PriceAt is the price in force at t: the last whose From is not after t
 // (the first when t is before them all).
-func (m *Model) PriceAt(t time.Time) *Price {
-	p := &m.Prices[0]
-	for i := 1; i < len(m.Prices); i++ {
-		if m.Prices[i].From.After(t) {
+func (m *Model) PriceAt(t time.Time) *Price { return priceAt(m.Prices, t) }
+
+// priceAt is the price of ps (in effective order, at least one) in force at t.
+func priceAt(ps []Price, t time.Time) *Price {
+	p := &ps[0]
+	for i := 1; i < len(ps); i++ {
+		if ps[i].From.After(t) {
 			break
 		}
-		p = &m.Prices[i]
+		p = &ps[i]
 	}
 	return p
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -112,6 +113,7 @@ func (r *reloader) reload() error {
 	r.running = &next
 	r.l.catalog = cat
 	r.reloads.Add(1)
+	warnBelowCost(log, cat, time.Now())
 	log.Info("configuration reloaded", zap.String("file", r.l.path), zap.Strings("applied", applied))
 	if len(restart) > 0 {
 		log.Warn("changed settings need a restart to apply; the running values stay", zap.Strings("restart_needed", restart))

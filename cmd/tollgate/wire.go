@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -77,7 +78,32 @@ func startup(name string, args []string, stderr io.Writer, setAddr func(*config.
 		warnDurability(l.log, store)
 	}
 	armEpoch(l, store)
+	warnBelowCost(l.log, l.catalog, time.Now())
 	return l, store, nil
+}
+
+// warnBelowCost says, once per start or reload, which models charge less
+// than their providers' list prices (a tier's rates against the model's
+// price_book at credits_per_usd): each such call loses the reseller money.
+// One line for the catalog, each model with the kinds it loses on.
+func warnBelowCost(log *zap.Logger, c *pricing.Catalog, now time.Time) {
+	var below []string
+	for _, m := range c.Models() {
+		ss := m.BelowCost(now)
+		if len(ss) == 0 {
+			continue
+		}
+		kinds := make([]string, 0, len(ss))
+		for _, s := range ss {
+			kinds = append(kinds, fmt.Sprintf("%s %s<%s", s.Kind, s.Rate, s.Cost))
+		}
+		below = append(below, m.ID+": "+strings.Join(kinds, ", "))
+	}
+	if len(below) > 0 {
+		log.Warn("models priced below their providers' list prices (credits per 1K, the tier's < the price book's at credits_per_usd): "+
+			"every call of theirs costs more than it earns; raise the tiers' rates or use pricing.mode: passthrough",
+			zap.Strings("below_cost", below))
+	}
 }
 
 // loaded is a configuration with what every subcommand builds from it.
