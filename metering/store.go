@@ -98,7 +98,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts.init()
 	s := &Store{rdb: rdb, opts: opts, pipe: pipeliner{rdb: rdb, max: max(opts.Pipelines, 0)}}
 	s.keys.init(opts.KeyCacheTTL)
-	if opts.KeyCacheTTL >= 0 {
+	if opts.KeyCacheTTL >= 0 && rdb != nil {
 		go s.watchKeys() // until rdb is closed
 	}
 	return s
