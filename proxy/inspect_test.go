@@ -176,8 +176,6 @@ func TestRemoteInputIsStructural(t *testing.T) {
 		{"function tool", epResponses, resp(`"input":"hi","tools":[{"type":"function","name":"f","parameters":{}}]`), false},
 		{"web_search", epResponses, resp(`"input":"hi","tools":[{"type":"web_search"}]`), true},
 		{"web_search_preview", epResponses, resp(`"input":"hi","tools":[{"type":"function","name":"f"},{"type":"web_search_preview"}]`), true},
-		{"file_search", epResponses, resp(`"input":"hi","tools":[{"type":"file_search","vector_store_ids":["vs_1"]}]`), true},
-		{"code_interpreter", epResponses, resp(`"input":"hi","tools":[{"type":"code_interpreter","container":{"type":"auto"}}]`), true},
 		{"mcp", epResponses, resp(`"input":"hi","tools":[{"type":"mcp","server_label":"x","server_url":"https://x"}]`), true},
 		{"computer_use", epResponses, resp(`"input":"hi","tools":[{"type":"computer_use_preview","display_width":1024}]`), true},
 		{"screenshot", epResponses, resp(`"input":[{"type":"computer_call_output","call_id":"c","output":{"type":"computer_screenshot","image_url":"data:image/png;base64,AA"}}]`), true},
@@ -192,7 +190,6 @@ func TestRemoteInputIsStructural(t *testing.T) {
 		{"image in tool result", epMessages, msgs(`"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"image","source":{"type":"url","url":"https://x"}}]}]}]`), true},
 		{"web_search tool", epMessages, msgs(`"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]`), true},
 		{"web_fetch tool", epMessages, msgs(`"messages":[],"tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]`), true},
-		{"code_execution tool", epMessages, msgs(`"messages":[],"tools":[{"type":"code_execution_20250825","name":"code_execution"}]`), true},
 		{"mcp_servers", epMessages, msgs(`"messages":[],"mcp_servers":[{"type":"url","url":"https://x","name":"x"}]`), true},
 		{"mcp_servers empty", epMessages, msgs(`"messages":[],"mcp_servers":[]`), false},
 		{"container", epMessages, msgs(`"messages":[],"container":"container_1"`), true},
@@ -385,6 +382,41 @@ func TestInspectServiceTier(t *testing.T) {
 				t.Fatalf("refused: %v", err)
 			case !tt.ok && (!errors.As(err, &br) || br.param != "service_tier"):
 				t.Fatalf("err = %v, want a 400 naming service_tier", err)
+			}
+		})
+	}
+}
+
+// Provider-side tools billed per use beside tokens, at fees the catalog does
+// not price, are refused (they would be free); web search (priced) and
+// tools billed in tokens pass.
+func TestInspectRefusesUnpricedToolFees(t *testing.T) {
+	tests := []struct {
+		name string
+		ep   *endpoint
+		body string
+		ok   bool
+	}{
+		{"code_interpreter", epResponses, `{"model":"m","input":"hi","tools":[{"type":"code_interpreter","container":{"type":"auto"}}]}`, false},
+		{"file_search", epResponses, `{"model":"m","input":"hi","tools":[{"type":"function","name":"f"},{"type":"file_search","vector_store_ids":["vs_1"]}]}`, false},
+		{"image_generation", epResponses, `{"model":"m","input":"hi","tools":[{"type":"image_generation"}]}`, false},
+		{"chat file_search", epChat, `{"model":"m","messages":[],"tools":[{"type":"file_search"}]}`, false},
+		{"anthropic code execution", epMessages, `{"model":"m","max_tokens":5,"messages":[],"tools":[{"type":"code_execution_20250825","name":"code_execution"}]}`, false},
+		{"web_search", epResponses, `{"model":"m","input":"hi","tools":[{"type":"web_search"}]}`, true},
+		{"mcp", epResponses, `{"model":"m","input":"hi","tools":[{"type":"mcp","server_label":"x","server_url":"https://x"}]}`, true},
+		{"anthropic web fetch", epMessages, `{"model":"m","max_tokens":5,"messages":[],"tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}`, true},
+		// An item that names such a type elsewhere than in tools is not a tool.
+		{"a call item passed back", epResponses, `{"model":"m","input":[{"type":"code_interpreter_call","id":"ci_1"}],"metadata":{"type":"file_search"}}`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := inspect(tt.ep, []byte(tt.body))
+			var br *badRequest
+			switch {
+			case tt.ok && err != nil:
+				t.Fatalf("refused: %v", err)
+			case !tt.ok && (!errors.As(err, &br) || br.param != "tools"):
+				t.Fatalf("err = %v, want a 400 naming tools", err)
 			}
 		})
 	}

@@ -146,9 +146,23 @@ const (
 	typeInline                          // "text", "content": a document source carried in the body
 	typeClientTool                      // a tool the client runs: "function", "custom" (or "")
 	typeAnthropicClient                 // Anthropic-defined tools the client runs: bash_*, text_editor_*, memory_*
+	typeFeeTool                         // a provider-side tool billed per use at a fee the catalog does not price
 )
 
 var anthropicClientTools = [...][]byte{[]byte("bash_"), []byte("text_editor_"), []byte("memory_")}
+
+// codeExecution prefixes Anthropic's code execution tool types, billed per
+// container hour beside tokens.
+var codeExecution = []byte("code_execution_")
+
+// errFeeTool refuses a tool the provider bills per use beside tokens at a fee
+// the catalog does not price (OpenAI: code_interpreter containers,
+// file_search calls, image_generation images; Anthropic: code execution
+// container hours). Passed through, those fees would be free to the caller.
+// Web search, whose fee the catalog prices, and tools billed in tokens alone
+// (MCP, web fetch, computer use) pass.
+var errFeeTool = invalid("tools", "This gateway does not offer provider-side tools billed per use beside tokens "+
+	"(code_interpreter, file_search, image_generation, code_execution): their fees are not priced. Web search and tools billed in tokens are offered.")
 
 func partTypeOf(t []byte) partType {
 	switch string(t) {
@@ -166,6 +180,11 @@ func partTypeOf(t []byte) partType {
 		return typeInline
 	case "function", "custom", "":
 		return typeClientTool
+	case "code_interpreter", "file_search", "image_generation":
+		return typeFeeTool
+	}
+	if bytes.HasPrefix(t, codeExecution) {
+		return typeFeeTool
 	}
 	for _, p := range anthropicClientTools {
 		if bytes.HasPrefix(t, p) {

@@ -380,6 +380,9 @@ func (s *scanner) closeObject(at int) error {
 		case nameInput:
 			s.storedItem = s.storedItem || f.storedItem()
 		case nameTools:
+			if f.typ == typeFeeTool {
+				return errFeeTool
+			}
 			openAI, anthropic := f.providerTool()
 			s.toolOpenAI = s.toolOpenAI || openAI
 			s.toolAnthropic = s.toolAnthropic || anthropic
