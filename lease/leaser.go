@@ -23,8 +23,8 @@ type Ledger interface {
 	Settle(ctx context.Context, s metering.Settlement) (metering.Charge, error)
 	Release(ctx context.Context, account, keyID, holdID string, rec *metering.Record) error
 	Generation(ctx context.Context, account, requestID string) (metering.Generation, error)
-	RecordResponse(ctx context.Context, account, responseID, provider string) error
-	ResponseProvider(ctx context.Context, account, responseID string) (string, error)
+	RecordResponse(ctx context.Context, account, responseID, provider string, tokens int64) error
+	StoredResponse(ctx context.Context, account, responseID string) (metering.StoredResponse, error)
 	HoldTTL() time.Duration
 }
 
@@ -277,13 +277,13 @@ func (l *Leaser) Authenticate(ctx context.Context, secret []byte) (metering.Iden
 
 // RecordResponse is Store.RecordResponse: a stored response's owner is not
 // leased, it is written through (bounded by ctx).
-func (l *Leaser) RecordResponse(ctx context.Context, account, responseID, provider string) error {
-	return l.st.RecordResponse(ctx, account, responseID, provider)
+func (l *Leaser) RecordResponse(ctx context.Context, account, responseID, provider string, tokens int64) error {
+	return l.st.RecordResponse(ctx, account, responseID, provider, tokens)
 }
 
-// ResponseProvider is Store.ResponseProvider.
-func (l *Leaser) ResponseProvider(ctx context.Context, account, responseID string) (string, error) {
-	return l.st.ResponseProvider(ctx, account, responseID)
+// StoredResponse is Store.StoredResponse.
+func (l *Leaser) StoredResponse(ctx context.Context, account, responseID string) (metering.StoredResponse, error) {
+	return l.st.StoredResponse(ctx, account, responseID)
 }
 
 // Ping is Store.Ping.

@@ -50,9 +50,9 @@ func (f *fakeStore) Generation(context.Context, string, string) (metering.Genera
 	return metering.Generation{}, metering.ErrNotFound
 }
 
-func (f *fakeStore) RecordResponse(context.Context, string, string, string) error { return nil }
-func (f *fakeStore) ResponseProvider(context.Context, string, string) (string, error) {
-	return "", metering.ErrNotFound
+func (f *fakeStore) RecordResponse(context.Context, string, string, string, int64) error { return nil }
+func (f *fakeStore) StoredResponse(context.Context, string, string) (metering.StoredResponse, error) {
+	return metering.StoredResponse{}, metering.ErrNotFound
 }
 
 func (f *fakeStore) Reserve(_ context.Context, r metering.HoldRequest) (metering.Hold, error) {

@@ -55,8 +55,11 @@ type call struct {
 	// inTokens is the input estimate the hold covers (set by holdRequest).
 	inTokens int64
 	// only is the one provider that may serve the call ("" = any): the one
-	// storing its previous_response_id (responses.go).
-	only string
+	// storing its previous_response_id (responses.go); prevContext the
+	// tokens of that response the provider reads again, which an estimate
+	// of the call's input counts (0 when unknown).
+	only        string
+	prevContext int64
 	// What the call's log line and metrics are told (observe.go).
 	clientID, traceparent, tracestate string // the caller's, validated
 	provider, upstreamID              string // the provider that answered, its request id
@@ -117,10 +120,12 @@ func (s *Server) serveMetered(ctx *fasthttp.RequestCtx, ep *endpoint, post bool)
 		s.writeError(ctx, errNotNative(m, ep))
 		return false
 	}
-	if c.only, err = s.checkPrevious(c.ident.Account, c.req.prevResponse, m); err != nil { // responses.go
+	prev, err := s.checkPrevious(c.ident.Account, c.req.prevResponse, m) // responses.go
+	if err != nil {
 		s.writeError(ctx, err)
 		return false
 	}
+	c.only, c.prevContext = prev.Provider, prev.Context
 	c.model = m
 	c.req.limitField = m.OutputLimitField
 	ctx.Response.Header.SetCanonical(keyTier, []byte(m.Tier))
@@ -470,7 +475,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 		return
 	}
 	if len(stored) > 0 {
-		c.s.recordResponse(c.ident.Account, string(stored), up.name) // responses.go
+		c.s.recordResponse(c.ident.Account, string(stored), up.name, contextTokens(u)) // responses.go
 	}
 	h := &ctx.Response.Header
 	var nb [24]byte

@@ -53,9 +53,11 @@ func (m *fuzzMeter) Generation(context.Context, string, string) (metering.Genera
 	return metering.Generation{}, metering.ErrNotFound
 }
 func (m *fuzzMeter) Ping(context.Context) error                                   { return nil }
-func (m *fuzzMeter) RecordResponse(context.Context, string, string, string) error { return nil }
-func (m *fuzzMeter) ResponseProvider(context.Context, string, string) (string, error) {
-	return "", metering.ErrNotFound
+func (m *fuzzMeter) RecordResponse(context.Context, string, string, string, int64) error {
+	return nil
+}
+func (m *fuzzMeter) StoredResponse(context.Context, string, string) (metering.StoredResponse, error) {
+	return metering.StoredResponse{}, metering.ErrNotFound
 }
 
 var _ Meter = (*fuzzMeter)(nil)

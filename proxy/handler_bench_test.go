@@ -60,10 +60,12 @@ func (m *fakeMeter) Generation(context.Context, string, string) (metering.Genera
 	return metering.Generation{}, metering.ErrNotFound
 }
 
-func (m *fakeMeter) Ping(context.Context) error                                   { return nil }
-func (m *fakeMeter) RecordResponse(context.Context, string, string, string) error { return nil }
-func (m *fakeMeter) ResponseProvider(context.Context, string, string) (string, error) {
-	return "", metering.ErrNotFound
+func (m *fakeMeter) Ping(context.Context) error { return nil }
+func (m *fakeMeter) RecordResponse(context.Context, string, string, string, int64) error {
+	return nil
+}
+func (m *fakeMeter) StoredResponse(context.Context, string, string) (metering.StoredResponse, error) {
+	return metering.StoredResponse{}, metering.ErrNotFound
 }
 
 var _ Meter = (*fakeMeter)(nil)

@@ -20,7 +20,7 @@ func TestHoldCoversWhatCanBeBilled(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	key := e.account("acme", 10) // 10 credits = 10,000 mc
 	// A previous_response_id must be the account's own (else 400, before any hold).
-	if err := e.store.RecordResponse(context.Background(), "acme", "resp_123", "openai"); err != nil {
+	if err := e.store.RecordResponse(context.Background(), "acme", "resp_123", "openai", 0); err != nil {
 		t.Fatal(err)
 	}
 	words := func(n, size int) string {

@@ -24,11 +24,12 @@ type Meter interface {
 	Release(ctx context.Context, account, keyID, holdID string, rec *metering.Record) error
 	Generation(ctx context.Context, account, requestID string) (metering.Generation, error)
 	// RecordResponse records that account created the provider's stored
-	// response (Responses API) responseID, served by provider;
-	// ResponseProvider returns that provider, or metering.ErrNotFound when
-	// account did not create it (responses.go).
-	RecordResponse(ctx context.Context, account, responseID, provider string) error
-	ResponseProvider(ctx context.Context, account, responseID string) (string, error)
+	// response (Responses API) responseID, served by provider, and the
+	// tokens a continuation reads again; StoredResponse returns what was
+	// recorded, or metering.ErrNotFound when account did not create it
+	// (responses.go).
+	RecordResponse(ctx context.Context, account, responseID, provider string, tokens int64) error
+	StoredResponse(ctx context.Context, account, responseID string) (metering.StoredResponse, error)
 	Ping(ctx context.Context) error
 }
 

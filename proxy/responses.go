@@ -39,40 +39,53 @@ var (
 const recordTimeout = 5 * time.Second
 
 // recordResponse records, off the caller's path, that account created the
-// stored response id at provider. Until the write is done the record is
-// kept here, so that this replica finds it at once; a failed write is
-// logged (the call itself is not failed: the response stays unreachable
-// through the gateway).
-func (s *Server) recordResponse(account, id, provider string) {
+// stored response id at provider, and the tokens a continuation of it reads
+// again (its prompt and visible output, once known; 0 when not). An empty
+// provider records the tokens alone. Until the owner's write is done the
+// record is kept here, so that this replica finds it at once; a failed write
+// is logged (the call itself is not failed: the response stays unreachable
+// through the gateway, or a continuation's estimate lacks its context).
+func (s *Server) recordResponse(account, id, provider string, tokens int64) {
 	if id == "" || len(id) > metering.MaxResponseIDLen {
 		s.log.Warn("not recording a stored response: bad id", zap.String("account", account), zap.Int("id_len", len(id)))
 		return
 	}
 	k := account + "\x00" + id
-	s.recording.Store(k, provider)
+	if provider != "" {
+		s.recording.Store(k, provider)
+	}
 	s.inflight.Add(1) // Shutdown waits for the write
 	go func() {
 		defer s.inflight.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
-		err := s.meter.RecordResponse(ctx, account, id, provider)
+		err := s.meter.RecordResponse(ctx, account, id, provider, tokens)
 		cancel()
-		s.recording.Delete(k)
+		if provider != "" {
+			s.recording.Delete(k)
+		}
 		if err != nil {
 			s.log.Warn("recording stored response", zap.String("account", account), zap.String("response_id", id), zap.Error(err))
 		}
 	}()
 }
 
-// responseProvider returns the provider of account's stored response id,
+// storedResponse returns what is recorded of account's stored response id,
 // or an error matching metering.ErrNotFound.
-func (s *Server) responseProvider(account string, id []byte) (string, error) {
+func (s *Server) storedResponse(account string, id []byte) (metering.StoredResponse, error) {
 	if !validResponseID(id) {
-		return "", fmt.Errorf("response id: %w", metering.ErrNotFound)
+		return metering.StoredResponse{}, fmt.Errorf("response id: %w", metering.ErrNotFound)
 	}
 	if p, ok := s.recording.Load(account + "\x00" + string(id)); ok {
-		return p.(string), nil
+		return metering.StoredResponse{Provider: p.(string)}, nil
 	}
-	return s.meter.ResponseProvider(context.Background(), account, string(id))
+	return s.meter.StoredResponse(context.Background(), account, string(id))
+}
+
+// contextTokens is what a continuation of a response with usage u reads
+// again as input: u's whole prompt and its visible output (reasoning is not
+// carried into the next turn); an estimate's when the provider sent none.
+func contextTokens(u usage) int64 {
+	return u.Input + u.CachedInput + u.CacheWrite + u.CacheWrite1h + max(u.Output-u.Reasoning, 0)
 }
 
 // validResponseID: what a provider's id looks like (resp_<hex> at OpenAI),
@@ -91,25 +104,26 @@ func validResponseID(id []byte) bool {
 
 // checkPrevious refuses a previous_response_id the account did not create,
 // or one stored by a provider that serves no deployment of m (no other has
-// it). It returns the provider the call must go to ("" = any).
-func (s *Server) checkPrevious(account string, id []byte, m *pricing.Model) (string, error) {
+// it). It returns what is recorded of it: the provider the call must go to
+// ("" = any) and the tokens of context the provider reads again.
+func (s *Server) checkPrevious(account string, id []byte, m *pricing.Model) (metering.StoredResponse, error) {
 	if len(id) == 0 {
-		return "", nil
+		return metering.StoredResponse{}, nil
 	}
-	provider, err := s.responseProvider(account, id)
+	rec, err := s.storedResponse(account, id)
 	if errors.Is(err, metering.ErrNotFound) {
-		return "", &badRequest{param: "previous_response_id", code: "previous_response_not_found",
+		return rec, &badRequest{param: "previous_response_id", code: "previous_response_not_found",
 			msg: "Previous response not found: no response with this id was created with this account's keys."}
 	}
 	if err != nil {
-		return "", err
+		return rec, err
 	}
 	for _, d := range m.Deployments {
-		if d.Provider == provider {
-			return provider, nil
+		if d.Provider == rec.Provider {
+			return rec, nil
 		}
 	}
-	return "", &badRequest{param: "previous_response_id", code: "previous_response_not_found",
+	return rec, &badRequest{param: "previous_response_id", code: "previous_response_not_found",
 		msg: fmt.Sprintf("The previous response was stored by a provider that does not serve the model '%s'; continue it with the model that created it.", m.ID)}
 }
 
@@ -134,7 +148,8 @@ func (s *Server) handleStoredResponse(ctx *fasthttp.RequestCtx, rest []byte) {
 	if !ok {
 		return
 	}
-	provider, err := s.responseProvider(ident.Account, id)
+	rec, err := s.storedResponse(ident.Account, id)
+	provider := rec.Provider
 	if err != nil {
 		if errors.Is(err, metering.ErrNotFound) {
 			err = errNoResponse

@@ -1,8 +1,12 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"testing"
 	"time"
@@ -12,6 +16,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy"
 )
 
 var respIDRe = regexp.MustCompile(`"id":"(resp_[A-Za-z0-9_]+)"`)
@@ -119,7 +124,8 @@ func TestStoredResponses(t *testing.T) {
 	live := e.createResponse(keyA, false)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		p, err := e.store.ResponseProvider(context.Background(), "acct-a", live)
+		r, err := e.store.StoredResponse(context.Background(), "acct-a", live)
+		p := r.Provider
 		if err == nil && p == "openai" {
 			break
 		}
@@ -134,7 +140,7 @@ func TestStoredResponses(t *testing.T) {
 		// one no deployment of gpt-4o-mini reaches, one at fallback-model's
 		// dead first deployment, which alone may then serve the call.
 		for id, p := range map[string]string{"resp_at_anthropic": "anthropic", "resp_at_down": "down"} {
-			if err := e.store.RecordResponse(context.Background(), "acct-a", id, p); err != nil {
+			if err := e.store.RecordResponse(context.Background(), "acct-a", id, p, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -202,4 +208,54 @@ func TestOpenAISDKStoredResponses(t *testing.T) {
 		t.Fatalf("Get after Delete: %v", err)
 	}
 	e.assertLedger("acct-a")
+}
+
+// A continuation of a stored response (previous_response_id) whose answer
+// carries no usage is estimated with the context the provider read again:
+// the first response's prompt and visible output, recorded once its call
+// settled. Counting the new input alone charged a long stored conversation
+// as a few tokens (found by review).
+func TestContinuationEstimateCountsStoredContext(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if bytes.Contains(b, []byte("previous_response_id")) { // no usage
+			_, _ = io.WriteString(w, `{"id":"resp_2","object":"response","status":"completed","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"ok"}]}]}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"a long answer"}]}],`+
+			`"usage":{"input_tokens":5000,"input_tokens_details":{"cached_tokens":1000},"output_tokens":300,"output_tokens_details":{"reasoning_tokens":100},"total_tokens":5300}}`)
+	}))
+	t.Cleanup(up.Close)
+	e := newEnv(t, envOpts{proxy: func(o *proxy.Options) { o.Providers[0].BaseURL = up.URL + "/v1" }})
+	key := e.account("acct-c", 1000)
+	if r := e.post("/v1/responses", key, `{"model":"gpt-4o-mini","input":"a long document","max_output_tokens":500}`); r.status != 200 {
+		t.Fatalf("first response: %d %s", r.status, r.body)
+	}
+	// Its context (5,000 prompt + 200 visible output) is recorded off the
+	// call's path: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := e.store.StoredResponse(context.Background(), "acct-c", "resp_1")
+		if err == nil && r.Context == 5200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("context not recorded: %+v %v", r, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := e.post("/v1/responses", key, `{"model":"gpt-4o-mini","input":"and?","previous_response_id":"resp_1","max_output_tokens":500}`)
+	if r.status != 200 {
+		t.Fatalf("continuation: %d %s", r.status, r.body)
+	}
+	e.sync() // the lease's batch holds the cost record
+	g, err := e.store.Generation(context.Background(), "acct-c", r.header.Get("X-Request-Id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Estimated || g.Input < 5200 || g.Input > 5200+50 {
+		t.Fatalf("continuation estimated %v with %d input tokens, want the 5,200 of context and its few own", g.Estimated, g.Input)
+	}
+	e.assertLedger("acct-c")
 }

@@ -78,7 +78,7 @@ type streamBody struct {
 	reqBody   []byte // a copy of the client's body (its size, not a pooled 4 KiB): read only for an estimate
 	firstByte time.Duration
 	terminal  bool // the provider's end marker was seen
-	stored    bool // the Responses response's id was recorded (responses.go)
+	storedID  string // the Responses response's id, once recorded (responses.go)
 	settled   bool
 	charged   bool  // settled with a charge (charge is valid)
 	finished  bool  // nothing more to send
@@ -270,7 +270,7 @@ func (sb *streamBody) dispatch() {
 // recordStored records the id of the response a Responses event carries
 // (response.id) for the account, once per stream.
 func (sb *streamBody) recordStored(data []byte) {
-	if sb.stored {
+	if sb.storedID != "" {
 		return
 	}
 	p := parserPool.Get()
@@ -280,8 +280,8 @@ func (sb *streamBody) recordStored(data []byte) {
 		return
 	}
 	if id := v.GetStringBytes("response", "id"); len(id) > 0 {
-		sb.stored = true
-		sb.c.s.recordResponse(sb.c.ident.Account, string(id), sb.up.name)
+		sb.storedID = string(id)
+		sb.c.s.recordResponse(sb.c.ident.Account, sb.storedID, sb.up.name, 0) // its context once settled
 	}
 }
 
@@ -443,7 +443,7 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	enc := encodingFor(sb.c.model)
 	if !u.seen {
 		u = usage{}
-		u.Input = requestTokens(enc, sb.c.ep.dialect, sb.reqBody)
+		u.Input = requestTokens(enc, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
 	u.Reasoning = min(u.Reasoning, u.Output)
@@ -470,6 +470,9 @@ func (sb *streamBody) settle(cancelled bool) {
 		}
 	}
 	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
+	if sb.storedID != "" {
+		c.s.recordResponse(c.ident.Account, sb.storedID, "", contextTokens(u)) // responses.go
+	}
 	if !ok {
 		return // logged; the trailers stay empty
 	}

@@ -290,7 +290,7 @@ func imageParts(v *fastjson.Value) int64 {
 func (c *call) estimateBody(v *fastjson.Value, raw []byte) usage {
 	enc := encodingFor(c.model)
 	var u usage
-	u.Input = requestTokens(enc, c.ep.dialect, c.body)
+	u.Input = requestTokens(enc, c.ep.dialect, c.body) + c.prevContext
 	if c.ep.maxField == "" {
 		return u // embeddings: no output
 	}
