@@ -16,7 +16,9 @@ func respKey(account, responseID string) string { return "{a:" + account + "}:re
 
 // respCtxKey holds the tokens a continuation of the response reads again
 // (its prompt and its visible output), once the call that created it settled.
-func respCtxKey(account, responseID string) string { return "{a:" + account + "}:respctx:" + responseID }
+func respCtxKey(account, responseID string) string {
+	return "{a:" + account + "}:respctx:" + responseID
+}
 
 // StoredResponse is what is recorded of a provider's stored response.
 type StoredResponse struct {

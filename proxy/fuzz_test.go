@@ -52,7 +52,7 @@ func (m *fuzzMeter) Release(_ context.Context, _, _, _ string, rec *metering.Rec
 func (m *fuzzMeter) Generation(context.Context, string, string) (metering.Generation, error) {
 	return metering.Generation{}, metering.ErrNotFound
 }
-func (m *fuzzMeter) Ping(context.Context) error                                   { return nil }
+func (m *fuzzMeter) Ping(context.Context) error { return nil }
 func (m *fuzzMeter) RecordResponse(context.Context, string, string, string, int64) error {
 	return nil
 }

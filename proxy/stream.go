@@ -77,7 +77,7 @@ type streamBody struct {
 	delivered int64  // bytes of generated text relayed, JSON-escaped
 	reqBody   []byte // a copy of the client's body (its size, not a pooled 4 KiB): read only for an estimate
 	firstByte time.Duration
-	terminal  bool // the provider's end marker was seen
+	terminal  bool   // the provider's end marker was seen
 	storedID  string // the Responses response's id, once recorded (responses.go)
 	settled   bool
 	charged   bool  // settled with a charge (charge is valid)
