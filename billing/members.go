@@ -95,13 +95,9 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 	if !metering.ValidRole(req.Role) {
 		return badRequest("invalid_role", "role", `role must be "owner", "admin", "billing" or "member"`)
 	}
-	var budget int64
-	var period string
-	if req.Budget != nil {
-		var err error
-		if budget, period, err = parseBudget(req.Budget); err != nil {
-			return err
-		}
+	budget, period, err := optionalBudget(req.Budget)
+	if err != nil {
+		return err
 	}
 	ctx := r.Context()
 	c, _ := callerFrom(ctx)
@@ -155,13 +151,9 @@ func (s *Server) patchMember(w http.ResponseWriter, r *http.Request, account str
 	if req.Role != nil && !metering.ValidRole(*req.Role) {
 		return badRequest("invalid_role", "role", `role must be "owner", "admin", "billing" or "member"`)
 	}
-	var budget int64
-	var period string
-	if req.Budget != nil {
-		var err error
-		if budget, period, err = parseBudget(req.Budget); err != nil {
-			return err
-		}
+	budget, period, err := optionalBudget(req.Budget)
+	if err != nil {
+		return err
 	}
 	ctx := r.Context()
 	c, _ := callerFrom(ctx)
@@ -309,4 +301,13 @@ func (s *Server) audit(ctx context.Context, account, action, target string) erro
 		return fmt.Errorf("recording %s of %s: %w", action, target, err)
 	}
 	return nil
+}
+
+// optionalBudget parses a request's budget member; absent (or null) is no
+// budget.
+func optionalBudget(raw json.RawMessage) (int64, string, error) {
+	if raw == nil {
+		return 0, "", nil
+	}
+	return parseBudget(raw)
 }
