@@ -9,6 +9,7 @@ import (
 	_ "image/jpeg"
 	_ "image/png"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/valyala/fastjson"
@@ -25,10 +26,13 @@ import (
 //   - An image carried in the body (a data: URL, Anthropic's base64 source)
 //     is counted by its dimensions, read from its header (image.DecodeConfig:
 //     PNG, JPEG, GIF, WebP), with the formula of the provider that serves
-//     the call (imageCost). An image the body does not carry (a URL, a file
-//     id), or whose header does not decode, counts imageTokens.
+//     the call and of the model (imageCost). An image the body does not
+//     carry (a URL, a file id), or whose header does not decode, counts the
+//     most the model's provider bills for one: imageTokens, or more for the
+//     OpenAI models whose images cost more tokens (imageRules).
 //   - A PDF carried in the body is counted by its pages (pdfPages) at
-//     pdfPageTokens each; a plain-text document (Anthropic's text or content
+//     pdfPageTokens each (its text, and its image as an image of unknown
+//     size); a plain-text document (Anthropic's text or content
 //     source, a text/* data URL) by its text, tokenized.
 //   - A file or document the body does not carry — by id or URL, or a PDF
 //     whose pages cannot be counted — cannot be measured. The hold assumed the model's whole context window for
@@ -42,19 +46,23 @@ import (
 // compressed object streams are inflated up to maxInflate bytes.
 
 const (
-	// imageTokens is what an image counts when its dimensions are unknown:
-	// what the dearest provider bills for an image at its largest default
-	// size (Anthropic: at most about 1,600 tokens, its images being scaled
-	// to 1.15 megapixels; OpenAI's high detail is at most 1,105 for gpt-4o).
+	// imageTokens is what an image counts when its dimensions are unknown
+	// (at least): what the dearest provider bills for an image at its
+	// largest default size (Anthropic: at most about 1,600 tokens, its
+	// images being scaled to 1.15 megapixels; gpt-4o's high detail is at
+	// most 1,445, 8 tiles).
 	imageTokens = 1600
 
-	// pdfPageTokens is what a PDF page counts. Providers bill each page as
-	// its extracted text plus an image of the page (Anthropic, "PDF
-	// support": "typically 1,500-3,000 tokens per page" of text, plus the
-	// page's image at its image rates; OpenAI's file inputs likewise extract
-	// the text and an image of each page). The upper text figure plus an
-	// image at its dearest (imageTokens): 3,000 + 1,600.
-	pdfPageTokens = 3000 + imageTokens
+	// pdfPageTokens is what a PDF page counts (with a model whose images
+	// cost no more than imageTokens). Providers bill each page as its
+	// extracted text plus an image of the page (Anthropic, "PDF support":
+	// "typically 1,500-3,000 tokens per page" of text, plus the page's image
+	// at its image rates; OpenAI's file inputs likewise extract the text and
+	// an image of each page). The upper text figure plus an image of unknown
+	// size (mediaEstimate.unsized): 3,000 + 1,600, more for the OpenAI
+	// models whose images cost more.
+	pdfPageText   = 3000
+	pdfPageTokens = pdfPageText + imageTokens
 
 	// Anthropic's image formula ("Vision: calculate image costs"): an image
 	// whose long edge is past 1568 px, or that is past about 1,600 tokens
@@ -64,16 +72,24 @@ const (
 	anthropicPixelsPerTok = 750
 	anthropicMaxTokens    = imageTokens
 
-	// OpenAI's image formula for its tile models (gpt-4o, gpt-4.1, o-series;
-	// "Images and vision: calculating costs"): detail "low" is 85 tokens;
+	// OpenAI's image formulas ("Images and vision: calculating costs").
+	// Tile models (gpt-4o, o-series): detail "low" is the base figure;
 	// otherwise the image is scaled to fit a 2048 × 2048 square, then (when
-	// larger) so that its shortest side is 768 px, and costs 170 tokens per
-	// 512 px tile it covers plus 85.
+	// larger) so that its shortest side is 768 px, and costs a figure per
+	// 512 px tile it covers plus the base: 170 and 85 for gpt-4o, 5,667 and
+	// 2,833 for gpt-4o-mini (the same price per image at its lower rate).
+	// Patch models (gpt-4.1, its mini and nano, o4-mini, gpt-5 mini and
+	// nano): one token per 32 px patch covering the image, at most 1,536
+	// patches (larger images are scaled down to fit), times the model's
+	// multiplier (1.62 mini, 2.46 nano, 1.72 o4-mini).
 	openAIBaseTokens = 85
 	openAITileTokens = 170
 	openAIMaxSquare  = 2048
 	openAIShortSide  = 768
 	openAITile       = 512
+	openAIMaxTiles   = 2 * 4 // 768 × 2048 at most
+	openAIPatch      = 32
+	openAIMaxPatches = 1536
 
 	// maxInflate bounds the bytes inflated from a PDF's compressed object
 	// streams (a zip bomb costs no more than this to scan).
@@ -83,9 +99,10 @@ const (
 // mediaEstimate counts the non-text input of one request. Its zero value
 // is not ready: est must be set. It lives for one estimate.
 type mediaEstimate struct {
-	anthropic bool  // Anthropic's formulas only (its API, or its provider, serves the call)
-	tokens    int64 // images and PDF pages
-	unknown   bool  // input the body does not carry (see above)
+	anthropic bool      // Anthropic's formulas only (its API, or its provider, serves the call)
+	openAI    imageRule // how the model counts an image at OpenAI
+	tokens    int64     // images and PDF pages
+	unknown   bool      // input the body does not carry (see above)
 }
 
 // walk counts every image, file and document part of v, at any depth, in
@@ -127,25 +144,88 @@ func (m *mediaEstimate) image(v *fastjson.Value) int64 {
 		}
 	}
 	if data == nil {
-		return imageTokens
+		return m.unsized()
 	}
 	w, h, ok := imageSize(data)
 	if !ok {
+		return m.unsized()
+	}
+	return imageCost(w, h, string(detail) == "low", m.anthropic, m.openAI)
+}
+
+// unsized is what an image of unknown size costs: the most the provider
+// bills for one.
+func (m *mediaEstimate) unsized() int64 {
+	if m.anthropic {
 		return imageTokens
 	}
-	return imageCost(w, h, string(detail) == "low", m.anthropic)
+	return max(imageTokens, m.openAI.maxTokens())
 }
 
 // imageCost is what an image of w × h pixels costs. Served by Anthropic, it
 // is Anthropic's formula; otherwise the call may reach OpenAI or another
 // OpenAI-compatible provider (Anthropic's among them), and it is the larger
-// of the two formulas. low is OpenAI's detail "low".
-func imageCost(w, h int64, low, anthropic bool) int64 {
+// of the two formulas. low is OpenAI's detail "low"; r the model's rule.
+func imageCost(w, h int64, low, anthropic bool, r imageRule) int64 {
 	a := anthropicImageTokens(w, h)
 	if anthropic {
 		return a
 	}
-	return max(a, openAIImageTokens(w, h, low))
+	return max(a, openAIImageTokens(w, h, low, r))
+}
+
+// imageRule is how an OpenAI model counts an image; the zero value is
+// gpt-4o's tiles.
+type imageRule struct {
+	patchMilli int64 // patch models: tokens per patch, in thousandths (0: a tile model)
+	base, tile int64 // tile models: the base and per-tile figures (0: gpt-4o's)
+}
+
+// imageRules are the OpenAI models whose images cost more tokens than
+// gpt-4o's tiles, by the prefix of their names (the first match wins:
+// longer prefixes first).
+var imageRules = [...]struct {
+	prefix string
+	rule   imageRule
+}{
+	{"gpt-4o-mini", imageRule{base: 2833, tile: 5667}},
+	{"gpt-4.1-mini", imageRule{patchMilli: 1620}},
+	{"gpt-4.1-nano", imageRule{patchMilli: 2460}},
+	{"gpt-4.1", imageRule{patchMilli: 1000}},
+	{"gpt-5-mini", imageRule{patchMilli: 1620}},
+	{"gpt-5-nano", imageRule{patchMilli: 2460}},
+	{"o4-mini", imageRule{patchMilli: 1720}},
+}
+
+// imageRuleFor is the rule of a model name ("openai/" style prefixes
+// ignored).
+func imageRuleFor(name string) imageRule {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.ToLower(name)
+	for _, r := range imageRules {
+		if strings.HasPrefix(name, r.prefix) {
+			return r.rule
+		}
+	}
+	return imageRule{}
+}
+
+func (r imageRule) figures() (base, tile int64) {
+	if r.base == 0 && r.tile == 0 {
+		return openAIBaseTokens, openAITileTokens
+	}
+	return r.base, r.tile
+}
+
+// maxTokens is the most an image costs under the rule.
+func (r imageRule) maxTokens() int64 {
+	if r.patchMilli > 0 {
+		return ceilDiv(openAIMaxPatches*r.patchMilli, 1000)
+	}
+	base, tile := r.figures()
+	return base + tile*openAIMaxTiles
 }
 
 // anthropicImageTokens: scaled to fit a 1568 px long edge (rounded up, so
@@ -161,15 +241,22 @@ func anthropicImageTokens(w, h int64) int64 {
 	return min(ceilDiv(w*h, anthropicPixelsPerTok), anthropicMaxTokens)
 }
 
-// openAIImageTokens: OpenAI's tile formula. Scaled sizes are rounded up, so
-// that a tile boundary never rounds a tile away. An image is never scaled
-// up (an image smaller than 768 px keeps its size: 512 × 512 is one tile).
-func openAIImageTokens(w, h int64, low bool) int64 {
-	if low {
-		return openAIBaseTokens
-	}
+// openAIImageTokens: OpenAI's formula for the model's rule. Scaled sizes
+// are rounded up, so that a tile boundary never rounds a tile away. A tile
+// model never scales an image up (an image smaller than 768 px keeps its
+// size: 512 × 512 is one tile). A patch model's scaling to 1,536 patches is
+// counted as the cap itself, which it never exceeds; "low" does not apply.
+func openAIImageTokens(w, h int64, low bool, r imageRule) int64 {
 	if w <= 0 || h <= 0 {
-		return imageTokens
+		return max(imageTokens, r.maxTokens())
+	}
+	if r.patchMilli > 0 {
+		patches := min(ceilDiv(w, openAIPatch)*ceilDiv(h, openAIPatch), openAIMaxPatches)
+		return ceilDiv(patches*r.patchMilli, 1000)
+	}
+	base, tile := r.figures()
+	if low {
+		return base
 	}
 	if long := max(w, h); long > openAIMaxSquare {
 		w, h = ceilDiv(w*openAIMaxSquare, long), ceilDiv(h*openAIMaxSquare, long)
@@ -177,7 +264,7 @@ func openAIImageTokens(w, h int64, low bool) int64 {
 	if short := min(w, h); short > openAIShortSide {
 		w, h = ceilDiv(w*openAIShortSide, short), ceilDiv(h*openAIShortSide, short)
 	}
-	return openAIBaseTokens + openAITileTokens*ceilDiv(w, openAITile)*ceilDiv(h, openAITile)
+	return base + tile*ceilDiv(w, openAITile)*ceilDiv(h, openAITile)
 }
 
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
@@ -248,7 +335,7 @@ func (m *mediaEstimate) inline(text, media, b64 []byte) []byte {
 		return appendBase64(text, b64)
 	}
 	if pages := pdfPages(b64); pages > 0 {
-		m.tokens += pages * pdfPageTokens
+		m.tokens += pages * (pdfPageText + m.unsized())
 		return text
 	}
 	m.unknown = true

@@ -192,16 +192,64 @@ func TestImageCost(t *testing.T) {
 			if got := anthropicImageTokens(tc.w, tc.h); got != tc.anthropic {
 				t.Errorf("anthropic = %d, want %d", got, tc.anthropic)
 			}
-			if got := openAIImageTokens(tc.w, tc.h, tc.low); got != tc.openAI {
+			if got := openAIImageTokens(tc.w, tc.h, tc.low, imageRule{}); got != tc.openAI {
 				t.Errorf("openai = %d, want %d", got, tc.openAI)
 			}
-			if got := imageCost(tc.w, tc.h, tc.low, true); got != tc.anthropic {
+			if got := imageCost(tc.w, tc.h, tc.low, true, imageRule{}); got != tc.anthropic {
 				t.Errorf("served by anthropic = %d, want %d", got, tc.anthropic)
 			}
-			if got := imageCost(tc.w, tc.h, tc.low, false); got != tc.openAIServed {
+			if got := imageCost(tc.w, tc.h, tc.low, false, imageRule{}); got != tc.openAIServed {
 				t.Errorf("served by an OpenAI-compatible provider = %d, want %d", got, tc.openAIServed)
 			}
 		})
+	}
+}
+
+// OpenAI's models that count an image in more tokens than gpt-4o: their
+// rules, by name, with the figures of OpenAI's guide.
+func TestOpenAIImageRules(t *testing.T) {
+	cases := []struct {
+		model string
+		w, h  int64
+		low   bool
+		want  int64
+	}{
+		{"gpt-4o", 1024, 1024, false, 765},
+		{"gpt-4o-2024-08-06", 768, 2048, false, 85 + 170*8},
+		{"gpt-4o-mini", 1024, 1024, false, 2833 + 5667*4},
+		{"openai/gpt-4o-mini-2024-07-18", 1024, 1024, true, 2833},
+		{"gpt-4.1", 1024, 1024, false, 1024},                 // 32 × 32 patches
+		{"gpt-4.1", 1800, 2400, false, 1536},                 // past the cap: the cap
+		{"gpt-4.1-mini", 1024, 1024, false, 1659},            // 1,024 × 1.62 = 1,658.88
+		{"gpt-4.1-mini-2025-04-14", 4000, 3000, false, 2489}, // 1,536 × 1.62 = 2,488.32
+		{"gpt-4.1-nano", 100, 100, false, 40},                // 16 patches × 2.46 = 39.36
+		{"o4-mini", 512, 512, true, 441},                     // 256 × 1.72 = 440.32; low does not apply
+		{"gpt-5-nano", 64, 64, false, 10},                    // 4 × 2.46 = 9.84
+	}
+	for _, tc := range cases {
+		t.Run(tc.model, func(t *testing.T) {
+			if got := openAIImageTokens(tc.w, tc.h, tc.low, imageRuleFor(tc.model)); got != tc.want {
+				t.Fatalf("%d×%d: %d tokens, want %d", tc.w, tc.h, got, tc.want)
+			}
+		})
+	}
+	// An image of unknown size counts the most the model bills for one.
+	for model, want := range map[string]int64{"gpt-4o": imageTokens, "gpt-4.1": imageTokens, "gpt-4.1-nano": 3779, "gpt-4o-mini": 2833 + 5667*8} {
+		m := mediaEstimate{openAI: imageRuleFor(model)}
+		if got := m.unsized(); got != want {
+			t.Errorf("%s: an image by URL counts %d, want %d", model, got, want)
+		}
+		if got := m.tokens; got != 0 {
+			t.Fatal(got)
+		}
+		m.inline(nil, []byte("application/pdf"), []byte(b64(testPDF(2, 2, " "))))
+		if got := m.tokens; got != 2*(pdfPageText+want) {
+			t.Errorf("%s: a 2-page PDF counts %d, want 2 × (%d + %d)", model, got, pdfPageText, want)
+		}
+		m.anthropic, m.tokens = true, 0
+		if got := m.unsized(); got != imageTokens {
+			t.Errorf("%s served by Anthropic: %d", model, got)
+		}
 	}
 }
 
@@ -343,7 +391,7 @@ func FuzzImageSize(f *testing.F) {
 		if w <= 0 || h <= 0 || w > maxImageSide || h > maxImageSide {
 			t.Fatalf("size %d×%d", w, h)
 		}
-		if c := imageCost(w, h, false, false); c < openAIBaseTokens || c > 85+170*4*6 {
+		if c := imageCost(w, h, false, false, imageRule{}); c < openAIBaseTokens || c > imageTokens {
 			t.Fatalf("cost %d for %d×%d", c, w, h)
 		}
 	})

@@ -138,7 +138,7 @@ func TestClientDisconnectChargesPDFPages(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	key := e.account("acme", 1_000_000)
 	pdf := base64.StdEncoding.EncodeToString(proxy.MinimalPDF(3))
-	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":[` +
+	body := `{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":[` +
 		`{"type":"text","text":"[mock:tokens=400,rate=40] Summarize."},` +
 		`{"type":"file","file":{"filename":"a.pdf","file_data":"data:application/pdf;base64,` + pdf + `"}}]}]}`
 	req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/chat/completions", strings.NewReader(body))

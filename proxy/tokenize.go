@@ -211,6 +211,8 @@ type estimator struct {
 	// anthropic: the call is served by Anthropic (its API, or a provider of
 	// its kind), whose image formula applies alone (media.go).
 	anthropic bool
+	// images is how the model counts an image at OpenAI (media.go).
+	images imageRule
 	// window is the input the hold assumed for input the body does not
 	// carry: the model's context window for each prompt (inputTokens).
 	window int64
@@ -221,6 +223,14 @@ func (c *call) estimator(up *upstream) estimator {
 	e := estimator{enc: encodingFor(c.model), anthropic: c.ep.dialect == dialectMessages || (up != nil && up.kind == "anthropic")}
 	if c.model != nil {
 		e.window, _ = mulHold(c.model.ContextWindow, c.batch())
+		// The dearest rule among the model's names (its deployments may
+		// name a model of another family).
+		e.images = imageRuleFor(c.model.ID)
+		for _, d := range c.model.Deployments {
+			if r := imageRuleFor(d.Model); r.maxTokens() > e.images.maxTokens() {
+				e.images = r
+			}
+		}
 	}
 	return e
 }
@@ -241,7 +251,7 @@ func requestTokens(e estimator, d dialect, body []byte) int64 {
 	bp := getBuf()
 	defer putBuf(bp)
 	text, messages, direct := requestText((*bp)[:0], d, v)
-	m := mediaEstimate{anthropic: e.anthropic}
+	m := mediaEstimate{anthropic: e.anthropic, openAI: e.images}
 	text = m.walk(text, v)
 	*bp = text
 	n := countTokens(e.enc, text) + direct + m.tokens
