@@ -405,3 +405,37 @@ func mustParse(t testing.TB, body string) *fastjson.Value {
 	}
 	return v
 }
+
+// Concurrent estimates share the pooled base64 readers and agree with one
+// made alone (run with -race).
+func TestRequestTokensMediaConcurrent(t *testing.T) {
+	bodies := []string{
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,` + b64(testPDF(7, 7, " ")) + `"}}]}]}`,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,` + b64(encodeImage(t, "png", 640, 480)) + `"}}]}]}`,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,` + b64(testObjStmPDF(5)) + `"}}]}]}`,
+	}
+	e := estimator{enc: encCL100K, window: 1 << 20}
+	want := make([]int64, len(bodies))
+	for i, b := range bodies {
+		want[i] = requestTokens(e, dialectChat, []byte(b))
+	}
+	const workers = 16
+	errs := make(chan string, workers)
+	for w := range workers {
+		go func() {
+			for j := range 50 {
+				i := (w + j) % len(bodies)
+				if got := requestTokens(e, dialectChat, []byte(bodies[i])); got != want[i] {
+					errs <- fmt.Sprintf("body %d: %d, want %d", i, got, want[i])
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for range workers {
+		if msg := <-errs; msg != "" {
+			t.Fatal(msg)
+		}
+	}
+}
