@@ -462,7 +462,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 	}
 	estimated := false
 	if !u.seen {
-		u = c.estimateBody(v, body) // tokenize.go: off the path when usage is present
+		u = c.estimateBody(up, v, body) // tokenize.go: off the path when usage is present
 		estimated = true
 	}
 	rec := c.record(u, false)

@@ -51,7 +51,8 @@ func (messagesDialect) stored(v *fastjson.Value) []byte { return storesNothing(v
 
 // event: message_start has the input figures, message_delta the cumulative
 // output (held until message_stop so that it can carry the charge),
-// message_stop ends the stream.
+// message_stop ends the stream; content_block_start shows the web searches
+// run, for an estimate should the stream be cut.
 func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 	if len(name) == 0 {
 		name = eventType(data) // a server that sends no event: lines
@@ -86,6 +87,8 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 		sb.failed("upstream_error_event")
 	case bytes.Equal(name, evBlockDelta):
 		sb.collect(data)
+	case bytes.Equal(name, evBlockStart):
+		sb.searchStarted(data, strServerToolUse, "content_block")
 	}
 	return true
 }

@@ -28,7 +28,7 @@ func (moderationsDialect) requestText(dst []byte, v *fastjson.Value) (text []byt
 
 // appendModerationInput appends what a moderation's input holds to be
 // counted: strings, and the text of text parts (image parts are counted by
-// imageParts). Whatever else a request puts there (an object input, nested
+// media.go). Whatever else a request puts there (an object input, nested
 // arrays, other parts) is counted as its whole JSON, so that no shape of
 // input is estimated below its size.
 func appendModerationInput(dst []byte, in *fastjson.Value) []byte {
@@ -46,7 +46,7 @@ func appendModerationInput(dst []byte, in *fastjson.Value) []byte {
 			case e.Type() == fastjson.TypeObject && string(e.GetStringBytes("type")) == "text":
 				dst = append(dst, e.GetStringBytes("text")...)
 			case e.Type() == fastjson.TypeObject && string(e.GetStringBytes("type")) == "image_url":
-				// counted by imageParts
+				// counted by media.go
 			default:
 				dst = e.MarshalTo(dst)
 			}

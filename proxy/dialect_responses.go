@@ -70,7 +70,8 @@ func (responsesDialect) stored(v *fastjson.Value) []byte { return v.GetStringByt
 
 // event: response.created records the stored response's owner;
 // response.completed (or .incomplete) carries the usage and ends the
-// stream, relayed with the charge in response.usage.
+// stream, relayed with the charge in response.usage; output_item.added
+// shows the web searches run, for an estimate should the stream be cut.
 func (responsesDialect) event(sb *streamBody, name, data []byte) bool {
 	if len(name) == 0 {
 		name = eventType(data) // a server that sends no event: lines
@@ -98,6 +99,8 @@ func (responsesDialect) event(sb *streamBody, name, data []byte) bool {
 		sb.failed("upstream_error_event")
 	case bytes.HasSuffix(name, strDeltaSuffix):
 		sb.collect(data)
+	case bytes.Equal(name, evRespItemAdded):
+		sb.searchStarted(data, strWebSearchCall, "item")
 	}
 	return true
 }

@@ -18,7 +18,10 @@
 // (streaming responses) needs is captured before SetBodyStreamWriter: the
 // upstream response, copied strings and the request state, which the writer
 // owns and releases. Pooled buffers larger than maxPooledBuf (and scanner
-// tables grown for huge objects) are dropped instead of pooled.
+// tables grown for huge objects) are dropped instead of pooled. An estimate
+// (tokenize.go, media.go) decodes base64 images and PDFs through a pooled
+// streaming reader that holds a slice of the body only while one image or
+// PDF is read, and keeps nothing of it once returned to its pool.
 //
 // The Server keeps one piece of state past a request: the owners of stored
 // responses (Responses API) whose record is being written (responses.go),

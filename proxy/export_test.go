@@ -25,3 +25,9 @@ func BenchCall(tb testing.TB, with func(*Options)) func() {
 
 // SetClock sets the clock of s's deployment breakers (before any call).
 func SetClock(s *Server, now func() time.Time) { s.now = now }
+
+// MinimalPDF hand-writes a minimal PDF of n pages (media_test.go).
+func MinimalPDF(n int) []byte { return testPDF(n, n, " ") }
+
+// PDFPageTokens is what an estimate counts for a PDF page.
+const PDFPageTokens = pdfPageTokens

@@ -126,6 +126,9 @@ func FuzzSSEReader(f *testing.F) {
 		}
 		f.Add(d, byte(i*7+1), b)
 	}
+	// Web searches seen starting, for an estimate (a stream ended without usage).
+	f.Add(byte(3), byte(5), []byte("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"))
+	f.Add(byte(2), byte(9), []byte("event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"web_search_call\",\"id\":\"ws\"}}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n"))
 	s, model, m := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, d, step byte, data []byte) {
 		relayFuzz(t, s, model, m, d, step, data)

@@ -118,3 +118,48 @@ func TestRelayEdgeCases(t *testing.T) {
 		})
 	}
 }
+
+// Web searches the provider ran before a stream ended without its usage are
+// charged: the estimate counts the searches seen starting in the stream
+// (Anthropic's server_tool_use web_search blocks, Responses' web_search_call
+// items); a final count from the provider stands as it is.
+func TestRelayEstimateCountsSearches(t *testing.T) {
+	s, model, m := fuzzServer(t)
+	const (
+		start   = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n"
+		search  = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n"
+		fetch   = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_2\",\"name\":\"web_fetch\",\"input\":{}}}\n\n"
+		text    = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+		mention = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"text_delta\",\"text\":\"a \\\"server_tool_use\\\" web_search\"}}\n\n"
+		stop    = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+		final   = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n"
+
+		respSearch = "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"in_progress\"}}\n\n"
+		respMsg    = "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"message\",\"id\":\"msg_1\",\"content\":[]}}\n\n"
+		respDone   = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n"
+	)
+	cases := []struct {
+		name      string
+		ep        *endpoint
+		data      string
+		estimated bool
+		searches  int64
+	}{
+		{"anthropic without a final count", epMessages, start + search + fetch + search + text + mention + stop, true, 2},
+		{"anthropic final count stands", epMessages, start + search + search + final + stop, false, 1},
+		{"anthropic no search", epMessages, start + fetch + text + mention + stop, true, 0},
+		{"responses without usage", epResponses, respSearch + respMsg + respSearch + respSearch + respDone, true, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			relay(t, s, model, m, tc.ep, false, []byte(tc.data), 7, 64, io.EOF)
+			if len(m.settles) != 1 {
+				t.Fatalf("%d settles, %d releases", len(m.settles), len(m.releases))
+			}
+			r := m.settles[0].Record
+			if r.Estimated != tc.estimated || r.WebSearch != tc.searches {
+				t.Fatalf("record estimated %v, %d searches; want %v, %d", r.Estimated, r.WebSearch, tc.estimated, tc.searches)
+			}
+		})
+	}
+}

@@ -36,6 +36,8 @@ var (
 	evRespCompleted = []byte("response.completed")
 	evRespIncomplet = []byte("response.incomplete")
 	evRespFailed    = []byte("response.failed")
+	evBlockStart    = []byte("content_block_start")
+	evRespItemAdded = []byte("response.output_item.added")
 )
 
 var errStreamTimeout = errors.New("proxy: stream exceeded its time limit")
@@ -75,6 +77,10 @@ type streamBody struct {
 	outFinal  bool   // u.Output is the provider's final count (not message_start's)
 	text      []byte // a sample of the generated text relayed, JSON-escaped; grows as needed
 	delivered int64  // bytes of generated text relayed, JSON-escaped
+	// searches counts the provider-side web searches seen starting in the
+	// stream (searchStarted), for an estimate: a search the provider ran
+	// before a cut is billed though no usage reports it.
+	searches  int64
 	reqBody   []byte // a copy of the client's body (its size, not a pooled 4 KiB): read only for an estimate
 	firstByte time.Duration
 	terminal  bool   // the provider's end marker was seen
@@ -440,14 +446,48 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	if u.seen && sb.outFinal {
 		return u, false
 	}
-	enc := encodingFor(sb.c.model)
+	e := sb.c.estimator(sb.up)
+	enc := e.enc
 	if !u.seen {
 		u = usage{}
-		u.Input = requestTokens(enc, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
+		u.Input = requestTokens(e, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
 	u.Reasoning = min(u.Reasoning, u.Output)
+	u.WebSearch = max(u.WebSearch, sb.searches)
 	return u, true
+}
+
+var (
+	strServerToolUse = []byte(`"server_tool_use"`)
+	strWebSearchCall = []byte(`"web_search_call"`)
+)
+
+// searchStarted counts a web search the event starts: an Anthropic
+// content_block_start of a server_tool_use block named web_search (web
+// fetch and code execution bill no per-use fee), or a Responses
+// output_item.added of a web_search_call item (OpenAI bills each). It
+// parses only an event that names one (rare: the common events cost a
+// substring search).
+func (sb *streamBody) searchStarted(data []byte, key []byte, path ...string) {
+	if !bytes.Contains(data, key) {
+		return
+	}
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return
+	}
+	it := v.Get(path...)
+	switch string(it.GetStringBytes("type")) {
+	case "server_tool_use":
+		if string(it.GetStringBytes("name")) == "web_search" {
+			sb.searches++
+		}
+	case "web_search_call":
+		sb.searches++
+	}
 }
 
 // settle charges the call once: usage if reported, else an estimate.

@@ -3,12 +3,15 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy"
 )
 
 func TestStreamCutByUpstreamIsFree(t *testing.T) {
@@ -123,6 +126,62 @@ func TestClientDisconnectChargesWhatWasGenerated(t *testing.T) {
 	}
 	if credits(t, g["credits_charged"].(string)) <= 0 {
 		t.Fatalf("nothing charged: %v", g)
+	}
+	e.assertLedger("acme")
+}
+
+// TestClientDisconnectChargesPDFPages: a chat stream with a 3-page PDF is cut
+// by the client before the provider's usage (OpenAI sends input usage only
+// at the end): the estimate charges the PDF's pages, not just the text
+// beside it.
+func TestClientDisconnectChargesPDFPages(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	key := e.account("acme", 1_000_000)
+	pdf := base64.StdEncoding.EncodeToString(proxy.MinimalPDF(3))
+	body := `{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":[` +
+		`{"type":"text","text":"[mock:tokens=400,rate=40] Summarize."},` +
+		`{"type":"file","file":{"filename":"a.pdf","file_data":"data:application/pdf;base64,` + pdf + `"}}]}]}`
+	req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	before := e.balance("acme").Balance
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	id := resp.Header.Get("X-Request-Id")
+	sc := bufio.NewScanner(resp.Body)
+	for chunks := 0; chunks < 3 && sc.Scan(); {
+		if strings.HasPrefix(sc.Text(), "data:") {
+			chunks++
+		}
+	}
+	resp.Body.Close() // hang up before the usage chunk
+	var g map[string]any
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := e.do(http.MethodGet, "/v1/generation?id="+id, key, "")
+		if r.status == 200 {
+			g = r.json(t)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancelled call was never settled: %d %s", r.status, r.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if g["cancelled"] != true || g["estimated"] != true || g["reason"] != "client_disconnected" {
+		t.Fatalf("record %v", g)
+	}
+	in := int64(g["tokens"].(map[string]any)["input"].(float64))
+	if pages := int64(3 * proxy.PDFPageTokens); in < pages || in > pages+40 {
+		t.Fatalf("charged %d input tokens; want the PDF's 3 pages (%d) and a few of text", in, pages)
+	}
+	if charged := credits(t, g["credits_charged"].(string)); charged <= 0 || before-e.balance("acme").Balance != charged {
+		t.Fatalf("charged %d, balance moved %d", charged, before-e.balance("acme").Balance)
 	}
 	e.assertLedger("acme")
 }

@@ -177,7 +177,7 @@ func requestText(dst []byte, d dialect, v *fastjson.Value) (text []byte, message
 
 // appendRequestContent appends a message's content: a string, or parts and
 // blocks (text, input_text, output_text, thinking, tool_use input,
-// tool_result content). Images and files are not text and are not counted.
+// tool_result content). Images and files are not text: media.go counts them.
 func appendRequestContent(dst []byte, c *fastjson.Value) []byte {
 	if c == nil {
 		return dst
@@ -235,10 +235,43 @@ func appendJSON(dst []byte, v *fastjson.Value) []byte {
 	return v.MarshalTo(dst)
 }
 
+// estimator is what an estimate of a request's input needs beside its body.
+type estimator struct {
+	enc encoding
+	// anthropic: the call is served by Anthropic (its API, or a provider of
+	// its kind), whose image formula applies alone (media.go).
+	anthropic bool
+	// images is how the model counts an image at OpenAI (media.go).
+	images imageRule
+	// window is the input the hold assumed for input the body does not
+	// carry: the model's context window for each prompt (inputTokens).
+	window int64
+}
+
+// estimator returns the call's estimator when served by up (nil: unknown).
+func (c *call) estimator(up *upstream) estimator {
+	e := estimator{enc: encodingFor(c.model), anthropic: c.ep.dialect == dialectMessages || (up != nil && up.kind == "anthropic")}
+	if c.model != nil {
+		e.window, _ = mulHold(c.model.ContextWindow, c.batch())
+		// The dearest rule among the model's names (its deployments may
+		// name a model of another family).
+		e.images = imageRuleFor(c.model.ID)
+		for _, d := range c.model.Deployments {
+			if r := imageRuleFor(d.Model); r.maxTokens() > e.images.maxTokens() {
+				e.images = r
+			}
+		}
+	}
+	return e
+}
+
 // requestTokens estimates the input tokens of a request body: its text,
-// tokenized, plus chat framing and any token arrays. A body that is not JSON
+// tokenized, plus chat framing, token arrays, and its images and documents
+// (media.go). A file or document the body does not carry makes it the
+// window the hold assumed; otherwise images and documents never take it
+// past that window (the provider reads no more). A body that is not JSON
 // (it passed inspection, so it is) counts 4 bytes a token.
-func requestTokens(enc encoding, d dialect, body []byte) int64 {
+func requestTokens(e estimator, d dialect, body []byte) int64 {
 	p := parserPool.Get()
 	defer parserPool.Put(p)
 	v, err := p.ParseBytes(body)
@@ -248,37 +281,18 @@ func requestTokens(enc encoding, d dialect, body []byte) int64 {
 	bp := getBuf()
 	defer putBuf(bp)
 	text, messages, direct := requestText((*bp)[:0], d, v)
+	m := mediaEstimate{anthropic: e.anthropic, openAI: e.images}
+	text = m.walk(text, v)
 	*bp = text
-	n := countTokens(enc, text) + direct + imageParts(v)*imageTokens
+	n := countTokens(e.enc, text) + direct + m.tokens
 	if messages > 0 {
 		n += messages*tokensPerMessage + tokensReplyPrime
 	}
-	return n
-}
-
-// imageTokens is what the estimate counts for one image: what the dearest
-// provider bills for an image at its largest default size (Anthropic: about
-// 1,600 tokens for 1.15 megapixels; OpenAI's high detail is at most 1,105
-// for gpt-4o, more only for its mini models' multiplier, which their tier
-// prices in).
-const imageTokens = 1600
-
-// imageParts counts the image parts of a request in any dialect's shape:
-// chat's {"type":"image_url"}, Responses' "input_image", Anthropic's
-// "image" (and document-free moderations' image_url).
-func imageParts(v *fastjson.Value) int64 {
-	var n int64
-	switch v.Type() {
-	case fastjson.TypeObject:
-		switch string(v.GetStringBytes("type")) {
-		case "image_url", "input_image", "image":
-			n++
-		}
-		v.GetObject().Visit(func(_ []byte, c *fastjson.Value) { n += imageParts(c) })
-	case fastjson.TypeArray:
-		for _, c := range v.GetArray() {
-			n += imageParts(c)
-		}
+	switch {
+	case m.unknown:
+		n = max(n, e.window)
+	case m.tokens > 0 && e.window > 0:
+		n = min(n, e.window)
 	}
 	return n
 }
@@ -286,11 +300,12 @@ func imageParts(v *fastjson.Value) int64 {
 // estimateBody prices a complete (non-streamed) response whose provider
 // reported no usage: the request's text for input, the delivered text for
 // output. v is the parsed response, or nil when it was not JSON; then the
-// raw body counts as delivered text.
-func (c *call) estimateBody(v *fastjson.Value, raw []byte) usage {
-	enc := encodingFor(c.model)
+// raw body counts as delivered text. up is the provider that answered.
+func (c *call) estimateBody(up *upstream, v *fastjson.Value, raw []byte) usage {
+	e := c.estimator(up)
+	enc := e.enc
 	var u usage
-	u.Input = requestTokens(enc, c.ep.dialect, c.body) + c.prevContext
+	u.Input = requestTokens(e, c.ep.dialect, c.body) + c.prevContext
 	if c.ep.maxField == "" {
 		return u // embeddings: no output
 	}
