@@ -44,7 +44,11 @@ func (messagesDialect) requestText(dst []byte, v *fastjson.Value) (text []byte, 
 }
 
 func (messagesDialect) usage(v *fastjson.Value) (usage, bool) {
-	return parseAnthropicUsage(v.Get("usage"))
+	u, ok := parseAnthropicUsage(v.Get("usage"))
+	if !ok || !u.hasInput { // a whole message states its input: else estimated
+		return usage{}, false
+	}
+	return u, true
 }
 
 func (messagesDialect) stored(v *fastjson.Value) []byte { return storesNothing(v) }
@@ -61,6 +65,7 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 	case bytes.Equal(name, evMessageStart):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
 			sb.u = u // input is final here; output_tokens is a first count
+			sb.u.seen = u.hasInput // without its input the usage is not the call's
 		}
 	case bytes.Equal(name, evMessageDelta):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
@@ -72,7 +77,9 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 			sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
 			sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
 			sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
-			sb.u.seen, sb.outFinal = true, true
+			// Usage is the call's once some event stated its input; a
+			// delta's output count is final whatever came before.
+			sb.u.seen, sb.outFinal = sb.u.seen || u.hasInput, true
 		}
 		sb.held = append(sb.held[:0], data...)
 		return false

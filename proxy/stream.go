@@ -449,7 +449,13 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	e := sb.c.estimator(sb.up)
 	enc := e.enc
 	if !u.seen {
-		u = usage{}
+		// No input count came: estimated. A final output count that did
+		// come (an Anthropic delta after a start without one) is kept.
+		out := usage{}
+		if sb.outFinal {
+			out.Output, out.Reasoning, out.WebSearch = u.Output, u.Reasoning, u.WebSearch
+		}
+		u = out
 		u.Input = requestTokens(e, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))

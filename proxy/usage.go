@@ -22,6 +22,9 @@ type usage struct {
 	pricing.Usage
 	Reasoning int64
 	seen      bool
+	// hasInput: the provider stated the input count (Anthropic's usage may
+	// leave it out: message_delta does); OpenAI shapes require it.
+	hasInput bool
 }
 
 // tokenField reads a token count (see tokenCount); anything that is not one
@@ -71,25 +74,41 @@ func clampCount(n int64) (int64, bool) {
 	return min(n, maxReportedTokens), true
 }
 
-// validCounts says whether a usage object states the call's counts: at
-// least one of the fields named is a count, and none of them is present
-// without being one. A provider answer whose usage is {} or
-// {"prompt_tokens":null} is estimated as if it had sent none (it would
-// otherwise be charged 0).
-func validCounts(u *fastjson.Value, fields ...string) bool {
-	found := false
-	for _, k := range fields {
+// validCounts says whether a usage object states the call's counts: each
+// required field is a count, each optional one is a count or absent (or
+// null, when nullOK: gateways in front of Anthropic, such as Bedrock, send
+// null for the cache counts they do not have), and at least one is a count.
+// A value that is present and not a count (negative, text) makes the whole
+// object unreadable. A usage object that fails is estimated as if none had
+// come, so that {"prompt_tokens":null} is never charged 0.
+func validCounts(u *fastjson.Value, required, optional []string, nullOK bool) bool {
+	counts := 0
+	for _, k := range required {
+		if _, ok := tokenCount(u.Get(k)); !ok {
+			return false
+		}
+		counts++
+	}
+	for _, k := range optional {
 		f := u.Get(k)
-		if f == nil {
+		if f == nil || (nullOK && f.Type() == fastjson.TypeNull) {
 			continue
 		}
 		if _, ok := tokenCount(f); !ok {
 			return false
 		}
-		found = true
+		counts++
 	}
-	return found
+	return counts > 0
 }
+
+// The fields validCounts checks, per shape.
+var (
+	openAIRequired    = []string{"prompt_tokens"}
+	openAIOptional    = []string{"completion_tokens"} // embeddings have none
+	responsesRequired = []string{"input_tokens", "output_tokens"}
+	anthropicOptional = []string{"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+)
 
 // parseOpenAIUsage reads an OpenAI-style usage object (chat, completions,
 // embeddings), with the cached-input variants of OpenAI, DeepSeek and Gemini's
@@ -102,7 +121,7 @@ func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 	if u == nil || u.Type() != fastjson.TypeObject {
 		return usage{}, false
 	}
-	if !validCounts(u, "prompt_tokens", "completion_tokens") {
+	if !validCounts(u, openAIRequired, openAIOptional, false) {
 		return usage{}, false
 	}
 	prompt := tokenField(u, "prompt_tokens")
@@ -111,7 +130,7 @@ func parseOpenAIUsage(u *fastjson.Value) (usage, bool) {
 		cached = hit
 	}
 	cached = min(cached, prompt)
-	r := usage{seen: true}
+	r := usage{seen: true, hasInput: true}
 	r.Input, r.CachedInput = prompt-cached, cached
 	r.Output, r.Reasoning = reconcileOutput(prompt, tokenField(u, "completion_tokens"),
 		tokenField(u, "completion_tokens_details", "reasoning_tokens"), tokenField(u, "total_tokens"))
@@ -171,13 +190,12 @@ func countItems(a *fastjson.Value, typ string) int64 {
 
 // parseResponsesUsage reads an OpenAI Responses API usage object.
 func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
-	if u == nil || u.Type() != fastjson.TypeObject || u.Get("input_tokens") == nil ||
-		!validCounts(u, "input_tokens", "output_tokens") {
+	if u == nil || u.Type() != fastjson.TypeObject || !validCounts(u, responsesRequired, nil, false) {
 		return usage{}, false
 	}
 	in := tokenField(u, "input_tokens")
 	cached := min(tokenField(u, "input_tokens_details", "cached_tokens"), in)
-	r := usage{seen: true}
+	r := usage{seen: true, hasInput: true}
 	r.Input, r.CachedInput = in-cached, cached
 	r.Output, r.Reasoning = reconcileOutput(in, tokenField(u, "output_tokens"),
 		tokenField(u, "output_tokens_details", "reasoning_tokens"), tokenField(u, "total_tokens"))
@@ -192,12 +210,11 @@ func parseResponsesUsage(u *fastjson.Value) (usage, bool) {
 // includes thinking; output_tokens_details.thinking_tokens, when present, says
 // how much of it was reasoning.
 func parseAnthropicUsage(u *fastjson.Value) (usage, bool) {
-	if u == nil || u.Type() != fastjson.TypeObject ||
-		!validCounts(u, "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens") {
+	if u == nil || u.Type() != fastjson.TypeObject || !validCounts(u, nil, anthropicOptional, true) {
 		return usage{}, false
 	}
 	r := usage{seen: true}
-	r.Input = tokenField(u, "input_tokens")
+	r.Input, r.hasInput = tokenCount(u.Get("input_tokens"))
 	r.CacheWrite, r.CacheWrite1h = cacheWrites(u)
 	r.CachedInput = tokenField(u, "cache_read_input_tokens")
 	r.Output = tokenField(u, "output_tokens")

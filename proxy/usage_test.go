@@ -113,6 +113,9 @@ func TestGarbledUsageIsNoUsage(t *testing.T) {
 		{"anthropic: garbled", parseAnthropicUsage, `{"input_tokens":-4,"cache_creation_input_tokens":"x","cache_read_input_tokens":-1}`, false, pricing.Usage{}},
 		{"anthropic: null output", parseAnthropicUsage, `{"output_tokens":null}`, false, pricing.Usage{}},
 		{"anthropic: delta", parseAnthropicUsage, `{"output_tokens":15}`, true, pricing.Usage{Output: 15}},
+		{"anthropic: a null cache count is no count", parseAnthropicUsage, `{"input_tokens":25,"cache_creation_input_tokens":null,"cache_read_input_tokens":1800,"output_tokens":1}`,
+			true, pricing.Usage{Input: 25, CachedInput: 1800, Output: 1}},
+		{"openai: null completion", parseOpenAIUsage, `{"prompt_tokens":5,"completion_tokens":null}`, false, pricing.Usage{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
