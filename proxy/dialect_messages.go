@@ -64,7 +64,7 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 	switch {
 	case bytes.Equal(name, evMessageStart):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
-			sb.u = u // input is final here; output_tokens is a first count
+			sb.u = u               // input is final here; output_tokens is a first count
 			sb.u.seen = u.hasInput // without its input the usage is not the call's
 		}
 	case bytes.Equal(name, evMessageDelta):
