@@ -131,12 +131,20 @@ func countTokens(enc encoding, text []byte) (n int64) {
 		if i == sampleStrata-1 {
 			hi = len(text)
 		}
-		w := sampleWindow(text, lo+rand.IntN(hi-lo-maxExactBytes/sampleStrata+1), maxExactBytes/sampleStrata)
-		c, err := cd.Count(string(w))
-		if err != nil || len(w) == 0 {
+		// The window starts anywhere in the part and wraps around its end,
+		// so that every byte of the part is as likely to be counted: a
+		// window kept inside the part saw its edges less than its middle.
+		const size = maxExactBytes / sampleStrata
+		at := lo + rand.IntN(hi-lo)
+		head := sampleWindow(text, at, min(size, hi-at))
+		tail := sampleWindow(text, lo, size-(hi-at)) // empty unless it wrapped
+		c1, err1 := cd.Count(string(head))
+		c2, err2 := cd.Count(string(tail))
+		w := len(head) + len(tail)
+		if err1 != nil || err2 != nil || w == 0 {
 			return estimateTokens(int64(len(text)))
 		}
-		n += (int64(c)*int64(hi-lo) + int64(len(w)) - 1) / int64(len(w))
+		n += (int64(c1+c2)*int64(hi-lo) + int64(w) - 1) / int64(w)
 	}
 	return n
 }
@@ -147,6 +155,9 @@ const sampleStrata = 8
 // sampleWindow is text[at:at+size], its ends moved onto rune starts (never
 // splitting a rune; invalid UTF-8 is taken as it is).
 func sampleWindow(text []byte, at, size int) []byte {
+	if size <= 0 {
+		return nil
+	}
 	end := min(at+size, len(text))
 	for s := at; s < end && s < at+utf8.UTFMax; s++ {
 		if utf8.RuneStart(text[s]) {

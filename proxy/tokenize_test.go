@@ -56,6 +56,27 @@ func TestCountTokensBoundedAndExtrapolated(t *testing.T) {
 			t.Fatalf("sparse head, dense rest: %d tokens, exact %d", got, exact)
 		}
 	}
+	// Dense text at the edges of each sampled part and spaces between (8
+	// parts of 8 KiB): a window kept inside its part saw the edges less
+	// than the middle and counted this at about a quarter. On average over
+	// many draws the count is the exact one.
+	var edges strings.Builder
+	dense := strings.Repeat("计量网关按实际用量收费。", 29)[:1020] // 1 KiB, whole runes (3 bytes each)
+	for range 8 {
+		edges.WriteString(dense + strings.Repeat(" ", 8<<10-2*len(dense)) + dense)
+	}
+	exact, err = codecs[encCL100K].get().Count(edges.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	const draws = 200
+	for range draws {
+		sum += countTokens(encCL100K, []byte(edges.String()))
+	}
+	if mean := sum / draws; mean < int64(exact)*90/100 || mean > int64(exact)*110/100 {
+		t.Fatalf("dense part edges: mean %d tokens over %d draws, exact %d", mean, draws, exact)
+	}
 	// Multi-byte text cut at the exact bound is cut between runes.
 	emoji := []byte(strings.Repeat("é🙂", maxExactBytes/3))
 	if got := countTokens(encCL100K, emoji); got <= 0 || got > int64(len(emoji)) {
