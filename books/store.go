@@ -106,6 +106,32 @@ func (s *Store) RememberStripeCustomer(ctx context.Context, account, customer st
 	return c, s.b.SaveRecords(ctx, s.Store, account)
 }
 
+// SaveCheckout records the sale in Redis and in the books before it answers:
+// a checkout paid after Redis lost its data (an asynchronous payment can
+// take days) is restored with the account and credited when its webhook
+// comes, instead of being ignored as no checkout of ours.
+func (s *Store) SaveCheckout(ctx context.Context, c metering.Checkout) error {
+	if c.CreatedAt.IsZero() {
+		c.CreatedAt = time.Now() // one time for both records
+	}
+	if err := s.Store.SaveCheckout(ctx, c); err != nil {
+		return err
+	}
+	r := metering.CheckoutRecord(c)
+	fields, _ := json.Marshal(r.Fields)
+	err := pgx.BeginFunc(ctx, s.b.pool, func(tx pgx.Tx) error {
+		batch := &pgx.Batch{}
+		batch.Queue(`INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, c.Account)
+		batch.Queue(`INSERT INTO account_records (account, name, fields) VALUES ($1, $2, $3)
+			ON CONFLICT (account, name) DO UPDATE SET fields = excluded.fields, updated_at = now()`, c.Account, r.Name, fields)
+		return tx.SendBatch(ctx, batch).Close()
+	})
+	if err != nil {
+		return unavailable("recording checkout", err)
+	}
+	return nil
+}
+
 // FulfilCheckout credits the sale in Redis, then records the payment.
 func (s *Store) FulfilCheckout(ctx context.Context, f metering.Fulfilment) (metering.Fulfilled, error) {
 	out, err := s.Store.FulfilCheckout(ctx, f)

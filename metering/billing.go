@@ -188,8 +188,7 @@ func (s *Store) SaveCheckout(ctx context.Context, c Checkout) error {
 	}
 	key := checkoutKey(c.Account, c.SessionID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, key, "pack", c.Pack, "credits_mc", c.Credits, "price_minor", c.PriceMinor,
-		"currency", c.Currency, "created_at", c.CreatedAt.UnixMilli())
+	pipe.HSet(ctx, key, CheckoutRecord(c).Fields) // restore.go: the books keep the same record
 	pipe.Expire(ctx, key, CheckoutTTL)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable("saving checkout", err)

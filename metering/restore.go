@@ -44,8 +44,23 @@ func stateKey(account, name string) string {
 		return memberBudgetKey(account)
 	case strings.HasPrefix(name, "pay:") && validStripeID(name[4:]):
 		return paymentKey(account, name[4:])
+	case strings.HasPrefix(name, checkoutRecord) && validStripeID(name[len(checkoutRecord):]):
+		return checkoutKey(account, name[len(checkoutRecord):])
 	}
 	return ""
+}
+
+// checkoutRecord prefixes the books' record of a checkout sold but perhaps
+// not paid yet ("co:<session>"; CheckoutRecord): a restore brings back those
+// still within CheckoutTTL, so that a payment made after it is credited.
+const checkoutRecord = "co:"
+
+// CheckoutRecord is c as a record of the books: its name and the fields
+// SaveCheckout writes.
+func CheckoutRecord(c Checkout) StateRecord {
+	return StateRecord{Name: checkoutRecord + c.SessionID, Fields: map[string]string{
+		"pack": c.Pack, "credits_mc": strconv.FormatInt(c.Credits, 10), "price_minor": strconv.FormatInt(c.PriceMinor, 10),
+		"currency": c.Currency, "created_at": strconv.FormatInt(c.CreatedAt.UnixMilli(), 10)}}
 }
 
 // StateRecords reads an account's control-plane records — subscription,
@@ -266,6 +281,11 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	var customer string
 	var payments []string
 	keys := []string{acctKey(a), ledgerKey(a), historyKey(a), refsKey(a), keysKey(a), keysKey(a) + ":hash", keysKey(a) + ":active"}
+	type expiry struct {
+		key string
+		at  time.Time
+	}
+	var expiring []expiry          // checkouts: they expire as SaveCheckout's do
 	var ruleKeys []string          // after the records' keys
 	var budgeted map[string]string // member budgets: their keys are held call by call
 	for _, r := range img.Records {
@@ -316,6 +336,14 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 		key := stateKey(a, r.Name)
 		if key == "" {
 			continue
+		}
+		if strings.HasPrefix(r.Name, checkoutRecord) {
+			ms, _ := strconv.ParseInt(r.Fields["created_at"], 10, 64)
+			until := time.UnixMilli(ms).Add(CheckoutTTL)
+			if !until.After(time.Now()) {
+				continue // expired, as it would have in Redis
+			}
+			expiring = append(expiring, expiry{key, until})
 		}
 		var flat []string
 		for _, f := range sortedKeys(r.Fields) {
@@ -369,6 +397,9 @@ func (s *Store) RestoreAccount(ctx context.Context, img AccountImage) (restored 
 	}
 	for _, p := range payments {
 		pipe.Set(ctx, paymentLookupKey(p), a, 0)
+	}
+	for _, x := range expiring {
+		pipe.PExpireAt(ctx, x.key, x.at)
 	}
 	if pipe.Len() > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
