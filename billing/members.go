@@ -115,7 +115,7 @@ func (s *Server) setMember(w http.ResponseWriter, r *http.Request, account strin
 		if prev == req.Role {
 			by = actor(ctx)
 		}
-		if err := s.store.SetMemberBudgetBy(ctx, account, req.User, budget, period, by); err != nil {
+		if err := s.store.SetMemberBudgetBy(ctx, account, req.User, budget, period, by, c.role == metering.RoleOwner); err != nil {
 			return err
 		}
 	}
@@ -175,9 +175,9 @@ func (s *Server) patchMember(w http.ResponseWriter, r *http.Request, account str
 		if role == "" {
 			return notFound("member_not_found", "no such member")
 		}
-		// Read, then set: a promotion to owner in between leaves the owner
-		// with the budget an admin set just before it, as the other order
-		// would; the budget script refuses a member removed meanwhile.
+		// Read, then set: the budget script checks the role again where it
+		// writes (a promotion to owner in between is refused there too) and
+		// refuses a member removed meanwhile.
 		if role == metering.RoleOwner && !byOwner {
 			return fmt.Errorf("setting the budget of %q: %w", user, metering.ErrOwnerOnly)
 		}
@@ -189,7 +189,7 @@ func (s *Server) patchMember(w http.ResponseWriter, r *http.Request, account str
 		if changed {
 			by = ""
 		}
-		if err := s.store.SetMemberBudgetBy(ctx, account, user, budget, period, by); err != nil {
+		if err := s.store.SetMemberBudgetBy(ctx, account, user, budget, period, by, byOwner); err != nil {
 			return err
 		}
 	}

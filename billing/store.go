@@ -39,7 +39,7 @@ type Store interface {
 	MemberRole(ctx context.Context, account, user string) (string, error)
 	AppendAudit(ctx context.Context, e metering.AuditEntry) (metering.AuditEntry, error)
 	Audit(ctx context.Context, account string, limit int64) ([]metering.AuditEntry, error)
-	SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error
+	SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string, byOwner bool) error
 	MemberBudgets(ctx context.Context, account string) (map[string]metering.MemberBudget, error)
 
 	// Subscriptions and plan usage.

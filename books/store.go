@@ -239,13 +239,13 @@ func (b *Books) saveAuditTail(ctx context.Context, st *metering.Store, account s
 // SetMemberBudget sets the budget in Redis and records it in the books
 // before it answers (a restore brings it back).
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
-	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "", true)
 }
 
 // SetMemberBudgetBy is SetMemberBudget with its audit entry (by actor),
 // which reaches audit_log before the answer too.
-func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
-	if err := s.Store.SetMemberBudgetBy(ctx, account, user, budget, period, actor); err != nil {
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string, byOwner bool) error {
+	if err := s.Store.SetMemberBudgetBy(ctx, account, user, budget, period, actor, byOwner); err != nil {
 		return err
 	}
 	if err := s.b.SaveRecords(ctx, s.Store, account); err != nil {

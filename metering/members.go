@@ -137,7 +137,7 @@ func (s *Store) changeMember(ctx context.Context, c MemberChange, check bool) (s
 		op = "check"
 	}
 	if c.ByOwner {
-		owner = "1"
+		owner = ownerArg(true)
 	}
 	res, err := membersScript.Run(ctx, s.rdb, []string{acctKey(c.Account), membersKey(c.Account), memberBudgetKey(c.Account), auditKey(c.Account)},
 		op, c.Account, c.User, c.Role, owner, MaxMembers, c.Actor, time.Now().UnixMilli(), MaxAudit).Slice()
@@ -259,13 +259,13 @@ type MemberBudget struct {
 // from its lease does so for at most the key cache TTL. ErrNoMember when
 // user is not a member.
 func (s *Store) SetMemberBudget(ctx context.Context, account, user string, budget int64, period string) error {
-	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "")
+	return s.SetMemberBudgetBy(ctx, account, user, budget, period, "", true)
 }
 
 // SetMemberBudgetBy is SetMemberBudget recording, when actor is not "" and
 // the budget changes, a member.updated entry by actor in the audit log, in
 // the script that sets it (a retry that changes nothing records nothing).
-func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string) error {
+func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, budget int64, period, actor string, byOwner bool) error {
 	v := ""
 	if budget > 0 {
 		switch period {
@@ -279,7 +279,7 @@ func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, bud
 		return fmt.Errorf("setting member budget: %w", errMemberArgs)
 	}
 	n, err := memberBudgetScript.Run(ctx, s.rdb, []string{acctKey(account), membersKey(account), memberBudgetKey(account), auditKey(account)},
-		account, user, v, actor, time.Now().UnixMilli(), MaxAudit).Int()
+		account, user, v, actor, time.Now().UnixMilli(), MaxAudit, ownerArg(byOwner)).Int()
 	if err != nil {
 		return unavailable("setting member budget", err)
 	}
@@ -288,6 +288,8 @@ func (s *Store) SetMemberBudgetBy(ctx context.Context, account, user string, bud
 		return fmt.Errorf("setting member budget: %w", ErrNoAccount)
 	case -2:
 		return fmt.Errorf("setting the budget of %q: %w", user, ErrNoMember)
+	case -4:
+		return fmt.Errorf("setting the budget of %q: %w", user, ErrOwnerOnly)
 	}
 	// After the budget is written: mark the member's keys (see markLimited).
 	keys, err := s.Keys(ctx, account)
@@ -353,4 +355,12 @@ func (s *Store) MemberBudgets(ctx context.Context, account string) (map[string]M
 		out[u] = b
 	}
 	return out, nil
+}
+
+// ownerArg is a script's "set by an owner" argument.
+func ownerArg(byOwner bool) string {
+	if byOwner {
+		return "1"
+	}
+	return "0"
 }

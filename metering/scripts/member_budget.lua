@@ -7,14 +7,18 @@
 -- KEYS[3] member budgets {a:<id>}:mb (user → "mc:period")
 -- KEYS[4] audit log      {a:<id>}:audit
 -- ARGV: account id, user, "mc:period" ('' removes the budget),
---       actor ('': no audit entry), now (ms), the audit log's cap
--- Returns 1, or -1 when the account does not exist, -2 when user is not a member.
+--       actor ('': no audit entry), now (ms), the audit log's cap,
+--       '1' when an owner (or the operator) sets it
+-- Returns 1, or -1 when the account does not exist, -2 when user is not a
+-- member, -4 when user is an owner and the setter is not (checked here, in
+-- the step that writes: a promotion to owner just before cannot slip by).
 local acct, members, mb = KEYS[1], KEYS[2], KEYS[3]
 local account, user, v = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', acct) == 0 then return -1 end
-local member = redis.call('HEXISTS', members, user) == 1 or
-  (user == account and redis.call('EXISTS', members) == 0)
-if not member then return -2 end
+local role = redis.call('HGET', members, user)
+if not role and user == account and redis.call('EXISTS', members) == 0 then role = 'owner' end
+if not role then return -2 end
+if role == 'owner' and ARGV[7] ~= '1' then return -4 end
 local cur = redis.call('HGET', mb, user) or ''
 if v == '' then redis.call('HDEL', mb, user) else redis.call('HSET', mb, user, v) end
 if ARGV[4] ~= '' and cur ~= v then
