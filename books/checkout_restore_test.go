@@ -61,3 +61,38 @@ func TestCheckoutSoldBeforeTheLossIsCreditedAfter(t *testing.T) {
 	}
 	e.reconcileClean(t, 5*time.Second)
 }
+
+// A dispute won before it was opened (Stripe's events out of order) takes
+// nothing when it opens, after a restore too: the early win is on the
+// payment record the books keep, not only among the references, which a
+// restore rebuilds from the journal where it left no entry (found by review).
+func TestDisputeWonFirstSurvivesRestore(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	bs := e.b.NewStore(e.St)
+	e.account(t, "dw1", 50_000)
+	won := metering.Reversal{Account: "dw1", PaymentID: "pi_fund-dw1", Kind: metering.DisputeWon, Reference: "dispute_won:dp1", Linked: "dispute:dp1"}
+	if r, err := bs.ReversePurchase(ctx, won); err != nil || r.Applied {
+		t.Fatalf("the win first: %+v %v", r, err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.Srv.Flush(t)
+	if _, err := e.b.Restore(ctx, e.St, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	opened := metering.Reversal{Account: "dw1", PaymentID: "pi_fund-dw1", Kind: metering.Dispute, Reference: "dispute:dp1", Linked: "dispute_won:dp1", Minor: 100}
+	r, err := bs.ReversePurchase(ctx, opened)
+	if err != nil || r.Applied {
+		t.Fatalf("the dispute opened after its win and a restore: %+v %v (it took credits back)", r, err)
+	}
+	a, err := e.St.Account(ctx, "dw1")
+	if err != nil || a.Balance != 50_000 {
+		t.Fatalf("balance %d (%v), want 50,000", a.Balance, err)
+	}
+	if _, err := e.b.NewShipper(e.St, ShipperOptions{}).Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.reconcileClean(t, 5*time.Second)
+}

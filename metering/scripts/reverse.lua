@@ -28,7 +28,8 @@
 --                dispute's closing in our favour, delivered first) is already recorded.
 --   dispute_won: the dispute whose reference is linked closed won (or as an inquiry
 --                that never withdrew funds): the mc it added leaves the disputed share,
---                once. Delivered before the dispute itself, it is only recorded.
+--                once. Delivered before the dispute itself, it is only recorded (in
+--                the references and as won_first:<dispute ref> on the payment record).
 -- The credits removed in all are min(bought, refunded + disputed); a change of that
 -- figure is one ledger entry (negative when taking, positive when giving back).
 -- Returns {1, balance after, ledger entry id, mc removed now (negative: given back),
@@ -54,10 +55,18 @@ if kind == 'refund' then
   if mc > refunded then refunded = mc end
 elseif kind == 'dispute' then
   if linked ~= '' and redis.call('SISMEMBER', refs, linked) == 1 then return {0, balance, '', 0} end
+  if redis.call('HEXISTS', pay, 'won_first:' .. ref) == 1 then return {0, balance, '', 0} end
   disputed = disputed + mc
   redis.call('HSET', pay, ref, int(mc))
 else
-  if redis.call('SISMEMBER', refs, linked) == 0 then return {0, balance, '', 0} end
+  if redis.call('SISMEMBER', refs, linked) == 0 then
+    -- Won before it opened: remembered on the payment record too, which the
+    -- books keep (the references are rebuilt from the journal, where this
+    -- leaves no entry), so that the dispute delivered after a restore still
+    -- takes nothing.
+    redis.call('HSET', pay, 'won_first:' .. linked, '1')
+    return {0, balance, '', 0}
+  end
   mc = tonumber(redis.call('HGET', pay, linked)) or 0
   disputed = disputed - mc
   if disputed < 0 then disputed = 0 end
