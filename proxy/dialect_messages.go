@@ -63,15 +63,7 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 		}
 	case bytes.Equal(name, evMessageDelta):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
-			// message_delta carries the cumulative output; newer API
-			// versions restate the input figures too (cumulative as
-			// well: the larger of the two readings of each is the
-			// count, never their sum).
-			sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
-			sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
-			sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
-			sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
-			sb.u.seen, sb.outFinal = true, true
+			sb.messageUsage(name, u)
 		}
 		sb.held = append(sb.held[:0], data...)
 		return false
@@ -88,6 +80,23 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 		sb.collect(data)
 	}
 	return true
+}
+
+// messageUsage takes the usage of event name: message_start's input figures
+// (its output_tokens is a first count), or message_delta's cumulative
+// output. Newer API versions restate the input figures in message_delta too
+// (cumulative as well: the larger of the two readings of each is the count,
+// never their sum).
+func (sb *streamBody) messageUsage(name []byte, u usage) {
+	if bytes.Equal(name, evMessageStart) {
+		sb.u = u
+		return
+	}
+	sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
+	sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
+	sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
+	sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
+	sb.u.seen, sb.outFinal = true, true
 }
 
 // streamCut passes on the message_delta held (uncharged), then Anthropic's
