@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -262,4 +263,71 @@ func TestOversizeEventIsCharged(t *testing.T) {
 			e.assertLedger("acme")
 		})
 	}
+}
+
+// TestUpstreamCutAfterAClientStallIsCharged: a client stops reading for a
+// while; the provider, whose writes no longer drain, gives up and closes the
+// stream; the client then reads what was buffered. The cut is the client's
+// doing, not the provider's failure: the call is charged what was generated,
+// not released as a cut stream is.
+func TestUpstreamCutAfterAClientStallIsCharged(t *testing.T) {
+	chunk := `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"` + strings.Repeat("word ", 200) + `"}}]}` + "\n\n"
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		for range (32 << 20) / len(chunk) {
+			// The provider's own write timeout: it gives up on a stream
+			// that stops draining.
+			_ = rc.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := fmt.Fprint(w, chunk); err != nil || rc.Flush() != nil {
+				panic(http.ErrAbortHandler) // cut: no terminating chunk
+			}
+		}
+		_, _ = fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	t.Cleanup(up.Close)
+	e := newEnv(t, envOpts{proxy: withUpstream(t, up, func(o *proxy.Options) {
+		o.Timeouts = proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: 20 * time.Second, Stream: time.Minute}
+	})})
+	key := e.account("acme", 100000)
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := `{"model":"raw-model","stream":true,"max_tokens":8000,"messages":` + msg("write a lot") + `}`
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
+	br := bufio.NewReaderSize(c, 1024)
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	id := ""
+	for id == "" {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the headers: %v", err)
+		}
+		if v, ok := strings.CutPrefix(line, "X-Request-Id: "); ok {
+			id = strings.TrimSpace(v)
+		}
+	}
+	time.Sleep(3 * time.Second) // the stall: the provider gives up meanwhile
+	rest, _ := io.ReadAll(br)
+	if !bytes.Contains(rest, []byte("upstream_cut_after_client_stall")) && !bytes.Contains(rest, []byte("upstream_stream_cut")) {
+		t.Fatalf("the client was not told of the cut: ...%s", rest[max(0, len(rest)-500):])
+	}
+	g := e.generation(key, id, 10*time.Second)
+	if g["failed"] != false || g["reason"] != "upstream_cut_after_client_stall" || g["estimated"] != true {
+		t.Fatalf("record %v", g)
+	}
+	charged := credits(t, g["credits_charged"].(string))
+	if a := e.balance("acme"); charged <= 0 || a.Balance != 100000*1000-charged {
+		t.Fatalf("charged %d, balance %d", charged, a.Balance)
+	}
+	e.assertLedger("acme")
 }
