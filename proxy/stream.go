@@ -86,9 +86,10 @@ type streamBody struct {
 	pending   error // the upstream's end, reported after a last unterminated line
 	aborted   atomic.Bool
 	idleFired atomic.Bool
-	idle      *time.Timer // cuts the upstream when no event arrives within StreamIdle
 	expired   atomic.Bool
-	expiry    *time.Timer // cuts the upstream at the stream's deadline, whether or not Read is called
+	// idle cuts the upstream when no event arrives within StreamIdle, and
+	// at the stream's deadline whether or not Read is called (timer).
+	idle *time.Timer
 	// conn is the client's connection when this Server accepted it (nil
 	// otherwise): each write of the stream to it is bounded (bound).
 	conn    net.Conn
@@ -130,21 +131,20 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 	_ = h.AddTrailer(hdrCharged)
 	_ = h.AddTrailer(hdrBalanceAfter)
 	c.s.streams.Store(sb, struct{}{})
-	if d := c.s.opts.Timeouts.StreamIdle; d > 0 && sb.src != nil {
+	if sb.src != nil {
 		// Silence is measured between events, not reads: an upstream that
-		// trickles a byte a second never completes one.
-		sb.idle = time.AfterFunc(d, func() {
+		// trickles a byte a second never completes one. The deadline holds
+		// even while no Read comes (fasthttp blocked writing to a client
+		// that stopped reading, or an upstream read waiting): the upstream
+		// is cut, and bound ends the client's write.
+		sb.idle = time.AfterFunc(sb.timer(true), func() {
+			if !time.Now().Before(sb.deadline) {
+				sb.expired.Store(true)
+				_ = sb.src.CloseWithError(errStreamTimeout)
+				return
+			}
 			sb.idleFired.Store(true)
 			_ = sb.src.CloseWithError(errStreamIdle)
-		})
-	}
-	if sb.src != nil {
-		// The deadline holds even while no Read comes (fasthttp blocked
-		// writing to a client that stopped reading, or an upstream read
-		// waiting): the upstream is cut, and bound ends the client's write.
-		sb.expiry = time.AfterFunc(time.Until(sb.deadline), func() {
-			sb.expired.Store(true)
-			_ = sb.src.CloseWithError(errStreamTimeout)
 		})
 	}
 	ctx.Response.ImmediateHeaderFlush = true // the client sees X-Request-Id and the hold at once
@@ -184,7 +184,7 @@ func (sb *streamBody) Read(p []byte) (int, error) {
 		if sb.idle != nil && len(sb.ev) == 0 && !sb.skip {
 			// The upstream's turn: its silence is measured from here to the
 			// end of the next event, never while the client is slow to read.
-			sb.idle.Reset(sb.c.s.opts.Timeouts.StreamIdle)
+			sb.idle.Reset(sb.timer(true))
 		}
 		sb.pump()
 	}
@@ -192,6 +192,16 @@ func (sb *streamBody) Read(p []byte) (int, error) {
 	sb.off += n
 	sb.bound()
 	return n, nil
+}
+
+// timer is when the stream's timer fires next: at its deadline, or sooner
+// StreamIdle from now on the upstream's turn.
+func (sb *streamBody) timer(upstreamTurn bool) time.Duration {
+	d := time.Until(sb.deadline)
+	if idle := sb.c.s.opts.Timeouts.StreamIdle; upstreamTurn && idle < d {
+		d = idle
+	}
+	return d
 }
 
 // clientStall is how long a write to the client may take before an upstream
@@ -359,7 +369,7 @@ func (sb *streamBody) skipLine(line []byte) {
 // event's tail when there; otherwise the call is charged an estimate.
 func (sb *streamBody) dropOversize() {
 	if sb.idle != nil {
-		sb.idle.Stop() // the client's turn
+		sb.idle.Reset(sb.timer(false)) // the client's turn: only the deadline holds
 	}
 	sb.skip, sb.oversize, sb.reason = false, true, "event_too_large"
 	if obj := lastUsageObject(sb.tail); obj != nil {
@@ -429,7 +439,7 @@ func trimEOL(b []byte) []byte {
 // or drop it.
 func (sb *streamBody) dispatch() {
 	if sb.idle != nil {
-		sb.idle.Stop() // the client's turn
+		sb.idle.Reset(sb.timer(false)) // the client's turn: only the deadline holds
 	}
 	pass := sb.c.ep.dialect.event(sb, sb.name, sb.data) // dialect_*.go
 	if pass && len(sb.ev) > 0 {
@@ -764,9 +774,6 @@ func (sb *streamBody) CloseWithError(err error) error {
 	sb.closeOnce.Do(func() {
 		if sb.idle != nil {
 			sb.idle.Stop()
-		}
-		if sb.expiry != nil {
-			sb.expiry.Stop()
 		}
 		if !sb.finished {
 			if sb.src != nil {
