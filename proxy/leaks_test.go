@@ -93,11 +93,12 @@ func TestStalledClientIsChargedBeforeItsHoldExpires(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		limits proxy.Timeouts
+		reason string
 	}{
 		// The client's write stalls longer than the stream idle timeout.
-		{"idle", proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: time.Second, Stream: time.Minute}},
+		{"idle", proxy.Timeouts{Request: time.Minute, FirstByte: 5 * time.Second, StreamIdle: time.Second, Stream: time.Minute}, "client_stalled"},
 		// The stream's deadline comes first: it is kept though Read is not called.
-		{"deadline", proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: time.Minute, Stream: 1500 * time.Millisecond}},
+		{"deadline", proxy.Timeouts{Request: time.Minute, FirstByte: 5 * time.Second, StreamIdle: time.Minute, Stream: 1500 * time.Millisecond}, "stream_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{holdTTL: 6 * time.Second, proxy: withUpstream(t, up, func(o *proxy.Options) { o.Timeouts = tc.limits })})
@@ -131,7 +132,7 @@ func TestStalledClientIsChargedBeforeItsHoldExpires(t *testing.T) {
 			}
 			// The client stops reading here, with the connection open.
 			g := e.generation(key, id, 20*time.Second)
-			if g["failed"] != false || g["capped"] != false || g["estimated"] != true {
+			if g["failed"] != false || g["capped"] != false || g["estimated"] != true || g["cancelled"] != true || g["reason"] != tc.reason {
 				t.Fatalf("record %v", g)
 			}
 			charged := credits(t, g["credits_charged"].(string))
@@ -328,6 +329,46 @@ func TestUpstreamCutAfterAClientStallIsCharged(t *testing.T) {
 	charged := credits(t, g["credits_charged"].(string))
 	if a := e.balance("acme"); charged <= 0 || a.Balance != 100000*1000-charged {
 		t.Fatalf("charged %d, balance %d", charged, a.Balance)
+	}
+	e.assertLedger("acme")
+}
+
+// TestStreamWritesOutliveTheWriteTimeout: the server's write timeout (the
+// request timeout) bounds a whole answer, and each stream's write is bounded
+// apart (by the stream idle timeout): a stream longer than the write timeout
+// is not cut, and the next answer on the same connection, after the stream's
+// last write deadline has passed, is written whole.
+func TestStreamWritesOutliveTheWriteTimeout(t *testing.T) {
+	e := newEnv(t, envOpts{proxy: func(o *proxy.Options) {
+		o.Timeouts = proxy.Timeouts{Request: time.Second, FirstByte: 5 * time.Second, StreamIdle: time.Second, Stream: time.Minute}
+	}})
+	key := e.account("acme", 100)
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	send := func(body string) *http.Response {
+		t.Helper()
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	// About 2.5 s of stream: past the write timeout.
+	resp := send(`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":` + msg("[mock:tokens=50,rate=20]") + `}`)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Contains(b, []byte("[DONE]")) || credits(t, resp.Trailer.Get("X-Credits-Charged")) <= 0 {
+		t.Fatalf("stream cut: %v %q, trailer %v", err, b[max(0, len(b)-300):], resp.Trailer)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the stream's last write deadline
+	resp = send(`{"model":"gpt-4o-mini","messages":` + msg("hi") + `}`)
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the next answer on the connection: %d %v %s", resp.StatusCode, err, b)
 	}
 	e.assertLedger("acme")
 }

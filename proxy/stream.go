@@ -649,6 +649,8 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = "gateway_shutdown"
 		} else if sb.expired.Load() || time.Now().After(sb.deadline) {
 			rec.Reason = "stream_timeout"
+		} else if sb.reason != "" {
+			rec.Reason = sb.reason
 		}
 	} else if sb.reason != "" {
 		rec.Reason = sb.reason
@@ -778,6 +780,9 @@ func (sb *streamBody) CloseWithError(err error) error {
 		if !sb.finished {
 			if sb.src != nil {
 				_ = sb.src.CloseWithError(errors.New("client gone"))
+			}
+			if isTimeout(err) {
+				sb.reason = "client_stalled" // a write waited StreamIdle for the client (bound)
 			}
 			sb.settle(true)
 			sb.finished = true
