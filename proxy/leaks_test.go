@@ -217,6 +217,9 @@ func TestOversizeEventIsCharged(t *testing.T) {
 			items := make([]string, 4*maxEvent/len(image))
 			for i := range items {
 				items[i] = fmt.Sprintf(`{"type":"image_generation_call","id":"ig_%d","status":"completed","result":"%s"}`, i, image)
+				if i == 0 || i == len(items)/2 || i == len(items)-1 { // read through, and in the tail kept
+					items[i] = fmt.Sprintf(`{"type":"web_search_call","id":"ws_%d","status":"completed","action":{"type":"search","query":"cats"}}`, i)
+				}
 			}
 			sep := ","
 			if tc.lines {
@@ -247,8 +250,8 @@ func TestOversizeEventIsCharged(t *testing.T) {
 				t.Fatalf("the deltas, then a notice instead of the event, were not what came: %.2000s", r.body)
 			}
 			g := e.do(http.MethodGet, "/v1/generation?id="+r.header.Get("X-Request-Id"), key, "").json(t)
-			if g["failed"] != false || g["reason"] != "event_too_large" {
-				t.Fatalf("record %v", g)
+			if g["failed"] != false || g["reason"] != "event_too_large" || g["web_search_requests"] != float64(3) {
+				t.Fatalf("record %v: want 3 web searches", g)
 			}
 			if tc.usage != "" {
 				m, err := e.opts.Catalog.Lookup("raw-model")

@@ -98,6 +98,7 @@ type streamBody struct {
 	// An event past maxLine is dropped, its end kept in tail (skipLine).
 	skip, lineCut, oversize bool
 	tail                    []byte
+	searches                int64  // web_search_call items in the event being dropped
 	reason                  string // the record's reason when the call is not cancelled
 	closeOnce               sync.Once
 	charge                  metering.Charge
@@ -312,7 +313,7 @@ func (sb *streamBody) readLine() ([]byte, error) {
 			sb.line = append(sb.line, frag...)
 			if len(sb.line) > sb.maxLine || (sb.lineCut && len(sb.line) > 2*oversizeTail) {
 				sb.lineCut = true
-				sb.line = keepTail(sb.line, oversizeTail)
+				sb.line = sb.keepTail(sb.line, oversizeTail)
 			}
 			continue
 		}
@@ -330,13 +331,20 @@ func (sb *streamBody) readLine() ([]byte, error) {
 // message_delta, the last chat chunk).
 const oversizeTail = 64 << 10
 
-// keepTail moves the last n bytes of b to its start.
-func keepTail(b []byte, n int) []byte {
+// keepTail moves the last n bytes of b to its start. The web searches
+// named in the bytes dropped are counted first (searches): OpenAI bills each
+// web_search_call item of a Responses output, and reports them nowhere else.
+func (sb *streamBody) keepTail(b []byte, n int) []byte {
 	if len(b) <= n {
 		return b
 	}
-	return b[:copy(b, b[len(b)-n:])]
+	cut := len(b) - n
+	// Each match starting before cut, once: the kept bytes are counted later.
+	sb.searches += int64(bytes.Count(b[:cut+len(strWebSearchCall)-1], strWebSearchCall))
+	return b[:copy(b, b[cut:])]
 }
+
+var strWebSearchCall = []byte(`"web_search_call"`)
 
 // skipLine takes a line of an event past maxLine: the event is not relayed
 // (the client is told, dropOversize), and only the end of its data is kept.
@@ -359,7 +367,7 @@ func (sb *streamBody) skipLine(line []byte) {
 		sb.name = append(sb.name[:0], bytes.TrimSpace(line[len(strEvent):])...)
 	}
 	if len(sb.tail) > 2*oversizeTail {
-		sb.tail = keepTail(sb.tail, oversizeTail)
+		sb.tail = sb.keepTail(sb.tail, oversizeTail)
 	}
 }
 
@@ -372,6 +380,7 @@ func (sb *streamBody) dropOversize() {
 		sb.idle.Reset(sb.timer(false)) // the client's turn: only the deadline holds
 	}
 	sb.skip, sb.oversize, sb.reason = false, true, "event_too_large"
+	sb.searches += int64(bytes.Count(sb.tail, strWebSearchCall))
 	if obj := lastUsageObject(sb.tail); obj != nil {
 		p := parserPool.Get()
 		if v, err := p.ParseBytes(obj); err == nil {
@@ -392,7 +401,10 @@ func (sb *streamBody) dropOversize() {
 		}
 		parserPool.Put(p)
 	}
-	sb.tail, sb.name = sb.tail[:0], sb.name[:0]
+	if _, ok := sb.c.ep.dialect.(responsesDialect); ok {
+		sb.u.WebSearch = max(sb.u.WebSearch, sb.searches) // the output items read through
+	}
+	sb.tail, sb.name, sb.searches = sb.tail[:0], sb.name[:0], 0
 	sb.out = append(sb.out, noticeEvent(sb.c.ep.dialect, "event_too_large", msgEventTooLarge)...)
 }
 
@@ -624,8 +636,9 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	}
 	enc := encodingFor(sb.c.model)
 	if !u.seen {
+		searches := u.WebSearch // of an event dropped (dropOversize)
 		u = usage{}
-		u.Input = requestTokens(enc, sb.c.ep.dialect, sb.reqBody)
+		u.Input, u.WebSearch = requestTokens(enc, sb.c.ep.dialect, sb.reqBody), searches
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
 	u.Reasoning = min(u.Reasoning, u.Output)
