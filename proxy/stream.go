@@ -92,9 +92,9 @@ type streamBody struct {
 	idle *time.Timer
 	// conn is the client's connection when this Server accepted it (nil
 	// otherwise): each write of the stream to it is bounded (bound).
-	conn    net.Conn
-	handed  time.Time // when Read last handed bytes to fasthttp
-	stalled bool      // a write to the client took longer than clientStall
+	conn      net.Conn
+	handed    time.Time // when Read last handed bytes to fasthttp
+	stalledAt time.Time // when the last write to the client that took over clientStall ended
 	// An event past maxLine is dropped, its end kept in tail (skipLine).
 	skip, lineCut, oversize bool
 	tail                    []byte
@@ -173,8 +173,8 @@ func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reade
 // Read gives fasthttp the next bytes for the client, pulling upstream events
 // as needed. Each event is returned (and flushed) as soon as it is complete.
 func (sb *streamBody) Read(p []byte) (int, error) {
-	if !sb.handed.IsZero() && time.Since(sb.handed) > clientStall {
-		sb.stalled = true // fasthttp spent that long writing the last bytes
+	if now := time.Now(); !sb.handed.IsZero() && now.Sub(sb.handed) > clientStall {
+		sb.stalledAt = now // fasthttp spent that long writing the last bytes
 	}
 	for sb.off == len(sb.out) {
 		if sb.finished {
@@ -206,10 +206,29 @@ func (sb *streamBody) timer(upstreamTurn bool) time.Duration {
 }
 
 // clientStall is how long a write to the client may take before an upstream
-// failure that follows is put down to the client: while fasthttp writes, the
-// upstream is not read, and a provider may give up on a stream that does not
-// drain. Such a stream is charged what was generated, not released.
+// failure that follows (within StreamIdle) is put down to the client: while
+// fasthttp writes, the upstream is not read, and a provider may give up on a
+// stream that does not drain. Such a stream is charged what was generated,
+// not released (stallCut).
 const clientStall = 2 * time.Second
+
+// afterStall reports whether the client stalled a write within StreamIdle.
+func (sb *streamBody) afterStall() bool {
+	return !sb.stalledAt.IsZero() && time.Since(sb.stalledAt) < sb.c.s.opts.Timeouts.StreamIdle
+}
+
+// stallCut ends a stream the provider broke off (cut, or an error event)
+// after the client stalled: the call is charged what was generated, and the
+// client is told after what the provider sent.
+func (sb *streamBody) stallCut() {
+	sb.finished = true
+	if sb.src != nil {
+		_ = sb.src.CloseWithError(errStreamBroken) // never pooled, as in failed
+	}
+	sb.reason = "upstream_cut_after_client_stall"
+	sb.settle(false)
+	sb.cut(noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgCutAfterStall))
+}
 
 // writeGrace is how long past the stream's deadline the client has to take
 // the bytes handed to it (the end of the stream and its trailers).
@@ -684,6 +703,10 @@ func (sb *streamBody) failed(reason string) {
 	if sb.finished {
 		return
 	}
+	if sb.afterStall() {
+		sb.stallCut() // its error may be the provider giving up on a stream that did not drain
+		return
+	}
 	sb.finished = true
 	sb.settled = true
 	if sb.src != nil {
@@ -750,16 +773,13 @@ func (sb *streamBody) end(err error) {
 		// Our own limit, not an upstream failure: charge what was generated.
 		sb.settle(true)
 		sb.finished = true
-	case sb.oversize || sb.stalled:
+	case sb.oversize:
 		// The provider generated an event too large to relay (its usage,
-		// when found in it, is the charge), or it gave up on a stream the
-		// client had stopped draining: the call is charged, not released.
-		if !sb.oversize {
-			sb.reason = "upstream_cut_after_client_stall"
-			sb.out = append(sb.out, noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgCutAfterStall)...)
-		}
+		// when found in it, is the charge): the call is charged, not released.
 		sb.settle(false)
 		sb.finished = true
+	case sb.afterStall():
+		sb.stallCut() // the provider gave up on a stream the client had stopped draining
 	default:
 		reason := "upstream_stream_cut"
 		if isTimeout(err) || sb.idleFired.Load() {
