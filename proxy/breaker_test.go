@@ -287,7 +287,7 @@ func TestWeightedKeysNative(t *testing.T) {
 }
 
 // An answer over MaxResponseBytes reached the provider (which generated and
-// billed it): the call fails uncharged, but it is not sent again to the
+// billed it): the call is charged (TestOversizeAnswerIsCharged), it is not sent again to the
 // fallback, and it does not count against the deployment's breaker (the
 // request itself made it large: a few such calls must not shut a healthy
 // deployment for everyone).
@@ -305,7 +305,7 @@ func TestOversizeAnswerNeitherFallsBackNorTripsTheBreaker(t *testing.T) {
 	})})
 	key := e.account("big", 100)
 	for i := 1; i <= 4; i++ {
-		r := e.post("/v1/chat/completions", key, `{"model":"big-model","messages":`+msg("hi")+`}`)
+		r := e.post("/v1/chat/completions", key, `{"model":"big-model","max_tokens":50,"messages":`+msg("hi")+`}`)
 		if r.status < 500 {
 			t.Fatalf("call %d: status %d, want a 5xx for an answer over the limit: %s", i, r.status, r.body)
 		}
@@ -319,8 +319,8 @@ func TestOversizeAnswerNeitherFallsBackNorTripsTheBreaker(t *testing.T) {
 	if st := e.srv.BreakerState("big", "x"); st != proxy.BreakerClosed {
 		t.Fatalf("breaker %s after oversize answers, want closed", st)
 	}
-	if n := e.usageEntries("big"); n != 0 {
-		t.Fatalf("%d charges for failed calls", n)
+	if n := e.usageEntries("big"); n != 4 {
+		t.Fatalf("%d charges for 4 answers generated", n)
 	}
 	e.assertLedger("big")
 }

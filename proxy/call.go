@@ -267,6 +267,10 @@ deployments:
 					if errors.Is(lastErr, errTimeout) {
 						br.report(false)
 					}
+					if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+						c.tooLarge(ctx, u)
+						return false
+					}
 					break deployments
 				}
 				br.report(false)
@@ -440,6 +444,29 @@ func (c *call) release(reason string, status int) {
 	if err := c.s.meter.Release(context.Background(), c.ident.Account, c.ident.KeyID, c.id, &rec); err != nil {
 		c.s.log.Warn("releasing hold", zap.String("request_id", c.id), zap.Error(err))
 	}
+}
+
+// tooLarge ends a call whose answer exceeded MaxResponseBytes. The provider
+// generated it (and bills it), but its usage cannot be read: the call is
+// charged what it reserved, the most it could cost, rather than given away —
+// a client could otherwise have any number of large answers made for free
+// (n, logprobs, a high max_tokens). The client is told with a 502.
+func (c *call) tooLarge(ctx *fasthttp.RequestCtx, up *upstream) {
+	var u usage
+	u.Input = c.inTokens
+	u.Output = c.hold.OutputTokens * max(c.req.choices, 1) * c.batch()
+	rec := c.record(u, false)
+	rec.Provider, rec.Estimated, rec.Reason, rec.Status = up.name, true, "response_too_large", fasthttp.StatusBadGateway
+	ch, ok := c.settle(c.hold.Amount, rec)
+	if !ok {
+		c.s.writeError(ctx, errUnsettled)
+		return
+	}
+	h := &ctx.Response.Header
+	var nb [24]byte
+	h.SetCanonical(keyCharged, pricing.AppendCredits(nb[:0], ch.Charged))
+	h.SetCanonical(keyBalance, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
+	c.s.writeError(ctx, errTooLarge)
 }
 
 func (c *call) record(u usage, streamed bool) metering.Record {

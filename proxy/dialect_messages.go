@@ -64,22 +64,11 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 	switch {
 	case bytes.Equal(name, evMessageStart):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "message", "usage"); ok {
-			sb.u = u               // input is final here; output_tokens is a first count
-			sb.u.seen = u.hasInput // without its input the usage is not the call's
+			sb.messageUsage(name, u)
 		}
 	case bytes.Equal(name, evMessageDelta):
 		if u, ok, _ := chunkUsage(data, parseAnthropicUsage, "", "usage"); ok {
-			// message_delta carries the cumulative output; newer API
-			// versions restate the input figures too (cumulative as
-			// well: the larger of the two readings of each is the
-			// count, never their sum).
-			sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
-			sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
-			sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
-			sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
-			// Usage is the call's once some event stated its input; a
-			// delta's output count is final whatever came before.
-			sb.u.seen, sb.outFinal = sb.u.seen || u.hasInput, true
+			sb.messageUsage(name, u)
 		}
 		sb.held = append(sb.held[:0], data...)
 		return false
@@ -98,6 +87,26 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 		sb.searchStarted(data, strServerToolUse, "content_block")
 	}
 	return true
+}
+
+// messageUsage takes the usage of event name: message_start's input figures
+// (its output_tokens is a first count), or message_delta's cumulative
+// output. Newer API versions restate the input figures in message_delta too
+// (cumulative as well: the larger of the two readings of each is the count,
+// never their sum).
+func (sb *streamBody) messageUsage(name []byte, u usage) {
+	if bytes.Equal(name, evMessageStart) {
+		sb.u = u // input is final here; output_tokens is a first count
+		sb.u.seen = u.hasInput // without its input the usage is not the call's
+		return
+	}
+	sb.u.Output, sb.u.Reasoning = u.Output, u.Reasoning
+	sb.u.Input, sb.u.CachedInput = max(sb.u.Input, u.Input), max(sb.u.CachedInput, u.CachedInput)
+	sb.u.CacheWrite, sb.u.CacheWrite1h = max(sb.u.CacheWrite, u.CacheWrite), max(sb.u.CacheWrite1h, u.CacheWrite1h)
+	sb.u.WebSearch = max(sb.u.WebSearch, u.WebSearch)
+	// Usage is the call's once some event stated its input; a delta's
+	// output count is final whatever came before.
+	sb.u.seen, sb.outFinal = sb.u.seen || u.hasInput, true
 }
 
 // streamCut passes on the message_delta held (uncharged), then Anthropic's

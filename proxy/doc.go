@@ -38,7 +38,12 @@
 // Redis calls use context.Background(): they are bounded by the client's own
 // read/write timeouts (proxy.redis_timeout), which costs no allocation per
 // call. Upstream calls are bounded with DoDeadline and, for streams, by a
-// per-read idle deadline on the connection.
+// per-read idle deadline on the connection. A stream's writes to its client
+// are bounded too: before handing fasthttp bytes, the stream sets the
+// client connection's write deadline (the idle timeout, never past the
+// stream's deadline); fasthttp sets Server.WriteTimeout again before the
+// connection's next answer. A streamBody keeps the client's net.Conn (never
+// the RequestCtx) until fasthttp closes the body.
 //
 // The APIs the proxy speaks (OpenAI chat, completions, embeddings,
 // moderations, Responses; Anthropic Messages) differ only through the

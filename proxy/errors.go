@@ -25,6 +25,7 @@ var (
 	errDraining     = errors.New("proxy: shutting down")
 	errUnsettled    = errors.New("proxy: served, but the meter refused the charge")
 	errNoResponse   = errors.New("proxy: no such stored response for this account")
+	errTooLarge     = errors.New("proxy: upstream answer over the response size limit")
 )
 
 // badRequest is a client error with a message safe to show.
@@ -98,6 +99,9 @@ func classify(err error) apiError {
 		return apiError{503, "api_error", "store_unavailable", "", "The credit store is unavailable; the call was not forwarded and not charged. Retry shortly."}
 	case errors.Is(err, errDraining):
 		return apiError{503, "api_error", "shutting_down", "", "The gateway is shutting down; retry."}
+	case errors.Is(err, errTooLarge):
+		return apiError{502, "api_error", "response_too_large", "",
+			"The model provider's answer exceeded this gateway's response size limit, so it was not relayed. The provider generated it, so the call was charged what it reserved (see X-Credits-Charged); ask for less output (max_tokens, n, logprobs)."}
 	case errors.Is(err, errTimeout):
 		return apiError{504, "api_error", "upstream_timeout", "", "The model provider did not answer in time; the call was not charged."}
 	case errors.Is(err, errUpstream):

@@ -129,6 +129,12 @@ func FuzzSSEReader(f *testing.F) {
 	// Web searches seen starting, for an estimate (a stream ended without usage).
 	f.Add(byte(3), byte(5), []byte("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"))
 	f.Add(byte(2), byte(9), []byte("event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"web_search_call\",\"id\":\"ws\"}}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n"))
+	// Events past the relay's bound (1 KiB), with their usage at the end.
+	big := strings.Repeat("x", 3<<10)
+	f.Add(byte(0), byte(5), []byte("data: {\"choices\":[{\"delta\":{\"content\":\""+big+"\"}}],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n"))
+	f.Add(byte(2), byte(9), []byte("event: response.completed\ndata: {\"response\":{\"output\":[{\"type\":\"web_search_call\"},{\"result\":\""+big+"\"}],\n"+
+		"data: \"usage\":{\"input_tokens\":3,\"output_tokens\":16}}}\n\n"))
+	f.Add(byte(3), byte(3), []byte("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_sequence\":\""+big+"\"},\"usage\":{\"output_tokens\":5}}\n\nevent: message_stop\ndata: {}\n\n"))
 	s, model, m := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, d, step byte, data []byte) {
 		relayFuzz(t, s, model, m, d, step, data)
@@ -186,7 +192,10 @@ func relayFuzz(t testing.TB, s *Server, model *pricing.Model, m *fuzzMeter, d, s
 			t.Fatalf("negative cost %d", st.Cost)
 		}
 		rec = st.Record
-		if ep.dialect == dialectChat && !bytes.HasSuffix(out, strDoneEvent) {
+		// A chat stream ends with [DONE], unless the provider cut it after an
+		// event too large to relay: then with the notice of that event.
+		notice := noticeEvent(dialectChat, "event_too_large", msgEventTooLarge)
+		if ep.dialect == dialectChat && !bytes.HasSuffix(out, strDoneEvent) && (rec.Reason != "event_too_large" || !bytes.HasSuffix(out, []byte(notice))) {
 			t.Fatalf("a settled chat stream does not end with [DONE]: %q", tail(out))
 		}
 	} else {

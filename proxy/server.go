@@ -123,11 +123,15 @@ func New(opts Options) (*Server, error) {
 	}
 	s.rt.Store(rt)
 	s.srv = &fasthttp.Server{
-		Handler:                       s.Handler,
-		Name:                          "tollgate",
-		Concurrency:                   opts.Concurrency,
-		MaxRequestBodySize:            opts.MaxBodyBytes,
-		ReadTimeout:                   opts.ReadTimeout,
+		Handler:            s.Handler,
+		Name:               "tollgate",
+		Concurrency:        opts.Concurrency,
+		MaxRequestBodySize: opts.MaxBodyBytes,
+		ReadTimeout:        opts.ReadTimeout,
+		// Each answer is written within the time a whole call may take;
+		// fasthttp sets it before each response, so it also clears the
+		// per-write deadlines a stream sets (streamBody.bound).
+		WriteTimeout:                  opts.Timeouts.Request,
 		IdleTimeout:                   opts.IdleTimeout,
 		MaxConnsPerIP:                 opts.MaxConnsPerIP,
 		ErrorHandler:                  s.errorHandler,

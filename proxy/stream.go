@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,9 +92,22 @@ type streamBody struct {
 	pending   error // the upstream's end, reported after a last unterminated line
 	aborted   atomic.Bool
 	idleFired atomic.Bool
-	idle      *time.Timer // cuts the upstream when no event arrives within StreamIdle
-	closeOnce sync.Once
-	charge    metering.Charge
+	expired   atomic.Bool
+	// idle cuts the upstream when no event arrives within StreamIdle, and
+	// at the stream's deadline whether or not Read is called (timer).
+	idle *time.Timer
+	// conn is the client's connection when this Server accepted it (nil
+	// otherwise): each write of the stream to it is bounded (bound).
+	conn      net.Conn
+	handed    time.Time // when Read last handed bytes to fasthttp
+	stalledAt time.Time // when the last write to the client that took over clientStall ended
+	// An event past maxLine is dropped, its end kept in tail (skipLine).
+	skip, lineCut, oversize bool
+	tail                    []byte
+	dropSearches            int64  // web_search_call items in the event being dropped
+	reason                  string // the record's reason when the call is not cancelled
+	closeOnce               sync.Once
+	charge                  metering.Charge
 }
 
 // startStream hands the call to a streamBody and sets the response up.
@@ -112,6 +126,9 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 		})
 	}
 	sb := newStreamBody(c, up, resp, body, &ctx.Response.Header)
+	if lc, ok := ctx.Conn().(lingerConn); ok {
+		sb.conn = lc.Conn // accepted by Serve: a real connection, whose writes can be bounded
+	}
 	h := &ctx.Response.Header
 	var nb [24]byte
 	h.SetBytesV(hdrBalance, pricing.AppendCredits(nb[:0], c.hold.Available))
@@ -121,10 +138,18 @@ func (c *call) startStream(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up
 	_ = h.AddTrailer(hdrCharged)
 	_ = h.AddTrailer(hdrBalanceAfter)
 	c.s.streams.Store(sb, struct{}{})
-	if d := c.s.opts.Timeouts.StreamIdle; d > 0 && sb.src != nil {
+	if sb.src != nil {
 		// Silence is measured between events, not reads: an upstream that
-		// trickles a byte a second never completes one.
-		sb.idle = time.AfterFunc(d, func() {
+		// trickles a byte a second never completes one. The deadline holds
+		// even while no Read comes (fasthttp blocked writing to a client
+		// that stopped reading, or an upstream read waiting): the upstream
+		// is cut, and bound ends the client's write.
+		sb.idle = time.AfterFunc(sb.timer(true), func() {
+			if !time.Now().Before(sb.deadline) {
+				sb.expired.Store(true)
+				_ = sb.src.CloseWithError(errStreamTimeout)
+				return
+			}
 			sb.idleFired.Store(true)
 			_ = sb.src.CloseWithError(errStreamIdle)
 		})
@@ -154,21 +179,88 @@ func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reade
 // Read gives fasthttp the next bytes for the client, pulling upstream events
 // as needed. Each event is returned (and flushed) as soon as it is complete.
 func (sb *streamBody) Read(p []byte) (int, error) {
+	if now := time.Now(); !sb.handed.IsZero() && now.Sub(sb.handed) > clientStall {
+		sb.stalledAt = now // fasthttp spent that long writing the last bytes
+	}
 	for sb.off == len(sb.out) {
 		if sb.finished {
+			sb.bound()
 			return 0, io.EOF
 		}
 		sb.out, sb.off = sb.out[:0], 0
-		if sb.idle != nil && len(sb.ev) == 0 {
+		if sb.idle != nil && len(sb.ev) == 0 && !sb.skip {
 			// The upstream's turn: its silence is measured from here to the
 			// end of the next event, never while the client is slow to read.
-			sb.idle.Reset(sb.c.s.opts.Timeouts.StreamIdle)
+			sb.idle.Reset(sb.timer(true))
 		}
 		sb.pump()
 	}
 	n := copy(p, sb.out[sb.off:])
 	sb.off += n
+	sb.bound()
 	return n, nil
+}
+
+// timer is when the stream's timer fires next: at its deadline, or sooner
+// StreamIdle from now on the upstream's turn.
+func (sb *streamBody) timer(upstreamTurn bool) time.Duration {
+	d := time.Until(sb.deadline)
+	if idle := sb.c.s.opts.Timeouts.StreamIdle; upstreamTurn && idle < d {
+		d = idle
+	}
+	return d
+}
+
+// clientStall is how long a write to the client may take before an upstream
+// failure that follows (within StreamIdle) is put down to the client: while
+// fasthttp writes, the upstream is not read, and a provider may give up on a
+// stream that does not drain. Such a stream is charged what was generated,
+// not released (stallCut).
+const clientStall = 2 * time.Second
+
+// afterStall reports whether the client stalled a write within StreamIdle.
+func (sb *streamBody) afterStall() bool {
+	return !sb.stalledAt.IsZero() && time.Since(sb.stalledAt) < sb.c.s.opts.Timeouts.StreamIdle
+}
+
+// stallCut ends a stream the provider broke off (cut, or an error event)
+// after the client stalled: the call is charged what was generated, and the
+// client is told after what the provider sent.
+func (sb *streamBody) stallCut() {
+	sb.finished = true
+	if sb.src != nil {
+		_ = sb.src.CloseWithError(errStreamBroken) // never pooled, as in failed
+	}
+	sb.reason = "upstream_cut_after_client_stall"
+	sb.settle(false)
+	sb.cut(noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgCutAfterStall))
+}
+
+// writeGrace is how long past the stream's deadline the client has to take
+// the bytes handed to it (the end of the stream and its trailers).
+const writeGrace = time.Second
+
+// bound sets the deadline of fasthttp's next write to the client, the bytes
+// Read hands it: StreamIdle from now, and never past the stream's deadline
+// (plus writeGrace). A client that stops reading thus cannot hold a stream,
+// and its hold, past either: the write fails, fasthttp closes the body
+// (CloseWithError), and the call is settled. fasthttp sets no write deadline
+// of its own while it streams a body; it sets Server.WriteTimeout again
+// before the connection's next response (New).
+func (sb *streamBody) bound() {
+	now := time.Now()
+	sb.handed = now
+	if sb.conn == nil {
+		return
+	}
+	d := now.Add(sb.c.s.opts.Timeouts.StreamIdle)
+	if last := sb.deadline.Add(writeGrace); last.Before(d) {
+		d = last
+	}
+	if soonest := now.Add(writeGrace); d.Before(soonest) {
+		d = soonest
+	}
+	_ = sb.conn.SetWriteDeadline(d)
 }
 
 // pump reads one line from upstream and acts on it.
@@ -183,7 +275,9 @@ func (sb *streamBody) pump() {
 	}
 	line, err := sb.readLine()
 	if err != nil {
-		if len(sb.ev) > 0 && errors.Is(err, io.EOF) {
+		if sb.skip {
+			sb.dropOversize() // its tail may hold the usage
+		} else if len(sb.ev) > 0 && errors.Is(err, io.EOF) {
 			sb.dispatch() // a last event without its blank line
 		}
 		sb.end(err)
@@ -198,13 +292,15 @@ func (sb *streamBody) pump() {
 		return
 	}
 	if len(line) == 0 {
-		if len(sb.ev) > 0 {
+		if sb.skip {
+			sb.dropOversize()
+		} else if len(sb.ev) > 0 {
 			sb.dispatch()
 		}
 		return
 	}
-	if len(sb.ev)+len(line) > sb.maxLine {
-		sb.end(errLineTooLong) // an event without end: bounded like a line
+	if sb.skip || sb.lineCut || len(sb.ev)+len(line) > sb.maxLine {
+		sb.skipLine(line) // an event past the bound, however long: read through, not relayed
 		return
 	}
 	sb.ev = append(sb.ev, line...)
@@ -221,9 +317,11 @@ func (sb *streamBody) pump() {
 	}
 }
 
-// readLine returns the next line without its end of line, bounded by
-// maxLine. A last line without a newline is returned before the end is reported.
+// readLine returns the next line without its end of line. A line longer
+// than maxLine is read through but only its end is returned (lineCut). A
+// last line without a newline is returned before the end is reported.
 func (sb *streamBody) readLine() ([]byte, error) {
+	sb.lineCut = false
 	if sb.pending != nil {
 		return nil, sb.pending
 	}
@@ -238,8 +336,9 @@ func (sb *streamBody) readLine() ([]byte, error) {
 			return trimEOL(sb.line), nil
 		case errors.Is(err, bufio.ErrBufferFull):
 			sb.line = append(sb.line, frag...)
-			if len(sb.line) > sb.maxLine {
-				return nil, errLineTooLong
+			if len(sb.line) > sb.maxLine || (sb.lineCut && len(sb.line) > 2*oversizeTail) {
+				sb.lineCut = true
+				sb.line = sb.keepTail(sb.line, oversizeTail)
 			}
 			continue
 		}
@@ -252,7 +351,119 @@ func (sb *streamBody) readLine() ([]byte, error) {
 	}
 }
 
-var errLineTooLong = errors.New("proxy: upstream SSE line or event too long")
+// oversizeTail is how much of an event too large to relay is kept: its
+// end, where the usage of a final event sits (response.completed,
+// message_delta, the last chat chunk).
+const oversizeTail = 64 << 10
+
+// keepTail moves the last n bytes of b to its start. The web searches
+// named in the bytes dropped are counted first (searches): OpenAI bills each
+// web_search_call item of a Responses output, and reports them nowhere else.
+func (sb *streamBody) keepTail(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	cut := len(b) - n
+	// Each match starting before cut, once: the kept bytes are counted later.
+	sb.dropSearches += int64(bytes.Count(b[:cut+len(strWebSearchCall)-1], strWebSearchCall))
+	return b[:copy(b, b[cut:])]
+}
+
+// skipLine takes a line of an event past maxLine: the event is not relayed
+// (the client is told, dropOversize), and only the end of its data is kept.
+func (sb *streamBody) skipLine(line []byte) {
+	if !sb.skip {
+		sb.skip = true
+		sb.tail = append(sb.tail[:0], sb.data...)
+		sb.ev, sb.data = sb.ev[:0], sb.data[:0]
+	}
+	switch {
+	case sb.lineCut, bytes.HasPrefix(line, strData): // a cut line's end is data, whatever it began with
+		if !sb.lineCut {
+			line = bytes.TrimPrefix(line[len(strData):], []byte(" "))
+		}
+		if len(sb.tail) > 0 {
+			sb.tail = append(sb.tail, '\n') // data lines join with a newline
+		}
+		sb.tail = append(sb.tail, line...)
+	case bytes.HasPrefix(line, strEvent):
+		sb.name = append(sb.name[:0], bytes.TrimSpace(line[len(strEvent):])...)
+	}
+	if len(sb.tail) > 2*oversizeTail {
+		sb.tail = sb.keepTail(sb.tail, oversizeTail)
+	}
+}
+
+// dropOversize ends an event past maxLine. It is not relayed, but the
+// provider generated it: the call is charged, never released (end). Usage
+// sits at the end of the events that carry it, so it is read from the
+// event's tail when there; otherwise the call is charged an estimate.
+func (sb *streamBody) dropOversize() {
+	if sb.idle != nil {
+		sb.idle.Reset(sb.timer(false)) // the client's turn: only the deadline holds
+	}
+	sb.skip, sb.oversize, sb.reason = false, true, "event_too_large"
+	sb.dropSearches += int64(bytes.Count(sb.tail, strWebSearchCall))
+	if obj := lastUsageObject(sb.tail); obj != nil {
+		p := parserPool.Get()
+		if v, err := p.ParseBytes(obj); err == nil {
+			switch sb.c.ep.dialect.(type) {
+			case responsesDialect:
+				if u, ok := parseResponsesUsage(v); ok {
+					sb.u, sb.outFinal = u, true
+				}
+			case messagesDialect:
+				if u, ok := parseAnthropicUsage(v); ok {
+					sb.messageUsage(sb.name, u) // dialect_messages.go
+				}
+			default:
+				if u, ok := parseOpenAIUsage(v); ok {
+					sb.u, sb.outFinal = u, true
+				}
+			}
+		}
+		parserPool.Put(p)
+	}
+	if _, ok := sb.c.ep.dialect.(responsesDialect); ok {
+		sb.u.WebSearch = max(sb.u.WebSearch, sb.dropSearches) // the output items read through
+	}
+	sb.tail, sb.name, sb.dropSearches = sb.tail[:0], sb.name[:0], 0
+	sb.out = append(sb.out, noticeEvent(sb.c.ep.dialect, "event_too_large", msgEventTooLarge)...)
+}
+
+const msgEventTooLarge = "The provider sent an event larger than this gateway relays; it was dropped. The call was charged for what the provider generated."
+
+// lastUsageObject returns the last complete object in b that is the value of
+// a "usage" member, or nil. b may begin inside a string: a quote inside a
+// string is escaped, so a match is a member name.
+func lastUsageObject(b []byte) []byte {
+	for end := len(b); ; {
+		i := bytes.LastIndex(b[:end], strUsageKey)
+		if i < 0 {
+			return nil
+		}
+		if j := skipSpace(b, i+len(strUsageKey)); j < len(b) && b[j] == ':' {
+			if j = skipSpace(b, j+1); j < len(b) && b[j] == '{' {
+				if k := objectEnd(b, j); k >= 0 {
+					return b[j : k+1]
+				}
+			}
+		}
+		end = i
+	}
+}
+
+// noticeEvent is an error event in d's stream shape, telling the client
+// why its stream ended (or lost an event) and that it was charged.
+func noticeEvent(d dialect, code, msg string) string {
+	switch d.(type) {
+	case responsesDialect:
+		return "event: error\ndata: {\"type\":\"error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\",\"param\":null}\n\n"
+	case messagesDialect:
+		return "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\"}}\n\n"
+	}
+	return "data: {\"error\":{\"message\":\"" + msg + "\",\"type\":\"api_error\",\"code\":\"" + code + "\",\"param\":null}}\n\n"
+}
 
 func trimEOL(b []byte) []byte {
 	b = bytes.TrimSuffix(b, []byte("\n"))
@@ -263,7 +474,7 @@ func trimEOL(b []byte) []byte {
 // or drop it.
 func (sb *streamBody) dispatch() {
 	if sb.idle != nil {
-		sb.idle.Stop() // the client's turn
+		sb.idle.Reset(sb.timer(false)) // the client's turn: only the deadline holds
 	}
 	pass := sb.c.ep.dialect.event(sb, sb.name, sb.data) // dialect_*.go
 	if pass && len(sb.ev) > 0 {
@@ -450,10 +661,12 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	enc := e.enc
 	if !u.seen {
 		// No input count came: estimated. A final output count that did
-		// come (an Anthropic delta after a start without one) is kept.
+		// come (an Anthropic delta after a start without one) is kept, and
+		// the searches of an event dropped (dropOversize).
 		out := usage{}
+		out.WebSearch = u.WebSearch
 		if sb.outFinal {
-			out.Output, out.Reasoning, out.WebSearch = u.Output, u.Reasoning, u.WebSearch
+			out.Output, out.Reasoning = u.Output, u.Reasoning
 		}
 		u = out
 		u.Input = requestTokens(e, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
@@ -511,9 +724,13 @@ func (sb *streamBody) settle(cancelled bool) {
 		rec.Reason = "client_disconnected"
 		if sb.aborted.Load() {
 			rec.Reason = "gateway_shutdown"
-		} else if time.Now().After(sb.deadline) {
+		} else if sb.expired.Load() || time.Now().After(sb.deadline) {
 			rec.Reason = "stream_timeout"
+		} else if sb.reason != "" {
+			rec.Reason = sb.reason
 		}
+	} else if sb.reason != "" {
+		rec.Reason = sb.reason
 	}
 	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
 	if sb.storedID != "" {
@@ -532,6 +749,10 @@ func (sb *streamBody) settle(cancelled bool) {
 // client is told with an error event. The record keeps what was delivered.
 func (sb *streamBody) failed(reason string) {
 	if sb.finished {
+		return
+	}
+	if sb.afterStall() {
+		sb.stallCut() // its error may be the provider giving up on a stream that did not drain
 		return
 	}
 	sb.finished = true
@@ -596,10 +817,17 @@ func (sb *streamBody) end(err error) {
 	case sb.terminal:
 		sb.settle(false)
 		sb.finished = true
-	case errors.Is(err, errStreamTimeout):
+	case errors.Is(err, errStreamTimeout) || sb.expired.Load():
 		// Our own limit, not an upstream failure: charge what was generated.
 		sb.settle(true)
 		sb.finished = true
+	case sb.oversize:
+		// The provider generated an event too large to relay (its usage,
+		// when found in it, is the charge): the call is charged, not released.
+		sb.settle(false)
+		sb.finished = true
+	case sb.afterStall():
+		sb.stallCut() // the provider gave up on a stream the client had stopped draining
 	default:
 		reason := "upstream_stream_cut"
 		if isTimeout(err) || sb.idleFired.Load() {
@@ -608,6 +836,8 @@ func (sb *streamBody) end(err error) {
 		sb.failed(reason)
 	}
 }
+
+const msgCutAfterStall = "The provider ended the stream while the client was not reading it; the call was charged for what was generated."
 
 // abort cuts the stream at shutdown: the blocked upstream read returns, and
 // the call is settled for what was generated.
@@ -631,6 +861,9 @@ func (sb *streamBody) CloseWithError(err error) error {
 		if !sb.finished {
 			if sb.src != nil {
 				_ = sb.src.CloseWithError(errors.New("client gone"))
+			}
+			if isTimeout(err) {
+				sb.reason = "client_stalled" // a write waited StreamIdle for the client (bound)
 			}
 			sb.settle(true)
 			sb.finished = true

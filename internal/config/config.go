@@ -45,6 +45,12 @@ type Metrics struct {
 	BillingAddr string `yaml:"billing_addr"` // billing's; default 127.0.0.1:9465
 }
 
+// HoldMargin is how much longer than the longest call a hold must live: a
+// call ends at its timeout (a stream's last write to a client that stopped
+// reading is cut a second after it), and its settle follows. A call whose
+// hold expired would be charged at most what is then available.
+const HoldMargin = 5 * time.Second
+
 // Proxy configures the metering proxy.
 type Proxy struct {
 	Addr string `yaml:"addr"` // listen address; default 127.0.0.1:8080
@@ -61,7 +67,10 @@ type Proxy struct {
 	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
 	// StreamTimeout bounds a whole stream. Default 30m.
 	StreamTimeout Duration `yaml:"stream_timeout"`
-	// HoldTTL is how long a hold outlives a crashed proxy. Default: StreamTimeout + 1m.
+	// HoldTTL is how long a hold outlives a crashed proxy. It must exceed
+	// the longest call (StreamTimeout, RequestTimeout) by HoldMargin: a
+	// running call's hold never expires. Default: StreamTimeout + 1m, or
+	// RequestTimeout + 1m when that is longer.
 	HoldTTL Duration `yaml:"hold_ttl"`
 	// ReadTimeout bounds reading a client's request (slow clients). Default 30s.
 	ReadTimeout Duration `yaml:"read_timeout"`
@@ -436,7 +445,7 @@ func (c *Config) SetDefaults() {
 	def(&p.RequestTimeout, 600*time.Second)
 	def(&p.StreamIdleTimeout, 120*time.Second)
 	def(&p.StreamTimeout, 30*time.Minute)
-	def(&p.HoldTTL, p.StreamTimeout.D()+time.Minute)
+	def(&p.HoldTTL, max(p.StreamTimeout.D(), p.RequestTimeout.D())+time.Minute)
 	def(&p.ReadTimeout, 30*time.Second)
 	def(&p.IdleTimeout, 120*time.Second)
 	def(&p.DrainTimeout, 20*time.Second)
@@ -533,8 +542,9 @@ func (c *Config) Validate() error {
 			bad(path, "must not be negative")
 		}
 	}
-	if p.HoldTTL.D() < max(p.StreamTimeout.D(), p.RequestTimeout.D()) {
-		bad("proxy.hold_ttl", "must outlive the longest call (stream_timeout %s, request_timeout %s)", p.StreamTimeout.D(), p.RequestTimeout.D())
+	if longest := max(p.StreamTimeout.D(), p.RequestTimeout.D()) + HoldMargin; p.HoldTTL.D() < longest {
+		bad("proxy.hold_ttl", "must outlive the longest call by %s (stream_timeout %s, request_timeout %s): at least %s, got %s",
+			HoldMargin, p.StreamTimeout.D(), p.RequestTimeout.D(), longest, p.HoldTTL.D())
 	}
 	if p.Breaker.Failures < 1 {
 		bad("proxy.breaker.failures", "must be at least 1, got %d", p.Breaker.Failures)

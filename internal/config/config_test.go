@@ -296,3 +296,48 @@ providers:
 		}
 	}
 }
+
+// TestHoldTTLOutlivesEveryCall: a hold must outlive the longest call by
+// HoldMargin (its settle follows its timeout), or a running call's credits
+// could be spent elsewhere and its settle capped.
+func TestHoldTTLOutlivesEveryCall(t *testing.T) {
+	base := `
+pricing:
+  credits_per_usd: 100000
+  tiers: {core: {input: 1, output: 2}}
+  models: [{id: m, tier: core, context_window: 1000, max_output_tokens: 100, deployments: [{provider: p, model: m}]}]
+providers:
+  p: {base_url: "http://x", api_key: k}
+`
+	for _, tc := range []struct {
+		name, proxy string
+		ok          bool
+		ttl         time.Duration
+	}{
+		{"defaults", "", true, 31 * time.Minute},
+		{"default follows the longer request timeout", "{request_timeout: 40m}", true, 41 * time.Minute},
+		{"equal to the stream timeout", "{stream_timeout: 10m, hold_ttl: 10m}", false, 0},
+		{"within the margin of the request timeout", "{stream_timeout: 1m, request_timeout: 10m, hold_ttl: 603s}", false, 0},
+		{"past the margin", "{stream_timeout: 10m, hold_ttl: 605s}", true, 605 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := base
+			if tc.proxy != "" {
+				doc += "proxy: " + tc.proxy + "\n"
+			}
+			cfg, err := Parse([]byte(doc), env(nil))
+			if !tc.ok {
+				if err == nil || !strings.Contains(err.Error(), "proxy.hold_ttl: must outlive the longest call") {
+					t.Fatalf("accepted or wrong error: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.Proxy.HoldTTL.D(); got != tc.ttl {
+				t.Fatalf("hold_ttl %s, want %s", got, tc.ttl)
+			}
+		})
+	}
+}

@@ -65,7 +65,7 @@ func TestFaultProxySIGKILL(t *testing.T) {
 
 func proxySIGKILL(t *testing.T, lease bool) {
 	const (
-		holdTTL  = 6 * time.Second
+		holdTTL  = 10 * time.Second // stream_timeout + config.HoldMargin
 		accounts = 20
 		perAcct  = 10
 	)

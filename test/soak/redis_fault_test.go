@@ -75,7 +75,7 @@ func TestFaultRedisRestart(t *testing.T) {
 	st := metering.New(rs.Client(t), metering.Options{KeyCacheTTL: -1})
 	prices := loadPrices(t)
 	mock := startMock(t, mockllm.Config{})
-	const holdTTL = 6 * time.Second
+	const holdTTL = 10 * time.Second // stream_timeout + config.HoldMargin
 	cfg := writeConfig(t, map[string]any{
 		"proxy.hold_ttl": holdTTL.String(), "proxy.stream_timeout": "5s", "proxy.request_timeout": "5s",
 		"proxy.redis_timeout": "1s",

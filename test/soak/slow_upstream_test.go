@@ -136,7 +136,7 @@ func TestFaultSlowUpstream(t *testing.T) {
 	raw := startRawUpstream(t)
 	cfg := writeConfig(t, map[string]any{
 		"proxy.first_byte_timeout": firstByte.String(), "proxy.stream_idle_timeout": idle.String(),
-		"proxy.request_timeout": request.String(), "proxy.stream_timeout": "60s", "proxy.hold_ttl": "61s",
+		"proxy.request_timeout": request.String(), "proxy.stream_timeout": "60s", "proxy.hold_ttl": "65s",
 	})
 	// The mock serves openai; the raw upstream serves deepseek.
 	p := startProxy(t, "proxy", cfg, procEnv(mock.URL, "REDIS_URL="+rs.URL(), "DEEPSEEK_BASE_URL="+raw.URL))
