@@ -96,7 +96,7 @@ func (messagesDialect) event(sb *streamBody, name, data []byte) bool {
 // never their sum).
 func (sb *streamBody) messageUsage(name []byte, u usage) {
 	if bytes.Equal(name, evMessageStart) {
-		sb.u = u // input is final here; output_tokens is a first count
+		sb.u = u               // input is final here; output_tokens is a first count
 		sb.u.seen = u.hasInput // without its input the usage is not the call's
 		return
 	}
