@@ -43,6 +43,14 @@ type ShipperOptions struct {
 	// TrimEvery is how often the trim runs. Default 10m.
 	TrimEvery time.Duration
 	Logger    *zap.Logger
+	// Observer is told the outcome of each round of Run (nil: none).
+	Observer ShipObserver
+}
+
+// ShipObserver is what Run tells of each round: the entries it shipped and
+// its error (nil when the round succeeded). telemetry implements it.
+type ShipObserver interface {
+	Shipped(entries int, err error)
 }
 
 func (o *ShipperOptions) init() {
@@ -94,26 +102,31 @@ func (s *Shipper) Run(ctx context.Context) error {
 	failing := false
 	for ctx.Err() == nil {
 		var err error
-		busy := false
+		busy, shipped := false, 0
 		if time.Since(parts) > time.Hour {
 			if err = s.b.EnsurePartitions(ctx, time.Now(), partitionsAhead); err == nil {
 				parts = time.Now()
 			}
 		}
 		if err == nil && time.Since(sweep) >= s.opts.SweepEvery {
-			if _, err = s.Sweep(ctx); err == nil {
+			var n int
+			if n, err = s.Sweep(ctx); err == nil {
 				sweep = time.Now()
 			}
+			shipped += n
 		}
 		if err == nil {
 			var n int
 			n, err = s.ShipMarked(ctx)
-			busy = n > 0
+			busy, shipped = n > 0, shipped+n
 		}
 		if err == nil && s.opts.Retention > 0 && time.Since(trim) >= s.opts.TrimEvery {
 			if _, err = s.Trim(ctx, time.Now()); err == nil {
 				trim = time.Now()
 			}
+		}
+		if s.opts.Observer != nil && ctx.Err() == nil {
+			s.opts.Observer.Shipped(shipped, err)
 		}
 		if err != nil && ctx.Err() == nil {
 			if !failing {

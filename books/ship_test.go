@@ -100,3 +100,70 @@ func TestShipIdempotent(t *testing.T) {
 		t.Fatalf("usage_daily counts %d calls (%v), want 5", calls, err)
 	}
 }
+
+// shipTally is a ShipObserver that adds up what it is told.
+type shipTally struct {
+	mu            sync.Mutex
+	entries, errs int
+}
+
+func (s *shipTally) Shipped(n int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.errs++
+		return
+	}
+	s.entries += n
+}
+
+func (s *shipTally) get() (int, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entries, s.errs
+}
+
+// The shipper tells its observer (the metrics) every entry it shipped, once,
+// and each failed round: what an alert on shipping reads.
+func TestShipperObserver(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.Account(t, "obs", 10_000_000) // its funding entry
+	const calls = 25
+	for range calls {
+		e.call(t, e.St, "obs", "m", 100)
+	}
+	tally := &shipTally{}
+	sh := e.b.NewShipper(e.St, ShipperOptions{Interval: 5 * time.Millisecond, SweepEvery: time.Hour, Observer: tally})
+	done := make(chan struct{})
+	go func() { _ = sh.Run(ctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n, _ := tally.get(); n >= calls+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			n, errs := tally.get()
+			t.Fatalf("observer told of %d entries (%d failed rounds), want %d", n, errs, calls+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.pg.Stop() // the next rounds fail
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		e.call(t, e.St, "obs", "m", 100) // marked: the shipper tries
+		if _, errs := tally.get(); errs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no failed round told while PostgreSQL was down")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n, _ := tally.get(); n != calls+1 {
+		t.Fatalf("observer told of %d entries, want exactly %d", n, calls+1)
+	}
+}

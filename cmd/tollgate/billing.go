@@ -65,7 +65,7 @@ func newBillingServer(l *loaded, store *metering.Store, m *metrics) (*http.Serve
 	if l.cfg.Billing.AdminToken == "" {
 		l.log.Warn("TOLLGATE_ADMIN_TOKEN is not set: the admin API is off")
 	}
-	bstore, booksStatus, stopBooks := startBooks(l, store)
+	bstore, booksStatus, stopBooks := startBooks(l, store, m.books())
 	opts := billing.Options{Config: l.cfg.Billing, Catalog: l.catalog, Store: bstore, Logger: l.log, Plans: l.cfg.Plans, Books: booksStatus}
 	m.instrumentBilling(&opts)
 	b, err := billing.New(opts)

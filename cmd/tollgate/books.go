@@ -15,6 +15,7 @@ import (
 	"github.com/tollgate/tollgate/books"
 	"github.com/tollgate/tollgate/internal/config"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/telemetry"
 )
 
 // databaseURL is database.url, or DATABASE_URL when the config has none.
@@ -58,7 +59,7 @@ func armEpoch(l *loaded, st *metering.Store) {
 // (database.migrate), the epoch marker, the journal shipper and the
 // scheduled reconcile. It returns the store billing serves over (control-
 // plane writes reach the books first) and a stop function.
-func startBooks(l *loaded, st *metering.Store) (billing.Store, billing.Books, func()) {
+func startBooks(l *loaded, st *metering.Store, bm *telemetry.Books) (billing.Store, billing.Books, func()) {
 	if databaseURL(l.cfg) == "" {
 		return st, nil, func() {}
 	}
@@ -93,11 +94,15 @@ func startBooks(l *loaded, st *metering.Store) (billing.Store, billing.Books, fu
 			log.Info("epoch marker written (new books)")
 		}
 	}
-	sh := b.NewShipper(st, books.ShipperOptions{Retention: l.cfg.Ledger.Retention.D(), Logger: l.log})
+	so := books.ShipperOptions{Retention: l.cfg.Ledger.Retention.D(), Logger: l.log}
+	if bm != nil {
+		so.Observer = bm
+	}
+	sh := b.NewShipper(st, so)
 	done := make(chan struct{}, 2)
 	go func() { _ = sh.Run(ctx); done <- struct{}{} }()
 	status := &booksStatus{b: b, st: st}
-	go func() { reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log, status); done <- struct{}{} }()
+	go func() { reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log, status, bm); done <- struct{}{} }()
 	log.Info("durable books on: shipping the journal to PostgreSQL")
 	return b.NewStore(st), status, func() {
 		cancel()
@@ -107,7 +112,7 @@ func startBooks(l *loaded, st *metering.Store) (billing.Store, billing.Books, fu
 	}
 }
 
-func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, every time.Duration, log *zap.Logger, status *booksStatus) {
+func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, every time.Duration, log *zap.Logger, status *booksStatus, bm *telemetry.Books) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -122,6 +127,9 @@ func reconcileLoop(ctx context.Context, b *books.Books, st *metering.Store, ever
 			continue
 		}
 		status.reconciled(res)
+		if bm != nil {
+			bm.Reconciled(len(res.Mismatches))
+		}
 		for _, m := range res.Mismatches {
 			log.Error("BOOKS MISMATCH", zap.String("account", m.Account), zap.String("kind", m.Kind), zap.String("detail", m.Detail))
 		}

@@ -91,6 +91,14 @@ func (m *metrics) instrumentProxy(l *loaded, opts *proxy.Options) {
 	}
 }
 
+// books registers the durable books' families (nil without metrics).
+func (m *metrics) books() *telemetry.Books {
+	if m == nil || m.reg == nil {
+		return nil
+	}
+	return m.reg.NewBooks()
+}
+
 // instrumentBilling adds billing's families to m and wires them into opts.
 func (m *metrics) instrumentBilling(opts *billing.Options) {
 	if m == nil || m.reg == nil {
