@@ -102,7 +102,10 @@ func startBooks(l *loaded, st *metering.Store, bm *telemetry.Books) (billing.Sto
 	done := make(chan struct{}, 2)
 	go func() { _ = sh.Run(ctx); done <- struct{}{} }()
 	status := &booksStatus{b: b, st: st}
-	go func() { reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log, status, bm); done <- struct{}{} }()
+	go func() {
+		reconcileLoop(ctx, b, st, l.cfg.Ledger.ReconcileEvery.D(), log, status, bm)
+		done <- struct{}{}
+	}()
 	log.Info("durable books on: shipping the journal to PostgreSQL")
 	return b.NewStore(st), status, func() {
 		cancel()
