@@ -40,29 +40,27 @@ const recordTimeout = 5 * time.Second
 
 // recordResponse records, off the caller's path, that account created the
 // stored response id at provider, and the tokens a continuation of it reads
-// again (its prompt and visible output, once known; 0 when not). An empty
-// provider records the tokens alone. Until the owner's write is done the
-// record is kept here, so that this replica finds it at once; a failed write
-// is logged (the call itself is not failed: the response stays unreachable
-// through the gateway, or a continuation's estimate lacks its context).
+// again (its prompt and visible output, once known; 0 when not). Until the
+// write is done the record is kept here, so that this replica finds it at
+// once (a continuation sent the moment its previous stream ended sees its
+// context too); a failed write is logged (the call itself is not failed:
+// the response stays unreachable through the gateway, or a continuation's
+// estimate lacks its context).
 func (s *Server) recordResponse(account, id, provider string, tokens int64) {
 	if id == "" || len(id) > metering.MaxResponseIDLen {
 		s.log.Warn("not recording a stored response: bad id", zap.String("account", account), zap.Int("id_len", len(id)))
 		return
 	}
 	k := account + "\x00" + id
-	if provider != "" {
-		s.recording.Store(k, provider)
-	}
+	rec := metering.StoredResponse{Provider: provider, Context: tokens}
+	s.recording.Store(k, rec)
 	s.inflight.Add(1) // Shutdown waits for the write
 	go func() {
 		defer s.inflight.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 		err := s.meter.RecordResponse(ctx, account, id, provider, tokens)
 		cancel()
-		if provider != "" {
-			s.recording.Delete(k)
-		}
+		s.recording.CompareAndDelete(k, rec) // a later write's entry stays until it is done
 		if err != nil {
 			s.log.Warn("recording stored response", zap.String("account", account), zap.String("response_id", id), zap.Error(err))
 		}
@@ -75,8 +73,8 @@ func (s *Server) storedResponse(account string, id []byte) (metering.StoredRespo
 	if !validResponseID(id) {
 		return metering.StoredResponse{}, fmt.Errorf("response id: %w", metering.ErrNotFound)
 	}
-	if p, ok := s.recording.Load(account + "\x00" + string(id)); ok {
-		return metering.StoredResponse{Provider: p.(string)}, nil
+	if r, ok := s.recording.Load(account + "\x00" + string(id)); ok {
+		return r.(metering.StoredResponse), nil
 	}
 	return s.meter.StoredResponse(context.Background(), account, string(id))
 }

@@ -734,7 +734,7 @@ func (sb *streamBody) settle(cancelled bool) {
 	}
 	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)
 	if sb.storedID != "" {
-		c.s.recordResponse(c.ident.Account, sb.storedID, "", contextTokens(u)) // responses.go
+		c.s.recordResponse(c.ident.Account, sb.storedID, sb.up.name, contextTokens(u)) // responses.go
 	}
 	if !ok {
 		return // logged; the trailers stay empty
