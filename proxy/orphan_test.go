@@ -26,7 +26,9 @@ const (
 // chunks pace apart, then as its end, by how: "usage" a usage chunk
 // (orphanPromptTokens, orphanChunks) and [DONE]; "none" [DONE] alone;
 // "silent" nothing, holding the connection open until the proxy closes it.
-// Each call sends on the channel whether it wrote its whole body.
+// A Responses call gets a Responses stream, ending with its usage in
+// response.completed whatever how. Each call sends on the channel whether
+// it wrote its whole body.
 func hangupUpstream(t *testing.T, pace time.Duration, how string) (*httptest.Server, <-chan bool) {
 	t.Helper()
 	full := make(chan bool, 64)
@@ -41,14 +43,28 @@ func hangupUpstream(t *testing.T, pace time.Duration, how string) (*httptest.Ser
 			f.Flush()
 			return true
 		}
+		responses := strings.HasSuffix(r.URL.Path, "/responses")
+		chunk := `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"word "}}]}` + "\n\n"
+		if responses {
+			chunk = "event: response.output_text.delta\n" + `data: {"type":"response.output_text.delta","delta":"word "}` + "\n\n"
+			if !emit("event: response.created\n" + `data: {"type":"response.created","response":{"id":"resp_orphan","status":"in_progress","usage":null}}` + "\n\n") {
+				full <- false
+				return
+			}
+		}
 		for i := range orphanChunks {
 			if i > 0 {
 				time.Sleep(pace)
 			}
-			if !emit(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"word "}}]}` + "\n\n") {
+			if !emit(chunk) {
 				full <- false
 				return
 			}
+		}
+		if responses {
+			full <- emit("event: response.completed\n" + fmt.Sprintf(`data: {"type":"response.completed","response":{"id":"resp_orphan","status":"completed","usage":{"input_tokens":%d,"output_tokens":%d,"total_tokens":%d}}}`,
+				orphanPromptTokens, orphanChunks, orphanPromptTokens+orphanChunks) + "\n\n")
+			return
 		}
 		switch how {
 		case "usage":
@@ -73,13 +89,20 @@ func hangupUpstream(t *testing.T, pace time.Duration, how string) (*httptest.Ser
 const (
 	textBody = `{"model":"raw-model","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"write"}]}`
 	fileBody = `{"model":"raw-model","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":[{"type":"text","text":"summarize"},{"type":"file","file":{"file_id":"file-abc"}}]}]}`
+	// A Responses call continuing a stored conversation: the estimate counts
+	// only "go on".
+	conversationBody = `{"model":"raw-model","stream":true,"max_output_tokens":1000,"conversation":"conv_1","input":"go on"}`
 )
 
 // hangUp starts a stream with body, reads its first event and hangs up. It
 // returns the call's request id.
 func (e *env) hangUp(key, body string) string {
 	e.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/chat/completions", strings.NewReader(body))
+	path := "/v1/chat/completions"
+	if strings.Contains(body, `"input"`) {
+		path = "/v1/responses"
+	}
+	req, _ := http.NewRequest(http.MethodPost, e.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := http.DefaultTransport.RoundTrip(req)
 	if err != nil {
@@ -136,6 +159,7 @@ func TestHangupOnUnsizedInputChargesTheProviderUsage(t *testing.T) {
 		{"file by id, usage at the end", fileBody, "usage", true, true, false, orphanPromptTokens},
 		{"file by id, no usage", fileBody, "none", true, true, true, 128000},
 		{"file by id, provider goes silent", fileBody, "silent", true, false, true, 128000},
+		{"responses conversation, usage at the end", conversationBody, "usage", true, true, false, orphanPromptTokens},
 		{"text", textBody, "usage", false, false, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
