@@ -120,7 +120,9 @@ type streamBody struct {
 	}
 	// orphan: the client left, and the stream is read to its end in the
 	// background for the provider's usage (orphan.go). Nothing is relayed.
+	// left is the record's reason then: how the client left.
 	orphan bool
+	left   string
 }
 
 // startStream hands the call to a streamBody and sets the response up.
@@ -745,7 +747,7 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = sb.reason
 		}
 		if sb.orphan {
-			rec.Reason = sb.reason // the client left first, whatever ended the read after
+			rec.Reason = sb.left // the client left first, whatever ended the read after
 		}
 	} else if sb.reason != "" {
 		rec.Reason = sb.reason
@@ -893,9 +895,9 @@ func (sb *streamBody) abort() {
 func (sb *streamBody) CloseWithError(err error) error {
 	sb.closeOnce.Do(func() {
 		if !sb.finished && sb.canOrphan() {
-			sb.reason = "client_disconnected"
+			sb.left = "client_disconnected"
 			if isTimeout(err) {
-				sb.reason = "client_stalled"
+				sb.left = "client_stalled" // a write waited StreamIdle for the client (bound)
 			}
 			sb.orphan = true
 			go sb.readOrphan() // orphan.go: then release
