@@ -25,7 +25,7 @@ const (
 // hangupUpstream is a provider on 127.0.0.1 that streams orphanChunks chat
 // chunks pace apart, then as its end, by how: "usage" a usage chunk
 // (orphanPromptTokens, orphanChunks) and [DONE]; "none" [DONE] alone;
-// "silent" nothing, holding the connection open until the proxy closes it.
+// "error" an error event; "silent" nothing, holding the connection open until the proxy closes it.
 // A Responses call gets a Responses stream, ending with its usage in
 // response.completed whatever how. Each call sends on the channel whether
 // it wrote its whole body.
@@ -73,6 +73,9 @@ func hangupUpstream(t *testing.T, pace time.Duration, how string) (*httptest.Ser
 				full <- false
 				return
 			}
+		case "error":
+			full <- emit(`data: {"error":{"message":"overloaded","type":"server_error"}}` + "\n\n")
+			return
 		case "silent":
 			<-r.Context().Done() // the proxy closed the connection
 			full <- false
@@ -159,6 +162,9 @@ func TestHangupOnUnsizedInputChargesTheProviderUsage(t *testing.T) {
 		{"file by id, usage at the end", fileBody, "usage", true, true, false, orphanPromptTokens},
 		{"file by id, no usage", fileBody, "none", true, true, true, 128000},
 		{"file by id, provider goes silent", fileBody, "silent", true, false, true, 128000},
+		// The provider's error after the client left: charged as at the
+		// hangup, never released free.
+		{"file by id, error event", fileBody, "error", true, true, true, 128000},
 		{"responses conversation, usage at the end", conversationBody, "usage", true, true, false, orphanPromptTokens},
 		{"text", textBody, "usage", false, false, true, 0},
 	} {
