@@ -16,6 +16,8 @@ type messagesDialect struct{}
 func (messagesDialect) inspect(ep *endpoint, r *request, s *scanner, _ []byte) error {
 	t := &s.top
 	r.tools = s.toolAnthropic
+	mcp := t[nameMCPServers]
+	r.unsized = r.unsized || s.toolAnthropic || (mcp.present() && !(mcp.kind == kindArray && mcp.elems == 0)) || t[nameContainer].present()
 	if r.remote == "" {
 		switch m := t[nameMCPServers]; {
 		case m.present() && !(m.kind == kindArray && m.elems == 0):

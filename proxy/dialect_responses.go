@@ -29,6 +29,9 @@ func (responsesDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte
 		r.prevResponse = body[pv.start+1 : pv.end-1]
 	}
 	r.tools = s.toolOpenAI
+	// A previous response's context is counted when it was recorded
+	// (call.prevContext); streamBody.unsized checks that.
+	r.unsized = r.unsized || t[nameConversation].present() || t[namePrompt].present() || s.storedItem || s.toolOpenAI
 	switch {
 	case r.remote != "":
 	case t[namePreviousResponseID].present():

@@ -43,7 +43,12 @@
 // client connection's write deadline (the idle timeout, never past the
 // stream's deadline); fasthttp sets Server.WriteTimeout again before the
 // connection's next answer. A streamBody keeps the client's net.Conn (never
-// the RequestCtx) until fasthttp closes the body.
+// the RequestCtx) until fasthttp closes the body. A stream whose client left
+// before its usage, on input no estimate sizes, outlives that close: a
+// goroutine of its own reads the upstream on to its usage (orphan.go), never
+// touching the client's response or connection again, and the stream's
+// upstream response, reader and place in flight are released when that read
+// ends (its deadline bounds it; Shutdown cuts it).
 //
 // The APIs the proxy speaks (OpenAI chat, completions, embeddings,
 // moderations, Responses; Anthropic Messages) differ only through the

@@ -31,3 +31,7 @@ func MinimalPDF(n int) []byte { return testPDF(n, n, " ") }
 
 // PDFPageTokens is what an estimate counts for a PDF page.
 const PDFPageTokens = pdfPageTokens
+
+// OnOrphan has s call f as each stream whose client left starts to be read
+// on for its usage (orphan.go).
+func OnOrphan(s *Server, f func()) { s.orphaned.Store(&f) }

@@ -63,6 +63,14 @@ type request struct {
 	// not bound (a stored conversation, images or files, provider-side
 	// tools); "" when it will not. See remote.go.
 	remote string
+	// unsized: part of that input is read by the provider from where no
+	// estimate can count it — a stored item, conversation or prompt, cached
+	// content, what a provider-side tool fetches — so an estimate of the
+	// call counts only the body's text. (Files and documents by id or URL
+	// are known to the estimate itself: it charges the window for them,
+	// inputEstimate.whole.) A stream the client leaves is then read to its
+	// usage rather than estimated (orphan.go).
+	unsized bool
 	// tools: the provider may run a tool of its own (web search and the
 	// like) that it bills per use; the hold covers heldToolUses of them.
 	tools bool
@@ -192,7 +200,7 @@ func inspect(ep *endpoint, body []byte) (request, error) {
 		}
 		r.maxOut, r.maxField = n, f
 	}
-	r.remote = s.remote // the dialect adds its own (remote.go)
+	r.remote, r.unsized = s.remote, s.lookup // the dialect adds its own (remote.go)
 	r.choices, r.prompts = 1, 1
 	err := ep.dialect.inspect(ep, r, s, body) // dialect_*.go
 	return *r, err

@@ -100,10 +100,14 @@ type scanner struct {
 	rootObject bool
 	rootEnd    int // the root object's closing brace
 
-	remote        string // why the provider reads input the body does not size ("" = none)
-	storedItem    bool   // a Responses input item the provider looks up
-	toolOpenAI    bool   // a tool the provider runs, as OpenAI counts client tools
-	toolAnthropic bool   // the same, as Anthropic counts them
+	remote     string // why the provider reads input the body does not size ("" = none)
+	storedItem bool   // a Responses input item the provider looks up
+	// lookup: a part the provider looks up by reference — an item
+	// reference, cached content — whose tokens no estimate counts
+	// (request.unsized).
+	lookup        bool
+	toolOpenAI    bool // a tool the provider runs, as OpenAI counts client tools
+	toolAnthropic bool // the same, as Anthropic counts them
 }
 
 // Errors of the scan (shared: they carry no request data).
@@ -372,8 +376,12 @@ func (s *scanner) closeObject(at int) error {
 	if j := s.repeated(f.start, s.keys[f.keys:]); j >= 0 {
 		return s.duplicate(f.start, j)
 	}
-	if s.remote == "" {
-		s.remote = f.reason()
+	if s.remote == "" || !s.lookup {
+		r := f.reason()
+		if s.remote == "" {
+			s.remote = r
+		}
+		s.lookup = s.lookup || r == reasonStored || r == reasonCached
 	}
 	if n == 3 && !s.frames[1].object && s.frames[0].object {
 		switch s.frames[1].under {

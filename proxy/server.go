@@ -98,6 +98,9 @@ type Server struct {
 	draining atomic.Bool
 	active   atomic.Int64 // metered calls from the handler's start to their end (streams included)
 	streams  sync.Map     // *streamBody → struct{}: open streams, aborted at drain deadline
+	// orphaned, when set (tests), is called as each stream whose client
+	// left starts to be read on for its usage (orphan.go).
+	orphaned atomic.Pointer[func()]
 	// recording: stored responses whose owner is being recorded
 	// (account+"\x00"+id → provider), until the record is written.
 	recording sync.Map

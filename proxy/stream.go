@@ -108,6 +108,21 @@ type streamBody struct {
 	reason                  string // the record's reason when the call is not cancelled
 	closeOnce               sync.Once
 	charge                  metering.Charge
+	// unmeasured: the request has the provider read input no estimate
+	// counts (request.unsized, or a continued response whose context is
+	// unknown). Set before the handler returns.
+	unmeasured bool
+	// input is the estimate of the request's input once made (inputEstimate).
+	input struct {
+		done  bool
+		n     int64
+		whole bool
+	}
+	// orphan: the client left, and the stream is read to its end in the
+	// background for the provider's usage (orphan.go). Nothing is relayed.
+	// left is the record's reason then: how the client left.
+	orphan bool
+	left   string
 }
 
 // startStream hands the call to a streamBody and sets the response up.
@@ -168,6 +183,7 @@ func newStreamBody(c *call, up *upstream, resp *fasthttp.Response, body io.Reade
 		deadline: c.start.Add(c.s.opts.Timeouts.Stream), firstByte: -1,
 	}
 	sb.reqBody = bytes.Clone(c.body)
+	sb.unmeasured = c.req.unsized || (c.req.prevResponse != nil && c.prevContext == 0)
 	sb.c.parser, sb.c.req.model = nil, nil
 	sb.c.body = nil
 	sb.src, _ = body.(fasthttp.ReadCloserWithError)
@@ -657,8 +673,7 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 	if u.seen && sb.outFinal {
 		return u, false
 	}
-	e := sb.c.estimator(sb.up)
-	enc := e.enc
+	enc := encodingFor(sb.c.model)
 	if !u.seen {
 		// No input count came: estimated. A final output count that did
 		// come (an Anthropic delta after a start without one) is kept, and
@@ -669,7 +684,8 @@ func (sb *streamBody) usageNow() (u usage, estimated bool) {
 			out.Output, out.Reasoning = u.Output, u.Reasoning
 		}
 		u = out
-		u.Input = requestTokens(e, sb.c.ep.dialect, sb.reqBody) + sb.c.prevContext // a continued response's context too
+		in, _ := sb.inputEstimate()
+		u.Input = in + sb.c.prevContext // a continued response's context too
 	}
 	u.Output = max(u.Output, streamedTokens(enc, sb.text, sb.delivered))
 	u.Reasoning = min(u.Reasoning, u.Output)
@@ -715,6 +731,7 @@ func (sb *streamBody) settle(cancelled bool) {
 		return
 	}
 	sb.settled = true
+	cancelled = cancelled || sb.orphan
 	c := &sb.c
 	u, estimated := sb.usageNow()
 	rec := c.record(u, true)
@@ -729,6 +746,9 @@ func (sb *streamBody) settle(cancelled bool) {
 		} else if sb.reason != "" {
 			rec.Reason = sb.reason
 		}
+		if sb.orphan {
+			rec.Reason = sb.left // the client left first, whatever ended the read after
+		}
 	} else if sb.reason != "" {
 		rec.Reason = sb.reason
 	}
@@ -740,6 +760,9 @@ func (sb *streamBody) settle(cancelled bool) {
 		return // logged; the trailers stay empty
 	}
 	sb.charge, sb.charged = ch, true
+	if sb.orphan {
+		return // the response, and its trailers, went with the client
+	}
 	var nb [24]byte
 	sb.hdr.SetBytesV(hdrCharged, pricing.AppendCredits(nb[:0], ch.Charged))
 	sb.hdr.SetBytesV(hdrBalanceAfter, pricing.AppendCredits(nb[:0], ch.BalanceAfter))
@@ -749,6 +772,10 @@ func (sb *streamBody) settle(cancelled bool) {
 // client is told with an error event. The record keeps what was delivered.
 func (sb *streamBody) failed(reason string) {
 	if sb.finished {
+		return
+	}
+	if sb.orphan {
+		sb.orphanFailed()
 		return
 	}
 	if sb.afterStall() {
@@ -811,6 +838,14 @@ func (sb *streamBody) deliveredUsage() (usage, bool) {
 func (sb *streamBody) end(err error) {
 	switch {
 	case sb.finished:
+	case sb.orphan:
+		// The client left first: charged what the provider reported, or
+		// the estimate, as had the upstream been closed then.
+		if !sb.terminal {
+			_ = sb.src.CloseWithError(errStreamBroken) // never pooled, as in failed
+		}
+		sb.settle(true)
+		sb.finished = true
 	case sb.aborted.Load():
 		sb.settle(true)
 		sb.finished = true
@@ -853,8 +888,21 @@ func (sb *streamBody) abort() {
 // CloseWithError is called by fasthttp once the body is written or the
 // client has gone. A stream the client left is settled for what the provider
 // generated until now; closing the upstream connection stops the generation.
+// But when that estimate would be no measure of the call (inputUnsized), the
+// upstream is read on in the background for the provider's usage (orphan.go),
+// and what the stream holds is released when that read ends. Either way it
+// is released once.
 func (sb *streamBody) CloseWithError(err error) error {
 	sb.closeOnce.Do(func() {
+		if !sb.finished && sb.canOrphan() {
+			sb.left = "client_disconnected"
+			if isTimeout(err) {
+				sb.left = "client_stalled" // a write waited StreamIdle for the client (bound)
+			}
+			sb.orphan = true
+			go sb.readOrphan() // orphan.go: then release
+			return
+		}
 		if sb.idle != nil {
 			sb.idle.Stop()
 		}
@@ -868,17 +916,27 @@ func (sb *streamBody) CloseWithError(err error) error {
 			sb.settle(true)
 			sb.finished = true
 		}
-		s := sb.c.s
-		sb.c.finish(fasthttp.StatusOK) // observe.go: the stream's metrics and log line
-		s.streams.Delete(sb)
-		_ = sb.resp.CloseBodyStream()
-		fasthttp.ReleaseResponse(sb.resp)
-		sb.br.Reset(nil)
-		readerPool.Put(sb.br)
-		s.inflight.Done()
-		s.active.Add(-1)
+		sb.release()
 	})
 	return nil
+}
+
+// release gives back what the stream holds, once it is settled and read no
+// more: its timer, the upstream response and reader, its place among the
+// open streams, the call in flight.
+func (sb *streamBody) release() {
+	if sb.idle != nil {
+		sb.idle.Stop()
+	}
+	s := sb.c.s
+	sb.c.finish(fasthttp.StatusOK) // observe.go: the stream's metrics and log line
+	s.streams.Delete(sb)
+	_ = sb.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(sb.resp)
+	sb.br.Reset(nil)
+	readerPool.Put(sb.br)
+	s.inflight.Done()
+	s.active.Add(-1)
 }
 
 func isTimeout(err error) bool {

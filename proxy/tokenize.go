@@ -283,11 +283,19 @@ func (c *call) estimator(up *upstream) estimator {
 // past that window (the provider reads no more). A body that is not JSON
 // (it passed inspection, so it is) counts 4 bytes a token.
 func requestTokens(e estimator, d dialect, body []byte) int64 {
+	n, _ := requestInput(e, d, body)
+	return n
+}
+
+// requestInput is requestTokens, and whether the estimate is the window
+// because the body names input it does not carry (a file or document by id
+// or URL): an estimate that is no measure of the call.
+func requestInput(e estimator, d dialect, body []byte) (n int64, whole bool) {
 	p := parserPool.Get()
 	defer parserPool.Put(p)
 	v, err := p.ParseBytes(body)
 	if err != nil {
-		return estimateTokens(int64(len(body)))
+		return estimateTokens(int64(len(body))), false
 	}
 	bp := getBuf()
 	defer putBuf(bp)
@@ -295,7 +303,7 @@ func requestTokens(e estimator, d dialect, body []byte) int64 {
 	m := mediaEstimate{anthropic: e.anthropic, openAI: e.images}
 	text = m.walk(text, v)
 	*bp = text
-	n := countTokens(e.enc, text) + direct + m.tokens
+	n = countTokens(e.enc, text) + direct + m.tokens
 	if messages > 0 {
 		n += messages*tokensPerMessage + tokensReplyPrime
 	}
@@ -305,7 +313,7 @@ func requestTokens(e estimator, d dialect, body []byte) int64 {
 	case m.tokens > 0 && e.window > 0:
 		n = min(n, e.window)
 	}
-	return n
+	return n, m.unknown
 }
 
 // estimateBody prices a complete (non-streamed) response whose provider
