@@ -211,6 +211,7 @@ func TestOversizeEventIsCharged(t *testing.T) {
 		{"usage at its end", `,"usage":{"input_tokens":1234,"output_tokens":567,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1801}`, false},
 		{"usage at its end, many lines", `,"usage":{"input_tokens":1234,"output_tokens":567,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1801}`, true},
 		{"no usage", ``, false},
+		{"an error event after it", `,"usage":{"input_tokens":1234,"output_tokens":567,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1801}`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Past the limit, and past the tail kept (64 KiB).
@@ -232,6 +233,11 @@ func TestOversizeEventIsCharged(t *testing.T) {
 				_ = emit("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\"}}\n\n")
 				for i := range 20 {
 					_ = emit(fmt.Sprintf("event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"part %d of the answer \"}\n\n", i))
+				}
+				if tc.name == "an error event after it" { // the dropped event is an item, then the provider fails
+					_ = emit("event: response.output_item.done\n" + strings.Replace(data, "response.completed", "response.output_item.done", 1) + "\n")
+					_ = emit("event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"x\"}\n\n")
+					return
 				}
 				_ = emit("event: response.completed\n" + data + "\n")
 			})

@@ -48,7 +48,11 @@ func (sb *streamBody) canOrphan() bool {
 // is not tokenized to tell.
 func (sb *streamBody) inputUnsized() bool {
 	switch {
-	case sb.u.seen:
+	case sb.u.seen && (sb.outFinal || !sb.unmeasured):
+		// The provider's count: final, or its first (Anthropic's
+		// message_start) where nothing is read in the call beyond the
+		// request. A provider-side tool's results are read after it: its
+		// input grows until message_delta (a web search: 2,679 → 10,682).
 		return false
 	case sb.unmeasured:
 		return true

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"testing"
+
+	"github.com/tollgate/tollgate/pricing"
 )
 
 // TestInputUnsized: which streams a hangup leaves to be read on for their
@@ -49,9 +51,46 @@ func TestInputUnsized(t *testing.T) {
 			if got := sb.inputUnsized(); got != tc.want {
 				t.Fatalf("inputUnsized %v, want %v (remote %q)", got, tc.want, r.remote)
 			}
-			sb.u.seen = true // the provider's input count came: nothing to wait for
+			sb.u.seen, sb.outFinal = true, true // the provider's final count came: nothing to wait for
 			if sb.inputUnsized() {
-				t.Fatal("inputUnsized with the provider's input count")
+				t.Fatal("inputUnsized with the provider's final count")
+			}
+		})
+	}
+}
+
+// Anthropic states the input first (message_start), but a provider-side
+// tool's results are read after it: the input of a call with a web search
+// grows until message_delta (2,679 → 10,682 in the fixture). Such a stream
+// is read on after a hangup until its final count; one whose request is all
+// the input is not (found by review: every Messages stream had its input
+// count after the first event, so none was read on).
+func TestInputUnsizedAnthropicFirstCount(t *testing.T) {
+	m, err := benchCatalog(t).Lookup("gpt-4o-mini")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, body string
+		want       bool
+	}{
+		{"web search", `{"model":"m","stream":true,"max_tokens":10,"tools":[{"type":"web_search_20250305","name":"web_search"}],"messages":[{"role":"user","content":"hi"}]}`, true},
+		{"text", `{"model":"m","stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := []byte(tc.body)
+			r, err := inspect(epMessages, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sb := newStreamBody(&call{s: &Server{}, ep: epMessages, req: r, model: m, body: body}, nil, nil, nil, nil)
+			sb.messageUsage(evMessageStart, usage{seen: true, hasInput: true, Usage: pricing.Usage{Input: 2679}})
+			if got := sb.inputUnsized(); got != tc.want {
+				t.Fatalf("after message_start: inputUnsized %v, want %v", got, tc.want)
+			}
+			sb.messageUsage(evMessageDelta, usage{seen: true, hasInput: true, Usage: pricing.Usage{Input: 10682, Output: 510}})
+			if sb.inputUnsized() {
+				t.Fatal("inputUnsized after the final count")
 			}
 		})
 	}

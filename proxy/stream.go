@@ -782,6 +782,18 @@ func (sb *streamBody) failed(reason string) {
 		sb.stallCut() // its error may be the provider giving up on a stream that did not drain
 		return
 	}
+	if sb.oversize {
+		// The provider generated an event too large to relay before its
+		// error: what it generated is charged (by the usage the dropped
+		// event carried, or an estimate), never released.
+		sb.finished = true
+		if sb.src != nil {
+			_ = sb.src.CloseWithError(errStreamBroken) // never pooled, as below
+		}
+		sb.settle(false)
+		sb.cut(noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgEventTooLarge))
+		return
+	}
 	sb.finished = true
 	sb.settled = true
 	if sb.src != nil {
