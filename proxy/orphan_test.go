@@ -219,6 +219,24 @@ func TestHangupOnUnsizedInputChargesTheProviderUsage(t *testing.T) {
 // a call in flight: Shutdown past its deadline cuts it, and it is charged
 // the estimate at once rather than left to run to its end.
 func TestShutdownCutsAnOrphanStream(t *testing.T) {
+	t.Run("context done", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		shutdownCutsOrphan(t, ctx)
+	})
+	// With time left: an orphan holds no connection, so Shutdown may find
+	// none open before its context ends; it must still cut the orphan
+	// then, not wait for the stream's own end. (Here fasthttp happened to
+	// wait out the context too; the wait on calls in flight is now bounded
+	// by the context itself, as review asked.)
+	t.Run("time left", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		shutdownCutsOrphan(t, ctx)
+	})
+}
+
+func shutdownCutsOrphan(t *testing.T, ctx context.Context) {
 	up, full := hangupUpstream(t, 250*time.Millisecond, "usage") // 10 s: only a cut ends it within the test
 	e := newEnv(t, envOpts{proxy: withUpstream(t, up, nil)})
 	orphans := make(chan struct{}, 1)
@@ -230,8 +248,7 @@ func TestShutdownCutsAnOrphanStream(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the stream was not read on after the client left")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
+	e.client.CloseIdleConnections() // no connection open: the orphan alone keeps a call in flight
 	if err := e.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}

@@ -308,7 +308,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = <-done // returns promptly once ctx is done
 	}
 	if ctx.Err() == nil {
-		s.inflight.Wait()
+		// No connection is open, but calls may still be: a stream whose
+		// client left and that is read on for its usage (orphan.go) holds
+		// none. Wait for them while ctx allows, then cut them.
+		ended := make(chan struct{})
+		go func() { s.inflight.Wait(); close(ended) }()
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			s.cutStreams()
+		}
 	} else {
 		s.cutStreams()
 	}
