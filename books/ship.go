@@ -47,8 +47,9 @@ type ShipperOptions struct {
 	Observer ShipObserver
 }
 
-// ShipObserver is what Run tells of each round: the entries it shipped and
-// its error (nil when the round succeeded). telemetry implements it.
+// ShipObserver is what Run tells of each round: the entries it shipped
+// (committed, also when a later step of the round failed) and its error (nil
+// when the round succeeded). telemetry implements it.
 type ShipObserver interface {
 	Shipped(entries int, err error)
 }

@@ -110,11 +110,10 @@ type shipTally struct {
 func (s *shipTally) Shipped(n int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.entries += n
 	if err != nil {
 		s.errs++
-		return
 	}
-	s.entries += n
 }
 
 func (s *shipTally) get() (int, int) {

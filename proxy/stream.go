@@ -743,7 +743,7 @@ func (sb *streamBody) settle(cancelled bool) {
 			rec.Reason = "gateway_shutdown"
 		} else if sb.expired.Load() || time.Now().After(sb.deadline) {
 			rec.Reason = "stream_timeout"
-		} else if sb.reason != "" {
+		} else if sb.reason == "client_stalled" { // how the client left; not what was dropped before
 			rec.Reason = sb.reason
 		}
 		if sb.orphan {

@@ -64,11 +64,11 @@ func (r *Registry) NewBooks() *Books {
 
 // Shipped records one round of the shipper (books.ShipObserver).
 func (b *Books) Shipped(entries int, err error) {
+	b.shipped.Add(float64(entries)) // shipped, even when a later step of the round failed
 	if err != nil {
 		b.rounds.WithLabelValues("error").Inc()
 		return
 	}
-	b.shipped.Add(float64(entries))
 	b.rounds.WithLabelValues("ok").Inc()
 	b.lastOK.SetToCurrentTime()
 }
