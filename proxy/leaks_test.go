@@ -103,33 +103,8 @@ func TestStalledClientIsChargedBeforeItsHoldExpires(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{holdTTL: 6 * time.Second, proxy: withUpstream(t, up, func(o *proxy.Options) { o.Timeouts = tc.limits })})
 			key := e.account("acme", 100000)
-			d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-				if err != nil {
-					return err
-				}
-				return serr
-			}}
-			c, err := d.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, _, id := slowClient(t, e, key, "", 10*time.Second)
 			defer c.Close()
-			body := `{"model":"raw-model","stream":true,"max_tokens":8000,"messages":` + msg("write a lot") + `}`
-			fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
-			br := bufio.NewReaderSize(c, 1024)
-			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			id := ""
-			for id == "" {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					t.Fatalf("reading the headers: %v", err)
-				}
-				if v, ok := strings.CutPrefix(line, "X-Request-Id: "); ok {
-					id = strings.TrimSpace(v)
-				}
-			}
 			// The client stops reading here, with the connection open.
 			g := e.generation(key, id, 20*time.Second)
 			if g["failed"] != false || g["capped"] != false || g["estimated"] != true || g["cancelled"] != true || g["reason"] != tc.reason {
@@ -300,32 +275,8 @@ func TestUpstreamCutAfterAClientStallIsCharged(t *testing.T) {
 		o.Timeouts = proxy.Timeouts{Request: 5 * time.Second, FirstByte: 5 * time.Second, StreamIdle: 20 * time.Second, Stream: time.Minute}
 	})})
 	key := e.account("acme", 100000)
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, br, id := slowClient(t, e, key, "Connection: close\r\n", 30*time.Second)
 	defer c.Close()
-	body := `{"model":"raw-model","stream":true,"max_tokens":8000,"messages":` + msg("write a lot") + `}`
-	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
-	br := bufio.NewReaderSize(c, 1024)
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	id := ""
-	for id == "" {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading the headers: %v", err)
-		}
-		if v, ok := strings.CutPrefix(line, "X-Request-Id: "); ok {
-			id = strings.TrimSpace(v)
-		}
-	}
 	time.Sleep(3 * time.Second) // the stall: the provider gives up meanwhile
 	rest, _ := io.ReadAll(br)
 	if !bytes.Contains(rest, []byte("upstream_cut_after_client_stall")) && !bytes.Contains(rest, []byte("upstream_stream_cut")) {
@@ -380,4 +331,39 @@ func TestStreamWritesOutliveTheWriteTimeout(t *testing.T) {
 		t.Fatalf("the next answer on the connection: %d %v %s", resp.StatusCode, err, b)
 	}
 	e.assertLedger("acme")
+}
+
+// slowClient opens a connection whose receive buffer is 4 KiB (a client
+// that reads slowly once it stops), sends a chat stream request for key
+// (with extra header lines), and reads up to the call's request id, within
+// readFor. The caller closes the connection.
+func slowClient(t *testing.T, e *env, key, extra string, readFor time.Duration) (net.Conn, *bufio.Reader, string) {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"raw-model","stream":true,"max_tokens":8000,"messages":` + msg("write a lot") + `}`
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s", key, extra, len(body), body)
+	br := bufio.NewReaderSize(c, 1024)
+	_ = c.SetReadDeadline(time.Now().Add(readFor))
+	id := ""
+	for id == "" {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			c.Close()
+			t.Fatalf("reading the headers: %v", err)
+		}
+		if v, ok := strings.CutPrefix(line, "X-Request-Id: "); ok {
+			id = strings.TrimSpace(v)
+		}
+	}
+	return c, br, id
 }

@@ -104,19 +104,7 @@ func TestClientDisconnectChargesWhatWasGenerated(t *testing.T) {
 	if chunks != 3 {
 		t.Fatalf("read %d chunks", chunks)
 	}
-	var g map[string]any
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r := e.do(http.MethodGet, "/v1/generation?id="+id, key, "")
-		if r.status == 200 {
-			g = r.json(t)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the cancelled call was never settled: %d %s", r.status, r.body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	g := e.generation(key, id, 10*time.Second) // the cancelled call, once settled
 	if g["cancelled"] != true || g["failed"] != false {
 		t.Fatalf("record %v", g)
 	}
@@ -160,19 +148,7 @@ func TestClientDisconnectChargesPDFPages(t *testing.T) {
 		}
 	}
 	resp.Body.Close() // hang up before the usage chunk
-	var g map[string]any
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r := e.do(http.MethodGet, "/v1/generation?id="+id, key, "")
-		if r.status == 200 {
-			g = r.json(t)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the cancelled call was never settled: %d %s", r.status, r.body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	g := e.generation(key, id, 10*time.Second) // the cancelled call, once settled
 	if g["cancelled"] != true || g["estimated"] != true || g["reason"] != "client_disconnected" {
 		t.Fatalf("record %v", g)
 	}
