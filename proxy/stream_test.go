@@ -147,7 +147,7 @@ func TestClientDisconnectChargesPDFPages(t *testing.T) {
 			chunks++
 		}
 	}
-	resp.Body.Close() // hang up before the usage chunk
+	resp.Body.Close()                          // hang up before the usage chunk
 	g := e.generation(key, id, 10*time.Second) // the cancelled call, once settled
 	if g["cancelled"] != true || g["estimated"] != true || g["reason"] != "client_disconnected" {
 		t.Fatalf("record %v", g)
