@@ -479,6 +479,15 @@ func (c *call) record(u usage, streamed bool) metering.Record {
 	}
 }
 
+// callFees adds to u what the provider bills per call without reporting it:
+// a chat call's web_search_options search (OpenAI's search models bill one a
+// call; their usage shows none). A count the provider did report stands.
+func (c *call) callFees(u *usage) {
+	if c.req.searchPerCall {
+		u.WebSearch = max(u.WebSearch, 1)
+	}
+}
+
 // complete meters a whole (non-streamed) 2xx response and answers with it.
 func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *upstream) {
 	body := resp.Body()
@@ -492,6 +501,7 @@ func (c *call) complete(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, up *u
 		u = c.estimateBody(up, v, body) // tokenize.go: off the path when usage is present
 		estimated = true
 	}
+	c.callFees(&u)
 	rec := c.record(u, false)
 	rec.Provider, rec.Estimated, rec.TTFT = up.name, estimated, rec.Latency
 	ch, ok := c.settle(c.model.Cost(u.Usage, c.start), rec)

@@ -15,6 +15,7 @@ func (chatDialect) inspect(_ *endpoint, r *request, s *scanner, body []byte) err
 	r.addUsage = r.stream && !r.wantUsage
 	search := s.top[nameWebSearchOptions].present()
 	r.tools = s.toolOpenAI || search
+	r.searchPerCall = search
 	r.unsized = r.unsized || r.tools
 	switch {
 	case r.remote != "":

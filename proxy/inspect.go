@@ -74,6 +74,10 @@ type request struct {
 	// tools: the provider may run a tool of its own (web search and the
 	// like) that it bills per use; the hold covers heldToolUses of them.
 	tools bool
+	// searchPerCall: a chat call's web_search_options. OpenAI's chat search
+	// models bill a search per call and their usage does not report it: the
+	// call is charged one search when the provider reports none.
+	searchPerCall bool
 	// prevResponse is a Responses call's previous_response_id (nil when
 	// absent or null): the stored response it continues, which must be the
 	// account's own (responses.go).

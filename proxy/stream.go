@@ -734,6 +734,7 @@ func (sb *streamBody) settle(cancelled bool) {
 	cancelled = cancelled || sb.orphan
 	c := &sb.c
 	u, estimated := sb.usageNow()
+	c.callFees(&u)
 	rec := c.record(u, true)
 	rec.Provider, rec.Estimated, rec.Cancelled = sb.up.name, estimated, cancelled
 	rec.TTFT = max(sb.firstByte, 0)
