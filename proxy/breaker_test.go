@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -323,4 +324,39 @@ func TestOversizeAnswerNeitherFallsBackNorTripsTheBreaker(t *testing.T) {
 		t.Fatalf("%d charges for 4 answers generated", n)
 	}
 	e.assertLedger("big")
+}
+
+// No attempt starts past the call's send window (a stream's first-byte
+// timeout since the call began): deployments failing slowly one after
+// another would otherwise keep the call, and its hold, alive without end.
+// The last failure is the answer, and nothing is charged.
+func TestNoAttemptPastTheSendWindow(t *testing.T) {
+	var slowCalls atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slowCalls.Add(1)
+		time.Sleep(150 * time.Millisecond)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, `{"error":{"message":"down","type":"server_error"}}`)
+	}))
+	t.Cleanup(slow.Close)
+	models := []pricing.ModelSpec{{ID: "slow-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
+		Deployments: []pricing.DeploymentSpec{{Provider: "slow", Model: "a"}, {Provider: "slow", Model: "b"}, {Provider: "openai", Model: "fallback"}}}}
+	f := &flaky{srv: slow}
+	e := newEnv(t, envOpts{proxy: withProvider(t, "slow", f, models, func(o *proxy.Options) {
+		o.Timeouts.FirstByte = 250 * time.Millisecond
+	})})
+	key := e.account("acme", 100)
+	before := e.balance("acme")
+	r := e.post("/v1/chat/completions", key, `{"model":"slow-model","stream":true,"max_tokens":50,"messages":`+msg("hi")+`}`)
+	if r.status != http.StatusBadGateway {
+		t.Fatalf("status %d (provider %q), want 502: the third deployment was tried past the window", r.status, r.header.Get("X-Tollgate-Provider"))
+	}
+	if n := slowCalls.Load(); n != 2 {
+		t.Fatalf("%d attempts at the slow deployments, want 2", n)
+	}
+	if after := e.balance("acme"); after.Balance != before.Balance || after.Reserved != 0 {
+		t.Fatalf("balance %d -> %d, reserved %d", before.Balance, after.Balance, after.Reserved)
+	}
+	e.assertLedger("acme")
 }

@@ -244,6 +244,13 @@ deployments:
 		if !br.allow() && fallback {
 			continue // open: skipped for its cool-down while another deployment can serve
 		}
+		if lastErr != nil && time.Since(c.start) >= c.deadline() {
+			// Past the call's send window (retryWait's bound too): no new
+			// attempt starts, so that slow failures one after another cannot
+			// keep a call, and its hold, alive without end. The last
+			// failure is the answer.
+			break deployments
+		}
 		out, rewritten := rewrite(*bp, &c.req, c.ep, c.body, d.Model, c.hold.OutputTokens)
 		if rewritten {
 			*bp = out // keep the grown buffer for the pool
