@@ -36,6 +36,13 @@ type dialect interface {
 	// streamCut ends a stream the provider cut: what the dialect held, then
 	// its own error event (stream.go: failed).
 	streamCut(sb *streamBody)
+	// streamError is the dialect's mid-stream error event with code and msg:
+	// how a stream tells its client why it ended (or lost an event).
+	streamError(code, msg string) string
+	// usageObject reads a usage object itself (not an answer holding one),
+	// as a stream event carries it: what an event too large to relay leaves
+	// at its end (stream.go: dropOversize).
+	usageObject(u *fastjson.Value) (usage, bool)
 	// setKey puts one of the provider's keys on an upstream request.
 	setKey(h *fasthttp.RequestHeader, k *upstreamKey)
 	// errorShape is the envelope of the endpoint's error answers.
@@ -51,6 +58,12 @@ var (
 	dialectResponses   dialect = responsesDialect{}
 	dialectMessages    dialect = messagesDialect{} // Anthropic native
 )
+
+// openAIStreamError is the OpenAI-compatible dialects' mid-stream error
+// object (chat, completions; and those that do not stream).
+func openAIStreamError(code, msg string) string {
+	return "data: {\"error\":{\"message\":\"" + msg + "\",\"type\":\"api_error\",\"code\":\"" + code + "\",\"param\":null}}\n\n"
+}
 
 // bearer is how every OpenAI-compatible dialect sends the provider's key.
 func bearer(h *fasthttp.RequestHeader, k *upstreamKey) {

@@ -50,12 +50,17 @@ func (chatDialect) event(sb *streamBody, name, data []byte) bool { return openAI
 
 func (chatDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }
 
+func (chatDialect) streamError(code, msg string) string { return openAIStreamError(code, msg) }
+
+func (chatDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseOpenAIUsage(u) }
+
 func (chatDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
 
 func (chatDialect) errorShape() modelShape { return shapeOpenAI }
 
-// openAICutEvent is OpenAI's mid-stream error object, for a cut stream.
-const openAICutEvent = "data: {\"error\":{\"message\":\"" + msgStreamCut + "\",\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"param\":null}}\n\n"
+// openAICutEvent is OpenAI's mid-stream error object for a cut stream
+// (openAIStreamError's, made once).
+var openAICutEvent = openAIStreamError("upstream_stream_cut", msgStreamCut)
 
 // openAIEvent meters an event of a chat or completions stream: data lines
 // of chunks, the usage-only chunk (held until [DONE] to carry the charge;

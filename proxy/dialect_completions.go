@@ -32,6 +32,10 @@ func (completionsDialect) event(sb *streamBody, name, data []byte) bool {
 
 func (completionsDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }
 
+func (completionsDialect) streamError(code, msg string) string { return openAIStreamError(code, msg) }
+
+func (completionsDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseOpenAIUsage(u) }
+
 func (completionsDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
 
 func (completionsDialect) errorShape() modelShape { return shapeOpenAI }

@@ -34,6 +34,10 @@ func (embeddingsDialect) event(sb *streamBody, name, data []byte) bool {
 
 func (embeddingsDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }
 
+func (embeddingsDialect) streamError(code, msg string) string { return openAIStreamError(code, msg) }
+
+func (embeddingsDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseOpenAIUsage(u) }
+
 func (embeddingsDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
 
 func (embeddingsDialect) errorShape() modelShape { return shapeOpenAI }

@@ -117,8 +117,18 @@ func (messagesDialect) streamCut(sb *streamBody) {
 	if len(sb.held) > 0 {
 		sb.appendMessageDelta(false)
 	}
-	sb.cut("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"upstream_stream_cut\",\"message\":\"" + msgStreamCut + "\"}}\n\n")
+	sb.cut(messagesCutEvent)
 }
+
+// messagesCutEvent is the Messages stream's error event for a cut stream.
+var messagesCutEvent = messagesDialect{}.streamError("upstream_stream_cut", msgStreamCut)
+
+// streamError is Anthropic's error event, with our code beside its type.
+func (messagesDialect) streamError(code, msg string) string {
+	return "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\"}}\n\n"
+}
+
+func (messagesDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseAnthropicUsage(u) }
 
 // appendMessageDelta relays the message_delta held, with the charge added
 // when charged.

@@ -68,6 +68,10 @@ func (moderationsDialect) event(sb *streamBody, name, data []byte) bool {
 
 func (moderationsDialect) streamCut(sb *streamBody) { sb.cut(openAICutEvent) }
 
+func (moderationsDialect) streamError(code, msg string) string { return openAIStreamError(code, msg) }
+
+func (moderationsDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseOpenAIUsage(u) }
+
 func (moderationsDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
 
 func (moderationsDialect) errorShape() modelShape { return shapeOpenAI }

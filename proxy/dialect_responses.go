@@ -109,8 +109,18 @@ func (responsesDialect) event(sb *streamBody, name, data []byte) bool {
 }
 
 func (responsesDialect) streamCut(sb *streamBody) {
-	sb.cut("event: error\ndata: {\"type\":\"error\",\"code\":\"upstream_stream_cut\",\"message\":\"" + msgStreamCut + "\",\"param\":null}\n\n")
+	sb.cut(responsesCutEvent)
 }
+
+// responsesCutEvent is the Responses stream's error event for a cut stream.
+var responsesCutEvent = responsesDialect{}.streamError("upstream_stream_cut", msgStreamCut)
+
+// streamError is the Responses API's error event.
+func (responsesDialect) streamError(code, msg string) string {
+	return "event: error\ndata: {\"type\":\"error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\",\"param\":null}\n\n"
+}
+
+func (responsesDialect) usageObject(u *fastjson.Value) (usage, bool) { return parseResponsesUsage(u) }
 
 func (responsesDialect) setKey(h *fasthttp.RequestHeader, k *upstreamKey) { bearer(h, k) }
 

@@ -194,7 +194,7 @@ func relayFuzz(t testing.TB, s *Server, model *pricing.Model, m *fuzzMeter, d, s
 		rec = st.Record
 		// A chat stream ends with [DONE], unless the provider cut it after an
 		// event too large to relay: then with the notice of that event.
-		notice := noticeEvent(dialectChat, "event_too_large", msgEventTooLarge)
+		notice := dialectChat.streamError("event_too_large", msgEventTooLarge)
 		if ep.dialect == dialectChat && !bytes.HasSuffix(out, strDoneEvent) && (rec.Reason != "event_too_large" || !bytes.HasSuffix(out, []byte(notice))) {
 			t.Fatalf("a settled chat stream does not end with [DONE]: %q", tail(out))
 		}

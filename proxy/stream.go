@@ -249,7 +249,7 @@ func (sb *streamBody) stallCut() {
 	}
 	sb.reason = "upstream_cut_after_client_stall"
 	sb.settle(false)
-	sb.cut(noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgCutAfterStall))
+	sb.cut(sb.c.ep.dialect.streamError("upstream_stream_cut", msgCutAfterStall))
 }
 
 // writeGrace is how long past the stream's deadline the client has to take
@@ -423,17 +423,10 @@ func (sb *streamBody) dropOversize() {
 	if obj := lastUsageObject(sb.tail); obj != nil {
 		p := parserPool.Get()
 		if v, err := p.ParseBytes(obj); err == nil {
-			switch sb.c.ep.dialect.(type) {
-			case responsesDialect:
-				if u, ok := parseResponsesUsage(v); ok {
-					sb.u, sb.outFinal = u, true
-				}
-			case messagesDialect:
-				if u, ok := parseAnthropicUsage(v); ok {
-					sb.messageUsage(sb.name, u) // dialect_messages.go
-				}
-			default:
-				if u, ok := parseOpenAIUsage(v); ok {
+			if u, ok := sb.c.ep.dialect.usageObject(v); ok { // dialect_*.go
+				if _, messages := sb.c.ep.dialect.(messagesDialect); messages {
+					sb.messageUsage(sb.name, u) // a start's first count, or a delta's final one
+				} else {
 					sb.u, sb.outFinal = u, true
 				}
 			}
@@ -444,7 +437,7 @@ func (sb *streamBody) dropOversize() {
 		sb.u.WebSearch = max(sb.u.WebSearch, sb.dropSearches) // the output items read through
 	}
 	sb.tail, sb.name, sb.dropSearches = sb.tail[:0], sb.name[:0], 0
-	sb.out = append(sb.out, noticeEvent(sb.c.ep.dialect, "event_too_large", msgEventTooLarge)...)
+	sb.out = append(sb.out, sb.c.ep.dialect.streamError("event_too_large", msgEventTooLarge)...)
 }
 
 const msgEventTooLarge = "The provider sent an event larger than this gateway relays; it was dropped. The call was charged for what the provider generated."
@@ -467,18 +460,6 @@ func lastUsageObject(b []byte) []byte {
 		}
 		end = i
 	}
-}
-
-// noticeEvent is an error event in d's stream shape, telling the client
-// why its stream ended (or lost an event) and that it was charged.
-func noticeEvent(d dialect, code, msg string) string {
-	switch d.(type) {
-	case responsesDialect:
-		return "event: error\ndata: {\"type\":\"error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\",\"param\":null}\n\n"
-	case messagesDialect:
-		return "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"code\":\"" + code + "\",\"message\":\"" + msg + "\"}}\n\n"
-	}
-	return "data: {\"error\":{\"message\":\"" + msg + "\",\"type\":\"api_error\",\"code\":\"" + code + "\",\"param\":null}}\n\n"
 }
 
 func trimEOL(b []byte) []byte {
@@ -792,7 +773,7 @@ func (sb *streamBody) failed(reason string) {
 			_ = sb.src.CloseWithError(errStreamBroken) // never pooled, as below
 		}
 		sb.settle(false)
-		sb.cut(noticeEvent(sb.c.ep.dialect, "upstream_stream_cut", msgEventTooLarge))
+		sb.cut(sb.c.ep.dialect.streamError("upstream_stream_cut", msgEventTooLarge))
 		return
 	}
 	sb.finished = true
