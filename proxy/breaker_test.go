@@ -293,17 +293,7 @@ func TestWeightedKeysNative(t *testing.T) {
 // request itself made it large: a few such calls must not shut a healthy
 // deployment for everyone).
 func TestOversizeAnswerNeitherFallsBackNorTripsTheBreaker(t *testing.T) {
-	big := newFlaky(t, 200)
-	other := newFlaky(t, 200)
-	models := []pricing.ModelSpec{
-		{ID: "big-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
-			Deployments: []pricing.DeploymentSpec{{Provider: "big", Model: "x"}, {Provider: "other", Model: "y"}}},
-	}
-	e := newEnv(t, envOpts{proxy: withProvider(t, "big", big, models, func(o *proxy.Options) {
-		o.Providers = append(o.Providers, proxy.Provider{Name: "other", Kind: "openai", BaseURL: other.srv.URL + "/v1", APIKey: "sk-other"})
-		o.Breaker = proxy.Breaker{Failures: 2, CoolDown: time.Minute}
-		o.MaxResponseBytes = 64 // every completion of newFlaky is larger
-	})})
+	e, big, other := oversizeEnv(t, func(o *proxy.Options) { o.Breaker = proxy.Breaker{Failures: 2, CoolDown: time.Minute} })
 	key := e.account("big", 100)
 	for i := 1; i <= 4; i++ {
 		r := e.post("/v1/chat/completions", key, `{"model":"big-model","max_tokens":50,"messages":`+msg("hi")+`}`)

@@ -130,17 +130,7 @@ func TestStalledClientIsChargedBeforeItsHoldExpires(t *testing.T) {
 // asking for huge answers (n, logprobs, max_tokens) had them made for
 // nothing. It is sent once, neither retried nor to a fallback.
 func TestOversizeAnswerIsCharged(t *testing.T) {
-	big := newFlaky(t, 200)
-	other := newFlaky(t, 200)
-	models := []pricing.ModelSpec{
-		{ID: "big-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
-			Deployments: []pricing.DeploymentSpec{{Provider: "big", Model: "x"}, {Provider: "other", Model: "y"}}},
-	}
-	e := newEnv(t, envOpts{proxy: withProvider(t, "big", big, models, func(o *proxy.Options) {
-		o.Providers = append(o.Providers, proxy.Provider{Name: "other", Kind: "openai", BaseURL: other.srv.URL + "/v1", APIKey: "sk-other"})
-		o.Retry = proxy.Retry{Attempts: 3}
-		o.MaxResponseBytes = 64 // every completion of newFlaky is larger
-	})})
+	e, big, other := oversizeEnv(t, func(o *proxy.Options) { o.Retry = proxy.Retry{Attempts: 3} })
 	key := e.account("big", 1000)
 	m, err := e.opts.Catalog.Lookup("big-model")
 	if err != nil {
@@ -366,4 +356,21 @@ func slowClient(t *testing.T, e *env, key, extra string, readFor time.Duration) 
 		}
 	}
 	return c, br, id
+}
+
+// oversizeEnv serves "big-model" from deployment "big", with "other" as its
+// fallback, both answering completions larger than MaxResponseBytes (64);
+// more adds to the Options.
+func oversizeEnv(t *testing.T, more func(*proxy.Options)) (e *env, big, other *flaky) {
+	big, other = newFlaky(t, 200), newFlaky(t, 200)
+	models := []pricing.ModelSpec{
+		{ID: "big-model", Tier: "pro", ContextWindow: 128000, MaxOutputTokens: 8192,
+			Deployments: []pricing.DeploymentSpec{{Provider: "big", Model: "x"}, {Provider: "other", Model: "y"}}},
+	}
+	e = newEnv(t, envOpts{proxy: withProvider(t, "big", big, models, func(o *proxy.Options) {
+		o.Providers = append(o.Providers, proxy.Provider{Name: "other", Kind: "openai", BaseURL: other.srv.URL + "/v1", APIKey: "sk-other"})
+		o.MaxResponseBytes = 64 // every completion of newFlaky is larger
+		more(o)
+	})})
+	return e, big, other
 }
