@@ -121,9 +121,8 @@ func (s *Store) SaveCheckout(ctx context.Context, c metering.Checkout) error {
 	fields, _ := json.Marshal(r.Fields)
 	err := pgx.BeginFunc(ctx, s.b.pool, func(tx pgx.Tx) error {
 		batch := &pgx.Batch{}
-		batch.Queue(`INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, c.Account)
-		batch.Queue(`INSERT INTO account_records (account, name, fields) VALUES ($1, $2, $3)
-			ON CONFLICT (account, name) DO UPDATE SET fields = excluded.fields, updated_at = now()`, c.Account, r.Name, fields)
+		batch.Queue(sqlAddAccount, c.Account)
+		batch.Queue(sqlPutRecord, c.Account, r.Name, fields)
 		return tx.SendBatch(ctx, batch).Close()
 	})
 	if err != nil {
@@ -289,7 +288,7 @@ func (s *Store) after(ctx context.Context, account string) func(bool, error) (bo
 
 // AddAccount records an account in the books (once).
 func (b *Books) AddAccount(ctx context.Context, id string) error {
-	if _, err := b.pool.Exec(ctx, `INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, id); err != nil {
+	if _, err := b.pool.Exec(ctx, sqlAddAccount, id); err != nil {
 		return unavailable("recording account", err)
 	}
 	return nil
@@ -364,14 +363,20 @@ func num(s string) int64 {
 	return n
 }
 
+// The statements that record an account and one of its records (upsert).
+const (
+	sqlAddAccount = `INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`
+	sqlPutRecord  = `INSERT INTO account_records (account, name, fields) VALUES ($1, $2, $3)
+		ON CONFLICT (account, name) DO UPDATE SET fields = excluded.fields, updated_at = now()`
+)
+
 func (b *Books) saveRecords(ctx context.Context, account string, recs []metering.StateRecord, p *payment) error {
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		batch := &pgx.Batch{}
-		batch.Queue(`INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING`, account)
+		batch.Queue(sqlAddAccount, account)
 		for _, r := range recs {
 			fields, _ := json.Marshal(r.Fields)
-			batch.Queue(`INSERT INTO account_records (account, name, fields) VALUES ($1, $2, $3)
-				ON CONFLICT (account, name) DO UPDATE SET fields = excluded.fields, updated_at = now()`, account, r.Name, fields)
+			batch.Queue(sqlPutRecord, account, r.Name, fields)
 			if id, ok := strings.CutPrefix(r.Name, "key:"); ok {
 				var k metering.Key
 				if json.Unmarshal([]byte(r.Fields["meta"]), &k) == nil {
