@@ -175,12 +175,9 @@ func (s *Server) patchMember(w http.ResponseWriter, r *http.Request, account str
 		if role == "" {
 			return notFound("member_not_found", "no such member")
 		}
-		// Read, then set: the budget script checks the role again where it
-		// writes (a promotion to owner in between is refused there too) and
-		// refuses a member removed meanwhile.
-		if role == metering.RoleOwner && !byOwner {
-			return fmt.Errorf("setting the budget of %q: %w", user, metering.ErrOwnerOnly)
-		}
+		// Only an owner sets an owner's budget: the budget script checks it
+		// where it writes (a promotion to owner since this read included),
+		// and refuses a member removed meanwhile.
 	}
 	if req.Budget != nil {
 		// A budget changed with the role is the role change's entry; one
